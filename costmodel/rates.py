@@ -1,0 +1,163 @@
+"""Hourly GPU rates: on-prem fully loaded cost and cloud offers (DESIGN.md §2).
+
+Everything here is per GPU and in USD unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from .money import HOURS_PER_MONTH, HOURS_PER_YEAR, ZERO, dec
+
+
+class CostModelError(ValueError):
+    """Invalid input to the cost model; the message names the field, the value and what was expected."""
+
+
+def _positive(name: str, value: Decimal) -> Decimal:
+    if value <= 0:
+        raise CostModelError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _non_negative(name: str, value: Decimal) -> Decimal:
+    if value < 0:
+        raise CostModelError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def months_between(start: date, end: date) -> int:
+    """Whole calendar months from start to end (negative if end is earlier)."""
+    months = (end.year - start.year) * 12 + (end.month - start.month)
+    if end.day < start.day:
+        months -= 1
+    return months
+
+
+@dataclass(frozen=True)
+class OnPremRate:
+    capex_usd_per_gpu_hour: Decimal
+    energy_usd_per_gpu_hour: Decimal
+    upkeep_usd_per_gpu_hour: Decimal
+
+    @property
+    def usd_per_gpu_hour(self) -> Decimal:
+        return self.capex_usd_per_gpu_hour + self.energy_usd_per_gpu_hour + self.upkeep_usd_per_gpu_hour
+
+    @property
+    def opex_usd_per_gpu_hour(self) -> Decimal:
+        """Energy + upkeep: what an owned GPU still costs once its capex is sunk."""
+        return self.energy_usd_per_gpu_hour + self.upkeep_usd_per_gpu_hour
+
+
+@dataclass(frozen=True)
+class OnPremGpuCost:
+    """Cost parameters of one owned GPU (profile values already divided per GPU)."""
+
+    gpu_class: str
+    purchase_price_usd_per_gpu: Decimal
+    amortization_months: int
+    power_w: Decimal  # configured average draw, used when no measured power is present
+    pue: Decimal
+    electricity_usd_per_kwh: Decimal
+    upkeep_usd_per_year_per_gpu: Decimal
+    in_service_date: date | None = None
+    capex_after_amortization: bool = False
+
+    def __post_init__(self) -> None:
+        _non_negative("purchase_price_usd_per_gpu", self.purchase_price_usd_per_gpu)
+        if self.amortization_months <= 0:
+            raise CostModelError(f"amortization_months must be > 0, got {self.amortization_months}")
+        _non_negative("power_w", self.power_w)
+        if self.pue < 1:
+            raise CostModelError(f"pue must be >= 1, got {self.pue}")
+        _non_negative("electricity_usd_per_kwh", self.electricity_usd_per_kwh)
+        _non_negative("upkeep_usd_per_year_per_gpu", self.upkeep_usd_per_year_per_gpu)
+
+    def capex_usd_per_gpu_hour(self, at: datetime | None = None) -> Decimal:
+        if (
+            at is not None
+            and self.in_service_date is not None
+            and not self.capex_after_amortization
+            and months_between(self.in_service_date, at.date()) >= self.amortization_months
+        ):
+            return ZERO  # fully depreciated
+        return self.purchase_price_usd_per_gpu / (Decimal(self.amortization_months) * HOURS_PER_MONTH)
+
+    def energy_usd_per_kwh_at_meter(self) -> Decimal:
+        """USD per kWh drawn by the GPU, facility overhead (PUE) included."""
+        return self.pue * self.electricity_usd_per_kwh
+
+    def energy_usd_per_gpu_hour(self, power_w: Decimal | None = None) -> Decimal:
+        watts = self.power_w if power_w is None else power_w
+        return watts / 1000 * self.energy_usd_per_kwh_at_meter()
+
+    def upkeep_usd_per_gpu_hour(self) -> Decimal:
+        return self.upkeep_usd_per_year_per_gpu / HOURS_PER_YEAR
+
+    def rate(self, at: datetime | None = None, power_w: Decimal | None = None) -> OnPremRate:
+        return OnPremRate(
+            capex_usd_per_gpu_hour=self.capex_usd_per_gpu_hour(at),
+            energy_usd_per_gpu_hour=self.energy_usd_per_gpu_hour(power_w),
+            upkeep_usd_per_gpu_hour=self.upkeep_usd_per_gpu_hour(),
+        )
+
+
+PURCHASE_OPTIONS = ("on_demand", "spot", "reserved", "savings_plan", "committed_use")
+
+
+@dataclass(frozen=True)
+class CloudOffer:
+    provider: str
+    region: str
+    instance_type: str
+    gpu_class: str
+    gpus_per_instance: int
+    usd_per_hour: dict[str, Decimal] = field(default_factory=dict)  # per instance, by purchase option
+    discount_pct: Decimal = ZERO  # contract discount applied on top of list price
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_instance <= 0:
+            raise CostModelError(
+                f"offer {self.instance_type}: gpus_per_instance must be > 0, got {self.gpus_per_instance}"
+            )
+        for option, price in self.usd_per_hour.items():
+            if option not in PURCHASE_OPTIONS:
+                raise CostModelError(
+                    f"offer {self.instance_type}: purchase option must be one of {', '.join(PURCHASE_OPTIONS)}, "
+                    f"got {option!r}"
+                )
+            _non_negative(f"offer {self.instance_type}: usd_per_hour.{option}", price)
+
+    def usd_per_gpu_hour(self, purchase_option: str = "on_demand") -> Decimal | None:
+        price = self.usd_per_hour.get(purchase_option)
+        if price is None:
+            return None
+        return price * (1 - self.discount_pct / 100) / self.gpus_per_instance
+
+
+def throughput_factor(from_class: str, to_class: str, throughput: dict[str, Decimal]) -> Decimal:
+    """GPUs of ``to_class`` needed to do the work of one GPU of ``from_class``.
+
+    With H100 = 3 and A100 = 1, one H100-hour of work needs 3 A100-hours.
+    Unknown classes count as 1 (and are only compared with themselves by the callers).
+    """
+    if from_class == to_class:
+        return Decimal(1)
+    source = throughput.get(from_class, Decimal(1))
+    target = throughput.get(to_class, Decimal(1))
+    return source / target
+
+
+__all__ = [
+    "CloudOffer",
+    "CostModelError",
+    "OnPremGpuCost",
+    "OnPremRate",
+    "PURCHASE_OPTIONS",
+    "dec",
+    "months_between",
+    "throughput_factor",
+]
