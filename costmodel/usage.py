@@ -103,6 +103,7 @@ class ResourceWindows:
     """
 
     last_ts_ms: int = 0
+    last_start_ms: int = 0  # start of the latest interval: earlier windows are complete
     open: dict[UsageKey, Usage] = field(default_factory=dict)
 
     def add_sample(
@@ -118,8 +119,8 @@ class ResourceWindows:
         """Add one sample; return False when it is a replay of one already counted."""
         if ts_ms <= self.last_ts_ms:
             return False
-        self.last_ts_ms = ts_ms
         start_ms = ts_ms - interval_ms
+        self.last_ts_ms, self.last_start_ms = ts_ms, start_ms
         ws = window_start_ms(start_ms, window_ms)
         for gpu in gpus:
             owners = gpu.workloads or ((IDLE_WORKLOAD, ""),)
@@ -150,7 +151,7 @@ class ResourceWindows:
         return closed
 
     def to_dict(self) -> dict:
-        return {"last_ts_ms": self.last_ts_ms, "open": [[*k, u.to_list()] for k, u in self.open.items()]}
+        return {"last_ts_ms": self.last_ts_ms, "last_start_ms": self.last_start_ms, "open": [[*k, u.to_list()] for k, u in self.open.items()]}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ResourceWindows":
@@ -158,5 +159,6 @@ class ResourceWindows:
             return cls()
         return cls(
             last_ts_ms=int(data["last_ts_ms"]),
+            last_start_ms=int(data["last_start_ms"]),
             open={UsageKey(*row[:6]): Usage.from_list(row[6]) for row in data["open"]},
         )

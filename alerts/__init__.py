@@ -1,0 +1,1 @@
+"""Alerts: breakeven decisions to Slack through a durable outbox."""

@@ -1,0 +1,71 @@
+"""Slack messages for breakeven decisions (pure: builds Block Kit payloads, no I/O).
+
+Workload and team names come from users' clusters.  They are escaped for Slack's mrkdwn
+(``&``, ``<``, ``>``), so a label such as ``<!channel>`` or ``<https://evil|click>`` shows as
+text and can neither ping a channel nor become a link.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from urllib.parse import quote
+
+from hybridspend.events import BreakevenDecision
+
+ENV_NAMES = {"onprem": "on-prem", "cloud": "cloud"}
+KIND_TITLES = {
+    "migrate_to_cloud": "Migrate to cloud",
+    "repatriate_buy_capacity": "Repatriate (buy capacity)",
+    "repatriate_fill_idle": "Repatriate (fill idle capacity)",
+    "stay": "Stay: earlier recommendation withdrawn",
+}
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn gives meaning to."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _usd(amount: Decimal | None, suffix: str = "") -> str:
+    return "n/a" if amount is None else f"${amount:,.2f}{suffix}"
+
+
+def _pct(ratio: Decimal) -> str:
+    return f"{ratio * 100:.0f}%"
+
+
+def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> dict:
+    """A Slack message (``text`` fallback + ``blocks``) for one decision."""
+    title = KIND_TITLES.get(d.kind, d.kind)
+    move = f"{ENV_NAMES[d.from_env]} → {ENV_NAMES[d.to_env]}" if d.from_env != d.to_env else ENV_NAMES[d.from_env]
+    workload = escape(d.workload)
+    text = (
+        f"{title}: {workload} ({move}), saves about {_usd(d.monthly_savings_usd, '/month')} — "
+        f"{_usd(d.current_usd_per_busy_gpu_hour)} vs {_usd(d.alternative_usd_per_busy_gpu_hour)} "
+        f"per busy GPU-hour at {_pct(d.utilization)} utilization"
+    )
+    fields = [
+        ("Workload", f"`{workload}`"),
+        ("Team", escape(d.team) or "—"),
+        ("Move", move),
+        ("GPU class", escape(d.gpu_class)),
+        (f"Now ({ENV_NAMES[d.from_env]})", f"{_usd(d.current_usd_per_busy_gpu_hour)} per busy GPU-hour"),
+        ("Alternative", f"{_usd(d.alternative_usd_per_busy_gpu_hour)} per busy GPU-hour\n{escape(d.alternative_label)}"),
+        ("Utilization", _pct(d.utilization)),
+        ("Est. savings", _usd(d.monthly_savings_usd, " / month")),
+        ("Confidence", f"{_pct(d.confidence)} ({d.basis})"),
+        ("GPUs needed", str(d.gpus_needed)),
+    ]
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"{title}: {d.workload}"[:150], "emoji": False}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": escape(d.reason)}},
+    ]
+    if dashboard_url:
+        link = f"{dashboard_url.rstrip('/')}/d/hybridspend-breakeven?var-workload={quote(d.workload, safe='')}"
+        blocks.append(
+            {"type": "actions", "elements": [
+                {"type": "button", "text": {"type": "plain_text", "text": "Open dashboard"}, "url": link}
+            ]}
+        )
+    return {"text": text, "blocks": blocks}

@@ -1,0 +1,1 @@
+"""Collectors: on-prem GPU utilization and cloud spend into Kafka."""

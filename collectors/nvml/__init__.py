@@ -1,0 +1,1 @@
+"""On-prem GPU utilization through NVML (pynvml)."""

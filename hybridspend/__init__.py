@@ -1,0 +1,1 @@
+"""hybridspend: live hybrid GPU spend, on-prem against cloud."""

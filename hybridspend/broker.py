@@ -1,0 +1,188 @@
+"""Kafka topics, the broker profile, and kafka-python clients built from the configuration.
+
+The *broker profile* is the one place that knows how the embedded local broker (Tansu) differs
+from Apache Kafka (DESIGN.md §5): short consumer-group timeouts so that a group forms in seconds,
+and unbatched production for Faust changelogs because Tansu reports a too-low end offset after a
+batched produce, which would make Faust's table recovery stop early and lose state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+# logical topic name -> key it is partitioned by
+TOPICS = {
+    "gpu-samples": "resource (host or instance id)",
+    "instance-events": "instance id",
+    "prices": "provider|region|instance_type",
+    "cost-lines": "billed resource id",
+    "cost-windows": "workload",
+    "decisions": "workload",
+    "dead-letter": "source topic",
+}
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    name: str  # "local" (embedded Tansu) or "kafka"
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    faust_producer_max_batch_size: int
+
+    @property
+    def faust_settings(self) -> dict[str, Any]:
+        return {
+            "broker_session_timeout": self.session_timeout_ms / 1000,
+            "broker_heartbeat_interval": self.heartbeat_interval_ms / 1000,
+            "producer_max_batch_size": self.faust_producer_max_batch_size,
+        }
+
+
+LOCAL_PROFILE = BrokerProfile("local", session_timeout_ms=2000, heartbeat_interval_ms=500, faust_producer_max_batch_size=1)
+KAFKA_PROFILE = BrokerProfile("kafka", session_timeout_ms=30000, heartbeat_interval_ms=3000, faust_producer_max_batch_size=16384)
+
+
+def profile_named(name: str) -> BrokerProfile:
+    return {"local": LOCAL_PROFILE, "kafka": KAFKA_PROFILE}[name]
+
+
+class Topics:
+    """Physical topic names for one deployment (the configured prefix applied)."""
+
+    def __init__(self, prefix: str, partitions: int, replication_factor: int = 1) -> None:
+        self.prefix = prefix
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+
+    def name(self, logical: str) -> str:
+        if logical not in TOPICS:
+            raise KeyError(f"unknown topic {logical!r}")
+        return self.prefix + logical
+
+    def __getattr__(self, attr: str) -> str:
+        logical = attr.replace("_", "-")
+        if logical in TOPICS:
+            return self.prefix + logical
+        raise AttributeError(attr)
+
+    def all(self) -> list[str]:
+        return [self.prefix + t for t in TOPICS]
+
+    @classmethod
+    def from_config(cls, kafka: KafkaConfig) -> "Topics":
+        return cls(kafka.topic_prefix, kafka.topic_partitions, kafka.replication_factor)
+
+
+def client_security(kafka: KafkaConfig) -> dict[str, Any]:
+    """kafka-python / aiokafka keyword arguments for TLS and SASL (secrets resolved here, never logged)."""
+    settings: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.ssl_cafile:
+        settings["ssl_cafile"] = str(kafka.ssl_cafile)
+    if kafka.ssl_certfile:
+        settings["ssl_certfile"] = str(kafka.ssl_certfile)
+    if kafka.ssl_keyfile:
+        settings["ssl_keyfile"] = str(kafka.ssl_keyfile)
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.resolve() if kafka.sasl_password else None
+        if not password:
+            raise RuntimeError(f"kafka.sasl_password: {kafka.sasl_password.describe() if kafka.sasl_password else 'missing'}")
+        settings.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=password,
+        )
+    return settings
+
+
+def ensure_topics(bootstrap: str, kafka: KafkaConfig, topics: Topics, extra: dict[str, int] | None = None,
+                  timeout_s: float = 30) -> None:
+    """Create every topic with its partition count; fail clearly if one exists with another count."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = {name: topics.partitions for name in topics.all()}
+    wanted.update(extra or {})
+    admin = connect_with_retry(
+        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-admin", **client_security(kafka)),
+        what=f"Kafka at {bootstrap}",
+        timeout_s=timeout_s,
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, p, topics.replication_factor) for n, p in wanted.items() if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+        for meta in admin.describe_topics(sorted(wanted)):
+            count = len(meta["partitions"])
+            if count != wanted[meta.get("name", meta.get("topic"))]:
+                raise RuntimeError(
+                    f"topic {meta['topic']} has {count} partitions, the configuration expects {wanted[meta['topic']]}"
+                )
+    finally:
+        admin.close()
+
+
+def connect_with_retry(factory, *, what: str, timeout_s: float = 30, first_delay_s: float = 0.2):
+    """Call ``factory`` until it succeeds, backing off; raise a clear error after ``timeout_s``."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    delay = first_delay_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return factory()
+        except (KafkaError, OSError, ValueError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(f"cannot reach {what} after {attempt} attempts: {exc}") from None
+            log.warning("cannot reach %s (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def make_producer(bootstrap: str, kafka: KafkaConfig, timeout_s: float = 30, **overrides: Any):
+    from kafka import KafkaProducer
+
+    settings = dict(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        retries=10,
+        client_id="hybridspend",
+        **client_security(kafka),
+    )
+    settings.update(overrides)
+    return connect_with_retry(lambda: KafkaProducer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
+
+
+def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str, topics: list[str],
+                  timeout_s: float = 30, **overrides: Any):
+    from kafka import KafkaConsumer
+
+    settings = dict(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=profile.session_timeout_ms,
+        heartbeat_interval_ms=profile.heartbeat_interval_ms,
+        max_poll_records=2000,
+        client_id=group_id,
+        **client_security(kafka),
+    )
+    settings.update(overrides)
+    consumer = connect_with_retry(lambda: KafkaConsumer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
+    consumer.subscribe(topics)
+    return consumer

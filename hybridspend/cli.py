@@ -1,0 +1,331 @@
+"""The `hybridspend` command line. Entry points only translate: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import warnings
+from decimal import Decimal
+from pathlib import Path
+
+from .config import DEFAULT_STATE_DIR, Config, ConfigError, load_config
+
+EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "fleet.yaml"
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; printed without a traceback."""
+
+
+def _stop_flag():
+    """A stop() callable set by SIGTERM/SIGINT, for the long-running loops."""
+    stopped = {"v": False}
+
+    def handler(signum, frame):
+        stopped["v"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return lambda: stopped["v"]
+
+
+def resolve_config(path: str | None, state_dir: str | None = None) -> Config:
+    """--config, else $HYBRIDSPEND_CONFIG, else <state dir>/config.yaml, else the bundled example."""
+    environ = dict(os.environ)
+    if state_dir:
+        environ["HYBRIDSPEND__STATE_DIR"] = state_dir
+    candidate = path or os.environ.get("HYBRIDSPEND_CONFIG")
+    if candidate is None:
+        state = Path(state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or DEFAULT_STATE_DIR)
+        candidate = str(state / "config.yaml") if (state / "config.yaml").exists() else str(EXAMPLE_CONFIG)
+    return load_config(candidate, environ)
+
+
+def _dec(name: str):
+    def parse(text: str) -> Decimal:
+        try:
+            value = Decimal(text)
+        except Exception:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value.is_finite():
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        return value
+
+    return parse
+
+
+# -- tco ----------------------------------------------------------------------------------------
+
+
+def cmd_tco(args) -> int:
+    from costmodel import tco
+    from costmodel.money import micro
+
+    result = tco(
+        gpu_price_usd=args.gpu_price_usd, amortization_months=args.amortization_months, power_w=args.power_w,
+        pue=args.pue, usd_per_kwh=args.usd_per_kwh, upkeep_usd_per_year=args.upkeep_usd_per_year,
+        cloud_usd_per_gpu_hour=args.cloud_usd_per_gpu_hour, utilization=args.utilization, gpus=args.gpus,
+    )
+    values = result.as_dict()
+    if args.json:
+        out = {k: (float(micro(v)) if isinstance(v, Decimal) else v) for k, v in values.items()}
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [
+        ("capex", result.capex_usd_per_gpu_hour, "$/GPU-hour"),
+        ("energy", result.energy_usd_per_gpu_hour, "$/GPU-hour"),
+        ("upkeep", result.upkeep_usd_per_gpu_hour, "$/GPU-hour"),
+        ("on-prem, fully loaded", result.onprem_usd_per_gpu_hour, "$/GPU-hour"),
+        ("on-prem per busy GPU-hour", result.effective_onprem_usd_per_busy_gpu_hour, "$/busy GPU-hour"),
+        ("cloud", args.cloud_usd_per_gpu_hour, "$/GPU-hour"),
+        ("breakeven utilization", result.breakeven_utilization * 100, "%"),
+        (f"monthly on-prem ({args.gpus} GPU)", result.monthly_onprem_usd, "$"),
+        (f"monthly cloud ({args.gpus} GPU, busy hours)", result.monthly_cloud_usd, "$"),
+        (f"monthly on-prem opex ({args.gpus} GPU)", result.monthly_onprem_opex_usd, "$"),
+        ("months to breakeven", result.months_to_breakeven, "months"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for label, value, unit in rows:
+        shown = "never (cloud costs no more than opex)" if value is None else f"{value:,.4f}"
+        print(f"{label:<{width}}  {shown:>16}  {unit if value is not None else ''}")
+    print(f"{'cheaper at this utilization':<{width}}  {result.cheaper_env:>16}")
+    return 0
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def cmd_config_check(args) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: valid")
+    print(json.dumps(config.redacted(), indent=2))
+    return 0
+
+
+# -- services ---------------------------------------------------------------------------------------
+
+
+def _endpoints(config: Config):
+    """External endpoints for a single service; the embedded ones are started by `demo` only."""
+    from .broker import profile_named
+    from .local import database_dsn
+
+    bootstrap = config.kafka.bootstrap_servers
+    dsn = database_dsn(config)
+    if not bootstrap:
+        raise UsageError("kafka.bootstrap_servers is not set (the embedded broker is started by `hybridspend demo`)")
+    profile = profile_named(os.environ.get("HYBRIDSPEND_BROKER_PROFILE", "kafka"))
+    return bootstrap, dsn, profile
+
+
+def cmd_worker(args) -> int:
+    from streams.worker import run_worker
+
+    config = resolve_config(args.config, args.state_dir)
+    bootstrap, _, profile = _endpoints(config)
+    sys.argv = [sys.argv[0]]  # Faust's worker reads the command line
+    run_worker(config, bootstrap, profile, loglevel=args.log_level)
+    return 0
+
+
+def cmd_sink(args) -> int:
+    from storage.sink import Sink
+
+    from .broker import Topics, make_consumer
+
+    config = resolve_config(args.config, args.state_dir)
+    bootstrap, dsn, profile = _endpoints(config)
+    if dsn is None:
+        raise UsageError("database.dsn is not set")
+    topics = Topics.from_config(config.kafka)
+    consumer = make_consumer(bootstrap, config.kafka, profile, "hybridspend-sink",
+                             [topics.cost_windows, topics.decisions, topics.dead_letter])
+    sink = Sink(consumer, dsn, topics)
+    stop = _stop_flag()
+    try:
+        sink.run(stop)
+    finally:
+        consumer.close()
+        sink.close()
+    return 0
+
+
+def cmd_alerter(args) -> int:
+    from alerts.alerter import Alerter
+
+    from .broker import Topics, make_consumer
+
+    config = resolve_config(args.config, args.state_dir)
+    bootstrap, dsn, profile = _endpoints(config)
+    if dsn is None:
+        raise UsageError("database.dsn is not set")
+    topics = Topics.from_config(config.kafka)
+    consumer = make_consumer(bootstrap, config.kafka, profile, "hybridspend-alerter", [topics.decisions])
+    alerter = Alerter(config, dsn, consumer, dry_run=args.dry_run, say=lambda m: print(m, flush=True))
+    stop = _stop_flag()
+    try:
+        alerter.run(stop)
+    finally:
+        consumer.close()
+        alerter.close()
+    return 0
+
+
+def cmd_collect_nvml(args) -> int:
+    from collectors.nvml.collector import NvmlCollector, default_nvml, host_name
+
+    from .broker import Topics, make_producer
+
+    config = resolve_config(args.config, args.state_dir)
+    bootstrap, _, _ = _endpoints(config)
+    topics = Topics.from_config(config.kafka)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        nvml = default_nvml()
+    collector = NvmlCollector(config, nvml, host=host_name(config),
+                              interval_s=args.interval or config.collectors.nvml.interval_seconds)
+    try:
+        collector.start()
+    except nvml.NVMLError as exc:
+        raise UsageError(f"NVML is not available on this machine: {exc}") from None
+    producer = make_producer(bootstrap, config.kafka)
+    sent = {"n": 0}
+
+    def send(sample) -> None:
+        producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
+        sent["n"] += 1
+        if args.once:
+            stopped["v"] = True
+
+    stopped = {"v": False}
+    stop_signal = _stop_flag()
+    try:
+        collector.run(send, stop=lambda: stopped["v"] or stop_signal())
+    finally:
+        producer.flush()
+        producer.close()
+        collector.stop()
+    print(f"sent {sent['n']} samples from {collector.host} ({collector.errors} GPU read errors)")
+    return 0
+
+
+def cmd_db_migrate(args) -> int:
+    from storage.db import migrate
+
+    from .local import local_database
+
+    config = resolve_config(args.config, args.state_dir)
+    with local_database(config) as dsn:
+        before, after, engine = migrate(dsn)
+    state = "already up to date" if before == after else f"migrated from version {before} to {after}"
+    print(f"database schema {state} (engine: {engine})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridspend",
+        description="Live hybrid GPU spend: what a busy GPU-hour costs on-prem and in the cloud, "
+        "and when a workload should move.",
+    )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML configuration (default: $HYBRIDSPEND_CONFIG, "
+                       "<state dir>/config.yaml, else the bundled example)")
+        p.add_argument("--state-dir", help="local state directory (default: ./.hybridspend)")
+
+    p = sub.add_parser("tco", help="own-vs-rent calculator for one GPU class",
+                       description="Fully loaded on-prem cost per GPU-hour against a cloud price, at a utilization.")
+    p.add_argument("--gpu-price-usd", type=_dec("--gpu-price-usd"), required=True, help="purchase price per GPU, USD")
+    p.add_argument("--amortization-months", type=int, required=True, help="months over which the price is amortized")
+    p.add_argument("--power-w", type=_dec("--power-w"), required=True, help="average power draw per GPU, watts")
+    p.add_argument("--pue", type=_dec("--pue"), required=True, help="power usage effectiveness of the facility (>= 1)")
+    p.add_argument("--usd-per-kwh", type=_dec("--usd-per-kwh"), required=True, help="electricity price, USD per kWh")
+    p.add_argument("--upkeep-usd-per-year", type=_dec("--upkeep-usd-per-year"), required=True,
+                   help="support + facility + staff per GPU per year, USD")
+    p.add_argument("--cloud-usd-per-gpu-hour", type=_dec("--cloud-usd-per-gpu-hour"), required=True,
+                   help="cloud price per GPU-hour, USD")
+    p.add_argument("--utilization", type=_dec("--utilization"), required=True,
+                   help="busy GPU-hours / allocated GPU-hours, in (0, 1]")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_tco)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    pc = csub.add_parser("check", help="validate a configuration and print it with secrets redacted")
+    pc.add_argument("file")
+    pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on embedded defaults over a simulated fleet",
+                       description="Starts a local broker and PostgreSQL, the Faust worker, the sink and the "
+                       "alerter, replays a simulated day of a hybrid fleet at an accelerated clock, and prints "
+                       "the workloads, their rates in each environment, the crossings and the alerts.")
+    common(p)
+    p.add_argument("--seed", type=int, default=42, help="seed of the simulated fleet (default 42)")
+    p.add_argument("--hours", type=float, default=24, help="simulated hours (default 24)")
+    p.add_argument("--speed", type=float, default=2400,
+                   help="simulated seconds per wall-clock second (default 2400: a day in 36 s)")
+    p.set_defaults(func=cmd_demo)
+
+    for name, func, text in (
+        ("worker", cmd_worker, "run a Faust stream worker (scale out by starting more)"),
+        ("sink", cmd_sink, "write cost windows, decisions and dead letters to the database"),
+        ("alerter", cmd_alerter, "deliver decisions to Slack through the durable outbox"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        common(p)
+        if name == "alerter":
+            p.add_argument("--dry-run", action="store_true", help="print alerts instead of posting them")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("collect", help="run a collector")
+    colsub = p.add_subparsers(dest="collector", metavar="SOURCE", required=True)
+    pn = colsub.add_parser("nvml", help="on-prem GPUs of this node through NVML")
+    common(pn)
+    pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
+    pn.add_argument("--once", action="store_true", help="send one sample and exit")
+    pn.set_defaults(func=cmd_collect_nvml)
+
+    p = sub.add_parser("db", help="database tools")
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    pm = dsub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    common(pm)
+    pm.set_defaults(func=cmd_db_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")
+    from costmodel import CostModelError
+    from storage.db import SchemaError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CostModelError, UsageError, SchemaError, ConnectionError) as exc:
+        print(f"hybridspend: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

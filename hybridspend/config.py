@@ -1,0 +1,388 @@
+"""Configuration: one YAML file plus environment overrides, validated into one typed object.
+
+Environment overrides use ``HYBRIDSPEND__SECTION__FIELD=value`` (value parsed as YAML), for
+example ``HYBRIDSPEND__KAFKA__BOOTSTRAP_SERVERS=kafka:9092``.  Secrets are never written in the
+file: they are references ``{env: NAME}`` or ``{file: PATH}`` resolved when used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from costmodel import CloudOffer, Market, OnPremGpuCost, Thresholds
+from costmodel.rates import PURCHASE_OPTIONS
+
+ENV_PREFIX = "HYBRIDSPEND__"
+DEFAULT_STATE_DIR = Path(".hybridspend")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field, the value and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Strict):
+    """Where a secret lives: an environment variable or a file. Never the secret itself."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' (a variable name) or 'file' (a path)")
+        return self
+
+    def resolve(self) -> str | None:
+        """The secret value, or None when the variable is unset or the file missing."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            return value.strip() if value else None
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def describe(self) -> str:
+        where = f"env:{self.env}" if self.env else f"file:{self.file}"
+        return f"{where} ({'set' if self.resolve() else 'not set'}, value redacted)"
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; empty starts the embedded local broker"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretRef | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    topic_prefix: str = Field(default="hybridspend.", pattern=r"^[A-Za-z0-9._-]*$")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> "KafkaConfig":
+        if self.security_protocol.startswith("SASL"):
+            missing = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        return self
+
+
+class DatabaseConfig(_Strict):
+    dsn: str | None = Field(
+        default=None, description="libpq DSN without the password; empty starts the embedded PostgreSQL"
+    )
+    password: SecretRef | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, value: str | None) -> str | None:
+        if value and re.search(r"://[^/@:]+:[^/@]+@|password\s*=", value):
+            raise ValueError("the DSN must not contain a password; use database.password: {env: ...}")
+        return value
+
+
+NonNegative = Field(ge=0)
+
+
+class AssetProfile(_Strict):
+    name: str = Field(min_length=1)
+    gpu_model: str
+    gpu_class: str = Field(min_length=1)
+    gpu_count: int = Field(gt=0)
+    gpus_per_node: int = Field(gt=0)
+    hosts: list[str] = Field(min_length=1, description="host names or globs of this profile's nodes")
+    purchase_price_usd_per_node: Decimal = NonNegative
+    in_service_date: date
+    amortization_months: int = Field(gt=0)
+    power_w_per_gpu: Decimal = Field(ge=0, description="average draw used when NVML reports no power")
+    pue: Decimal = Field(ge=1)
+    electricity_usd_per_kwh: Decimal = NonNegative
+    support_usd_per_year_per_node: Decimal = Decimal(0)
+    facility_usd_per_year_per_node: Decimal = Decimal(0)
+    staff_usd_per_year_per_node: Decimal = Decimal(0)
+    capex_after_amortization: bool = False
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> "AssetProfile":
+        if self.gpu_count % self.gpus_per_node:
+            raise ValueError(
+                f"gpu_count ({self.gpu_count}) must be a multiple of gpus_per_node ({self.gpus_per_node})"
+            )
+        for n in ("support_usd_per_year_per_node", "facility_usd_per_year_per_node", "staff_usd_per_year_per_node"):
+            if getattr(self, n) < 0:
+                raise ValueError(f"{n} must be >= 0, got {getattr(self, n)}")
+        return self
+
+    def gpu_cost(self) -> OnPremGpuCost:
+        per_node = Decimal(self.gpus_per_node)
+        upkeep = (
+            self.support_usd_per_year_per_node + self.facility_usd_per_year_per_node + self.staff_usd_per_year_per_node
+        )
+        return OnPremGpuCost(
+            gpu_class=self.gpu_class,
+            purchase_price_usd_per_gpu=self.purchase_price_usd_per_node / per_node,
+            amortization_months=self.amortization_months,
+            power_w=self.power_w_per_gpu,
+            pue=self.pue,
+            electricity_usd_per_kwh=self.electricity_usd_per_kwh,
+            upkeep_usd_per_year_per_gpu=upkeep / per_node,
+            in_service_date=self.in_service_date,
+            capex_after_amortization=self.capex_after_amortization,
+        )
+
+    def matches_host(self, host: str) -> bool:
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts)
+
+
+PurchaseOption = Literal["on_demand", "spot", "reserved", "savings_plan", "committed_use"]
+assert set(PurchaseOption.__args__) == set(PURCHASE_OPTIONS)  # type: ignore[attr-defined]
+
+
+class CloudOfferConfig(_Strict):
+    provider: Literal["aws", "gcp", "azure", "other"]
+    region: str
+    instance_type: str
+    gpu_model: str
+    gpu_class: str = Field(min_length=1)
+    gpus_per_instance: int = Field(gt=0)
+    usd_per_hour: dict[PurchaseOption, Decimal] = Field(min_length=1, description="per instance")
+    discount_pct: Decimal = Field(default=Decimal(0), ge=0, lt=100)
+
+    @field_validator("usd_per_hour")
+    @classmethod
+    def _prices_non_negative(cls, prices: dict[str, Decimal]) -> dict[str, Decimal]:
+        for option, price in prices.items():
+            if price < 0:
+                raise ValueError(f"price for {option} must be >= 0, got {price}")
+        return prices
+
+    def offer(self) -> CloudOffer:
+        return CloudOffer(
+            provider=self.provider,
+            region=self.region,
+            instance_type=self.instance_type,
+            gpu_class=self.gpu_class,
+            gpus_per_instance=self.gpus_per_instance,
+            usd_per_hour=dict(self.usd_per_hour),
+            discount_pct=self.discount_pct,
+        )
+
+
+_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+class WorkloadRule(_Strict):
+    match: dict[str, str] = Field(min_length=1, description="label -> glob, all must match")
+    workload: str = Field(min_length=1, description="name template, e.g. '{k8s_namespace}'")
+    team: str = Field(default="", description="team name template, e.g. 'ml' or '{team}'")
+    allow_spot: bool = False
+
+    def apply(self, labels: Mapping[str, str]) -> tuple[str, str] | None:
+        for label, pattern in self.match.items():
+            if label not in labels or not fnmatch.fnmatchcase(labels[label], pattern):
+                return None
+
+        def fill(template: str) -> str:
+            return _TEMPLATE_FIELD.sub(lambda m: labels.get(m.group(1), "unknown"), template)
+
+        return fill(self.workload), fill(self.team)
+
+
+class ThresholdsConfig(_Strict):
+    margin_pct: Decimal = Field(default=Decimal(10), ge=0, lt=1000)
+    dwell_windows: int = Field(default=3, ge=1)
+    window_seconds: int = Field(default=900, ge=1)
+    grace_seconds: int = Field(default=60, ge=0)
+    rolling_windows: int = Field(default=4, ge=1)
+    migration_purchase_options: list[PurchaseOption] = ["on_demand"]
+
+    def domain(self) -> Thresholds:
+        return Thresholds(margin=self.margin_pct / 100, dwell_windows=self.dwell_windows)
+
+
+class AlertRoute(_Strict):
+    name: str = Field(min_length=1)
+    audience: Literal["finance", "platform"]
+    slack_webhook_url: SecretRef | None = None
+    min_monthly_savings_usd: Decimal = Field(default=Decimal(0), ge=0)
+
+
+class AlertsConfig(_Strict):
+    routes: list[AlertRoute] = []
+    dashboard_url: str | None = Field(default=None, description="base URL of Grafana, for links in alerts")
+
+
+class NvmlCollectorConfig(_Strict):
+    interval_seconds: float = Field(default=30, gt=0)
+    host: str | None = Field(default=None, description="node name to report; default: this machine's host name")
+
+
+class CollectorsConfig(_Strict):
+    nvml: NvmlCollectorConfig = NvmlCollectorConfig()
+
+
+class Config(_Strict):
+    state_dir: Path = DEFAULT_STATE_DIR
+    kafka: KafkaConfig = KafkaConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    onprem_assets: list[AssetProfile] = []
+    cloud_offers: list[CloudOfferConfig] = []
+    gpu_throughput: dict[str, Decimal] = Field(
+        default_factory=dict, description="relative throughput per GPU class, e.g. {A100: 1, H100: 3}"
+    )
+    workloads: list[WorkloadRule] = []
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    collectors: CollectorsConfig = CollectorsConfig()
+
+    @field_validator("gpu_throughput")
+    @classmethod
+    def _throughput_positive(cls, table: dict[str, Decimal]) -> dict[str, Decimal]:
+        for gpu_class, value in table.items():
+            if value <= 0:
+                raise ValueError(f"throughput of {gpu_class} must be > 0, got {value}")
+        return table
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        names = [a.name for a in self.onprem_assets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"onprem_assets: duplicate name(s) {', '.join(dupes)}")
+        return self
+
+    # -- derived views used by the streams -------------------------------------------------
+    def asset_for_host(self, host: str) -> AssetProfile | None:
+        return next((a for a in self.onprem_assets if a.matches_host(host)), None)
+
+    def offer_for(self, provider: str, region: str, instance_type: str) -> CloudOfferConfig | None:
+        exact = [o for o in self.cloud_offers if (o.provider, o.instance_type) == (provider, instance_type)]
+        return next((o for o in exact if o.region == region), exact[0] if exact else None)
+
+    def market(self) -> Market:
+        onprem: dict[str, OnPremGpuCost] = {}
+        for asset in self.onprem_assets:
+            onprem.setdefault(asset.gpu_class, asset.gpu_cost())
+        return Market(
+            onprem=onprem,
+            offers=tuple(o.offer() for o in self.cloud_offers),
+            throughput=dict(self.gpu_throughput),
+            purchase_options=tuple(self.thresholds.migration_purchase_options),
+        )
+
+    def resolve_workload(self, labels: Mapping[str, str]) -> tuple[str, str, bool] | None:
+        """(workload, team, allow_spot) from the first matching rule, else None."""
+        for rule in self.workloads:
+            named = rule.apply(labels)
+            if named is not None:
+                return named[0], named[1], rule.allow_spot
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets shown only as where they come from."""
+
+        def walk(value: Any) -> Any:
+            if isinstance(value, SecretRef):
+                return value.describe()
+            if isinstance(value, BaseModel):
+                return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            if isinstance(value, dict):
+                return {str(k): walk(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [walk(v) for v in value]
+            if isinstance(value, Decimal):
+                return int(value) if value == value.to_integral_value() else float(value)
+            if isinstance(value, (Path, date)):
+                return str(value)
+            return value
+
+        return walk(self)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ""
+        for part in e["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if isinstance(value, (dict, list)) or e["type"] == "missing" else f", got {value!r}"
+        lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _set_path(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+_YAML_LOOKING = re.compile(r"^(\[.*\]|\{.*\}|true|false|null|~|-?\d+(\.\d+)?)$", re.IGNORECASE | re.DOTALL)
+
+
+def _env_value(raw: str) -> Any:
+    """Lists, mappings, booleans, null and numbers are parsed as YAML; anything else stays a string
+    (so that a DSN or host:port is never reinterpreted)."""
+    if raw == "":
+        return None
+    if _YAML_LOOKING.match(raw.strip()):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
+    return raw
+
+
+def apply_env_overrides(data: dict, environ: Mapping[str, str]) -> dict:
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+            _set_path(data, path, _env_value(environ[key]))
+    return data
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, override from the environment and validate; raise ConfigError with every problem."""
+    environ = os.environ if environ is None else environ
+    data: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the configuration file ({exc.strerror})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    data = apply_env_overrides(data, environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None

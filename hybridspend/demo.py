@@ -1,0 +1,197 @@
+"""`hybridspend demo`: the whole pipeline on embedded defaults over a simulated hybrid fleet."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from .broker import Topics, ensure_topics, make_producer
+from .config import Config
+from .local import Endpoints, _die_with_parent, running_services
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Services:
+    """The worker, sink and alerter as child processes, logs in the state directory."""
+
+    def __init__(self, config: Config, config_path: Path, endpoints: Endpoints) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = config.state_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        self.env.update({
+            "HYBRIDSPEND_CONFIG": str(config_path),
+            "HYBRIDSPEND__STATE_DIR": str(config.state_dir),
+            "HYBRIDSPEND__KAFKA__BOOTSTRAP_SERVERS": endpoints.bootstrap,
+            "HYBRIDSPEND__DATABASE__DSN": endpoints.dsn,
+            "HYBRIDSPEND_BROKER_PROFILE": endpoints.profile.name,
+            "PYTHONUNBUFFERED": "1",
+        })
+
+    def start(self, name: str, *extra: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "hybridspend.cli", name, *extra],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the {name} exited with status {proc.returncode}; its log ends with:\n{tail}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _progress(sim_ms: int, start_ms: int, hours: float, sent: int, counts: dict[str, int]) -> str:
+    done = (sim_ms - start_ms) / 3_600_000
+    width = 30
+    filled = int(width * min(1.0, done / hours))
+    clock = datetime.fromtimestamp(sim_ms / 1000, tz=timezone.utc).strftime("%H:%M")
+    return (f"  [{'#' * filled}{'.' * (width - filled)}] {clock} UTC  samples sent {sent:>6}  "
+            f"cost windows {counts.get('cost_windows', 0):>5}  decisions {counts.get('decisions', 0):>2}  "
+            f"alerts {counts.get('alert_outbox', 0) - counts.get('alerts_pending', 0):>2}")
+
+
+def run_demo(args) -> int:
+    import psycopg
+
+    from collectors.sim import demo_fleet
+    from storage.db import migrate
+    from storage.queries import counts
+
+    from .cli import EXAMPLE_CONFIG, resolve_config
+
+    state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config_path = Path(args.config) if args.config else state_dir / "config.yaml"
+    if not args.config and not config_path.exists():
+        shutil.copyfile(EXAMPLE_CONFIG, config_path)
+        _say(f"wrote the example configuration to {config_path}")
+    config = resolve_config(str(config_path), str(state_dir))
+    topics = Topics.from_config(config.kafka)
+    fleet = demo_fleet(seed=args.seed)
+    day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    start_ms = int(day_start.timestamp() * 1000)
+    end_ms = start_ms + int(args.hours * 3_600_000)
+    t0 = time.monotonic()
+
+    with ExitStack() as stack:
+        endpoints = stack.enter_context(running_services(config, say=lambda m: _say(f"  {m}")))
+        before, after, engine = migrate(endpoints.dsn)
+        _say(f"  database ready ({engine}, schema version {after})")
+        ensure_topics(endpoints.bootstrap, config.kafka, topics)
+        services = Services(config, config_path, endpoints)
+        stack.callback(services.stop)
+        services.start("worker")
+        services.start("sink")
+        services.start("alerter")
+        _say("  started the Faust worker, the sink and the alerter "
+             f"(logs in {services.log_dir})")
+        producer = make_producer(endpoints.bootstrap, config.kafka)
+        stack.callback(producer.close)
+        conn = stack.enter_context(psycopg.connect(endpoints.dsn, autocommit=True))
+
+        _say(f"simulating {args.hours:g} h of the fleet from {day_start:%Y-%m-%d %H:%M} UTC "
+             f"at {args.speed:g}x ({len(fleet.nodes)} nodes and instances, one sample per minute each)")
+        sent = 0
+        last_print = 0.0
+        wall_start = time.monotonic()
+        for ts_ms, samples, instance_events in fleet.run_day(start_ms):
+            if ts_ms > end_ms:
+                break
+            for ev in instance_events:
+                producer.send(topics.instance_events, key=ev.instance_id.encode(), value=ev.encode())
+            for sample in samples:
+                producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
+                sent += 1
+            due = wall_start + (ts_ms - start_ms) / 1000 / args.speed
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if time.monotonic() - last_print > 2:
+                services.check()
+                _say(_progress(ts_ms, start_ms, args.hours, sent, counts(conn)))
+                last_print = time.monotonic()
+        producer.flush()
+
+        # drain: wait until the pipeline has caught up (no new rows, no alert pending)
+        stable, previous = 0, None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and stable < 3:
+            time.sleep(1)
+            services.check()
+            now = counts(conn)
+            stable = stable + 1 if now == previous and now["alerts_pending"] == 0 else 0
+            previous = now
+        _say(_progress(end_ms, start_ms, args.hours, sent, counts(conn)))
+        _say(summary(conn, day_start, datetime.fromtimestamp(end_ms / 1000, tz=timezone.utc), config, services,
+                     endpoints, time.monotonic() - t0))
+    _say("stopped the worker, sink, alerter, broker and database; nothing left running")
+    return 0
+
+
+def _money(v) -> str:
+    return "—" if v is None else f"${v:,.2f}"
+
+
+def summary(conn, start: datetime, end: datetime, config: Config, services: Services, endpoints: Endpoints,
+            elapsed_s: float) -> str:
+    from storage.queries import counts, decisions_between, workload_summary
+
+    lines = ["", f"hybridspend demo — {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (simulated), ran in {elapsed_s:.0f} s", ""]
+    lines.append("Workloads (estimated from live samples)")
+    header = f"  {'workload':<18} {'team':<12} {'where':<7} {'GPU':<5} {'GPU-h':>8} {'busy':>6} {'cost':>10} {'$/busy GPU-h':>13}"
+    lines.append(header)
+    for w in workload_summary(conn, start, end):
+        util = "—" if w.utilization is None else f"{w.utilization:.0%}"
+        lines.append(
+            f"  {w.workload[:18]:<18} {w.team[:12]:<12} {w.environment:<7} {w.gpu_class:<5} "
+            f"{w.allocated_gpu_hours:>8.1f} {util:>6} {_money(w.cost_usd):>10} {_money(w.usd_per_busy_gpu_hour):>13}"
+        )
+    decisions = decisions_between(conn, start, end + timedelta(hours=1))
+    lines += ["", f"Crossings ({len(decisions)})"]
+    for d in decisions:
+        lines.append(
+            f"  {d['decided_at']:%H:%M} {d['workload']}: {d['kind']} ({d['from_env']} -> {d['to_env']}) "
+            f"{_money(d['current_usd_per_busy_gpu_hour'])} vs {_money(d['alternative_usd_per_busy_gpu_hour'])} "
+            f"per busy GPU-hour at {d['utilization']:.0%} busy, saves {_money(d['monthly_savings_usd'])}/month "
+            f"[{d['alerts_delivered']} alert(s) delivered]"
+        )
+        lines.append(f"        {d['reason']}")
+    c = counts(conn)
+    routes = ", ".join(r.name for r in config.alerts.routes) or "console"
+    lines += [
+        "",
+        f"Alerts: {c['alert_outbox'] - c['alerts_pending']} delivered, {c['alerts_pending']} pending "
+        f"(routes: {routes}; without a Slack webhook they go to the console: {services.log_dir / 'alerter.log'})",
+        f"Dead letters: {c['dead_letters']}",
+        "",
+        "Where the data is:",
+        f"  configuration   {config.state_dir / 'config.yaml'}",
+        f"  database        {'embedded PostgreSQL in ' + str(config.state_dir / 'pgdata') if endpoints.local_database else 'configured DSN'}"
+        f" (tables cost_windows, decisions, alert_outbox, alert_log, dead_letters)",
+        f"  logs            {services.log_dir}",
+    ]
+    return "\n".join(lines)

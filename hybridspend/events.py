@@ -1,0 +1,454 @@
+"""Event contracts: the versioned records that travel on every topic.
+
+Each record is JSON with a ``schema`` field (``name.vN``) and an ``event_id`` used for
+idempotence.  Producers (collectors, the simulator) and consumers (Faust agents, the sink, the
+alerter) share these classes; nobody builds the dicts by hand.  ``decode`` validates and raises
+``EventError`` with the reason, which the consumers send to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
+
+ENVIRONMENTS = ("onprem", "cloud")
+INSTANCE_STATES = ("running", "stopped", "terminated", "spot_interruption_warning")
+MAX_LABEL_LEN = 253
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class EventError(ValueError):
+    """A payload that is not a valid event; the message is the dead-letter reason."""
+
+
+# -- field checks -------------------------------------------------------------------------------
+
+
+def _get(d: dict, name: str, where: str) -> Any:
+    try:
+        return d[name]
+    except KeyError:
+        raise EventError(f"{where}: missing field '{name}'") from None
+
+
+def _label(d: dict, name: str, where: str, *, optional: bool = False) -> str:
+    value = d.get(name) if optional else _get(d, name, where)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise EventError(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+    if len(value) > MAX_LABEL_LEN:
+        raise EventError(f"{where}: '{name}' is longer than {MAX_LABEL_LEN} characters")
+    if _CONTROL.search(value):
+        raise EventError(f"{where}: '{name}' contains control characters")
+    return value
+
+
+def _int(d: dict, name: str, where: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    value = d.get(name) if optional else _get(d, name, where)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError(f"{where}: '{name}' must be an integer, got {value!r:.40}")
+    if minimum is not None and value < minimum:
+        raise EventError(f"{where}: '{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def _num(d: dict, name: str, where: str, lo: float, hi: float) -> float:
+    value = _get(d, name, where)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise EventError(f"{where}: '{name}' must be a number, got {value!r:.40}")
+    if not lo <= value <= hi:
+        raise EventError(f"{where}: '{name}' must be in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _money(d: dict, name: str, where: str, *, optional: bool = False) -> Decimal | None:
+    value = d.get(name) if optional else _get(d, name, where)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise EventError(f"{where}: '{name}' must be a decimal string, got {value!r:.40}")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise EventError(f"{where}: '{name}' is not a decimal number: {value!r:.40}") from None
+    if not amount.is_finite():
+        raise EventError(f"{where}: '{name}' must be finite, got {value!r:.40}")
+    return amount
+
+
+def _choice(d: dict, name: str, where: str, choices: tuple[str, ...]) -> str:
+    value = _get(d, name, where)
+    if value not in choices:
+        raise EventError(f"{where}: '{name}' must be one of {', '.join(choices)}, got {value!r:.40}")
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def dumps(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=_json_default, ensure_ascii=False).encode()
+
+
+def loads(payload: bytes | str, expected_schema: str) -> dict:
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError("not JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise EventError(f"expected a JSON object, got {type(data).__name__}")
+    schema = data.get("schema")
+    if schema != expected_schema:
+        raise EventError(f"unsupported schema {schema!r:.60}, expected {expected_schema!r}")
+    return data
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Record:
+    SCHEMA: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    def encode(self) -> bytes:
+        return dumps(self.to_dict())
+
+
+@dataclass(slots=True)
+class WorkloadShare:
+    workload: str
+    team: str = ""
+    allow_spot: bool = False
+
+
+@dataclass(slots=True)
+class GpuReading:
+    uuid: str
+    index: int
+    model: str
+    gpu_class: str
+    utilization_pct: float
+    memory_used_mib: int
+    memory_total_mib: int
+    power_mw: int | None
+    workloads: list[WorkloadShare] = field(default_factory=list)  # empty: the GPU is idle
+
+
+@dataclass(slots=True)
+class GpuSample(_Record):
+    """One tick of one node (or cloud instance): all its GPUs. Key: the resource."""
+
+    SCHEMA: ClassVar[str] = "gpu_sample.v1"
+    event_id: str
+    ts_ms: int  # end of the sampled interval, UTC epoch milliseconds
+    interval_ms: int
+    resource: str  # host name, or the cloud instance id
+    environment: str  # onprem | cloud
+    source: str  # nvml | dcgm | sim
+    gpus: list[GpuReading]
+    provider: str = ""
+    region: str = ""
+    instance_type: str = ""
+    purchase_option: str = ""
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "GpuSample":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        gpus_raw = _get(d, "gpus", w)
+        if not isinstance(gpus_raw, list) or not gpus_raw:
+            raise EventError(f"{w}: 'gpus' must be a non-empty list")
+        if len(gpus_raw) > 64:
+            raise EventError(f"{w}: 'gpus' has {len(gpus_raw)} entries, at most 64 per resource")
+        gpus = []
+        for i, g in enumerate(gpus_raw):
+            gw = f"{w}: gpus[{i}]"
+            if not isinstance(g, dict):
+                raise EventError(f"{gw} must be an object")
+            shares_raw = g.get("workloads") or []
+            if not isinstance(shares_raw, list):
+                raise EventError(f"{gw}: 'workloads' must be a list")
+            shares = []
+            for j, s in enumerate(shares_raw):
+                sw = f"{gw}.workloads[{j}]"
+                if not isinstance(s, dict):
+                    raise EventError(f"{sw} must be an object")
+                name = _label(s, "workload", sw)
+                if not name:
+                    raise EventError(f"{sw}: 'workload' must not be empty")
+                shares.append(WorkloadShare(name, _label(s, "team", sw, optional=True), s.get("allow_spot") is True))
+            gpus.append(
+                GpuReading(
+                    uuid=_label(g, "uuid", gw),
+                    index=_int(g, "index", gw, minimum=0),  # type: ignore[arg-type]
+                    model=_label(g, "model", gw),
+                    gpu_class=_label(g, "gpu_class", gw),
+                    utilization_pct=_num(g, "utilization_pct", gw, 0, 100),
+                    memory_used_mib=_int(g, "memory_used_mib", gw, minimum=0),  # type: ignore[arg-type]
+                    memory_total_mib=_int(g, "memory_total_mib", gw, minimum=0),  # type: ignore[arg-type]
+                    power_mw=_int(g, "power_mw", gw, minimum=0, optional=True),
+                    workloads=shares,
+                )
+            )
+        return cls(
+            event_id=_label(d, "event_id", w),
+            ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
+            interval_ms=_int(d, "interval_ms", w, minimum=1),  # type: ignore[arg-type]
+            resource=_label(d, "resource", w),
+            environment=_choice(d, "environment", w, ENVIRONMENTS),
+            source=_label(d, "source", w),
+            gpus=gpus,
+            provider=_label(d, "provider", w, optional=True),
+            region=_label(d, "region", w, optional=True),
+            instance_type=_label(d, "instance_type", w, optional=True),
+            purchase_option=_label(d, "purchase_option", w, optional=True),
+        )
+
+
+@dataclass(slots=True)
+class CostWindow(_Record):
+    """Usage and cost of one workload on one resource in one event-time window. Key: workload."""
+
+    SCHEMA: ClassVar[str] = "cost_window.v1"
+    event_id: str
+    workload: str
+    team: str
+    allow_spot: bool
+    environment: str
+    gpu_class: str
+    resource: str
+    window_start_ms: int
+    window_ms: int
+    allocated_gpu_ms: int
+    busy_gpu_ms: int
+    metered_gpu_ms: int
+    energy_mj: int
+    sample_count: int
+    first_ms: int
+    last_ms: int
+    cost_usd: Decimal
+    basis: str = "estimated"  # estimated (live) | billed
+    provider: str = ""
+    instance_type: str = ""
+    purchase_option: str = ""
+
+    @staticmethod
+    def make_id(resource: str, workload: str, environment: str, gpu_class: str, window_start_ms: int) -> str:
+        return f"{resource}|{workload}|{environment}|{gpu_class}|{window_start_ms}"
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "CostWindow":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.type == "int":
+                values[f.name] = _int(d, f.name, w, minimum=0)
+            elif f.type == "Decimal":
+                values[f.name] = _money(d, f.name, w)
+            elif f.type == "bool":
+                values[f.name] = d.get(f.name) is True
+            else:
+                values[f.name] = _label(d, f.name, w, optional=f.name in ("provider", "instance_type", "purchase_option", "team"))
+        if values["environment"] not in ENVIRONMENTS:
+            raise EventError(f"{w}: 'environment' must be one of {', '.join(ENVIRONMENTS)}")
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class BreakevenDecision(_Record):
+    """A crossing that persisted for the dwell: move (or stay again). Key: workload."""
+
+    SCHEMA: ClassVar[str] = "decision.v1"
+    event_id: str
+    workload: str
+    team: str
+    from_env: str
+    to_env: str
+    kind: str
+    gpu_class: str
+    window_start_ms: int
+    window_end_ms: int
+    current_usd_per_busy_gpu_hour: Decimal | None
+    alternative_usd_per_busy_gpu_hour: Decimal | None
+    utilization: Decimal
+    monthly_savings_usd: Decimal
+    confidence: Decimal
+    alternative_label: str
+    gpus_needed: int
+    reason: str
+    basis: str = "estimated"
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "BreakevenDecision":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        return cls(
+            event_id=_label(d, "event_id", w),
+            workload=_label(d, "workload", w),
+            team=_label(d, "team", w, optional=True),
+            from_env=_choice(d, "from_env", w, ENVIRONMENTS),
+            to_env=_choice(d, "to_env", w, ENVIRONMENTS),
+            kind=_label(d, "kind", w),
+            gpu_class=_label(d, "gpu_class", w),
+            window_start_ms=_int(d, "window_start_ms", w, minimum=0),  # type: ignore[arg-type]
+            window_end_ms=_int(d, "window_end_ms", w, minimum=0),  # type: ignore[arg-type]
+            current_usd_per_busy_gpu_hour=_money(d, "current_usd_per_busy_gpu_hour", w, optional=True),
+            alternative_usd_per_busy_gpu_hour=_money(d, "alternative_usd_per_busy_gpu_hour", w, optional=True),
+            utilization=_money(d, "utilization", w),  # type: ignore[arg-type]
+            monthly_savings_usd=_money(d, "monthly_savings_usd", w),  # type: ignore[arg-type]
+            confidence=_money(d, "confidence", w),  # type: ignore[arg-type]
+            alternative_label=_label(d, "alternative_label", w),
+            gpus_needed=_int(d, "gpus_needed", w, minimum=0),  # type: ignore[arg-type]
+            reason=str(_get(d, "reason", w))[:2000],
+            basis=_label(d, "basis", w, optional=True) or "estimated",
+        )
+
+
+@dataclass(slots=True)
+class InstanceEvent(_Record):
+    """A cloud GPU instance changed state (or got a spot interruption warning). Key: instance id."""
+
+    SCHEMA: ClassVar[str] = "instance_event.v1"
+    event_id: str
+    ts_ms: int
+    provider: str
+    region: str
+    account: str
+    instance_id: str
+    instance_type: str
+    state: str
+    purchase_option: str
+    workload: str
+    team: str = ""
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "InstanceEvent":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        return cls(
+            event_id=_label(d, "event_id", w),
+            ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
+            provider=_label(d, "provider", w),
+            region=_label(d, "region", w),
+            account=_label(d, "account", w, optional=True),
+            instance_id=_label(d, "instance_id", w),
+            instance_type=_label(d, "instance_type", w),
+            state=_choice(d, "state", w, INSTANCE_STATES),
+            purchase_option=_label(d, "purchase_option", w),
+            workload=_label(d, "workload", w),
+            team=_label(d, "team", w, optional=True),
+        )
+
+
+@dataclass(slots=True)
+class PriceUpdate(_Record):
+    """The price of an instance type under one purchase option. Key: provider|region|instance_type."""
+
+    SCHEMA: ClassVar[str] = "price.v1"
+    event_id: str
+    ts_ms: int
+    provider: str
+    region: str
+    instance_type: str
+    purchase_option: str
+    usd_per_hour: Decimal
+    source: str
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "PriceUpdate":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        price = _money(d, "usd_per_hour", w)
+        assert price is not None
+        if price < 0:
+            raise EventError(f"{w}: 'usd_per_hour' must be >= 0, got {price}")
+        return cls(
+            event_id=_label(d, "event_id", w),
+            ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
+            provider=_label(d, "provider", w),
+            region=_label(d, "region", w),
+            instance_type=_label(d, "instance_type", w),
+            purchase_option=_label(d, "purchase_option", w),
+            usd_per_hour=price,
+            source=_label(d, "source", w),
+        )
+
+
+@dataclass(slots=True)
+class CostLine(_Record):
+    """A billed cost line (FOCUS, CUR, billing export). Key: the billed resource id."""
+
+    SCHEMA: ClassVar[str] = "cost_line.v1"
+    event_id: str
+    provider: str
+    billing_account: str
+    resource_id: str
+    charge_period_start_ms: int
+    charge_period_end_ms: int
+    billed_cost_usd: Decimal
+    effective_cost_usd: Decimal
+    service: str
+    sku: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "CostLine":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        tags = d.get("tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise EventError(f"{w}: 'tags' must be an object of strings")
+        return cls(
+            event_id=_label(d, "event_id", w),
+            provider=_label(d, "provider", w),
+            billing_account=_label(d, "billing_account", w, optional=True),
+            resource_id=_label(d, "resource_id", w, optional=True),
+            charge_period_start_ms=_int(d, "charge_period_start_ms", w, minimum=0),  # type: ignore[arg-type]
+            charge_period_end_ms=_int(d, "charge_period_end_ms", w, minimum=0),  # type: ignore[arg-type]
+            billed_cost_usd=_money(d, "billed_cost_usd", w),  # type: ignore[arg-type]
+            effective_cost_usd=_money(d, "effective_cost_usd", w),  # type: ignore[arg-type]
+            service=_label(d, "service", w, optional=True),
+            sku=_label(d, "sku", w, optional=True),
+            source=_label(d, "source", w),
+            tags=tags,
+        )
+
+
+@dataclass(slots=True)
+class DeadLetter(_Record):
+    """A payload that could not be processed, with the reason. Key: the source topic."""
+
+    SCHEMA: ClassVar[str] = "dead_letter.v1"
+    event_id: str
+    ts_ms: int
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str  # the original bytes, decoded as UTF-8 with replacement, at most 64 KiB
+
+    @classmethod
+    def of(cls, *, topic: str, partition: int, offset: int, reason: str, payload: bytes | None, ts_ms: int) -> "DeadLetter":
+        text = (payload or b"")[:65536].decode("utf-8", errors="replace")
+        return cls(f"{topic}|{partition}|{offset}", ts_ms, topic, partition, offset, reason[:1000], text)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "DeadLetter":
+        d = loads(payload, cls.SCHEMA)
+        return cls(**{f.name: d[f.name] for f in fields(cls)})

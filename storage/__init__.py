@@ -1,0 +1,1 @@
+"""TimescaleDB / PostgreSQL storage: migrations, the idempotent sink."""

@@ -1,0 +1,111 @@
+"""Schema migrations and the database connection (psycopg 3).
+
+Migrations are the numbered SQL files in ``storage/migrations``; ``schema_version`` records
+which ones ran.  A database whose schema is newer than this code knows is refused rather than
+written to.  TimescaleDB is used when the extension is available (reported at start-up), plain
+PostgreSQL otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class SchemaError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in sorted((Path(__file__).parent / "migrations").iterdir()):
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise SchemaError(f"migration files must be numbered 001, 002, ... without gaps, found {versions}")
+    return found
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+def connect(dsn: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+
+
+def timescaledb_available(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    return row is not None
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    exists = conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+    if exists is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def migrate(dsn: str) -> tuple[int, int, str]:
+    """Apply pending migrations; return (version before, version after, engine)."""
+    known = migrations()
+    with connect(dsn, autocommit=True) as conn:
+        # one migrator at a time
+        conn.execute("SELECT pg_advisory_lock(727274)")
+        try:
+            engine = "timescaledb" if timescaledb_available(conn) else "postgresql"
+            if engine == "timescaledb":
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            before = current_version(conn)
+            if before > known[-1].version:
+                raise SchemaError(
+                    f"the database schema is version {before}, newer than this hybridspend knows "
+                    f"({known[-1].version}); upgrade hybridspend before using this database"
+                )
+            for mig in known:
+                if mig.version <= before:
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (mig.version, mig.name)
+                    )
+                log.info("applied migration %03d_%s", mig.version, mig.name)
+            return before, known[-1].version, engine
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727274)")
+
+
+def check_schema(conn: psycopg.Connection) -> None:
+    """Refuse to work against a database that is not migrated, or migrated by a newer version."""
+    version = current_version(conn)
+    latest = latest_version()
+    if version < latest:
+        raise SchemaError(f"the database schema is version {version}, expected {latest}: run `hybridspend db migrate`")
+    if version > latest:
+        raise SchemaError(
+            f"the database schema is version {version}, newer than this hybridspend knows ({latest}); upgrade hybridspend"
+        )

@@ -1,0 +1,1 @@
+"""Faust stream processors: GPU samples to priced cost windows to breakeven decisions."""
