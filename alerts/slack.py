@@ -26,6 +26,11 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def plain(text: str) -> str:
+    """For plain_text fields (never parsed for mentions): show angle brackets as look-alikes anyway."""
+    return text.replace("<", "‹").replace(">", "›")
+
+
 def _usd(amount: Decimal | None, suffix: str = "") -> str:
     return "n/a" if amount is None else f"${amount:,.2f}{suffix}"
 
@@ -57,7 +62,7 @@ def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> 
         ("GPUs needed", str(d.gpus_needed)),
     ]
     blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"{title}: {d.workload}"[:150], "emoji": False}},
+        {"type": "header", "text": {"type": "plain_text", "text": plain(f"{title}: {d.workload}")[:150], "emoji": False}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
         {"type": "section", "text": {"type": "mrkdwn", "text": escape(d.reason)}},
     ]

@@ -32,7 +32,7 @@ def workload_summary(conn: psycopg.Connection, start: datetime, end: datetime) -
     rows = conn.execute(
         """
         SELECT workload, max(team), environment, gpu_class,
-               sum(allocated_gpu_hours), sum(busy_gpu_hours), sum(cost_usd)
+               sum(allocated_gpu_ms) / 3600000.0, sum(busy_gpu_ms) / 3600000.0, sum(cost_usd)
           FROM cost_windows
          WHERE basis = 'estimated' AND window_start >= %s AND window_start < %s
          GROUP BY workload, environment, gpu_class

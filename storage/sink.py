@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Callable, Iterable
 
 import psycopg
 
-from costmodel.usage import MS_PER_HOUR
 from hybridspend.events import BreakevenDecision, CostWindow, DeadLetter, EventError
 
 from .db import check_schema, connect
@@ -30,7 +28,7 @@ def _ts(ms: int) -> datetime:
 
 COST_WINDOW_COLUMNS = (
     "window_start", "window_end", "resource", "workload", "environment", "gpu_class", "basis", "team",
-    "provider", "instance_type", "purchase_option", "allocated_gpu_hours", "busy_gpu_hours", "energy_kwh",
+    "provider", "instance_type", "purchase_option", "allocated_gpu_ms", "busy_gpu_ms", "energy_mj",
     "sample_count", "cost_usd", "event_id",
 )
 COST_WINDOW_KEY = ("window_start", "resource", "workload", "environment", "gpu_class", "basis")
@@ -47,8 +45,7 @@ def cost_window_row(w: CostWindow) -> tuple:
     return (
         _ts(w.window_start_ms), _ts(w.window_start_ms + w.window_ms), w.resource, w.workload, w.environment,
         w.gpu_class, w.basis, w.team, w.provider, w.instance_type, w.purchase_option,
-        Decimal(w.allocated_gpu_ms) / MS_PER_HOUR, Decimal(w.busy_gpu_ms) / MS_PER_HOUR,
-        Decimal(w.energy_mj) / 3_600_000_000, w.sample_count, w.cost_usd, w.event_id,
+        w.allocated_gpu_ms, w.busy_gpu_ms, w.energy_mj, w.sample_count, w.cost_usd, w.event_id,
     )
 
 

@@ -40,9 +40,11 @@ _ENV_LABELS = {
 
 def gpu_class_of(model: str) -> str:
     """'NVIDIA A100-SXM4-80GB' -> 'A100'; 'NVIDIA H100 80GB HBM3' -> 'H100'; 'NVIDIA L4' -> 'L4'."""
-    name = model.upper().replace("NVIDIA", "").replace("TESLA", "").strip()
-    m = re.match(r"([A-Z]+\d+[A-Z]*)", name.replace(" ", ""))
-    return m.group(1) if m else (name.split()[0] if name else "unknown")
+    tokens = re.split(r"[\s_-]+", model.upper().replace("NVIDIA", "").replace("TESLA", "").strip())
+    for token in tokens:
+        if re.fullmatch(r"[A-Z]+\d+[A-Z]?", token):
+            return token
+    return tokens[0] if tokens and tokens[0] else "unknown"
 
 
 @dataclass

@@ -13,9 +13,10 @@ CREATE TABLE cost_windows (
     provider            text        NOT NULL DEFAULT '',
     instance_type       text        NOT NULL DEFAULT '',
     purchase_option     text        NOT NULL DEFAULT '',
-    allocated_gpu_hours numeric(20, 9) NOT NULL,
-    busy_gpu_hours      numeric(20, 9) NOT NULL,
-    energy_kwh          numeric(20, 9) NOT NULL,
+    -- usage is stored exactly, as integers; hours = ms / 3600000 (in the query layer, after summing)
+    allocated_gpu_ms    bigint      NOT NULL,
+    busy_gpu_ms         bigint      NOT NULL,
+    energy_mj           bigint      NOT NULL,  -- measured energy, millijoules
     sample_count        integer     NOT NULL,
     cost_usd            numeric(20, 6) NOT NULL,
     event_id            text        NOT NULL,

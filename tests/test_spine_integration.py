@@ -1,0 +1,153 @@
+"""The spine end to end: real broker, real Faust worker, real PostgreSQL, a local Slack receiver.
+
+A scripted utilization drop makes an on-prem workload cross breakeven; exactly one alert arrives,
+with the numbers computed by hand below; replaying every sample changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal as D
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from hybridspend.broker import Topics, ensure_topics, make_producer
+from hybridspend.config import load_config
+from hybridspend.demo import Services
+from hybridspend.events import GpuReading, GpuSample, WorkloadShare
+from hybridspend.local import Endpoints
+from storage.db import migrate
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 600
+SAMPLE_S = 60
+T0_MS = 1_790_000_400_000 - 1_790_000_400_000 % (WINDOW_S * 1000)  # a window boundary in 2026
+
+# One A100 node with one GPU, numbers chosen to be easy by hand:
+#   capex  26280 / (36 * 730)        = 1.00 $/h
+#   upkeep 876 / 8760                = 0.10 $/h
+#   energy 500 W measured * PUE 1.0 * 0.10 $/kWh = 0.05 $/h
+#   on-prem fully loaded             = 1.15 $/GPU-hour
+# Cloud: p4d.24xlarge at 24 $/h for 8 GPUs = 3.00 $/GPU-hour; breakeven utilization 1.15/3 = 38 %.
+CONFIG = {
+    "onprem_assets": [{
+        "name": "rack", "gpu_model": "NVIDIA A100-SXM4-80GB", "gpu_class": "A100", "gpu_count": 1,
+        "gpus_per_node": 1, "hosts": ["node-1"], "purchase_price_usd_per_node": 26280,
+        "in_service_date": "2026-01-01", "amortization_months": 36, "power_w_per_gpu": 500, "pue": 1.0,
+        "electricity_usd_per_kwh": 0.10, "support_usd_per_year_per_node": 876,
+    }],
+    "cloud_offers": [{
+        "provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge", "gpu_model": "A100",
+        "gpu_class": "A100", "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 24},
+    }],
+    "thresholds": {"margin_pct": 10, "dwell_windows": 2, "window_seconds": WINDOW_S, "grace_seconds": 0},
+    "alerts": {"routes": [{"name": "platform", "audience": "platform",
+                           "slack_webhook_url": {"env": "TEST_SLACK_WEBHOOK"}}]},
+}
+
+
+def sample(ts_ms: int, util: float) -> GpuSample:
+    return GpuSample(
+        event_id=f"node-1:{ts_ms}", ts_ms=ts_ms, interval_ms=SAMPLE_S * 1000, resource="node-1",
+        environment="onprem", source="test",
+        gpus=[GpuReading("GPU-0", 0, "NVIDIA A100-SXM4-80GB", "A100", util, 1000, 81920, 500_000,
+                         [WorkloadShare("team-a/train", "team-a")])],
+    )
+
+
+def script() -> list[GpuSample]:
+    """Windows 0-2 at 80 % busy, windows 3-5 at 20 %, one sample into window 6 to close window 5."""
+    out = []
+    for i in range(1, 6 * (WINDOW_S // SAMPLE_S) + 2):
+        ts = T0_MS + i * SAMPLE_S * 1000
+        window = (ts - SAMPLE_S * 1000 - T0_MS) // (WINDOW_S * 1000)
+        out.append(sample(ts, 80.0 if window < 3 else 20.0))
+    return out
+
+
+def wait_until(predicate, timeout_s: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, broker, database, slack, topic_prefix,
+                                                            monkeypatch):
+    cfg = dict(CONFIG, state_dir=str(tmp_path / "state"),
+               kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("TEST_SLACK_WEBHOOK", slack.url + "/hooks/platform")
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    migrate(database)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    endpoints = Endpoints(broker.bootstrap, database, broker.profile, True, True)
+    services = Services(config, config_path, endpoints)
+    for name in ("worker", "sink", "alerter"):
+        services.start(name)
+    producer = make_producer(broker.bootstrap, config.kafka)
+    try:
+        for s in script():
+            producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
+        producer.flush()
+
+        posts = slack.wait_for(1, timeout_s=90)
+        services.check()
+        assert len(posts) == 1, posts
+        body = posts[0]["body"]
+        assert posts[0]["path"] == "/hooks/platform"
+        # Windows 3 and 4 (the dwell) at 20 % busy, each 1/6 allocated GPU-hour, 1/30 busy GPU-hour:
+        #   on-prem cost per window 1.15 / 6 = 0.191667 (micro-dollars), two windows 0.383334
+        #   cloud for the busy hours 3.00 / 30 = 0.10 per window, two windows 0.20
+        #   per busy GPU-hour: 0.383334 / (2/30) = 5.75 on-prem vs 0.20 / (2/30) = 3.00 cloud
+        #   monthly savings: (0.383334 - 0.20) / (2/6 h) * 730 = 401.50
+        assert "Migrate to cloud: team-a/train" in body["text"]
+        assert "$5.75 vs $3.00 per busy GPU-hour at 20% utilization" in body["text"]
+        assert "$401.50/month" in body["text"]
+
+        with psycopg.connect(database) as conn:
+            row = wait_until(lambda: conn.execute(
+                "SELECT kind, from_env, to_env, utilization, monthly_savings_usd, current_usd_per_busy_gpu_hour,"
+                " alternative_usd_per_busy_gpu_hour, decided_at FROM decisions").fetchall(), what="decision row")
+            assert len(row) == 1
+            kind, from_env, to_env, util, savings, cur, alt, decided_at = row[0]
+            assert (kind, from_env, to_env) == ("migrate_to_cloud", "onprem", "cloud")
+            assert util == D("0.2")
+            assert abs(savings - D("401.50")) < D("0.01")
+            assert abs(cur - D("5.75")) < D("0.0001") and alt == D("3")
+            assert int(decided_at.timestamp() * 1000) == T0_MS + 5 * WINDOW_S * 1000  # end of window 4
+
+            def totals():
+                return conn.execute(
+                    "SELECT count(*), sum(cost_usd), sum(busy_gpu_ms), sum(allocated_gpu_ms)"
+                    " FROM cost_windows").fetchone()
+
+            # windows 0..5 are closed: 6 rows; 3 at 80 % and 3 at 20 % busy
+            first = wait_until(lambda: (t := totals())[0] == 6 and t, what="six cost windows")
+            assert first[1] == 6 * D("0.191667")
+            assert first[2] == 3 * 10 * 48_000 + 3 * 10 * 12_000  # busy GPU-ms: 10 samples a window
+            assert first[3] == 6 * 600_000  # one GPU, six 10-minute windows = 1 GPU-hour
+
+            # replaying every sample changes nothing: no money added, no second decision, no second alert
+            for s in script():
+                producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
+            producer.flush()
+            time.sleep(5)
+            services.check()
+            conn.commit()
+            assert totals() == first
+            assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NOT NULL").fetchone()[0] == 1
+        assert len(slack.posts) == 1
+    finally:
+        producer.close()
+        services.stop()
