@@ -114,11 +114,15 @@ def _endpoints(config: Config):
     from .broker import profile_named
     from .local import database_dsn
 
+    from .broker import Topics, ensure_topics
+
     bootstrap = config.kafka.bootstrap_servers
     dsn = database_dsn(config)
     if not bootstrap:
         raise UsageError("kafka.bootstrap_servers is not set (the embedded broker is started by `hybridspend demo`)")
     profile = profile_named(os.environ.get("HYBRIDSPEND_BROKER_PROFILE", "kafka"))
+    # every topic exists with its partition count before any agent or consumer starts
+    ensure_topics(bootstrap, config.kafka, Topics.from_config(config.kafka), timeout_s=120)
     return bootstrap, dsn, profile
 
 

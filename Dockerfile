@@ -1,0 +1,15 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY costmodel costmodel
+COPY hybridspend hybridspend
+COPY collectors collectors
+COPY streams streams
+COPY storage storage
+COPY alerts alerts
+COPY dashboards dashboards
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 hybridspend
+USER hybridspend
+ENV HYBRIDSPEND_CONFIG=/etc/hybridspend/config.yaml \
+    HYBRIDSPEND_BROKER_PROFILE=kafka
+ENTRYPOINT ["hybridspend"]
