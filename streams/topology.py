@@ -123,12 +123,16 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     sample = GpuSample.decode(event.value)
                     if event.key is not None and event.key.decode("utf-8", "replace") != sample.resource:
                         raise EventError(f"key {event.key!r:.60} does not match resource {sample.resource!r}")
-                    state = states.get(sample.resource)
-                    if state is None:
-                        state = states[sample.resource] = ResourceState.from_dict(resource_windows.get(sample.resource))
-                    usage.add(state, sample)
+                    state = states.get(sample.resource) or ResourceState.from_dict(
+                        resource_windows.get(sample.resource))
+                    usage.add(state, sample)  # raises before changing anything when the sample is unpriceable
+                    states[sample.resource] = state
                 except EventError as exc:
                     await to_dead_letter(event, str(exc))
+                    continue
+                except Exception as exc:  # a bug must not stop the stream: keep the event and say why
+                    log.exception("usage: unexpected error on %s", event.message.offset)
+                    await to_dead_letter(event, f"internal error: {type(exc).__name__}: {exc}")
                     continue
                 part = event.message.partition
                 key_event[sample.resource] = partition_event[part] = event
@@ -164,13 +168,16 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             for event in events:
                 try:
                     cw = CostWindow.decode(event.value)
+                    state = states.get(cw.workload) or WorkloadState.from_dict(workload_windows.get(cw.workload))
+                    decider.add(state, cw)
+                    states[cw.workload] = state
                 except EventError as exc:
                     await to_dead_letter(event, str(exc))
                     continue
-                state = states.get(cw.workload)
-                if state is None:
-                    state = states[cw.workload] = WorkloadState.from_dict(workload_windows.get(cw.workload))
-                decider.add(state, cw)
+                except Exception as exc:  # a bug must not stop the stream: keep the event and say why
+                    log.exception("decide: unexpected error on %s", event.message.offset)
+                    await to_dead_letter(event, f"internal error: {type(exc).__name__}: {exc}")
+                    continue
                 part = event.message.partition
                 key_event[cw.workload] = partition_event[part] = event
                 workload_time_ms[part] = max(workload_time_ms[part], cw.window_start_ms + cw.window_ms)

@@ -96,6 +96,11 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
         services.start(name)
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
+        # malformed input goes to the dead-letter topic with its reason; the worker goes on
+        producer.send(topics.gpu_samples, key=b"node-1", value=b"{not json")
+        unknown_host = sample(T0_MS + 60_000, 50.0)
+        unknown_host.resource = "node-9"
+        producer.send(topics.gpu_samples, key=b"node-9", value=unknown_host.encode())
         for s in script():
             producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
         producer.flush()
@@ -130,6 +135,12 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
                 return conn.execute(
                     "SELECT count(*), sum(cost_usd), sum(busy_gpu_ms), sum(allocated_gpu_ms)"
                     " FROM cost_windows").fetchone()
+
+            letters = wait_until(lambda: conn.execute(
+                "SELECT reason FROM dead_letters ORDER BY reason").fetchall(), what="dead letters")
+            assert len(letters) == 2
+            assert letters[0][0] == "no on-prem asset profile matches host 'node-9'"
+            assert letters[1][0].startswith("not JSON: Expecting property name")
 
             # windows 0..5 are closed: 6 rows; 3 at 80 % and 3 at 20 % busy
             first = wait_until(lambda: (t := totals())[0] == 6 and t, what="six cost windows")
