@@ -136,9 +136,8 @@ def cmd_worker(args) -> int:
     return 0
 
 
-def cmd_sink(args) -> int:
-    from storage.sink import Sink
-
+def _run_consumer_service(args, group: str, topic_names, build) -> int:
+    """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
     from .broker import Topics, make_consumer
 
     config = resolve_config(args.config, args.state_dir)
@@ -146,37 +145,33 @@ def cmd_sink(args) -> int:
     if dsn is None:
         raise UsageError("database.dsn is not set")
     topics = Topics.from_config(config.kafka)
-    consumer = make_consumer(bootstrap, config.kafka, profile, "hybridspend-sink",
-                             [topics.cost_windows, topics.decisions, topics.dead_letter])
-    sink = Sink(consumer, dsn, topics)
-    stop = _stop_flag()
+    consumer = make_consumer(bootstrap, config.kafka, profile, group, topic_names(topics))
+    service = build(config, dsn, consumer, topics)
     try:
-        sink.run(stop)
+        service.run(_stop_flag())
     finally:
         consumer.close()
-        sink.close()
+        service.close()
     return 0
+
+
+def cmd_sink(args) -> int:
+    from storage.sink import Sink
+
+    return _run_consumer_service(
+        args, "hybridspend-sink", lambda t: [t.cost_windows, t.decisions, t.dead_letter],
+        lambda config, dsn, consumer, topics: Sink(consumer, dsn, topics),
+    )
 
 
 def cmd_alerter(args) -> int:
     from alerts.alerter import Alerter
 
-    from .broker import Topics, make_consumer
-
-    config = resolve_config(args.config, args.state_dir)
-    bootstrap, dsn, profile = _endpoints(config)
-    if dsn is None:
-        raise UsageError("database.dsn is not set")
-    topics = Topics.from_config(config.kafka)
-    consumer = make_consumer(bootstrap, config.kafka, profile, "hybridspend-alerter", [topics.decisions])
-    alerter = Alerter(config, dsn, consumer, dry_run=args.dry_run, say=lambda m: print(m, flush=True))
-    stop = _stop_flag()
-    try:
-        alerter.run(stop)
-    finally:
-        consumer.close()
-        alerter.close()
-    return 0
+    return _run_consumer_service(
+        args, "hybridspend-alerter", lambda t: [t.decisions],
+        lambda config, dsn, consumer, topics: Alerter(config, dsn, consumer, dry_run=args.dry_run,
+                                                      say=lambda m: print(m, flush=True)),
+    )
 
 
 def cmd_collect_nvml(args) -> int:
