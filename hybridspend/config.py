@@ -211,7 +211,6 @@ class ThresholdsConfig(_Strict):
     dwell_windows: int = Field(default=3, ge=1)
     window_seconds: int = Field(default=900, ge=1)
     grace_seconds: int = Field(default=60, ge=0)
-    rolling_windows: int = Field(default=4, ge=1)
     migration_purchase_options: list[PurchaseOption] = ["on_demand"]
 
     def domain(self) -> Thresholds:
