@@ -106,7 +106,14 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     workload_time_ms: dict[int, int] = defaultdict(int)
     open_workloads: dict[int, set[str]] = defaultdict(set)
 
-    async def to_dead_letter(event, reason: str) -> None:
+    async def reject(event, exc: Exception) -> None:
+        """Bad input, or a bug on one event: keep the event in the dead-letter topic with the reason."""
+        if isinstance(exc, EventError):
+            reason = str(exc)
+        else:  # a bug must not stop the stream
+            log.exception("unexpected error on %s[%d]@%d", event.message.topic, event.message.partition,
+                          event.message.offset, exc_info=exc)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
         msg = event.message
         letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
                                payload=msg.value, ts_ms=int(time.time() * 1000))
@@ -127,12 +134,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         resource_windows.get(sample.resource))
                     usage.add(state, sample)  # raises before changing anything when the sample is unpriceable
                     states[sample.resource] = state
-                except EventError as exc:
-                    await to_dead_letter(event, str(exc))
-                    continue
-                except Exception as exc:  # a bug must not stop the stream: keep the event and say why
-                    log.exception("usage: unexpected error on %s", event.message.offset)
-                    await to_dead_letter(event, f"internal error: {type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    await reject(event, exc)
                     continue
                 part = event.message.partition
                 key_event[sample.resource] = partition_event[part] = event
@@ -171,12 +174,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     state = states.get(cw.workload) or WorkloadState.from_dict(workload_windows.get(cw.workload))
                     decider.add(state, cw)
                     states[cw.workload] = state
-                except EventError as exc:
-                    await to_dead_letter(event, str(exc))
-                    continue
-                except Exception as exc:  # a bug must not stop the stream: keep the event and say why
-                    log.exception("decide: unexpected error on %s", event.message.offset)
-                    await to_dead_letter(event, f"internal error: {type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    await reject(event, exc)
                     continue
                 part = event.message.partition
                 key_event[cw.workload] = partition_event[part] = event
