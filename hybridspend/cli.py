@@ -159,7 +159,7 @@ def cmd_sink(args) -> int:
     from storage.sink import Sink
 
     return _run_consumer_service(
-        args, "hybridspend-sink", lambda t: [t.cost_windows, t.decisions, t.dead_letter],
+        args, "hybridspend-sink", lambda t: [t.cost_windows, t.decisions, t.dead_letter, t.gpu_samples, t.cost_lines, t.prices],
         lambda config, dsn, consumer, topics: Sink(consumer, dsn, topics),
     )
 

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import psycopg
 
+from .timeseries import POSTGRESQL, TIMESCALEDB, after_migration, render
+
 log = logging.getLogger(__name__)
 
-_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(postgresql|timescaledb))?\.sql$")
+ENGINES = (POSTGRESQL, TIMESCALEDB)
 
 
 class SchemaError(RuntimeError):
@@ -28,20 +31,24 @@ class SchemaError(RuntimeError):
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: str  # rendered for one engine
 
 
-def migrations() -> list[Migration]:
-    found = []
+def migrations(engine: str = POSTGRESQL) -> list[Migration]:
+    """The migrations for an engine: ``NNN_name.sql`` for both, ``NNN_name.<engine>.sql`` for one."""
+    found: dict[int, Migration] = {}
     for entry in sorted((Path(__file__).parent / "migrations").iterdir()):
         m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
-    found.sort(key=lambda mig: mig.version)
-    versions = [mig.version for mig in found]
+        if not m or m.group(3) not in (None, engine):
+            continue
+        version = int(m.group(1))
+        if version in found:
+            raise SchemaError(f"two migrations numbered {version:03d} for {engine}")
+        found[version] = Migration(version, m.group(2), render(entry.read_text(), engine))
+    versions = sorted(found)
     if versions != list(range(1, len(versions) + 1)):
         raise SchemaError(f"migration files must be numbered 001, 002, ... without gaps, found {versions}")
-    return found
+    return [found[v] for v in versions]
 
 
 def latest_version() -> int:
@@ -64,16 +71,31 @@ def current_version(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
 
 
+def engine_of(conn: psycopg.Connection) -> str:
+    """The engine this database's schema was built for (recorded by the first migration)."""
+    if conn.execute("SELECT to_regclass('hybridspend_meta')").fetchone()[0] is None:
+        raise SchemaError("the database is not migrated: run `hybridspend db migrate`")
+    row = conn.execute("SELECT value FROM hybridspend_meta WHERE key = 'engine'").fetchone()
+    return row[0]
+
+
 def migrate(dsn: str) -> tuple[int, int, str]:
-    """Apply pending migrations; return (version before, version after, engine)."""
-    known = migrations()
+    """Apply pending migrations; return (version before, version after, engine).
+
+    The engine is chosen the first time (TimescaleDB when the extension is available) and kept.
+    """
     with connect(dsn, autocommit=True) as conn:
         # one migrator at a time
         conn.execute("SELECT pg_advisory_lock(727274)")
         try:
-            engine = "timescaledb" if timescaledb_available(conn) else "postgresql"
-            if engine == "timescaledb":
+            conn.execute("CREATE TABLE IF NOT EXISTS hybridspend_meta (key text PRIMARY KEY, value text NOT NULL)")
+            detected = TIMESCALEDB if timescaledb_available(conn) else POSTGRESQL
+            conn.execute("INSERT INTO hybridspend_meta VALUES ('engine', %s) ON CONFLICT (key) DO NOTHING",
+                         (detected,))
+            engine = engine_of(conn)
+            if engine == TIMESCALEDB:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            known = migrations(engine)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
@@ -90,10 +112,11 @@ def migrate(dsn: str) -> tuple[int, int, str]:
                     continue
                 with conn.transaction():
                     conn.execute(mig.sql)
+                    after_migration(conn, mig.version, engine)
                     conn.execute(
                         "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (mig.version, mig.name)
                     )
-                log.info("applied migration %03d_%s", mig.version, mig.name)
+                log.info("applied migration %03d_%s (%s)", mig.version, mig.name, engine)
             return before, known[-1].version, engine
         finally:
             conn.execute("SELECT pg_advisory_unlock(727274)")

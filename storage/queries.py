@@ -1,4 +1,4 @@
-"""Read queries shared by the demo summary, the reports and the dashboards (one place per number)."""
+"""Read queries over the query layer (the views of migration 004), shared by the demo, reports and dashboards."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def workload_summary(conn: psycopg.Connection, start: datetime, end: datetime) -
         """
         SELECT workload, max(team), environment, gpu_class,
                sum(allocated_gpu_ms) / 3600000.0, sum(busy_gpu_ms) / 3600000.0, sum(cost_usd)
-          FROM cost_windows
-         WHERE basis = 'estimated' AND window_start >= %s AND window_start < %s
+          FROM cost_hourly
+         WHERE basis = 'estimated' AND bucket >= %s AND bucket < %s
          GROUP BY workload, environment, gpu_class
          ORDER BY sum(cost_usd) DESC, workload
         """,
@@ -46,14 +46,12 @@ def workload_summary(conn: psycopg.Connection, start: datetime, end: datetime) -
 def decisions_between(conn: psycopg.Connection, start: datetime, end: datetime) -> list[dict]:
     cur = conn.execute(
         """
-        SELECT d.decision_id, d.decided_at, d.workload, d.team, d.from_env, d.to_env, d.kind,
-               d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
-               d.monthly_savings_usd, d.confidence, d.alternative_label, d.reason,
-               (SELECT count(*) FROM alert_outbox a WHERE a.decision_id = d.decision_id AND a.delivered_at IS NOT NULL)
-                 AS alerts_delivered
-          FROM decisions d
-         WHERE d.decided_at >= %s AND d.decided_at <= %s
-         ORDER BY d.decided_at, d.workload
+        SELECT decision_id, decided_at, workload, team, from_env, to_env, kind,
+               current_usd_per_busy_gpu_hour, alternative_usd_per_busy_gpu_hour, utilization,
+               monthly_savings_usd, confidence, alternative_label, reason, alerts_delivered
+          FROM decision_log
+         WHERE decided_at >= %s AND decided_at <= %s
+         ORDER BY decided_at, workload
         """,
         (start, end),
     )

@@ -1,44 +1,86 @@
-"""The sink: cost windows, decisions and dead letters from Kafka into PostgreSQL, idempotently.
+"""The sink: every result and raw topic from Kafka into PostgreSQL / TimescaleDB, idempotently.
 
-Each batch is COPYed into temporary staging tables and upserted on natural keys in one
-transaction; the Kafka offsets are committed only after that transaction commits, so a crash
-replays the batch and the upsert makes the replay change nothing.  When the database is down
-the sink keeps the batch, waits and retries; nothing is lost.
+Each poll (at most ``max_records``) is COPYed into temporary staging tables and upserted on
+natural keys in one transaction, together with the refresh of the rollup buckets it touched (plain
+PostgreSQL; TimescaleDB's continuous aggregates refresh themselves).  Kafka offsets are committed
+only after that transaction commits, so a crash replays the batch and the upsert makes the replay
+change nothing.  While the database is down the sink holds the batch, polls nothing more (back
+pressure), waits and retries; nothing is lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from hybridspend.events import BreakevenDecision, CostWindow, DeadLetter, EventError
+from hybridspend.events import (
+    BreakevenDecision,
+    CostLine,
+    CostWindow,
+    DeadLetter,
+    EventError,
+    GpuSample,
+    PriceUpdate,
+)
 
-from .db import check_schema, connect
+from .db import check_schema, connect, engine_of
+from .timeseries import POSTGRESQL, Partitions, apply_retention
 
 log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
 
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-COST_WINDOW_COLUMNS = (
-    "window_start", "window_end", "resource", "workload", "environment", "gpu_class", "basis", "team",
-    "provider", "instance_type", "purchase_option", "allocated_gpu_ms", "busy_gpu_ms", "energy_mj",
-    "sample_count", "cost_usd", "event_id",
-)
-COST_WINDOW_KEY = ("window_start", "resource", "workload", "environment", "gpu_class", "basis")
+@dataclass(frozen=True)
+class TableSpec:
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: bool  # on conflict: replace (a restatement) or keep (immutable facts)
+    time_column: str | None = None  # partitioned on it (plain PostgreSQL)
 
-DECISION_COLUMNS = (
-    "decision_id", "decided_at", "window_start", "workload", "team", "from_env", "to_env", "kind", "gpu_class",
-    "current_usd_per_busy_gpu_hour", "alternative_usd_per_busy_gpu_hour", "utilization", "monthly_savings_usd",
-    "confidence", "alternative_label", "gpus_needed", "reason", "basis",
-)
-DEAD_LETTER_COLUMNS = ("event_id", "received_at", "source_topic", "reason", "payload")
+    def key_of(self, row: tuple) -> tuple:
+        return tuple(row[self.columns.index(k)] for k in self.key)
+
+
+TABLES = {
+    "cost_windows": TableSpec(
+        ("window_start", "window_end", "resource", "workload", "environment", "gpu_class", "basis", "team",
+         "provider", "instance_type", "purchase_option", "allocated_gpu_ms", "busy_gpu_ms", "energy_mj",
+         "sample_count", "cost_usd", "event_id"),
+        ("window_start", "resource", "workload", "environment", "gpu_class", "basis"), True, "window_start"),
+    "decisions": TableSpec(
+        ("decision_id", "decided_at", "window_start", "workload", "team", "from_env", "to_env", "kind", "gpu_class",
+         "current_usd_per_busy_gpu_hour", "alternative_usd_per_busy_gpu_hour", "utilization", "monthly_savings_usd",
+         "confidence", "alternative_label", "gpus_needed", "reason", "basis"),
+        ("decision_id",), False),
+    "dead_letters": TableSpec(
+        ("event_id", "received_at", "source_topic", "reason", "payload"), ("event_id",), False),
+    "gpu_samples": TableSpec(
+        ("ts", "resource", "gpu_uuid", "gpu_index", "gpu_model", "gpu_class", "environment", "interval_ms",
+         "utilization_pct", "memory_used_mib", "memory_total_mib", "power_mw", "workloads"),
+        ("ts", "resource", "gpu_uuid"), False, "ts"),
+    "cost_lines": TableSpec(
+        ("charge_period_start", "event_id", "charge_period_end", "provider", "billing_account", "resource_id",
+         "service", "sku", "source", "billed_cost_usd", "effective_cost_usd", "tags"),
+        ("charge_period_start", "event_id"), True, "charge_period_start"),
+    "prices": TableSpec(
+        ("provider", "region", "instance_type", "purchase_option", "effective_at", "usd_per_hour", "source",
+         "event_id"),
+        ("provider", "region", "instance_type", "purchase_option", "effective_at"), True),
+}
+
+
+# -- events to rows (pure) --------------------------------------------------------------------
 
 
 def cost_window_row(w: CostWindow) -> tuple:
@@ -61,22 +103,25 @@ def dead_letter_row(d: DeadLetter) -> tuple:
     return (d.event_id, _ts(d.ts_ms), d.source_topic, d.reason, d.payload)
 
 
-def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], update: bool) -> str:
-    cols = ", ".join(columns)
-    if update:
-        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
-        action = f"DO UPDATE SET {sets}" + (", updated_at = now()" if table == "cost_windows" else "")
-    else:
-        action = "DO NOTHING"
-    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table} ON CONFLICT ({', '.join(key)}) {action}"
+def gpu_sample_rows(s: GpuSample) -> list[tuple]:
+    ts = _ts(s.ts_ms)
+    return [
+        (ts, s.resource, g.uuid, g.index, g.model, g.gpu_class, s.environment, s.interval_ms, g.utilization_pct,
+         g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads])
+        for g in s.gpus
+    ]
 
 
-TABLES = {
-    # table: (columns, natural key, update on conflict)
-    "cost_windows": (COST_WINDOW_COLUMNS, COST_WINDOW_KEY, True),
-    "decisions": (DECISION_COLUMNS, ("decision_id",), False),
-    "dead_letters": (DEAD_LETTER_COLUMNS, ("event_id",), False),
-}
+def cost_line_row(c: CostLine) -> tuple:
+    return (
+        _ts(c.charge_period_start_ms), c.event_id, _ts(c.charge_period_end_ms), c.provider, c.billing_account,
+        c.resource_id, c.service, c.sku, c.source, c.billed_cost_usd, c.effective_cost_usd, Jsonb(c.tags),
+    )
+
+
+def price_row(p: PriceUpdate) -> tuple:
+    return (p.provider, p.region, p.instance_type, p.purchase_option, _ts(p.ts_ms), p.usd_per_hour, p.source,
+            p.event_id)
 
 
 class Batch:
@@ -84,61 +129,113 @@ class Batch:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[tuple, tuple]] = {t: {} for t in TABLES}
-        self.rejected: list[tuple[str, str]] = []
 
     def add(self, table: str, row: tuple) -> None:
-        columns, key, _ = TABLES[table]
-        index = [columns.index(k) for k in key]
-        self.rows[table][tuple(row[i] for i in index)] = row
+        self.rows[table][TABLES[table].key_of(row)] = row
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
 
 
-def write_batch(conn: psycopg.Connection, batch: Batch) -> None:
-    """COPY into staging and upsert, all in one transaction."""
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def _upsert_sql(table: str, spec: TableSpec) -> str:
+    cols = ", ".join(spec.columns)
+    if spec.update:
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in spec.columns if c not in spec.key)
+        action = f"DO UPDATE SET {sets}" + (", updated_at = now()" if table == "cost_windows" else "")
+    else:
+        action = "DO NOTHING"
+    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table} ON CONFLICT ({', '.join(spec.key)}) {action}"
+
+
+def _rollup_sql(rollup: str, width: str) -> str:
+    """Recompute the rollup buckets that the staged cost windows fall in, from the raw rows."""
+    bucket = f"date_bin(INTERVAL '{width}', window_start, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    return f"""
+        INSERT INTO {rollup} (bucket, workload, environment, gpu_class, basis, team, allocated_gpu_ms,
+                              busy_gpu_ms, energy_mj, cost_usd, windows)
+        SELECT k.bucket, c.workload, c.environment, c.gpu_class, c.basis, max(c.team), sum(c.allocated_gpu_ms),
+               sum(c.busy_gpu_ms), sum(c.energy_mj), sum(c.cost_usd), count(*)
+          FROM (SELECT DISTINCT {bucket} AS bucket, workload, environment, gpu_class, basis
+                  FROM stage_cost_windows) k
+          JOIN cost_windows c
+            ON c.workload = k.workload AND c.environment = k.environment AND c.gpu_class = k.gpu_class
+           AND c.basis = k.basis AND c.window_start >= k.bucket AND c.window_start < k.bucket + INTERVAL '{width}'
+         GROUP BY k.bucket, c.workload, c.environment, c.gpu_class, c.basis
+        ON CONFLICT (bucket, workload, environment, gpu_class, basis) DO UPDATE SET
+            team = EXCLUDED.team, allocated_gpu_ms = EXCLUDED.allocated_gpu_ms, busy_gpu_ms = EXCLUDED.busy_gpu_ms,
+            energy_mj = EXCLUDED.energy_mj, cost_usd = EXCLUDED.cost_usd, windows = EXCLUDED.windows
+    """
+
+
+ROLLUPS_SQL = (_rollup_sql("cost_hourly", "1 hour"), _rollup_sql("cost_daily", "1 day"))
+
+
+def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions: Partitions) -> None:
+    """COPY into staging, upsert, refresh rollups: one transaction."""
     with conn.transaction():
         for table, rows in batch.rows.items():
             if not rows:
                 continue
-            columns, key, update = TABLES[table]
+            spec = TABLES[table]
+            if spec.time_column:
+                index = spec.columns.index(spec.time_column)
+                partitions.ensure(conn, table, {row[index] for row in rows.values()})
             conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            with conn.cursor().copy(f"COPY stage_{table} ({', '.join(columns)}) FROM STDIN") as copy:
+            with conn.cursor().copy(f"COPY stage_{table} ({', '.join(spec.columns)}) FROM STDIN") as copy:
                 for row in rows.values():
                     copy.write_row(row)
-            conn.execute(_upsert_sql(table, columns, key, update))
+            conn.execute(_upsert_sql(table, spec))
+            if table == "cost_windows" and engine == POSTGRESQL:
+                for statement in ROLLUPS_SQL:
+                    conn.execute(statement)
 
 
 class Sink:
-    """Consumes the result topics and writes them; offsets follow durable rows."""
+    """Consumes the topics and writes them; offsets follow durable rows."""
 
-    def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, say: Callable[[str], None] = log.info):
+    def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, max_records: int = 5000,
+                 say: Callable[[str], None] = log.warning):
         self.consumer = consumer
         self.dsn = dsn
         self.topics = topics
         self.retry_max_s = retry_max_s
+        self.max_records = max_records
         self.say = say
         self.conn: psycopg.Connection | None = None
+        self.engine = POSTGRESQL
+        self.partitions = Partitions(POSTGRESQL)
         self.rows_written = 0
         self.rejected = 0
+        self.outages = 0
+        self._last_retention = 0.0
+        self._decoders: dict[str, Callable[[bytes], list[tuple[str, tuple]]]] = {
+            topics.cost_windows: lambda v: [("cost_windows", cost_window_row(CostWindow.decode(v)))],
+            topics.decisions: lambda v: [("decisions", decision_row(BreakevenDecision.decode(v)))],
+            topics.dead_letter: lambda v: [("dead_letters", dead_letter_row(DeadLetter.decode(v)))],
+            topics.gpu_samples: lambda v: [("gpu_samples", r) for r in gpu_sample_rows(GpuSample.decode(v))],
+            topics.cost_lines: lambda v: [("cost_lines", cost_line_row(CostLine.decode(v)))],
+            topics.prices: lambda v: [("prices", price_row(PriceUpdate.decode(v)))],
+        }
 
-    def _decode(self, records: Iterable) -> Batch:
+    def decode(self, records: Iterable) -> Batch:
         batch = Batch()
         for rec in records:
+            decoder = self._decoders.get(rec.topic)
+            if decoder is None:
+                continue
             try:
-                if rec.topic == self.topics.cost_windows:
-                    batch.add("cost_windows", cost_window_row(CostWindow.decode(rec.value)))
-                elif rec.topic == self.topics.decisions:
-                    batch.add("decisions", decision_row(BreakevenDecision.decode(rec.value)))
-                elif rec.topic == self.topics.dead_letter:
-                    batch.add("dead_letters", dead_letter_row(DeadLetter.decode(rec.value)))
+                for table, row in decoder(rec.value):
+                    batch.add(table, row)
             except (EventError, KeyError, TypeError, ValueError) as exc:
-                # a bad record on a result topic is stored as a dead letter, never dropped silently
-                dl = DeadLetter.of(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                                   reason=f"sink: {exc}", payload=rec.value, ts_ms=int(time.time() * 1000))
-                batch.add("dead_letters", dead_letter_row(dl))
+                # a bad record is stored as a dead letter, never dropped silently
+                letter = DeadLetter.of(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                                       reason=f"sink: {exc}", payload=rec.value, ts_ms=int(time.time() * 1000))
+                batch.add("dead_letters", dead_letter_row(letter))
                 self.rejected += 1
         return batch
 
@@ -146,7 +243,10 @@ class Sink:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.dsn)
             check_schema(self.conn)
+            engine = engine_of(self.conn)
             self.conn.commit()
+            if engine != self.engine or not self.partitions.known:
+                self.engine, self.partitions = engine, Partitions(engine)
         return self.conn
 
     def write_durably(self, batch: Batch, stop: Callable[[], bool] = lambda: False) -> bool:
@@ -154,28 +254,46 @@ class Sink:
         delay = 0.2
         while True:
             try:
-                write_batch(self._connection(), batch)
+                conn = self._connection()
+                write_batch(conn, batch, self.engine, self.partitions)
                 self.rows_written += len(batch)
                 return True
             except psycopg.OperationalError as exc:
                 if self.conn is not None:
                     self.conn.close()
                 self.conn = None
-                self.say(f"sink: database unavailable ({str(exc).splitlines()[0]}); retrying in {delay:.1f}s")
+                self.outages += 1
+                self.say(f"sink: database unavailable ({str(exc).strip().splitlines()[0]}); "
+                         f"holding {len(batch)} rows, retrying in {delay:.1f}s")
                 if stop():
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
+    def maintain(self, now: datetime | None = None) -> list[str]:
+        """Drop raw partitions past their retention (plain PostgreSQL; TimescaleDB has policies)."""
+        conn = self._connection()
+        with conn.transaction():
+            dropped = apply_retention(conn, self.engine, now)
+        if dropped:
+            self.partitions.known.difference_update(dropped)
+            log.info("sink: retention dropped %s", ", ".join(dropped))
+        return dropped
+
     def run_once(self, timeout_ms: int = 500, stop: Callable[[], bool] = lambda: False) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         records = [r for recs in polled.values() for r in recs]
-        if not records:
-            return 0
-        batch = self._decode(records)
-        if len(batch) and not self.write_durably(batch, stop):
-            return 0
-        self.consumer.commit()
+        if records:
+            batch = self.decode(records)
+            if len(batch) and not self.write_durably(batch, stop):
+                return 0  # stopping with the batch unwritten: its offsets stay uncommitted
+            self.consumer.commit()
+        if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
+            self._last_retention = time.monotonic()
+            try:
+                self.maintain()
+            except psycopg.OperationalError:
+                pass  # next time
         return len(records)
 
     def run(self, stop: Callable[[], bool]) -> None:

@@ -1,4 +1,4 @@
--- 001: cost windows, decisions, alert outbox and log, dead letters.
+-- 001: cost windows (time series), decisions, alert outbox and log, dead letters.
 -- Natural keys everywhere: replaying an event upserts the same row, never adds money.
 
 CREATE TABLE cost_windows (
@@ -22,7 +22,7 @@ CREATE TABLE cost_windows (
     event_id            text        NOT NULL,
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (window_start, resource, workload, environment, gpu_class, basis)
-);
+) /*PARTITION_BY(window_start)*/;  -- a hypertable on TimescaleDB, monthly partitions on PostgreSQL
 CREATE INDEX cost_windows_workload_time ON cost_windows (workload, window_start DESC);
 
 CREATE TABLE decisions (
