@@ -209,6 +209,7 @@ class Sink:
         self.conn: psycopg.Connection | None = None
         self.engine = POSTGRESQL
         self.partitions = Partitions(POSTGRESQL)
+        self.records_read = 0
         self.rows_written = 0
         self.rejected = 0
         self.outages = 0
@@ -283,6 +284,7 @@ class Sink:
     def run_once(self, timeout_ms: int = 500, stop: Callable[[], bool] = lambda: False) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         records = [r for recs in polled.values() for r in recs]
+        self.records_read += len(records)
         if records:
             batch = self.decode(records)
             if len(batch) and not self.write_durably(batch, stop):

@@ -6,7 +6,7 @@ SELECT bucket AS day, workload, team, environment, gpu_class, basis,
        busy_gpu_ms / 3600000.0 AS busy_gpu_hours,
        busy_gpu_ms::numeric / NULLIF(allocated_gpu_ms, 0) AS utilization,
        cost_usd,
-       cost_usd / NULLIF(busy_gpu_ms / 3600000.0, 0) AS usd_per_busy_gpu_hour
+       cost_usd * 3600000 / NULLIF(busy_gpu_ms, 0) AS usd_per_busy_gpu_hour
   FROM cost_daily
  WHERE workload <> 'idle';
 

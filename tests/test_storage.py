@@ -1,0 +1,254 @@
+"""Storage on a real PostgreSQL: migrations, partitions, rollups, an idempotent sink, outages, retention."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hybridspend.broker import LOCAL_PROFILE, Topics, ensure_topics, make_consumer, make_producer
+from hybridspend.config import KafkaConfig
+from hybridspend.events import CostWindow, GpuReading, GpuSample
+from hybridspend.local import LocalPostgres
+from storage.db import SchemaError, check_schema, migrate
+from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, write_batch
+from storage.timeseries import POSTGRESQL, Partitions, apply_retention
+
+DAY_MS = 86_400_000
+T0_MS = int(datetime(2026, 10, 30, tzinfo=timezone.utc).timestamp() * 1000)  # crosses a month boundary
+
+
+def cost_windows(n: int, seed: int = 7) -> list[CostWindow]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        start = T0_MS + rng.randrange(0, 4 * 96) * 900_000  # 4 days of 15-minute windows
+        workload = rng.choice(["train", "infer", "idle", "etl"])
+        env = rng.choice(["onprem", "cloud"])
+        resource = rng.choice(["n1", "n2", "i-1"])
+        alloc = rng.randrange(1, 8) * 900_000
+        out.append(CostWindow(
+            event_id=CostWindow.make_id(resource, workload, env, "A100", start), workload=workload, team="t",
+            allow_spot=False, environment=env, gpu_class="A100", resource=resource, window_start_ms=start,
+            window_ms=900_000, allocated_gpu_ms=alloc, busy_gpu_ms=rng.randrange(0, alloc + 1), metered_gpu_ms=alloc,
+            energy_mj=rng.randrange(0, 10**9), sample_count=15, first_ms=start, last_ms=start + 900_000,
+            cost_usd=D(rng.randrange(0, 10**8)) / 10**6,
+            basis=rng.choice(["estimated", "estimated", "billed"]),
+        ))
+    return out
+
+
+def direct(conn, width: str):
+    return conn.execute(f"""
+        SELECT date_bin(INTERVAL '{width}', window_start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, workload,
+               environment, gpu_class, basis, sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(energy_mj),
+               sum(cost_usd), count(*)
+          FROM cost_windows GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""").fetchall()
+
+
+def rollup(conn, table: str):
+    return conn.execute(f"""
+        SELECT bucket, workload, environment, gpu_class, basis, allocated_gpu_ms, busy_gpu_ms, energy_mj,
+               cost_usd, windows FROM {table} ORDER BY 1, 2, 3, 4, 5""").fetchall()
+
+
+def test_migrate_is_idempotent_records_version_and_engine(database):
+    assert migrate(database) == (0, 4, POSTGRESQL)
+    assert migrate(database) == (4, 4, POSTGRESQL)
+    with psycopg.connect(database) as conn:
+        check_schema(conn)
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4]
+        partitioned = {r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid")}
+        assert partitioned == {"cost_windows", "gpu_samples", "cost_lines"}
+
+
+def test_a_newer_schema_is_refused(database):
+    migrate(database)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version, name) VALUES (99, 'from_the_future')")
+        with pytest.raises(SchemaError, match="version 99, newer than this hybridspend knows"):
+            check_schema(conn)
+    with pytest.raises(SchemaError, match="upgrade hybridspend"):
+        migrate(database)
+
+
+def test_rollups_equal_a_direct_aggregate_after_replays_and_restatements(database):
+    migrate(database)
+    windows = cost_windows(600)
+    partitions = Partitions(POSTGRESQL)
+    with psycopg.connect(database) as conn:
+        for chunk in range(0, 600, 150):  # several batches
+            batch = Batch()
+            for w in windows[chunk:chunk + 150]:
+                batch.add("cost_windows", cost_window_row(w))
+            write_batch(conn, batch, POSTGRESQL, partitions)
+        # a replay of everything and a restatement of some (same key, new cost) in one batch
+        batch = Batch()
+        for w in windows:
+            batch.add("cost_windows", cost_window_row(w))
+        for w in windows[:50]:
+            w.cost_usd += D("1.000001")
+            batch.add("cost_windows", cost_window_row(w))
+        write_batch(conn, batch, POSTGRESQL, partitions)
+        conn.commit()
+        assert rollup(conn, "cost_hourly") == direct(conn, "1 hour")
+        assert rollup(conn, "cost_daily") == direct(conn, "1 day")
+        # the rows landed in two monthly partitions (October and November)
+        parts = {r[0] for r in conn.execute("SELECT tableoid::regclass::text FROM cost_windows")}
+        assert parts == {"cost_windows_p202610", "cost_windows_p202611"}
+        # the query layer's per-day effective cost equals the hand-made division
+        row = conn.execute("""SELECT cost_usd, busy_gpu_hours, usd_per_busy_gpu_hour FROM workload_daily_cost
+                              WHERE busy_gpu_hours > 0 LIMIT 1""").fetchone()
+        assert abs(row[2] - row[0] / row[1]) < D("1e-9")
+        assert conn.execute("SELECT count(*) FROM workload_daily_cost WHERE workload = 'idle'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM idle_cost_daily").fetchone()[0] > 0
+
+
+def _totals(dsn: str):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*), sum(cost_usd), sum(allocated_gpu_ms), sum(busy_gpu_ms)"
+                            " FROM cost_windows").fetchone()
+
+
+def _expected(windows: list[CostWindow]):
+    unique = {w.event_id + w.basis: w for w in windows}
+    return (len(unique), sum((w.cost_usd for w in unique.values()), D(0)),
+            sum(w.allocated_gpu_ms for w in unique.values()), sum(w.busy_gpu_ms for w in unique.values()))
+
+
+def _produce(broker, topics, windows):
+    producer = make_producer(broker.bootstrap, KafkaConfig())
+    for w in windows:
+        producer.send(topics.cost_windows, key=w.workload.encode(), value=w.encode())
+    producer.flush()
+    producer.close()
+
+
+def _sink(broker, dsn, topics, group="sink-test", **kwargs) -> Sink:
+    consumer = make_consumer(broker.bootstrap, KafkaConfig(), broker.profile, group,
+                             [topics.cost_windows, topics.gpu_samples], fetch_max_wait_ms=100)
+    return Sink(consumer, dsn, topics, **kwargs)
+
+
+def _drain(sink: Sink, until, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sink.run_once(timeout_ms=200)
+        if until():
+            return
+    raise AssertionError("the sink did not catch up in time")
+
+
+@pytest.mark.integration
+def test_replaying_the_same_events_changes_nothing(broker, database, topic_prefix):
+    migrate(database)
+    topics = Topics(topic_prefix, 2)
+    ensure_topics(broker.bootstrap, KafkaConfig(), topics)
+    windows = cost_windows(400, seed=11)
+    expected = _expected(windows)
+    _produce(broker, topics, windows)
+    sink = _sink(broker, database, topics)
+    try:
+        _drain(sink, lambda: _totals(database)[0] == expected[0])
+        first = _totals(database)
+        assert first == expected
+        _produce(broker, topics, windows)  # the same events again
+        _drain(sink, lambda: sink.records_read >= 800)
+        assert _totals(database) == first
+    finally:
+        sink.consumer.close()
+        sink.close()
+
+
+@pytest.mark.integration
+def test_database_outage_mid_stream_loses_nothing(broker, topic_prefix):
+    pg = LocalPostgres(Path("/tmp") / f"hs-outage-{uuid.uuid4().hex[:8]}", delete_on_stop=True).start()
+    try:
+        dsn = pg.dsn
+        migrate(dsn)
+        topics = Topics(topic_prefix, 2)
+        ensure_topics(broker.bootstrap, KafkaConfig(), topics)
+        windows = cost_windows(1000, seed=3)
+        expected = _expected(windows)
+        sink = _sink(broker, dsn, topics, retry_max_s=0.5, max_records=100, say=lambda m: None)
+        stop = threading.Event()
+        thread = threading.Thread(target=sink.run, args=(stop.is_set,), daemon=True)
+        thread.start()
+        try:
+            _produce(broker, topics, windows[:500])
+            deadline = time.monotonic() + 60
+            while _totals(dsn)[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pg.pg_ctl("stop")  # mid-stream: part of the first half may not be written yet
+            _produce(broker, topics, windows[500:])
+            time.sleep(3)
+            assert sink.outages > 0
+            pg.pg_ctl("start")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _totals(dsn)[0] < expected[0]:
+                time.sleep(0.2)
+            assert _totals(dsn) == expected
+        finally:
+            stop.set()
+            thread.join(10)
+            sink.consumer.close()
+            sink.close()
+    finally:
+        pg.stop()
+
+
+def test_retention_drops_raw_sample_partitions_past_30_days(database):
+    migrate(database)
+    now = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+
+    def sample(ts: datetime) -> GpuSample:
+        return GpuSample(f"s{ts}", int(ts.timestamp() * 1000), 60_000, "n1", "onprem", "test",
+                         [GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, None, [])])
+
+    batch = Batch()
+    for days_ago in (45, 31, 29, 0):
+        for row in gpu_sample_rows(sample(now - timedelta(days=days_ago))):
+            batch.add("gpu_samples", row)
+    with psycopg.connect(database) as conn:
+        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+        with conn.transaction():
+            dropped = apply_retention(conn, POSTGRESQL, now)
+        assert sorted(dropped) == ["gpu_samples_p20261008", "gpu_samples_p20261022"]
+        kept = [r[0] for r in conn.execute("SELECT ts FROM gpu_samples ORDER BY ts")]
+        assert kept == [now - timedelta(days=29), now]
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _docker_answers(), reason="no Docker engine answers here, so testcontainers cannot start "
+                    "timescale/timescaledb; the plain-PostgreSQL path above covers the same sink and queries")
+def test_timescaledb_path_gives_the_same_answers():
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("timescale/timescaledb:2.17.2-pg16", driver=None) as tsdb:
+        dsn = tsdb.get_connection_url()
+        assert migrate(dsn)[2] == "timescaledb"
+        batch = Batch()
+        for w in cost_windows(300):
+            batch.add("cost_windows", cost_window_row(w))
+        with psycopg.connect(dsn) as conn:
+            write_batch(conn, batch, "timescaledb", Partitions("timescaledb"))
+            conn.commit()
+            assert rollup(conn, "cost_hourly") == direct(conn, "1 hour")
+            assert rollup(conn, "cost_daily") == direct(conn, "1 day")
