@@ -225,6 +225,13 @@ def cmd_db_migrate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from bench.run import main as run_bench
+
+    run_bench(quick=args.quick)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -300,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
     pn.add_argument("--once", action="store_true", help="send one sample and exit")
     pn.set_defaults(func=cmd_collect_nvml)
+
+    p = sub.add_parser("bench", help="run the benchmarks and write bench/results.json",
+                       description="Runs the benchmarks on an embedded broker and PostgreSQL, prints a table of "
+                       "figures and writes them to bench/results.json.")
+    p.add_argument("--quick", action="store_true", help="smaller inputs (seconds instead of a minute)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("db", help="database tools")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

