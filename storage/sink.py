@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import psycopg
+from kafka.errors import CommitFailedError
 from psycopg.types.json import Jsonb
 
 from hybridspend.events import (
@@ -175,6 +176,16 @@ ROLLUPS_SQL = (_rollup_sql("cost_hourly", "1 hour"), _rollup_sql("cost_daily", "
 
 def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions: Partitions) -> None:
     """COPY into staging, upsert, refresh rollups: one transaction."""
+    created: list[str] = []
+    try:
+        _write_batch(conn, batch, engine, partitions, created)
+    except BaseException:
+        partitions.known.difference_update(created)  # rolled back with the transaction
+        raise
+
+
+def _write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions: Partitions,
+                 created: list[str]) -> None:
     with conn.transaction():
         for table, rows in batch.rows.items():
             if not rows:
@@ -182,7 +193,7 @@ def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions:
             spec = TABLES[table]
             if spec.time_column:
                 index = spec.columns.index(spec.time_column)
-                partitions.ensure(conn, table, {row[index] for row in rows.values()})
+                created += partitions.ensure(conn, table, {row[index] for row in rows.values()})
             conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
@@ -259,6 +270,11 @@ class Sink:
                 write_batch(conn, batch, self.engine, self.partitions)
                 self.rows_written += len(batch)
                 return True
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                # a row the database refuses must not block the rest: write row by row, dead-letter the refused
+                log.warning("sink: batch refused (%s); writing it row by row", str(exc).splitlines()[0])
+                self._write_row_by_row(batch)
+                return True
             except psycopg.OperationalError as exc:
                 if self.conn is not None:
                     self.conn.close()
@@ -270,6 +286,25 @@ class Sink:
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+    def _write_row_by_row(self, batch: Batch) -> None:
+        conn = self._connection()
+        now = datetime.now(timezone.utc)
+        for table, rows in batch.rows.items():
+            for key, row in rows.items():
+                single = Batch()
+                single.add(table, row)
+                try:
+                    write_batch(conn, single, self.engine, self.partitions)
+                    self.rows_written += 1
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    conn.rollback()
+                    refused = Batch()
+                    refused.add("dead_letters", (f"sink|{table}|{key}", now, table,
+                                                 f"sink: refused by the database: {str(exc).splitlines()[0]}",
+                                                 repr(row)[:65536]))
+                    write_batch(conn, refused, self.engine, self.partitions)
+                    self.rejected += 1
 
     def maintain(self, now: datetime | None = None) -> list[str]:
         """Drop raw partitions past their retention (plain PostgreSQL; TimescaleDB has policies)."""
@@ -289,7 +324,12 @@ class Sink:
             batch = self.decode(records)
             if len(batch) and not self.write_durably(batch, stop):
                 return 0  # stopping with the batch unwritten: its offsets stay uncommitted
-            self.consumer.commit()
+            try:
+                self.consumer.commit()
+            except CommitFailedError as exc:
+                # the group rebalanced while the database was down: the rows are durable and the
+                # new owner of the partitions re-reads them from the last commit; upserts absorb it
+                log.warning("sink: offsets not committed (%s); the batch will be replayed", exc)
         if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
             self._last_retention = time.monotonic()
             try:

@@ -97,9 +97,11 @@ class Partitions:
         self.engine = engine
         self.known: set[str] = set()
 
-    def ensure(self, conn: psycopg.Connection, table: str, timestamps: Iterable[datetime]) -> None:
+    def ensure(self, conn: psycopg.Connection, table: str, timestamps: Iterable[datetime]) -> list[str]:
+        """Create the missing partitions in the caller's transaction; return the names it recorded
+        (the caller forgets them again if that transaction rolls back)."""
         if self.engine != POSTGRESQL:
-            return
+            return []
         t = TABLES[table]
         wanted: dict[str, tuple[datetime, datetime]] = {}
         for ts in timestamps:
@@ -116,6 +118,7 @@ class Partitions:
             except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
                 pass
             self.known.add(name)
+        return sorted(wanted)
 
 
 def apply_retention(conn: psycopg.Connection, engine: str, now: datetime | None = None) -> list[str]:

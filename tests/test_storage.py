@@ -252,3 +252,20 @@ def test_timescaledb_path_gives_the_same_answers():
             conn.commit()
             assert rollup(conn, "cost_hourly") == direct(conn, "1 hour")
             assert rollup(conn, "cost_daily") == direct(conn, "1 day")
+
+
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_is_written(database):
+    migrate(database)
+    good, bad = cost_windows(2, seed=5)
+    bad.resource, bad.event_id = "n9", bad.event_id + "-n9"  # a different natural key from the good one
+    bad.cost_usd = D("1e20")  # beyond numeric(20, 6): the database refuses it
+    sink = Sink(consumer=None, dsn=database, topics=Topics("x.", 1))
+    batch = Batch()
+    batch.add("cost_windows", cost_window_row(good))
+    batch.add("cost_windows", cost_window_row(bad))
+    assert sink.write_durably(batch)
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT event_id FROM cost_windows").fetchall() == [(good.event_id,)]
+        reason = conn.execute("SELECT reason FROM dead_letters").fetchone()[0]
+        assert reason.startswith("sink: refused by the database: numeric field overflow")
+    sink.close()
