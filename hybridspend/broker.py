@@ -186,3 +186,31 @@ def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, gr
     consumer = connect_with_retry(lambda: KafkaConsumer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
     consumer.subscribe(topics)
     return consumer
+
+
+class LagProbe:
+    """Consumer lag of the pipeline's consumer groups (end offset - committed offset, per partition)."""
+
+    def __init__(self, bootstrap: str, kafka: KafkaConfig, groups: list[str]) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        self.groups = groups
+        security = client_security(kafka)
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-lag", **security)
+        self.offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag", **security)
+
+    def __call__(self) -> list[tuple[str, str, int, int]]:
+        rows = []
+        for group in self.groups:
+            committed = self.admin.list_consumer_group_offsets(group)
+            if not committed:
+                continue
+            ends = self.offsets.end_offsets(list(committed))
+            for tp, meta in committed.items():
+                if meta.offset >= 0:
+                    rows.append((group, tp.topic, tp.partition, max(0, ends.get(tp, meta.offset) - meta.offset)))
+        return rows
+
+    def close(self) -> None:
+        self.admin.close()
+        self.offsets.close()

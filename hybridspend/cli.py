@@ -158,9 +158,16 @@ def _run_consumer_service(args, group: str, topic_names, build) -> int:
 def cmd_sink(args) -> int:
     from storage.sink import Sink
 
+    from .broker import LagProbe
+
+    def build(config, dsn, consumer, topics):
+        probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
+                         ["hybridspend", "hybridspend-sink", "hybridspend-alerter"])
+        return Sink(consumer, dsn, topics, lag_probe=probe)
+
     return _run_consumer_service(
-        args, "hybridspend-sink", lambda t: [t.cost_windows, t.decisions, t.dead_letter, t.gpu_samples, t.cost_lines, t.prices],
-        lambda config, dsn, consumer, topics: Sink(consumer, dsn, topics),
+        args, "hybridspend-sink",
+        lambda t: [t.cost_windows, t.decisions, t.dead_letter, t.gpu_samples, t.cost_lines, t.prices], build,
     )
 
 
@@ -213,15 +220,40 @@ def cmd_collect_nvml(args) -> int:
 
 
 def cmd_db_migrate(args) -> int:
-    from storage.db import migrate
+    from storage.db import migrate, sync_budgets
 
     from .local import local_database
 
     config = resolve_config(args.config, args.state_dir)
     with local_database(config) as dsn:
         before, after, engine = migrate(dsn)
+        sync_budgets(dsn, config.budgets)
     state = "already up to date" if before == after else f"migrated from version {before} to {after}"
     print(f"database schema {state} (engine: {engine})")
+    return 0
+
+
+def cmd_dashboards_push(args) -> int:
+    from dashboards.push import PushError, datasource_spec, grafana_client, push
+
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file: cannot read {args.token_file} ({exc.strerror})") from None
+    if not token:
+        raise UsageError(f"--token-file: {args.token_file} is empty")
+    try:
+        push(grafana_client(args.grafana_url, token), datasource_spec(args.db_host, args.db_name, args.db_user))
+    except PushError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_dashboards_build(args) -> int:
+    from dashboards.build import OUT, write
+
+    for path in write(Path(args.out) if args.out else OUT):
+        print(path)
     return 0
 
 
@@ -307,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
     pn.add_argument("--once", action="store_true", help="send one sample and exit")
     pn.set_defaults(func=cmd_collect_nvml)
+
+    p = sub.add_parser("dashboards", help="Grafana dashboards as code")
+    dbs = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
+    pp = dbs.add_parser("push", help="provision folder, datasource and dashboards through Grafana's API",
+                        description="Idempotent: a second push changes nothing. A dashboard that changes in Grafana "
+                        "while the push runs is reported as a version conflict, never overwritten.")
+    pp.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
+    pp.add_argument("--token-file", required=True, help="file holding a Grafana service-account token (Editor)")
+    pp.add_argument("--db-host", default="timescaledb:5432", help="database host:port as Grafana reaches it")
+    pp.add_argument("--db-name", default="hybridspend")
+    pp.add_argument("--db-user", default="hybridspend_grafana",
+                    help="a read-only role; set its password in Grafana or by file provisioning")
+    pp.set_defaults(func=cmd_dashboards_push)
+    pb = dbs.add_parser("build", help="write the dashboard JSON files (dashboards/json by default)")
+    pb.add_argument("--out", help="output folder")
+    pb.set_defaults(func=cmd_dashboards_build)
 
     p = sub.add_parser("bench", help="run the benchmarks and write bench/results.json",
                        description="Runs the benchmarks on an embedded broker and PostgreSQL, prints a table of "

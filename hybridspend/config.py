@@ -248,6 +248,7 @@ class Config(_Strict):
         default_factory=dict, description="relative throughput per GPU class, e.g. {A100: 1, H100: 3}"
     )
     workloads: list[WorkloadRule] = []
+    budgets: dict[str, Decimal] = Field(default_factory=dict, description="team -> monthly budget, USD")
     thresholds: ThresholdsConfig = ThresholdsConfig()
     alerts: AlertsConfig = AlertsConfig()
     collectors: CollectorsConfig = CollectorsConfig()
@@ -259,6 +260,14 @@ class Config(_Strict):
             if value <= 0:
                 raise ValueError(f"throughput of {gpu_class} must be > 0, got {value}")
         return table
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_non_negative(cls, budgets: dict[str, Decimal]) -> dict[str, Decimal]:
+        for team, value in budgets.items():
+            if value < 0:
+                raise ValueError(f"budget of {team} must be >= 0, got {value}")
+        return budgets
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

@@ -78,7 +78,7 @@ def run_demo(args) -> int:
     import psycopg
 
     from collectors.sim import demo_fleet
-    from storage.db import migrate
+    from storage.db import migrate, sync_budgets
     from storage.queries import counts
 
     from .cli import EXAMPLE_CONFIG, resolve_config
@@ -100,6 +100,7 @@ def run_demo(args) -> int:
     with ExitStack() as stack:
         endpoints = stack.enter_context(running_services(config, say=lambda m: _say(f"  {m}")))
         before, after, engine = migrate(endpoints.dsn)
+        sync_budgets(endpoints.dsn, config.budgets)
         _say(f"  database ready ({engine}, schema version {after})")
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
         services = Services(config, config_path, endpoints)

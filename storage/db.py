@@ -132,3 +132,15 @@ def check_schema(conn: psycopg.Connection) -> None:
         raise SchemaError(
             f"the database schema is version {version}, newer than this hybridspend knows ({latest}); upgrade hybridspend"
         )
+
+
+def sync_budgets(dsn: str, budgets: dict) -> None:
+    """Make ``team_budgets`` equal the configured budgets (team -> monthly USD)."""
+    with connect(dsn) as conn, conn.transaction():
+        conn.execute("DELETE FROM team_budgets WHERE NOT (team = ANY(%s))", (list(budgets),))
+        for team, amount in budgets.items():
+            conn.execute(
+                "INSERT INTO team_budgets (team, monthly_budget_usd) VALUES (%s, %s) ON CONFLICT (team) DO UPDATE"
+                " SET monthly_budget_usd = EXCLUDED.monthly_budget_usd, updated_at = now()",
+                (team, amount),
+            )

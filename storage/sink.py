@@ -36,6 +36,7 @@ from .timeseries import POSTGRESQL, Partitions, apply_retention
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
+LAG_EVERY_S = 30.0
 
 
 def _ts(ms: int) -> datetime:
@@ -210,7 +211,8 @@ class Sink:
     """Consumes the topics and writes them; offsets follow durable rows."""
 
     def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, max_records: int = 5000,
-                 say: Callable[[str], None] = log.warning):
+                 say: Callable[[str], None] = log.warning,
+                 lag_probe: Callable[[], list[tuple[str, str, int, int]]] | None = None):
         self.consumer = consumer
         self.dsn = dsn
         self.topics = topics
@@ -225,6 +227,8 @@ class Sink:
         self.rejected = 0
         self.outages = 0
         self._last_retention = 0.0
+        self.lag_probe = lag_probe
+        self._last_lag = 0.0
         self._decoders: dict[str, Callable[[bytes], list[tuple[str, tuple]]]] = {
             topics.cost_windows: lambda v: [("cost_windows", cost_window_row(CostWindow.decode(v)))],
             topics.decisions: lambda v: [("decisions", decision_row(BreakevenDecision.decode(v)))],
@@ -306,6 +310,17 @@ class Sink:
                     write_batch(conn, refused, self.engine, self.partitions)
                     self.rejected += 1
 
+    def record_lag(self, rows: list[tuple[str, str, int, int]]) -> None:
+        conn = self._connection()
+        now = datetime.now(timezone.utc)
+        with conn.transaction():
+            for group, topic, partition, lag in rows:
+                conn.execute(
+                    "INSERT INTO consumer_lag VALUES (%s, %s, %s, %s, %s) ON CONFLICT (group_id, topic, partition)"
+                    " DO UPDATE SET lag = EXCLUDED.lag, measured_at = EXCLUDED.measured_at",
+                    (group, topic, partition, lag, now),
+                )
+
     def maintain(self, now: datetime | None = None) -> list[str]:
         """Drop raw partitions past their retention (plain PostgreSQL; TimescaleDB has policies)."""
         conn = self._connection()
@@ -330,6 +345,12 @@ class Sink:
                 # the group rebalanced while the database was down: the rows are durable and the
                 # new owner of the partitions re-reads them from the last commit; upserts absorb it
                 log.warning("sink: offsets not committed (%s); the batch will be replayed", exc)
+        if self.lag_probe is not None and time.monotonic() - self._last_lag > LAG_EVERY_S:
+            self._last_lag = time.monotonic()
+            try:
+                self.record_lag(self.lag_probe())
+            except Exception as exc:  # health reporting must never stop the sink
+                log.warning("sink: consumer lag not recorded: %s", exc)
         if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
             self._last_retention = time.monotonic()
             try:
@@ -345,3 +366,6 @@ class Sink:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+        close_probe = getattr(self.lag_probe, "close", None)
+        if close_probe is not None:
+            close_probe()

@@ -1,0 +1,222 @@
+"""The Grafana dashboards, as code.
+
+``python -m dashboards.build`` writes ``dashboards/json/*.json`` (committed, and mounted by the
+docker-compose Grafana provisioning); a test fails when the committed files differ from what this
+module builds.  Every panel queries the query layer of the database (views and rollups of
+``storage/migrations``) through one PostgreSQL/TimescaleDB datasource.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "hybridspend-pg"}
+OUT = Path(__file__).parent / "json"
+SCHEMA_VERSION = 39
+BREAKEVEN_UID = "hybridspend-breakeven"  # the dashboard a Slack alert links to (var-workload=...)
+
+TEAM = "coalesce(nullif(team, ''), '(none)')"
+FILTERS = (f"environment IN ($environment) AND workload IN ($workload) AND gpu_class IN ($gpu_class)"
+           f" AND {TEAM} IN ($team)")
+
+
+def _variable(name: str, label: str, query: str) -> dict:
+    return {
+        "name": name, "label": label, "type": "query", "datasource": DATASOURCE, "query": query,
+        "definition": query, "refresh": 2, "multi": True, "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
+    }
+
+
+VARIABLES = [
+    _variable("environment", "Environment", "SELECT DISTINCT environment FROM cost_daily ORDER BY 1"),
+    _variable("team", "Team", f"SELECT DISTINCT {TEAM} FROM cost_daily ORDER BY 1"),
+    _variable("workload", "Workload",
+              "SELECT DISTINCT workload FROM cost_daily WHERE environment IN ($environment) ORDER BY 1"),
+    _variable("gpu_class", "GPU model", "SELECT DISTINCT gpu_class FROM cost_daily ORDER BY 1"),
+]
+
+
+def _panel(pid: int, title: str, kind: str, sql: str, *, unit: str | None = None, fmt: str = "time_series",
+           w: int = 12, h: int = 8, x: int = 0, y: int = 0, description: str = "") -> dict:
+    return {
+        "id": pid, "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit} if unit else {}, "overrides": []},
+        "options": {},
+        "targets": [{"refId": "A", "datasource": DATASOURCE, "editorMode": "code", "format": fmt,
+                     "rawQuery": True, "rawSql": " ".join(sql.split())}],
+    }
+
+
+def _dashboard(uid: str, title: str, panels: list[dict], description: str, time_from: str = "now-7d") -> dict:
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["hybridspend"],
+        "timezone": "utc", "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True,
+        "time": {"from": time_from, "to": "now"}, "refresh": "1m",
+        "templating": {"list": VARIABLES}, "annotations": {"list": []}, "panels": panels,
+        "links": [{"title": "hybridspend", "type": "dashboards", "tags": ["hybridspend"], "asDropdown": True}],
+    }
+
+
+def fleet() -> dict:
+    return _dashboard("hybridspend-fleet", "Fleet overview", [
+        _panel(1, "GPUs by environment", "stat", """
+            SELECT environment AS metric, count(DISTINCT gpu_uuid) AS value FROM gpu_samples
+             WHERE $__timeFilter(ts) AND environment IN ($environment) AND gpu_class IN ($gpu_class)
+             GROUP BY 1 ORDER BY 1""", fmt="table", w=8),
+        _panel(2, "Idle on-prem cost in range", "stat", """
+            SELECT sum(cost_usd) AS "idle cost" FROM cost_hourly
+             WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)""",
+               unit="currencyUSD", fmt="table", w=8, x=8),
+        _panel(3, "Idle GPU-hours in range", "stat", """
+            SELECT sum(allocated_gpu_ms) / 3600000.0 AS "idle GPU-hours" FROM cost_hourly
+             WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)""",
+               unit="short", fmt="table", w=8, x=16),
+        _panel(4, "GPU utilization by environment", "timeseries", """
+            SELECT $__timeGroupAlias(ts, $__interval), environment AS metric, avg(utilization_pct) AS value
+              FROM gpu_samples
+             WHERE $__timeFilter(ts) AND environment IN ($environment) AND gpu_class IN ($gpu_class)
+             GROUP BY 1, 2 ORDER BY 1""", unit="percent", y=8),
+        _panel(5, "Idle capacity cost per hour", "timeseries", """
+            SELECT $__timeGroupAlias(bucket, $__interval), gpu_class AS metric, sum(cost_usd) AS value
+              FROM cost_hourly
+             WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)
+             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", x=12, y=8),
+    ], "GPUs, utilization and idle capacity across on-prem and cloud.")
+
+
+def cost() -> dict:
+    return _dashboard("hybridspend-cost", "Cost per busy GPU-hour", [
+        _panel(1, "Effective $ per busy GPU-hour by workload and environment", "timeseries", f"""
+            SELECT $__timeGroupAlias(bucket, $__interval), workload || ' (' || environment || ')' AS metric,
+                   sum(cost_usd) * 3600000 / NULLIF(sum(busy_gpu_ms), 0) AS value
+              FROM cost_hourly
+             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND workload <> 'idle' AND {FILTERS}
+             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, h=9,
+               description="Cost where the workload runs divided by its busy GPU-hours ($/h)."),
+        _panel(2, "Workloads in range", "table", f"""
+            SELECT workload, {TEAM} AS team, environment, gpu_class,
+                   sum(allocated_gpu_ms) / 3600000.0 AS "GPU-hours",
+                   sum(busy_gpu_ms) / 3600000.0 AS "busy GPU-hours",
+                   sum(busy_gpu_ms)::numeric / NULLIF(sum(allocated_gpu_ms), 0) AS utilization,
+                   sum(cost_usd) AS "cost",
+                   sum(cost_usd) * 3600000 / NULLIF(sum(busy_gpu_ms), 0) AS "$ per busy GPU-hour"
+              FROM cost_hourly
+             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND {FILTERS}
+             GROUP BY 1, 2, 3, 4 ORDER BY "cost" DESC""", fmt="table", w=24, h=10, y=9),
+    ], "What a useful GPU-hour costs each workload, on-prem and in the cloud.")
+
+
+def breakeven() -> dict:
+    return _dashboard(BREAKEVEN_UID, "Breakeven status", [
+        _panel(1, "Last decision per workload", "table", """
+            SELECT DISTINCT ON (workload) decided_at AS "time", workload, kind, from_env, to_env,
+                   current_usd_per_busy_gpu_hour, alternative_usd_per_busy_gpu_hour, utilization,
+                   monthly_savings_usd, confidence, alerts_delivered, reason
+              FROM decision_log WHERE workload IN ($workload)
+             ORDER BY workload, decided_at DESC""", fmt="table", w=24, h=9,
+               description="The panel Slack alerts link to, filtered to the alert's workload."),
+        _panel(2, "Utilization per workload", "timeseries", f"""
+            SELECT $__timeGroupAlias(bucket, $__interval), workload || ' (' || environment || ')' AS metric,
+                   100.0 * sum(busy_gpu_ms) / NULLIF(sum(allocated_gpu_ms), 0) AS value
+              FROM cost_hourly
+             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND workload <> 'idle' AND {FILTERS}
+             GROUP BY 1, 2 ORDER BY 1""", unit="percent", w=12, y=9),
+        _panel(3, "Decisions in range", "table", """
+            SELECT decided_at AS "time", workload, kind, from_env, to_env, monthly_savings_usd, confidence
+              FROM decision_log WHERE $__timeFilter(decided_at) AND workload IN ($workload)
+             ORDER BY decided_at DESC""", fmt="table", w=12, x=12, y=9),
+    ], "Where each workload should run, and why.")
+
+
+def spend() -> dict:
+    return _dashboard("hybridspend-spend", "Month-to-date spend and forecast", [
+        _panel(1, "Month to date vs budget per team", "table", """
+            WITH mtd AS (
+                SELECT team, spend_usd FROM team_spend_month
+                 WHERE month = date_trunc('month', $__timeTo()::timestamptz)
+            ), elapsed AS (
+                SELECT extract(epoch FROM ($__timeTo()::timestamptz - date_trunc('month', $__timeTo()::timestamptz)))
+                       / extract(epoch FROM (date_trunc('month', $__timeTo()::timestamptz) + INTERVAL '1 month'
+                                             - date_trunc('month', $__timeTo()::timestamptz))) AS fraction
+            )
+            SELECT coalesce(m.team, b.team) AS team, coalesce(m.spend_usd, 0) AS "month to date",
+                   coalesce(m.spend_usd, 0) / NULLIF((SELECT fraction FROM elapsed), 0) AS forecast,
+                   b.monthly_budget_usd AS budget,
+                   coalesce(m.spend_usd, 0) / NULLIF((SELECT fraction FROM elapsed), 0)
+                     / NULLIF(b.monthly_budget_usd, 0) AS "forecast / budget"
+              FROM mtd m FULL JOIN team_budgets b ON b.team = m.team
+             WHERE coalesce(m.team, b.team) IN ($team)
+             ORDER BY 2 DESC""", fmt="table", w=24, h=9,
+               description="Forecast: month-to-date spend extrapolated linearly to the end of the month."),
+        _panel(2, "Daily spend per team", "timeseries", f"""
+            SELECT $__timeGroupAlias(bucket, 1d), {TEAM} AS metric, sum(cost_usd) AS value
+              FROM cost_daily
+             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND {FILTERS}
+             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, y=9),
+    ], "Spend this month per team, its linear forecast and the team budgets.", time_from="now/M")
+
+
+def reconciliation() -> dict:
+    return _dashboard("hybridspend-reconciliation", "Estimate vs billed", [
+        _panel(1, "Estimated and billed cost per day", "timeseries", """
+            SELECT day AS "time", environment || ' estimated' AS metric, sum(estimated_usd) AS value
+              FROM estimate_vs_billed_daily
+             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
+             GROUP BY 1, 2
+            UNION ALL
+            SELECT day, environment || ' billed', sum(billed_usd)
+              FROM estimate_vs_billed_daily
+             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
+             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24),
+        _panel(2, "Estimate error per workload and day", "table", """
+            SELECT day AS "time", workload, environment, estimated_usd, billed_usd, estimate_error_ratio
+              FROM estimate_vs_billed_daily
+             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
+             ORDER BY day DESC, workload""", fmt="table", w=24, h=10, y=8),
+    ], "Live estimates against the bill when it arrives.", time_from="now-30d")
+
+
+def pipeline() -> dict:
+    return _dashboard("hybridspend-pipeline", "Pipeline health", [
+        _panel(1, "Consumer lag", "table", """
+            SELECT group_id, topic, sum(lag) AS lag, max(measured_at) AS measured_at
+              FROM consumer_lag GROUP BY 1, 2 ORDER BY 3 DESC""", fmt="table", w=12),
+        _panel(2, "Collector freshness", "table", """
+            SELECT resource, environment, max(ts) AS last_sample,
+                   extract(epoch FROM now() - max(ts)) AS age_s
+              FROM gpu_samples WHERE ts > now() - INTERVAL '2 days'
+             GROUP BY 1, 2 ORDER BY 4 DESC""", fmt="table", w=12, x=12),
+        _panel(3, "Dead letters", "timeseries", """
+            SELECT $__timeGroupAlias(received_at, $__interval), source_topic AS metric, count(*) AS value
+              FROM dead_letters WHERE $__timeFilter(received_at)
+             GROUP BY 1, 2 ORDER BY 1""", unit="short", w=12, y=8),
+        _panel(4, "Latest dead letters", "table", """
+            SELECT received_at AS "time", source_topic, reason FROM dead_letters
+             WHERE $__timeFilter(received_at) ORDER BY received_at DESC LIMIT 100""", fmt="table", w=12, x=12, y=8),
+    ], "Is the pipeline keeping up, and what did it reject?", time_from="now-24h")
+
+
+def all_dashboards() -> dict[str, dict]:
+    return {d["uid"]: d for d in (fleet(), cost(), breakeven(), spend(), reconciliation(), pipeline())}
+
+
+def render(dashboard: dict) -> str:
+    return json.dumps(dashboard, indent=2, sort_keys=True) + "\n"
+
+
+def write(out: Path = OUT) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for uid, dashboard in all_dashboards().items():
+        path = out / f"{uid}.json"
+        path.write_text(render(dashboard))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path)
