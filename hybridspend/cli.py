@@ -257,6 +257,38 @@ def cmd_dashboards_build(args) -> int:
     return 0
 
 
+def cmd_ingest_focus(args) -> int:
+    from datetime import datetime, timezone
+
+    from collectors.focus import FocusSummary, read_files
+
+    from .publish import publishing
+
+    config = resolve_config(args.config, args.state_dir)
+    paths = [Path(p) for p in args.files]
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    # one ingest run is one delivery of the billing periods it contains: it replaces earlier runs' lines
+    version = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    summary = FocusSummary()
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    with publishing(config, ["cost-lines"], say=err) as publisher:
+        for line in read_files(paths, config.catalog(), version, summary,
+                               progress=lambda n: err(f"  {n:,} rows read")):
+            publisher.send("cost-lines", line.resource_id or line.event_id, line)
+    if args.summary_json:
+        print(json.dumps(summary.as_json(), indent=2))
+    else:
+        print(f"read {summary.rows_read} rows, published {summary.rows_published}, rejected "
+              f"{summary.rows_rejected}, GPU rows {summary.gpu_rows}")
+        for name, t in sorted(summary.by_provider.items()):
+            print(f"  {name}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective ${t.effective_cost_usd:,.2f}")
+        for reason in summary.rejections[:20]:
+            print(f"  rejected {reason}")
+    return 0 if summary.rows_read == 0 or summary.rows_published > 0 else 1
+
+
 def cmd_bench(args) -> int:
     from bench.run import main as run_bench
 
@@ -339,6 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
     pn.add_argument("--once", action="store_true", help="send one sample and exit")
     pn.set_defaults(func=cmd_collect_nvml)
+
+    p = sub.add_parser("ingest", help="ingest billing files")
+    isub = p.add_subparsers(dest="ingest_command", metavar="FORMAT", required=True)
+    pi = isub.add_parser("focus", help="FOCUS 1.0-1.2 billing files (CSV, CSV.gz, Parquet) as cost lines",
+                         description="Reads FOCUS files and publishes their rows as cost lines. Rows that cannot "
+                         "be read are rejected with file, row and reason; a file missing a required column is "
+                         "rejected whole. Ingest all files of a billing period in one run: a later run of the "
+                         "same period replaces the lines of the earlier one (a restatement).")
+    common(pi)
+    pi.add_argument("files", nargs="+", metavar="FILE")
+    pi.add_argument("--summary-json", action="store_true", help="print the summary as one JSON object")
+    pi.set_defaults(func=cmd_ingest_focus)
 
     p = sub.add_parser("dashboards", help="Grafana dashboards as code")
     dbs = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)

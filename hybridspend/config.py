@@ -206,6 +206,15 @@ class WorkloadRule(_Strict):
         return fill(self.workload), fill(self.team)
 
 
+class GpuInstanceTypeConfig(_Strict):
+    provider: Literal["aws", "gcp", "azure", "other"]
+    instance_type: str = Field(min_length=1)
+    gpu_model: str
+    gpu_class: str = Field(min_length=1)
+    gpus: int = Field(gt=0)
+    gpu_memory_gib: int = Field(gt=0)
+
+
 class ThresholdsConfig(_Strict):
     margin_pct: Decimal = Field(default=Decimal(10), ge=0, lt=1000)
     dwell_windows: int = Field(default=3, ge=1)
@@ -249,6 +258,8 @@ class Config(_Strict):
     )
     workloads: list[WorkloadRule] = []
     budgets: dict[str, Decimal] = Field(default_factory=dict, description="team -> monthly budget, USD")
+    gpu_instance_types: list[GpuInstanceTypeConfig] = Field(
+        default_factory=list, description="GPU instance types beyond the built-in catalog")
     thresholds: ThresholdsConfig = ThresholdsConfig()
     alerts: AlertsConfig = AlertsConfig()
     collectors: CollectorsConfig = CollectorsConfig()
@@ -284,6 +295,11 @@ class Config(_Strict):
     def offer_for(self, provider: str, region: str, instance_type: str) -> CloudOfferConfig | None:
         exact = [o for o in self.cloud_offers if (o.provider, o.instance_type) == (provider, instance_type)]
         return next((o for o in exact if o.region == region), exact[0] if exact else None)
+
+    def catalog(self):
+        from collectors.catalog import Catalog, GpuInstanceType
+
+        return Catalog([GpuInstanceType(**t.model_dump()) for t in self.gpu_instance_types])
 
     def market(self) -> Market:
         onprem: dict[str, OnPremGpuCost] = {}

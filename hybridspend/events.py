@@ -439,42 +439,67 @@ class PriceUpdate(_Record):
 
 @dataclass(slots=True)
 class CostLine(_Record):
-    """A billed cost line (FOCUS, CUR, billing export). Key: the billed resource id."""
+    """A billed cost line (FOCUS, CUR, billing export). Key: the billed resource id.
+
+    ``export_version`` identifies one delivery of a billing period's data (a CUR/FOCUS export
+    execution, one ingest run); a newer version of the same (source, account, period) replaces the
+    lines of older ones: a restated period never adds to itself.
+    """
 
     SCHEMA: ClassVar[str] = "cost_line.v1"
     event_id: str
-    provider: str
+    provider: str  # aws, gcp, azure, oracle, ...
+    provider_name: str  # as the bill names it
     billing_account: str
+    billing_period_start_ms: int
     resource_id: str
     charge_period_start_ms: int
     charge_period_end_ms: int
+    charge_category: str
     billed_cost_usd: Decimal
     effective_cost_usd: Decimal
     service: str
     sku: str
-    source: str
+    region: str
+    instance_type: str  # the GPU instance type when the catalog recognizes one, else ""
+    gpu_class: str
+    gpus: int
+    source: str  # focus-file, aws-cur, aws-ce, gcp-export, ...
+    export_version: str
     tags: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # x_ columns, kept as text
 
     @classmethod
     def decode(cls, payload: bytes | str) -> "CostLine":
         d = loads(payload, cls.SCHEMA)
         w = cls.SCHEMA
-        tags = d.get("tags") or {}
-        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-            raise EventError(f"{w}: 'tags' must be an object of strings")
+        for name in ("tags", "extra"):
+            value = d.get(name) or {}
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in value.items()):
+                raise EventError(f"{w}: '{name}' must be an object of strings")
         return cls(
             event_id=_label(d, "event_id", w),
             provider=_label(d, "provider", w),
+            provider_name=_label(d, "provider_name", w, optional=True),
             billing_account=_label(d, "billing_account", w, optional=True),
-            resource_id=_label(d, "resource_id", w, optional=True),
+            billing_period_start_ms=_int(d, "billing_period_start_ms", w, minimum=0),  # type: ignore[arg-type]
+            resource_id=str(d.get("resource_id") or "")[:2048],
             charge_period_start_ms=_int(d, "charge_period_start_ms", w, minimum=0),  # type: ignore[arg-type]
             charge_period_end_ms=_int(d, "charge_period_end_ms", w, minimum=0),  # type: ignore[arg-type]
+            charge_category=_label(d, "charge_category", w, optional=True),
             billed_cost_usd=_money(d, "billed_cost_usd", w),  # type: ignore[arg-type]
             effective_cost_usd=_money(d, "effective_cost_usd", w),  # type: ignore[arg-type]
             service=_label(d, "service", w, optional=True),
             sku=_label(d, "sku", w, optional=True),
+            region=_label(d, "region", w, optional=True),
+            instance_type=_label(d, "instance_type", w, optional=True),
+            gpu_class=_label(d, "gpu_class", w, optional=True),
+            gpus=_int(d, "gpus", w, minimum=0, optional=True) or 0,
             source=_label(d, "source", w),
-            tags=tags,
+            export_version=_label(d, "export_version", w),
+            tags=d.get("tags") or {},
+            extra=d.get("extra") or {},
         )
 
 

@@ -72,8 +72,9 @@ TABLES = {
          "utilization_pct", "memory_used_mib", "memory_total_mib", "power_mw", "workloads"),
         ("ts", "resource", "gpu_uuid"), False, "ts"),
     "cost_lines": TableSpec(
-        ("charge_period_start", "event_id", "charge_period_end", "provider", "billing_account", "resource_id",
-         "service", "sku", "source", "billed_cost_usd", "effective_cost_usd", "tags"),
+        ("charge_period_start", "event_id", "charge_period_end", "provider", "provider_name", "billing_account",
+         "billing_period_start", "resource_id", "charge_category", "service", "sku", "region", "instance_type",
+         "gpu_class", "gpus", "source", "export_version", "billed_cost_usd", "effective_cost_usd", "tags", "extra"),
         ("charge_period_start", "event_id"), True, "charge_period_start"),
     "prices": TableSpec(
         ("provider", "region", "instance_type", "purchase_option", "effective_at", "usd_per_hour", "source",
@@ -116,9 +117,26 @@ def gpu_sample_rows(s: GpuSample) -> list[tuple]:
 
 def cost_line_row(c: CostLine) -> tuple:
     return (
-        _ts(c.charge_period_start_ms), c.event_id, _ts(c.charge_period_end_ms), c.provider, c.billing_account,
-        c.resource_id, c.service, c.sku, c.source, c.billed_cost_usd, c.effective_cost_usd, Jsonb(c.tags),
+        _ts(c.charge_period_start_ms), c.event_id, _ts(c.charge_period_end_ms), c.provider, c.provider_name,
+        c.billing_account, _ts(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
+        c.region, c.instance_type, c.gpu_class, c.gpus, c.source, c.export_version, c.billed_cost_usd,
+        c.effective_cost_usd, Jsonb(c.tags), Jsonb(c.extra),
     )
+
+
+# the newest export of a billing period replaces the lines of older exports of that period, whatever
+# order they arrive in (export versions sort by time: "<ISO timestamp>|<id>")
+SUPERSEDE_COST_LINES_SQL = """
+    DELETE FROM cost_lines c
+     USING (SELECT l.source, l.billing_account, l.billing_period_start, max(l.export_version) AS export_version
+              FROM cost_lines l
+              JOIN (SELECT DISTINCT source, billing_account, billing_period_start FROM stage_cost_lines) k
+                ON l.source = k.source AND l.billing_account = k.billing_account
+               AND l.billing_period_start = k.billing_period_start
+             GROUP BY 1, 2, 3) s
+     WHERE c.source = s.source AND c.billing_account = s.billing_account
+       AND c.billing_period_start = s.billing_period_start AND c.export_version < s.export_version
+"""
 
 
 def price_row(p: PriceUpdate) -> tuple:
@@ -202,6 +220,8 @@ def _write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions
                 for row in rows.values():
                     copy.write_row(row)
             conn.execute(_upsert_sql(table, spec))
+            if table == "cost_lines":
+                conn.execute(SUPERSEDE_COST_LINES_SQL)
             if table == "cost_windows" and engine == POSTGRESQL:
                 for statement in ROLLUPS_SQL:
                     conn.execute(statement)

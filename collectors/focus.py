@@ -1,0 +1,239 @@
+"""FOCUS billing files (1.0–1.2, CSV, CSV.gz or Parquet) to cost-line events.
+
+Every row is either turned into a ``CostLine`` or rejected with a reason naming the file, the row
+and what is wrong; nothing is dropped silently.  A file that lacks a column hybridspend cannot do
+without is rejected as a whole, with the missing columns named.  ``NULL``/``null`` literals are
+nulls, ``Tags`` is a JSON object, ``x_`` columns are kept as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Iterator
+
+from hybridspend.events import MAX_LABEL_LEN, CostLine
+
+from .catalog import Catalog, provider_key
+
+REQUIRED = ("BilledCost", "EffectiveCost", "ChargePeriodStart", "ChargePeriodEnd", "BillingCurrency", "ProviderName")
+NULLS = {"", "NULL", "null", "Null"}
+SOURCE = "focus-file"
+
+
+class FocusRowError(ValueError):
+    pass
+
+
+@dataclass
+class ProviderTotals:
+    rows: int = 0
+    billed_cost_usd: Decimal = Decimal(0)
+    effective_cost_usd: Decimal = Decimal(0)
+
+
+@dataclass
+class FocusSummary:
+    rows_read: int = 0
+    rows_published: int = 0
+    rows_rejected: int = 0
+    gpu_rows: int = 0
+    by_provider: dict[str, ProviderTotals] = field(default_factory=lambda: defaultdict(ProviderTotals))
+    rejections: list[str] = field(default_factory=list)  # "file:row: reason"
+
+    def reject(self, where: str, reason: str, rows: int = 1) -> None:
+        self.rows_rejected += rows
+        if len(self.rejections) < 1000:
+            self.rejections.append(f"{where}: {reason}")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows_read,
+            "rows_published": self.rows_published,
+            "rows_rejected": self.rows_rejected,
+            "gpu_rows": self.gpu_rows,
+            "by_provider": {
+                name: {"rows": t.rows, "billed_cost_usd": float(t.billed_cost_usd),
+                       "effective_cost_usd": float(t.effective_cost_usd)}
+                for name, t in sorted(self.by_provider.items())
+            },
+            "rejections": self.rejections[:100],
+        }
+
+
+def _null(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value.strip() in NULLS):
+        return None
+    return value
+
+
+def _text(row: dict, column: str) -> str:
+    value = _null(row.get(column))
+    return "" if value is None else str(value)
+
+
+def _decimal(row: dict, column: str) -> Decimal:
+    value = _null(row.get(column))
+    if value is None:
+        raise FocusRowError(f"{column} is null")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise FocusRowError(f"{column} is not a number: {str(value)[:40]!r}") from None
+    if not amount.is_finite():
+        raise FocusRowError(f"{column} is not finite: {value!r}")
+    return amount
+
+
+def _timestamp(row: dict, column: str, *, required: bool = True) -> datetime | None:
+    value = _null(row.get(column))
+    if value is None:
+        if required:
+            raise FocusRowError(f"{column} is null")
+        return None
+    if isinstance(value, datetime):
+        ts = value
+    else:
+        try:
+            ts = datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
+        except ValueError:
+            raise FocusRowError(f"{column} is not a timestamp: {str(value)[:40]!r}") from None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _tags(row: dict) -> dict[str, str]:
+    value = _null(row.get("Tags"))
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        parsed = value
+    else:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise FocusRowError(f"Tags is not JSON: {exc.msg}") from None
+    if not isinstance(parsed, dict):
+        raise FocusRowError("Tags is not a JSON object")
+    return {str(k)[:MAX_LABEL_LEN]: ("" if v is None else str(v))[:1024] for k, v in parsed.items()}
+
+
+def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: str) -> CostLine:
+    currency = _text(row, "BillingCurrency")
+    if currency != "USD":
+        raise FocusRowError(f"BillingCurrency {currency or 'null'}: only USD is supported")
+    start = _timestamp(row, "ChargePeriodStart")
+    end = _timestamp(row, "ChargePeriodEnd")
+    assert start is not None and end is not None
+    if end < start:
+        raise FocusRowError("ChargePeriodEnd is before ChargePeriodStart")
+    period = _timestamp(row, "BillingPeriodStart", required=False) or start.replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0)
+    provider_name = _text(row, "ProviderName")
+    provider = provider_key(provider_name)
+    gpu = catalog.find_in(provider, _text(row, "SkuId"), _text(row, "ResourceType"),
+                          _text(row, "ChargeDescription"), _text(row, "x_InstanceType"), _text(row, "ResourceId"))
+    return CostLine(
+        event_id=event_id,
+        provider=provider,
+        provider_name=provider_name[:MAX_LABEL_LEN],
+        billing_account=_text(row, "BillingAccountId")[:MAX_LABEL_LEN],
+        billing_period_start_ms=_ms(period),
+        resource_id=_text(row, "ResourceId")[:2048],
+        charge_period_start_ms=_ms(start),
+        charge_period_end_ms=_ms(end),
+        charge_category=_text(row, "ChargeCategory")[:MAX_LABEL_LEN],
+        billed_cost_usd=_decimal(row, "BilledCost"),
+        effective_cost_usd=_decimal(row, "EffectiveCost"),
+        service=_text(row, "ServiceName")[:MAX_LABEL_LEN],
+        sku=_text(row, "SkuId")[:MAX_LABEL_LEN],
+        region=_text(row, "RegionId")[:MAX_LABEL_LEN],
+        instance_type=gpu.instance_type if gpu else "",
+        gpu_class=gpu.gpu_class if gpu else "",
+        gpus=gpu.gpus if gpu else 0,
+        source=SOURCE,
+        export_version=export_version,
+        tags=_tags(row),
+        extra={k: _text(row, k)[:4096] for k in row if k.startswith("x_") and _null(row.get(k)) is not None},
+    )
+
+
+def _rows(path: Path) -> tuple[list[str], Iterator[dict]]:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+
+        def parquet_rows() -> Iterator[dict]:
+            for batch in parquet.iter_batches(batch_size=10_000):
+                yield from batch.to_pylist()
+
+        return list(parquet.schema_arrow.names), parquet_rows()
+    raw = path.open("rb")
+    stream = gzip.open(raw) if name.endswith(".gz") else raw
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.DictReader(text)
+    return list(reader.fieldnames or []), iter(reader)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary: FocusSummary,
+               progress=lambda n: None) -> Iterator[CostLine]:
+    """Yield the cost lines of every file, counting reads and rejections in ``summary``."""
+    for path in paths:
+        where = str(path)
+        try:
+            digest = file_digest(path)
+            columns, rows = _rows(path)
+        except (OSError, csv.Error, UnicodeDecodeError) as exc:
+            summary.reject(where, f"cannot read the file: {exc}", rows=0)
+            continue
+        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+            summary.reject(where, f"cannot read the file: {type(exc).__name__}: {exc}", rows=0)
+            continue
+        missing = [c for c in REQUIRED if c not in columns]
+        try:
+            if missing:
+                count = sum(1 for _ in rows)
+                summary.rows_read += count
+                summary.reject(where, f"missing FOCUS columns {', '.join(missing)}; all {count} rows rejected",
+                               rows=count)
+                continue
+            for number, row in enumerate(rows, start=1):
+                summary.rows_read += 1
+                if summary.rows_read % 50_000 == 0:
+                    progress(summary.rows_read)
+                try:
+                    line = to_cost_line(row, catalog=catalog, event_id=f"focus|{digest}|{number}",
+                                        export_version=export_version)
+                except FocusRowError as exc:
+                    summary.reject(f"{where}:{number + 1}", str(exc))  # +1: the header is line 1
+                    continue
+                totals = summary.by_provider[line.provider_name or "(unknown)"]
+                totals.rows += 1
+                totals.billed_cost_usd += line.billed_cost_usd
+                totals.effective_cost_usd += line.effective_cost_usd
+                summary.rows_published += 1
+                summary.gpu_rows += 1 if line.gpu_class else 0
+                yield line
+        except (csv.Error, UnicodeDecodeError, OSError) as exc:
+            summary.reject(where, f"the file broke off while reading: {exc}", rows=0)

@@ -1,0 +1,69 @@
+"""Publishing events from a command (ingest, collectors run once) to Kafka.
+
+With a configured Kafka, events go there and the deployed sink stores them.  On embedded
+defaults there is no sink running, so the command starts the local broker and database itself,
+publishes, and drains what it sent into the local database with an in-process sink before it
+stops them: later commands (reports, dashboards) find the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterator
+
+from .broker import Topics, ensure_topics, make_consumer, make_producer
+from .config import Config
+from .local import running_services
+
+
+class Publisher:
+    def __init__(self, producer, topics: Topics) -> None:
+        self.producer = producer
+        self.topics = topics
+        self.sent = 0
+
+    def send(self, logical_topic: str, key: str, event) -> None:
+        self.producer.send(self.topics.name(logical_topic), key=key.encode(), value=event.encode())
+        self.sent += 1
+
+
+@contextlib.contextmanager
+def publishing(config: Config, logical_topics: list[str], say: Callable[[str], None]) -> Iterator[Publisher]:
+    topics = Topics.from_config(config.kafka)
+    if config.kafka.bootstrap_servers:
+        ensure_topics(config.kafka.bootstrap_servers, config.kafka, topics)
+        producer = make_producer(config.kafka.bootstrap_servers, config.kafka)
+        try:
+            yield Publisher(producer, topics)
+            producer.flush()
+        finally:
+            producer.close()
+        return
+
+    from storage.db import migrate
+    from storage.sink import Sink
+
+    with running_services(config, say=say) as endpoints:
+        migrate(endpoints.dsn)
+        ensure_topics(endpoints.bootstrap, config.kafka, topics)
+        producer = make_producer(endpoints.bootstrap, config.kafka)
+        publisher = Publisher(producer, topics)
+        try:
+            yield publisher
+            producer.flush()
+        finally:
+            producer.close()
+        consumer = make_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, "hybridspend-sink",
+                                 [topics.name(t) for t in logical_topics], fetch_max_wait_ms=100)
+        sink = Sink(consumer, endpoints.dsn, topics)
+        try:
+            deadline = time.monotonic() + 300
+            while sink.records_read < publisher.sent:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"stored {sink.records_read} of {publisher.sent} events in time; run again")
+                sink.run_once(timeout_ms=500)
+        finally:
+            consumer.close()
+            sink.close()
+        say(f"stored {sink.rows_written} rows in the local database ({config.state_dir / 'pgdata'})")
