@@ -129,7 +129,8 @@ def _tags(row: dict) -> dict[str, str]:
     return {str(k)[:MAX_LABEL_LEN]: ("" if v is None else str(v))[:1024] for k, v in parsed.items()}
 
 
-def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: str) -> CostLine:
+def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: str,
+                 source: str = SOURCE) -> CostLine:
     currency = _text(row, "BillingCurrency")
     if currency != "USD":
         raise FocusRowError(f"BillingCurrency {currency or 'null'}: only USD is supported")
@@ -162,7 +163,7 @@ def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: 
         instance_type=gpu.instance_type if gpu else "",
         gpu_class=gpu.gpu_class if gpu else "",
         gpus=gpu.gpus if gpu else 0,
-        source=SOURCE,
+        source=source,
         export_version=export_version,
         tags=_tags(row),
         extra={k: _text(row, k)[:4096] for k in row if k.startswith("x_") and _null(row.get(k)) is not None},
@@ -197,13 +198,20 @@ def file_digest(path: Path) -> str:
 
 
 def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary: FocusSummary,
-               progress=lambda n: None) -> Iterator[CostLine]:
-    """Yield the cost lines of every file, counting reads and rejections in ``summary``."""
-    for path in paths:
-        where = str(path)
+               progress=lambda n: None, *, source: str = SOURCE, row_map=None, names: list[str] | None = None,
+               id_prefix: str = "focus") -> Iterator[CostLine]:
+    """Yield the cost lines of every file, counting reads and rejections in ``summary``.
+
+    ``row_map`` turns another export's rows into FOCUS-named ones (AWS CUR 2.0); ``names`` are
+    how files are named in messages and ids (an S3 key rather than a local temporary path).
+    """
+    for index, path in enumerate(paths):
+        where = names[index] if names else str(path)
         try:
             digest = file_digest(path)
             columns, rows = _rows(path)
+            if row_map is not None:
+                columns, rows = row_map.columns(columns), map(row_map, rows)
         except (OSError, csv.Error, UnicodeDecodeError) as exc:
             summary.reject(where, f"cannot read the file: {exc}", rows=0)
             continue
@@ -223,8 +231,8 @@ def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary
                 if summary.rows_read % 50_000 == 0:
                     progress(summary.rows_read)
                 try:
-                    line = to_cost_line(row, catalog=catalog, event_id=f"focus|{digest}|{number}",
-                                        export_version=export_version)
+                    line = to_cost_line(row, catalog=catalog, event_id=f"{id_prefix}|{digest}|{number}",
+                                        export_version=export_version, source=source)
                 except FocusRowError as exc:
                     summary.reject(f"{where}:{number + 1}", str(exc))  # +1: the header is line 1
                     continue

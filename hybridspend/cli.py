@@ -219,6 +219,32 @@ def cmd_collect_nvml(args) -> int:
     return 0
 
 
+def cmd_collect_aws(args) -> int:
+    from collectors.aws.collector import AwsCollector
+
+    from .checkpoint import Checkpoint
+    from .publish import publishing
+
+    config = resolve_config(args.config, args.state_dir)
+    if not config.collectors.aws.accounts:
+        raise UsageError("collectors.aws.accounts is empty: name at least one account and its regions")
+    if not config.kafka.bootstrap_servers and not args.once:
+        raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once")
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    checkpoint = Checkpoint(config.state_dir / "checkpoints" / "aws.json")
+    with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
+        collector = AwsCollector(config, publisher, checkpoint)
+        if args.once:
+            report = collector.run_once()
+            print(f"aws: sent {report.sent or 'nothing new'}; {report.ce_calls} Cost Explorer call(s); "
+                  f"{len(report.errors)} problem(s)")
+            for error in report.errors[:50]:
+                print(f"  {error}")
+            return 0 if not report.errors or report.sent else 1
+        collector.run(_stop_flag(), say=err)
+    return 0
+
+
 def cmd_db_migrate(args) -> int:
     from storage.db import migrate, sync_budgets
 
@@ -405,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "figures and writes them to bench/results.json.")
     p.add_argument("--quick", action="store_true", help="smaller inputs (seconds instead of a minute)")
     p.set_defaults(func=cmd_bench)
+
+    pa = colsub.add_parser("aws", help="AWS prices, GPU instances and events, Cost Explorer, billing exports",
+                           description="Publishes GPU prices (Pricing API, spot history), GPU instance inventory "
+                           "and EventBridge state/spot-interruption events (via SQS), hourly Cost Explorer cost and "
+                           "FOCUS / CUR 2.0 exports from S3, for every account and region in collectors.aws. "
+                           "Credentials: boto3's standard chain, or a role per account.")
+    common(pa)
+    pa.add_argument("--once", action="store_true", help="one pass over every source, then exit")
+    pa.set_defaults(func=cmd_collect_aws)
 
     p = sub.add_parser("db", help="database tools")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

@@ -243,8 +243,38 @@ class NvmlCollectorConfig(_Strict):
     host: str | None = Field(default=None, description="node name to report; default: this machine's host name")
 
 
+class AwsAccount(_Strict):
+    name: str = Field(min_length=1)
+    regions: list[str] = Field(default=["us-east-1"], min_length=1)
+    profile: str | None = Field(default=None, description="boto3 named profile; default: the standard chain")
+    role_arn: str | None = Field(default=None, description="role to assume with STS for this account")
+
+
+class AwsExport(_Strict):
+    bucket: str = Field(min_length=1)
+    prefix: str = ""
+    format: Literal["focus", "cur2"] = "focus"
+
+
+class AwsCollectorConfig(_Strict):
+    accounts: list[AwsAccount] = []
+    endpoint_url: str | None = Field(default=None, description="override for every AWS API (VPC endpoint, tests)")
+    pricing_endpoint_url: str | None = None
+    pricing_region: str = "us-east-1"
+    events_queue_url: str | None = Field(default=None, description="SQS queue receiving EC2 EventBridge events")
+    cost_explorer: bool = True
+    ce_max_calls_per_run: int = Field(default=10, ge=0, description="each Cost Explorer call costs $0.01")
+    ce_lookback_hours: int = Field(default=48, ge=1, description="hours re-read for late and restated costs")
+    ce_tag_key: str = "workload"
+    ce_refresh_seconds: float = Field(default=3600, gt=0, description="Cost Explorer updates a few times a day")
+    exports: list[AwsExport] = []
+    poll_seconds: float = Field(default=60, gt=0)
+    price_refresh_seconds: float = Field(default=21600, gt=0)
+
+
 class CollectorsConfig(_Strict):
     nvml: NvmlCollectorConfig = NvmlCollectorConfig()
+    aws: AwsCollectorConfig = AwsCollectorConfig()
 
 
 class Config(_Strict):

@@ -27,6 +27,10 @@ class Publisher:
         self.producer.send(self.topics.name(logical_topic), key=key.encode(), value=event.encode())
         self.sent += 1
 
+    def flush(self) -> None:
+        """Block until every event sent so far is acknowledged (call before checkpointing)."""
+        self.producer.flush()
+
 
 @contextlib.contextmanager
 def publishing(config: Config, logical_topics: list[str], say: Callable[[str], None]) -> Iterator[Publisher]:

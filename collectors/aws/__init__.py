@@ -1,0 +1,1 @@
+"""AWS: prices, GPU instance inventory and events, Cost Explorer and billing exports (boto3)."""

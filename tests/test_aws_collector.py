@@ -1,0 +1,251 @@
+"""The AWS collector against real sockets: moto's server (EC2, SQS, S3, Cost Explorer), a local HTTP
+server answering the Pricing API (moto lacks it), and a real broker where the events are checked."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import http.server
+import io
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal as D
+
+import boto3
+import pytest
+import requests
+import yaml
+from kafka import KafkaConsumer
+
+from collectors.aws.collector import AwsCollector
+from hybridspend.broker import Topics, ensure_topics, make_producer
+from hybridspend.checkpoint import Checkpoint
+from hybridspend.config import load_config
+from hybridspend.events import CostLine, InstanceEvent, PriceUpdate
+from hybridspend.local import free_port
+from hybridspend.publish import Publisher
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 20, 12, 30, tzinfo=timezone.utc)
+
+
+def product(itype: str, region: str, on_demand: str, reserved_hourly: str, reserved_upfront: str = "0") -> str:
+    sku = uuid.uuid5(uuid.NAMESPACE_DNS, itype + region).hex[:16].upper()
+    return json.dumps({
+        "product": {"productFamily": "Compute Instance", "sku": sku, "attributes": {
+            "instanceType": itype, "regionCode": region, "operatingSystem": "Linux", "tenancy": "Shared",
+            "preInstalledSw": "NA", "capacitystatus": "Used", "gpu": "8", "servicecode": "AmazonEC2"}},
+        "serviceCode": "AmazonEC2",
+        "terms": {
+            "OnDemand": {f"{sku}.JRTCKXETXF": {"offerTermCode": "JRTCKXETXF", "sku": sku, "termAttributes": {},
+                                              "priceDimensions": {f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
+                                                  "unit": "Hrs", "pricePerUnit": {"USD": on_demand},
+                                                  "description": f"${on_demand} per On Demand Linux {itype} Instance Hour"}}}},
+            "Reserved": {
+                f"{sku}.4NA7Y494T4": {"offerTermCode": "4NA7Y494T4", "sku": sku, "termAttributes": {
+                    "LeaseContractLength": "1yr", "OfferingClass": "standard", "PurchaseOption": "No Upfront"},
+                    "priceDimensions": {f"{sku}.4NA7Y494T4.6YS6EN2CT7": {"unit": "Hrs",
+                                                                        "pricePerUnit": {"USD": reserved_hourly}},
+                                        f"{sku}.4NA7Y494T4.2TG2D8R56U": {"unit": "Quantity",
+                                                                        "pricePerUnit": {"USD": reserved_upfront}}}},
+                f"{sku}.6QCMYABX3D": {"offerTermCode": "6QCMYABX3D", "sku": sku, "termAttributes": {
+                    "LeaseContractLength": "3yr", "OfferingClass": "standard", "PurchaseOption": "All Upfront"},
+                    "priceDimensions": {f"{sku}.6QCMYABX3D.2TG2D8R56U": {"unit": "Quantity",
+                                                                        "pricePerUnit": {"USD": "300000"}}}},
+            },
+        },
+        "version": "20261101000000", "publicationDate": "2026-11-01T00:00:00Z",
+    })
+
+
+@pytest.fixture
+def pricing_server():
+    """The Pricing API's GetProducts (JSON protocol), one product per page to exercise pagination."""
+    products = [product("p4d.24xlarge", "us-east-1", "32.7726000000", "19.2266000000"),
+                product("p5.48xlarge", "us-east-1", "55.0400000000", "30.1000000000", "8760")]
+    calls = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append(self.headers.get("X-Amz-Target"))
+            wanted = {f["Field"]: f["Value"] for f in body.get("Filters", [])}
+            matching = [p for p in products if all(
+                json.loads(p)["product"]["attributes"].get(k) == v for k, v in wanted.items())]
+            start = int(body.get("NextToken") or 0)
+            answer = {"FormatVersion": "aws_v1", "PriceList": matching[start:start + 1]}
+            if start + 1 < len(matching):
+                answer["NextToken"] = str(start + 1)
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def moto(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    requests.post(f"http://127.0.0.1:{port}/moto-api/reset")  # moto's backends are per process: start clean
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def focus_export(rows: list[tuple[str, str, str]]) -> bytes:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["BillingAccountId", "BillingCurrency", "BillingPeriodStart", "ChargePeriodStart", "ChargePeriodEnd",
+                "BilledCost", "EffectiveCost", "ProviderName", "ResourceId", "SkuId", "ChargeDescription", "Tags"])
+    for resource, billed, desc in rows:
+        w.writerow(["123456789012", "USD", "2026-10-01 00:00:00", "2026-10-03 10:00:00", "2026-10-03 11:00:00",
+                    billed, billed, "AWS", resource, "SKU1", desc, '{"workload": "ml-batch-embed"}'])
+    return gzip.compress(out.getvalue().encode())
+
+
+def consume(bootstrap: str, topic: str, decode) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=2500)
+    events = [decode(m.value) for m in consumer]
+    consumer.close()
+    return events
+
+
+def test_collector_publishes_prices_instances_events_and_costs_and_resumes_without_repeats(
+        tmp_path, broker, moto, pricing_server, topic_prefix):
+    pricing_url, pricing_calls = pricing_server
+    ec2 = boto3.client("ec2", endpoint_url=moto, region_name="us-east-1")
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    gpu = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="p4d.24xlarge", TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "workload", "Value": "ml-batch-embed"},
+                                              {"Key": "team", "Value": "search"}]}])["Instances"][0]["InstanceId"]
+    ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro")  # not a GPU: ignored
+    sqs = boto3.client("sqs", endpoint_url=moto, region_name="us-east-1")
+    queue = sqs.create_queue(QueueName="ec2-events")["QueueUrl"]
+    for body in (
+        {"version": "0", "id": "ev-1", "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2",
+         "account": "123456789012", "time": "2026-11-20T12:01:00Z", "region": "us-east-1",
+         "detail": {"instance-id": gpu, "instance-action": "terminate"}},
+        {"version": "0", "id": "ev-2", "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+         "account": "123456789012", "time": "2026-11-20T12:03:00Z", "region": "us-east-1",
+         "detail": {"instance-id": gpu, "state": "terminated"}},
+        "not an event at all",
+    ):
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body) if isinstance(body, dict) else body)
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    s3.create_bucket(Bucket="billing")
+    key = "focus/hs/data/BILLING_PERIOD=2026-10/part-0.csv.gz"
+    s3.put_object(Bucket="billing", Key=key, Body=focus_export([
+        (gpu, "32.7726", "$32.7726 per On Demand Linux p4d.24xlarge Instance Hour"), ("vol-1", "0.10", "EBS")]))
+    requests.post(f"{moto}/moto-api/static/ce/cost-and-usage-results", json={"results": [{"ResultsByTime": [
+        {"TimePeriod": {"Start": "2026-11-20T10:00:00Z", "End": "2026-11-20T11:00:00Z"}, "Estimated": True,
+         "Groups": [{"Keys": ["p4d.24xlarge", "workload$ml-batch-embed"],
+                     "Metrics": {"UnblendedCost": {"Amount": "32.7726", "Unit": "USD"},
+                                 "NetAmortizedCost": {"Amount": "19.2266", "Unit": "USD"}}}]}]}]})
+
+    cfg = {"kafka": {"topic_prefix": topic_prefix, "topic_partitions": 2},
+           "workloads": [{"match": {"tag_workload": "*"}, "workload": "{tag_workload}", "team": "{tag_team}"}],
+           "collectors": {"aws": {"accounts": [{"name": "123456789012", "regions": ["us-east-1"]}],
+                                  "endpoint_url": moto, "pricing_endpoint_url": pricing_url,
+                                  "events_queue_url": queue, "ce_max_calls_per_run": 3,
+                                  "exports": [{"bucket": "billing", "prefix": "focus/hs/", "format": "focus"}]}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    config = load_config(tmp_path / "c.yaml", {})
+    topics = Topics.from_config(config.kafka)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    producer = make_producer(broker.bootstrap, config.kafka)
+    checkpoint_path = tmp_path / "aws.json"
+    try:
+        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
+                              clock=lambda: NOW).run_once()
+        assert report.errors == ["sqs: not an EC2 state or spot event: 'not an event at all'"]
+        assert report.ce_calls == 1
+
+        prices = {(p.instance_type, p.purchase_option): p.usd_per_hour
+                  for p in consume(broker.bootstrap, topics.prices, PriceUpdate.decode)}
+        assert prices[("p4d.24xlarge", "on_demand")] == D("32.7726")
+        assert prices[("p4d.24xlarge", "reserved")] == D("19.2266")  # 1yr standard No Upfront
+        assert prices[("p5.48xlarge", "reserved")] == D("30.1") + D(8760) / D(8760)  # upfront spread over the year
+        assert ("p4d.24xlarge", "spot") in prices  # moto's spot price history
+        assert all(c == "AWSPriceListService.GetProducts" for c in pricing_calls)
+
+        instance_events = consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)
+        assert [(e.instance_id, e.state, e.workload, e.team) for e in instance_events] == [
+            (gpu, "running", "ml-batch-embed", "search"),
+            (gpu, "spot_interruption_warning", "ml-batch-embed", "search"),
+            (gpu, "terminated", "ml-batch-embed", "search"),
+        ]
+        assert instance_events[1].event_id == "aws-eb:ev-1"
+
+        lines = consume(broker.bootstrap, topics.cost_lines, CostLine.decode)
+        ce = [line for line in lines if line.source == "aws-ce"]
+        assert len(ce) == 1 and ce[0].billed_cost_usd == D("32.7726") and ce[0].effective_cost_usd == D("19.2266")
+        assert ce[0].gpu_class == "A100" and ce[0].tags == {"workload": "ml-batch-embed"}
+        exported = [line for line in lines if line.source == "aws-focus"]
+        assert sorted(line.billed_cost_usd for line in exported) == [D("0.10"), D("32.7726")]
+        assert [line.gpu_class for line in exported if line.resource_id == gpu] == ["A100"]
+        first_version = exported[0].export_version
+
+        # a restart: a new collector on the same checkpoint repeats nothing it already sent
+        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
+                              clock=lambda: NOW).run_once()
+        assert report.sent == {} and report.errors == [] and report.ce_calls == 0
+        assert len(consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)) == 3
+
+        # the provider restates October: the folder is read again as a new delivery
+        time.sleep(1.1)  # S3 LastModified has one-second resolution
+        s3.put_object(Bucket="billing", Key=key, Body=focus_export([
+            (gpu, "30.0000", "$30.00 per On Demand Linux p4d.24xlarge Instance Hour"), ("vol-1", "0.10", "EBS")]))
+        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
+                              clock=lambda: NOW).run_once()
+        assert report.sent["cost-lines"] == 2
+        restated = [line for line in consume(broker.bootstrap, topics.cost_lines, CostLine.decode)
+                    if line.source == "aws-focus" and line.export_version != first_version]
+        assert sorted(line.billed_cost_usd for line in restated) == [D("0.10"), D("30.0000")]
+        assert restated[0].export_version > first_version  # the newer delivery wins in the sink
+    finally:
+        producer.close()
+
+
+def test_one_failing_account_is_reported_and_the_others_go_on(tmp_path, broker, moto, topic_prefix):
+    cfg = {"kafka": {"topic_prefix": topic_prefix},
+           "collectors": {"aws": {"accounts": [{"name": "broken", "regions": ["us-east-1"],
+                                                "profile": "no-such-profile"},
+                                               {"name": "good", "regions": ["us-east-1"]}],
+                                  "endpoint_url": moto, "pricing_endpoint_url": "http://127.0.0.1:9",
+                                  "cost_explorer": False}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    config = load_config(tmp_path / "c.yaml", {})
+    topics = Topics.from_config(config.kafka)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    ec2 = boto3.client("ec2", endpoint_url=moto, region_name="us-east-1")
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g6.xlarge")
+    producer = make_producer(broker.bootstrap, config.kafka)
+    try:
+        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(tmp_path / "cp.json"),
+                              clock=lambda: NOW).run_once()
+    finally:
+        producer.close()
+    assert any(e.startswith("broken prices: ProfileNotFound") for e in report.errors)
+    assert any(e.startswith("broken/us-east-1 instances") for e in report.errors)
+    assert report.sent["instance-events"] == 1  # the good account's GPU instance
