@@ -245,6 +245,37 @@ def cmd_collect_aws(args) -> int:
     return 0
 
 
+def cmd_collect_gcp(args, channel=None) -> int:
+    import glob
+    import time
+
+    from collectors import gcp
+
+    from .checkpoint import Checkpoint
+    from .publish import publishing
+
+    config = resolve_config(args.config, args.state_dir)
+    settings = config.collectors.gcp
+    if not config.kafka.bootstrap_servers and not args.once:
+        raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once")
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    checkpoint = Checkpoint(config.state_dir / "checkpoints" / "gcp.json")
+    stop = _stop_flag()
+    with publishing(config, ["prices", "cost-lines"], say=err) as publisher:
+        while True:
+            paths = [Path(p) for p in glob.glob(settings.billing_export_glob)] if settings.billing_export_glob else []
+            factory = (lambda: gcp.catalog_client(channel)) if settings.catalog else None
+            report = gcp.run_once(factory, paths, publisher, checkpoint, config.catalog(), int(time.time() * 1000))
+            print(f"gcp: sent {report.sent or 'nothing new'}; {len(report.errors)} problem(s)", flush=True)
+            for error in report.errors[:50]:
+                print(f"  {error}", flush=True)
+            if args.once or stop():
+                return 0 if not report.errors or report.sent else 1
+            deadline = time.monotonic() + settings.poll_seconds
+            while not stop() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+
 def cmd_db_migrate(args) -> int:
     from storage.db import migrate, sync_budgets
 
@@ -440,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(pa)
     pa.add_argument("--once", action="store_true", help="one pass over every source, then exit")
     pa.set_defaults(func=cmd_collect_aws)
+
+    pg = colsub.add_parser("gcp", help="GCP GPU prices (Cloud Billing Catalog) and billing export rows",
+                           description="Publishes GPU and GPU-VM SKU prices from the Cloud Billing Catalog "
+                           "(Application Default Credentials) and the billing export's rows newer than the "
+                           "checkpoint (collectors.gcp.billing_export_glob).")
+    common(pg)
+    pg.add_argument("--once", action="store_true", help="one pass, then exit")
+    pg.set_defaults(func=cmd_collect_gcp)
 
     p = sub.add_parser("db", help="database tools")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

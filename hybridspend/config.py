@@ -272,9 +272,17 @@ class AwsCollectorConfig(_Strict):
     price_refresh_seconds: float = Field(default=21600, gt=0)
 
 
+class GcpCollectorConfig(_Strict):
+    catalog: bool = Field(default=True, description="GPU prices from the Cloud Billing Catalog")
+    billing_export_glob: str | None = Field(
+        default=None, description="JSON-lines files of the billing export, e.g. /data/gcp-billing/*.json")
+    poll_seconds: float = Field(default=300, gt=0)
+
+
 class CollectorsConfig(_Strict):
     nvml: NvmlCollectorConfig = NvmlCollectorConfig()
     aws: AwsCollectorConfig = AwsCollectorConfig()
+    gcp: GcpCollectorConfig = GcpCollectorConfig()
 
 
 class Config(_Strict):

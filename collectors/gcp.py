@@ -1,0 +1,198 @@
+"""GCP: GPU prices from the Cloud Billing Catalog, and billing export rows read incrementally.
+
+Prices: the Compute Engine service's SKUs whose resource group is a GPU, or whose description
+names a GPU VM family (A2, A3, G2), with their pricing tiers (the tier that starts at zero usage is
+the list price per hour), per region and usage type (on-demand, spot/preemptible, 1- and 3-year
+commitments).  Credentials: Application Default Credentials, unless a channel is given (tests).
+
+Billing export: the standard or detailed export's rows (JSON lines, as ``bq extract`` or a
+scheduled export writes them), read by ``export_time`` after the checkpoint, so a restart reads
+only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from hybridspend.checkpoint import Checkpoint
+from hybridspend.events import CostLine, PriceUpdate
+
+from .catalog import Catalog
+
+USAGE_TYPES = {"OnDemand": "on_demand", "Preemptible": "spot", "Spot": "spot",
+               "Commit1Yr": "committed_use", "Commit3Yr": "committed_use_3y"}
+_GPU_FAMILY = re.compile(r"\b(A2|A3|G2)\b|Nvidia", re.IGNORECASE)
+_ACCELERATOR = re.compile(r"Nvidia (?:Tesla )?([A-Z]\d+[A-Z]?)(?: (\d+)GB)?", re.IGNORECASE)
+
+
+def _usd(money) -> Decimal:
+    return Decimal(money.units) + Decimal(money.nanos) / Decimal(10**9)
+
+
+@dataclass(frozen=True)
+class GpuSkuPrice:
+    sku_id: str
+    description: str
+    region: str
+    purchase_option: str
+    usd_per_hour: Decimal  # the first tier's unit price (from zero usage)
+    tiers: tuple[tuple[Decimal, Decimal], ...]  # (start usage amount, unit price)
+    accelerator: str  # "A100", "H100", "L4" or "" for VM core/RAM SKUs
+
+
+def gpu_sku_prices(skus: Iterable) -> list[GpuSkuPrice]:
+    """Catalog SKUs -> GPU and GPU-VM-family prices per region and usage type (pure)."""
+    out = []
+    for sku in skus:
+        category = sku.category
+        is_gpu = category.resource_group == "GPU"
+        if not is_gpu and not _GPU_FAMILY.search(sku.description or ""):
+            continue
+        option = USAGE_TYPES.get(category.usage_type)
+        if option is None:
+            continue
+        for info in sku.pricing_info[:1]:  # the current price
+            expression = info.pricing_expression
+            if expression.usage_unit not in ("h", "hour"):
+                continue
+            tiers = tuple((Decimal(str(t.start_usage_amount)), _usd(t.unit_price)) for t in expression.tiered_rates)
+            if not tiers:
+                continue
+            m = _ACCELERATOR.search(sku.description or "")
+            for region in sku.service_regions:
+                out.append(GpuSkuPrice(sku.sku_id, sku.description, region, option, tiers[0][1], tiers,
+                                       m.group(1).upper() if (m and is_gpu) else ""))
+    return out
+
+
+@dataclass
+class GcpReport:
+    sent: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.sent[what] = self.sent.get(what, 0) + n
+
+
+def catalog_client(channel=None):
+    from google.cloud import billing_v1
+
+    if channel is None:
+        return billing_v1.CloudCatalogClient()  # Application Default Credentials
+    from google.cloud.billing_v1.services.cloud_catalog.transports import CloudCatalogGrpcTransport
+
+    return billing_v1.CloudCatalogClient(transport=CloudCatalogGrpcTransport(channel=channel))
+
+
+def publish_prices(client, publisher, report: GcpReport, now_ms: int, service_name: str = "Compute Engine") -> None:
+    services = [s for s in client.list_services() if s.display_name == service_name]
+    if not services:
+        report.errors.append(f"catalog: no service named {service_name!r}")
+        return
+    for price in gpu_sku_prices(client.list_skus(parent=services[0].name)):
+        event = PriceUpdate(
+            event_id=f"gcp:{price.sku_id}:{price.region}:{price.usd_per_hour}", ts_ms=now_ms, provider="gcp",
+            region=price.region, instance_type=f"sku:{price.sku_id}", purchase_option=price.purchase_option,
+            usd_per_hour=price.usd_per_hour, source="gcp-catalog")
+        publisher.send("prices", f"gcp|{price.region}|{price.sku_id}", event)
+        report.count("prices")
+    publisher.flush()
+
+
+def _ts_ms(value: str) -> int:
+    ts = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" UTC", "+00:00"))
+    return int((ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def export_rows(paths: Iterable[Path]) -> Iterator[tuple[str, int, dict | None, str | None]]:
+    """(file:line, export_time ms, row, error) for every line of JSON-lines billing exports."""
+    for path in sorted(paths):
+        with path.open(encoding="utf-8") as f:
+            for number, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(text)
+                    yield where, _ts_ms(row["export_time"]), row, None
+                except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                    yield where, 0, None, f"not a billing export row: {exc}"
+
+
+def cost_line_from_export(row: dict, catalog: Catalog) -> CostLine:
+    """A standard/detailed billing export row -> cost line (cost after credits is the effective cost)."""
+    if row.get("currency", "USD") != "USD":
+        raise ValueError(f"currency {row.get('currency')}: only USD is supported")
+    cost = Decimal(str(row["cost"]))
+    credits = sum((Decimal(str(c.get("amount", 0))) for c in row.get("credits") or []), Decimal(0))
+    start, end = _ts_ms(row["usage_start_time"]), _ts_ms(row["usage_end_time"])
+    invoice = row.get("invoice", {}).get("month", "")  # "202610"
+    period = datetime(int(invoice[:4]), int(invoice[4:6]), 1, tzinfo=timezone.utc) if len(invoice) == 6 else \
+        datetime.fromtimestamp(start / 1000, tz=timezone.utc).replace(day=1, hour=0, minute=0, second=0)
+    labels = {str(label["key"]): str(label.get("value", "")) for label in row.get("labels") or []}
+    resource = (row.get("resource") or {}).get("name") or ""
+    sku = row.get("sku", {})
+    machine = {str(p.get("key")): str(p.get("value")) for p in row.get("system_labels") or []}.get(
+        "compute.googleapis.com/machine_spec", "")
+    gpu = catalog.find_in("gcp", machine, sku.get("description"), resource)
+    project = (row.get("project") or {}).get("id", "")
+    return CostLine(
+        event_id=f"gcp-export|{row.get('billing_account_id', '')}|{project}|{sku.get('id', '')}|{start}|{resource}",
+        provider="gcp", provider_name="Google Cloud", billing_account=str(row.get("billing_account_id", "")),
+        billing_period_start_ms=int(period.timestamp() * 1000), resource_id=resource[:2048],
+        charge_period_start_ms=start, charge_period_end_ms=end, charge_category=str(row.get("cost_type", "regular")),
+        billed_cost_usd=cost, effective_cost_usd=cost + credits,
+        service=str((row.get("service") or {}).get("description", "")), sku=str(sku.get("id", "")),
+        region=str((row.get("location") or {}).get("region", "")), instance_type=gpu.instance_type if gpu else "",
+        gpu_class=gpu.gpu_class if gpu else "", gpus=gpu.gpus if gpu else 0, source="gcp-export",
+        export_version="export", tags=labels,
+    )
+
+
+def publish_export(paths: Iterable[Path], publisher, checkpoint: Checkpoint, catalog: Catalog,
+                   report: GcpReport) -> None:
+    """Rows exported after the checkpointed export time; the checkpoint moves after the flush.
+
+    An export writes its rows with one export time, whole, so rows at or before the checkpoint
+    were all sent; a crash before the checkpoint moves repeats the run with the same natural-key
+    ids, which downstream upserts absorb.
+    """
+    since = checkpoint.get("export_time_ms", 0)
+    newest = since
+    for where, export_ms, row, error in export_rows(paths):
+        if error is not None:
+            report.errors.append(f"{where}: {error}")
+            continue
+        if export_ms <= since:
+            continue
+        try:
+            line = cost_line_from_export(row, catalog)
+        except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+            report.errors.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        publisher.send("cost-lines", line.resource_id or line.event_id, line)
+        report.count("cost-lines")
+        newest = max(newest, export_ms)
+    publisher.flush()
+    checkpoint.set("export_time_ms", newest)
+
+
+def run_once(client_factory: Callable[[], object] | None, export_paths: list[Path], publisher, checkpoint: Checkpoint,
+             catalog: Catalog, now_ms: int) -> GcpReport:
+    report = GcpReport()
+    if client_factory is not None:
+        try:
+            publish_prices(client_factory(), publisher, report, now_ms)
+        except Exception as exc:  # the catalog failing must not stop the export reading
+            report.errors.append(f"catalog: {type(exc).__name__}: {str(exc)[:300]}")
+    try:
+        publish_export(export_paths, publisher, checkpoint, catalog, report)
+    except OSError as exc:
+        report.errors.append(f"export: {exc}")
+    return report
