@@ -1,9 +1,13 @@
-"""GCP: GPU prices from the Cloud Billing Catalog, and billing export rows read incrementally.
+"""GCP: GPU prices from the Cloud Billing Catalog, GPU VM inventory, billing export rows read incrementally.
 
 Prices: the Compute Engine service's SKUs whose resource group is a GPU, or whose description
 names a GPU VM family (A2, A3, G2), with their pricing tiers (the tier that starts at zero usage is
 the list price per hour), per region and usage type (on-demand, spot/preemptible, 1- and 3-year
 commitments).  Credentials: Application Default Credentials, unless a channel is given (tests).
+
+Inventory: Compute Engine's ``instances.aggregatedList`` REST call per configured project, through
+google-auth's authorized session; GPU VMs (by machine type or attached accelerators) become
+instance events with their labels mapped to workloads (labels ``tag_<key>``).
 
 Billing export: the standard or detailed export's rows (JSON lines, as ``bq extract`` or a
 scheduled export writes them), read by ``export_time`` after the checkpoint, so a restart reads
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from hybridspend.checkpoint import Checkpoint
-from hybridspend.events import CostLine, PriceUpdate
+from hybridspend.events import CostLine, InstanceEvent, PriceUpdate
 
 from .catalog import Catalog
 
@@ -88,6 +92,15 @@ def catalog_client(channel=None):
     from google.cloud.billing_v1.services.cloud_catalog.transports import CloudCatalogGrpcTransport
 
     return billing_v1.CloudCatalogClient(transport=CloudCatalogGrpcTransport(channel=channel))
+
+
+def authorized_session():
+    """An HTTP session with Application Default Credentials (read-only compute scope)."""
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
+
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/compute.readonly"])
+    return AuthorizedSession(credentials)
 
 
 def publish_prices(client, publisher, report: GcpReport, now_ms: int, service_name: str = "Compute Engine") -> None:
@@ -183,9 +196,67 @@ def publish_export(paths: Iterable[Path], publisher, checkpoint: Checkpoint, cat
     checkpoint.set("export_time_ms", newest)
 
 
+GCE_STATES = {"PROVISIONING": "running", "STAGING": "running", "RUNNING": "running", "REPAIRING": "running",
+              "STOPPING": "stopped", "STOPPED": "stopped", "SUSPENDING": "stopped", "SUSPENDED": "stopped",
+              "TERMINATED": "stopped"}
+
+
+def gpu_vm_events(aggregated: dict, *, project: str, catalog: Catalog, ts_ms: int,
+                  resolve: Callable[[dict[str, str]], tuple | None]) -> list[InstanceEvent]:
+    """Compute Engine ``instances.aggregatedList`` -> instance events of the GPU VMs (pure)."""
+    out = []
+    for scope, listing in sorted((aggregated.get("items") or {}).items()):
+        zone = scope.split("/", 1)[1] if "/" in scope else scope
+        for vm in listing.get("instances") or []:
+            machine = str(vm.get("machineType", "")).rsplit("/", 1)[-1]
+            gpu = catalog.get("gcp", machine)
+            if gpu is None and not vm.get("guestAccelerators"):
+                continue
+            labels = {f"tag_{k}": str(v) for k, v in (vm.get("labels") or {}).items()}
+            resolved = resolve(labels)  # the configuration's workload rules: (workload, team, ...) or None
+            workload, team = (resolved[0], resolved[1]) if resolved else ("unattributed", "")
+            spot = (vm.get("scheduling") or {}).get("provisioningModel") == "SPOT" or \
+                (vm.get("scheduling") or {}).get("preemptible") is True
+            state = GCE_STATES.get(str(vm.get("status")), "stopped")
+            iid = str(vm.get("id") or vm.get("name"))
+            out.append(InstanceEvent(
+                event_id=f"gcp:{iid}:{state}:{ts_ms}", ts_ms=ts_ms, provider="gcp", region=zone.rsplit("-", 1)[0],
+                account=project, instance_id=iid, instance_type=machine, state=state,
+                purchase_option="spot" if spot else "on_demand", workload=workload, team=team))
+    return out
+
+
+def publish_inventory(session, endpoint: str, projects: list[str], publisher, checkpoint: Checkpoint,
+                      catalog: Catalog, resolve, report: GcpReport, ts_ms: int) -> None:
+    """GPU VMs of every project; an event only when a VM's state changed since the checkpoint."""
+    seen = checkpoint.get("instances", {})
+    for project in projects:
+        url = f"{endpoint.rstrip('/')}/compute/v1/projects/{project}/aggregated/instances"
+        token = None
+        try:
+            while True:
+                response = session.get(url, params={"pageToken": token} if token else {}, timeout=30)
+                response.raise_for_status()
+                page = response.json()
+                for event in gpu_vm_events(page, project=project, catalog=catalog, ts_ms=ts_ms, resolve=resolve):
+                    if seen.get(event.instance_id) != event.state:
+                        publisher.send("instance-events", event.instance_id, event)
+                        seen[event.instance_id] = event.state
+                        report.count("instance-events")
+                token = page.get("nextPageToken")
+                if not token:
+                    break
+        except Exception as exc:  # one project failing must not stop the others
+            report.errors.append(f"inventory {project}: {type(exc).__name__}: {str(exc)[:300]}")
+    publisher.flush()
+    checkpoint.set("instances", seen)
+
+
 def run_once(client_factory: Callable[[], object] | None, export_paths: list[Path], publisher, checkpoint: Checkpoint,
-             catalog: Catalog, now_ms: int) -> GcpReport:
+             catalog: Catalog, now_ms: int, inventory: Callable[[GcpReport], None] | None = None) -> GcpReport:
     report = GcpReport()
+    if inventory is not None:
+        inventory(report)
     if client_factory is not None:
         try:
             publish_prices(client_factory(), publisher, report, now_ms)

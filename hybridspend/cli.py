@@ -265,7 +265,14 @@ def cmd_collect_gcp(args, channel=None) -> int:
         while True:
             paths = [Path(p) for p in glob.glob(settings.billing_export_glob)] if settings.billing_export_glob else []
             factory = (lambda: gcp.catalog_client(channel)) if settings.catalog else None
-            report = gcp.run_once(factory, paths, publisher, checkpoint, config.catalog(), int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            inventory = None
+            if settings.projects:
+                def inventory(report, now_ms=now_ms):
+                    gcp.publish_inventory(gcp.authorized_session(), settings.compute_endpoint, settings.projects,
+                                          publisher, checkpoint, config.catalog(), config.resolve_workload,
+                                          report, now_ms)
+            report = gcp.run_once(factory, paths, publisher, checkpoint, config.catalog(), now_ms, inventory)
             print(f"gcp: sent {report.sent or 'nothing new'}; {len(report.errors)} problem(s)", flush=True)
             for error in report.errors[:50]:
                 print(f"  {error}", flush=True)

@@ -274,6 +274,8 @@ class AwsCollectorConfig(_Strict):
 
 class GcpCollectorConfig(_Strict):
     catalog: bool = Field(default=True, description="GPU prices from the Cloud Billing Catalog")
+    projects: list[str] = Field(default_factory=list, description="projects whose GPU VMs are listed")
+    compute_endpoint: str = "https://compute.googleapis.com"
     billing_export_glob: str | None = Field(
         default=None, description="JSON-lines files of the billing export, e.g. /data/gcp-billing/*.json")
     poll_seconds: float = Field(default=300, gt=0)

@@ -184,3 +184,70 @@ def _with_timeout(client):
     original = client.list_services
     client.list_services = lambda **kw: original(timeout=3, retry=None, **kw)
     return client
+
+
+@pytest.fixture
+def compute_api():
+    """Compute Engine's instances.aggregatedList, two pages, as a local HTTP server."""
+    import http.server
+    import threading
+
+    pages = [
+        {"items": {"zones/us-central1-a": {"instances": [
+            {"id": "111", "name": "train-1", "status": "RUNNING",
+             "machineType": "https://www.googleapis.com/compute/v1/projects/ml-prod/zones/us-central1-a/machineTypes/a2-highgpu-8g",
+             "labels": {"workload": "research-sweep", "team": "research"},
+             "scheduling": {"provisioningModel": "SPOT"}},
+            {"id": "222", "name": "web", "status": "RUNNING", "machineType": ".../machineTypes/e2-standard-4"},
+        ]}}, "nextPageToken": "p2"},
+        {"items": {"zones/europe-west4-b": {"instances": [
+            {"id": "333", "name": "infer", "status": "TERMINATED", "machineType": ".../machineTypes/g2-standard-8",
+             "labels": {"workload": "inference-small"}}]}}},
+    ]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            page = pages[1] if "pageToken=p2" in self.path else pages[0]
+            ok = self.path.startswith("/compute/v1/projects/ml-prod/aggregated/instances")
+            data = json.dumps(page if ok else {"error": {"code": 404}}).encode()
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute_api, topic_prefix):
+    import requests
+
+    from hybridspend.events import InstanceEvent
+
+    cfg = {"kafka": {"topic_prefix": topic_prefix},
+           "workloads": [{"match": {"tag_workload": "*"}, "workload": "{tag_workload}", "team": "{tag_team}"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    config = load_config(tmp_path / "c.yaml", {})
+    topics = Topics.from_config(config.kafka)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    producer = make_producer(broker.bootstrap, config.kafka)
+    try:
+        for _ in range(2):  # the second pass (a restart on the same checkpoint) repeats nothing
+            report = gcp.GcpReport()
+            gcp.publish_inventory(requests.Session(), compute_api, ["ml-prod", "missing-project"],
+                                  Publisher(producer, topics), Checkpoint(tmp_path / "gcp.json"), Catalog(),
+                                  config.resolve_workload, report, 1_795_000_000_000)
+            assert len(report.errors) == 1 and report.errors[0].startswith("inventory missing-project: HTTPError")
+    finally:
+        producer.close()
+    events = consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)
+    assert [(e.instance_id, e.instance_type, e.state, e.purchase_option, e.region, e.workload, e.team) for e in events] == [
+        ("111", "a2-highgpu-8g", "running", "spot", "us-central1", "research-sweep", "research"),
+        ("333", "g2-standard-8", "stopped", "on_demand", "europe-west4", "inference-small", "unknown"),
+    ]
