@@ -8,10 +8,13 @@ simulated time runs against the wall clock.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Iterator
 
 from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
@@ -132,6 +135,40 @@ class SimFleet:
                         team=wl.team if wl else "",
                     ))
         return sorted(out, key=lambda e: (e.ts_ms, e.instance_id))
+
+    def focus_bill(self, day_start_ms: int, hours: float, price_usd_per_hour) -> list[dict[str, str]]:
+        """The provider's bill for the cloud instances: FOCUS rows, one per instance and running hour.
+
+        ``price_usd_per_hour(node)`` is the instance's hourly price; a partial hour (a start, a
+        stop, a spot interruption) is billed by the second, as EC2 and Compute Engine do.
+        """
+        rows = []
+        day = datetime.fromtimestamp(day_start_ms / 1000, tz=timezone.utc)
+        for node in self.nodes:
+            if node.environment != "cloud":
+                continue
+            price = price_usd_per_hour(node)
+            for hour in range(int(hours)):
+                running_s = sum(60 for minute in range(60) if self._running(node, hour + minute / 60))
+                if not running_s:
+                    continue
+                start = day + timedelta(hours=hour)
+                cost = (price * running_s / 3600).quantize(Decimal("0.0000000001"))
+                wl = node.workloads[0]
+                rows.append({
+                    "BillingAccountId": "123456789012" if node.provider == "aws" else "01ABCD-234567-89EFGH",
+                    "BillingCurrency": "USD", "BillingPeriodStart": day.replace(day=1).strftime("%Y-%m-%d 00:00:00"),
+                    "ChargePeriodStart": start.strftime("%Y-%m-%d %H:%M:%S"),
+                    "ChargePeriodEnd": (start + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S"),
+                    "ChargeCategory": "Usage", "BilledCost": str(cost), "EffectiveCost": str(cost),
+                    "ProviderName": "AWS" if node.provider == "aws" else "Google Cloud",
+                    "ResourceId": node.resource, "RegionId": node.region, "SkuId": f"{node.instance_type}",
+                    "ChargeDescription": f"{node.purchase_option} {node.instance_type} instance hour",
+                    "ServiceName": "Amazon Elastic Compute Cloud" if node.provider == "aws" else "Compute Engine",
+                    "Tags": json.dumps({"workload": wl.name, "team": wl.team}),
+                    "x_PurchaseOption": node.purchase_option,
+                })
+        return rows
 
     def run_day(self, day_start_ms: int) -> Iterator[tuple[int, list[GpuSample], list[InstanceEvent]]]:
         """Yield (ts_ms, samples, instance events) for every tick of one simulated day."""

@@ -9,6 +9,7 @@ import sys
 import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 from .broker import Topics, ensure_topics, make_producer
@@ -136,6 +137,9 @@ def run_demo(args) -> int:
                 _say(_progress(ts_ms, start_ms, args.hours, sent, counts(conn)))
                 last_print = time.monotonic()
         producer.flush()
+        billed = ingest_simulated_bill(config, fleet, start_ms, args.hours, producer, topics)
+        _say(f"  the providers' bill for the day's cloud instances: {billed} FOCUS rows ingested "
+             f"(the FOCUS ingest path, as `hybridspend ingest focus` runs it)")
 
         # drain: wait until the pipeline has caught up (no new rows, no alert pending)
         stable, previous = 0, None
@@ -151,6 +155,33 @@ def run_demo(args) -> int:
                      endpoints, time.monotonic() - t0))
     _say("stopped the worker, sink, alerter, broker and database; nothing left running")
     return 0
+
+
+def ingest_simulated_bill(config: Config, fleet, start_ms: int, hours: float, producer, topics: Topics) -> int:
+    """Write the simulated cloud instances' bill as a FOCUS file and publish it through the FOCUS reader."""
+    import csv
+    from datetime import datetime as dt
+
+    from collectors.focus import FocusSummary, read_files
+
+    def price(node) -> "Decimal":
+        offer = config.offer_for(node.provider, node.region, node.instance_type)
+        return offer.usd_per_hour[node.purchase_option] if offer else Decimal(0)
+
+    rows = fleet.focus_bill(start_ms, hours, price)
+    bills = config.state_dir / "bills"
+    bills.mkdir(parents=True, exist_ok=True)
+    path = bills / f"simulated-{dt.fromtimestamp(start_ms / 1000, tz=timezone.utc):%Y-%m-%d}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["BilledCost"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = FocusSummary()
+    version = dt.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for line in read_files([path], config.catalog(), version, summary):
+        producer.send(topics.cost_lines, key=line.resource_id.encode(), value=line.encode())
+    producer.flush()
+    return summary.rows_published
 
 
 def _money(v) -> str:
@@ -181,6 +212,14 @@ def summary(conn, start: datetime, end: datetime, config: Config, services: Serv
             f"[{d['alerts_delivered']} alert(s) delivered]"
         )
         lines.append(f"        {d['reason']}")
+    estimated, billed = conn.execute(
+        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM cost_windows WHERE environment = 'cloud'"
+        "        AND basis = 'estimated' AND window_start >= %s AND window_start < %s),"
+        "       (SELECT coalesce(sum(billed_cost_usd), 0) FROM cost_lines"
+        "        WHERE charge_period_start >= %s AND charge_period_start < %s)", (start, end, start, end)).fetchone()
+    lines += ["", f"Cloud cost: estimated live {_money(estimated)}, billed {_money(billed)}"
+              + (f" (estimate {float((estimated - billed) / billed):+.1%} against the bill;"
+                 " windows still open at the end of the run are not estimated yet)" if billed else "")]
     c = counts(conn)
     routes = ", ".join(r.name for r in config.alerts.routes) or "console"
     lines += [
