@@ -225,16 +225,17 @@ def _gpu_fast(g: Any) -> "GpuReading | None":
             and type(total) is int and total >= 0 and (power is None or (type(power) is int and power >= 0))
             and type(util) in (float, int) and 0 <= util <= 100):
         return None
+    raw_shares = g.get("workloads")
+    if raw_shares is not None and type(raw_shares) is not list:
+        return None
     shares = []
-    for share in g.get("workloads") or ():
+    for share in raw_shares or ():
         if type(share) is not dict:
             return None
         name, team = share.get("workload"), share.get("team")
         if not (_is_label(name) and name and (team is None or _is_label(team))):
             return None
         shares.append(WorkloadShare(name, team or "", share.get("allow_spot") is True))
-    if type(g.get("workloads") or []) is not list:
-        return None
     return GpuReading(uuid, index, model, gpu_class, float(util), used, total, power, shares)
 
 

@@ -247,7 +247,8 @@ def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute
     finally:
         producer.close()
     events = consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)
-    assert [(e.instance_id, e.instance_type, e.state, e.purchase_option, e.region, e.workload, e.team) for e in events] == [
+    assert sorted((e.instance_id, e.instance_type, e.state, e.purchase_option, e.region, e.workload, e.team)
+                  for e in events) == [
         ("111", "a2-highgpu-8g", "running", "spot", "us-central1", "research-sweep", "research"),
         ("333", "g2-standard-8", "stopped", "on_demand", "europe-west4", "inference-small", "unknown"),
     ]
