@@ -260,6 +260,7 @@ class AwsCollectorConfig(_Strict):
     accounts: list[AwsAccount] = []
     endpoint_url: str | None = Field(default=None, description="override for every AWS API (VPC endpoint, tests)")
     pricing_endpoint_url: str | None = None
+    savingsplans_endpoint_url: str | None = None
     pricing_region: str = "us-east-1"
     events_queue_url: str | None = Field(default=None, description="SQS queue receiving EC2 EventBridge events")
     cost_explorer: bool = True

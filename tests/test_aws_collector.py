@@ -71,6 +71,13 @@ def pricing_server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/DescribeSavingsPlansOfferingRates":  # the Savings Plans API (rest-json)
+                calls.append("savingsplans")
+                return self._answer({"searchResults": [
+                    sp_rate("p4d.24xlarge", "us-east-1", "EC2Instance", "20.6700"),
+                    sp_rate("p4d.24xlarge", "us-east-1", "Compute", "22.9400"),
+                    sp_rate("p4d.24xlarge", "us-east-1", "Compute", "17.1000", years=3),  # 3 years: not used
+                ]})
             calls.append(self.headers.get("X-Amz-Target"))
             wanted = {f["Field"]: f["Value"] for f in body.get("Filters", [])}
             matching = [p for p in products if all(
@@ -79,6 +86,9 @@ def pricing_server():
             answer = {"FormatVersion": "aws_v1", "PriceList": matching[start:start + 1]}
             if start + 1 < len(matching):
                 answer["NextToken"] = str(start + 1)
+            self._answer(answer)
+
+        def _answer(self, answer: dict) -> None:
             data = json.dumps(answer).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-amz-json-1.1")
@@ -92,6 +102,15 @@ def pricing_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", calls
+
+
+def sp_rate(itype: str, region: str, plan: str, rate: str, years: int = 1) -> dict:
+    return {"savingsPlanOffering": {"offeringId": str(uuid.uuid4()), "paymentOption": "No Upfront",
+                                    "planType": plan, "durationSeconds": 31_536_000 * years, "currency": "USD"},
+            "rate": rate, "unit": "Hrs", "productType": "EC2", "serviceCode": "AmazonEC2",
+            "usageType": f"USE1-BoxUsage:{itype}", "operation": "RunInstances",
+            "properties": [{"name": "instanceType", "value": itype}, {"name": "region", "value": region},
+                           {"name": "tenancy", "value": "shared"}, {"name": "productDescription", "value": "Linux/UNIX"}]}
     server.shutdown()
     server.server_close()
 
@@ -166,7 +185,7 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
            "workloads": [{"match": {"tag_workload": "*"}, "workload": "{tag_workload}", "team": "{tag_team}"}],
            "collectors": {"aws": {"accounts": [{"name": "123456789012", "regions": ["us-east-1"]}],
                                   "endpoint_url": moto, "pricing_endpoint_url": pricing_url,
-                                  "events_queue_url": queue, "ce_max_calls_per_run": 3,
+                                  "savingsplans_endpoint_url": pricing_url, "events_queue_url": queue, "ce_max_calls_per_run": 3,
                                   "exports": [{"bucket": "billing", "prefix": "focus/hs/", "format": "focus"}]}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     config = load_config(tmp_path / "c.yaml", {})
@@ -186,7 +205,8 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
         assert prices[("p4d.24xlarge", "reserved")] == D("19.2266")  # 1yr standard No Upfront
         assert prices[("p5.48xlarge", "reserved")] == D("30.1") + D(8760) / D(8760)  # upfront spread over the year
         assert ("p4d.24xlarge", "spot") in prices  # moto's spot price history
-        assert all(c == "AWSPriceListService.GetProducts" for c in pricing_calls)
+        assert prices[("p4d.24xlarge", "savings_plan")] == D("20.67")  # 1-year No Upfront, the lower plan
+        assert set(pricing_calls) == {"AWSPriceListService.GetProducts", "savingsplans"}
 
         instance_events = consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)
         assert [(e.instance_id, e.state, e.workload, e.team) for e in instance_events] == [

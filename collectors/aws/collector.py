@@ -112,6 +112,22 @@ class AwsCollector:
                 history.extend(page.get("SpotPriceHistory", []))
             for itype, (price, _) in parse.cheapest_spot(history).items():
                 found.append((itype, region, "spot", price))
+        savingsplans = self._client(account, "savingsplans", "us-east-1", self.aws.savingsplans_endpoint_url)
+        token = None
+        while True:
+            kwargs = dict(savingsPlanPaymentOptions=["No Upfront"], products=["EC2"], serviceCodes=["AmazonEC2"],
+                          filters=[{"name": "instanceType", "values": self.gpu_types},
+                                   {"name": "region", "values": regions},
+                                   {"name": "tenancy", "values": ["shared"]},
+                                   {"name": "productDescription", "values": ["Linux/UNIX"]}], maxResults=1000)
+            if token:
+                kwargs["nextToken"] = token
+            page = savingsplans.describe_savings_plans_offering_rates(**kwargs)
+            for itype, region, rate in parse.savings_plan_rates(page.get("searchResults", [])):
+                found.append((itype, region, "savings_plan", rate))
+            token = page.get("nextToken")
+            if not token:
+                break
         for itype, region, option, price in found:
             event = PriceUpdate(
                 event_id=f"aws:{region}:{itype}:{option}:{price}", ts_ms=now_ms, provider="aws", region=region,

@@ -58,6 +58,29 @@ def prices_from_price_list(price_list: Iterable[str]) -> list[tuple[str, str, st
     return out
 
 
+ONE_YEAR_S = 31_536_000
+
+
+def savings_plan_rates(results: Iterable[dict]) -> list[tuple[str, str, Decimal]]:
+    """Savings Plans offering rates -> (instance type, region, $/h) of 1-year No Upfront plans,
+    the lowest where a type has several (an EC2 Instance plan beats a Compute plan)."""
+    best: dict[tuple[str, str], Decimal] = {}
+    for item in results:
+        offering = item.get("savingsPlanOffering", {})
+        if offering.get("durationSeconds") != ONE_YEAR_S or offering.get("paymentOption") != "No Upfront":
+            continue
+        if item.get("unit") != "Hrs":
+            continue
+        props = {p.get("name"): p.get("value") for p in item.get("properties", [])}
+        itype, region = props.get("instanceType"), props.get("region")
+        if not itype or not region:
+            continue
+        rate = Decimal(str(item["rate"]))
+        if (itype, region) not in best or rate < best[(itype, region)]:
+            best[(itype, region)] = rate
+    return [(itype, region, rate) for (itype, region), rate in sorted(best.items())]
+
+
 def cheapest_spot(history: Iterable[dict]) -> dict[str, tuple[Decimal, int]]:
     """Spot price history -> per instance type the latest price of its cheapest zone, with its time."""
     latest: dict[tuple[str, str], tuple[int, Decimal]] = {}
