@@ -125,3 +125,14 @@ def slack():
     yield receiver
     server.shutdown()
     server.server_close()
+
+
+def consume(bootstrap: str, topic: str, decode) -> list:
+    """Every event on a topic from the beginning, decoded (a consumer without a group)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=2500)
+    events = [decode(m.value) for m in consumer]
+    consumer.close()
+    return events

@@ -18,7 +18,6 @@ import boto3
 import pytest
 import requests
 import yaml
-from kafka import KafkaConsumer
 
 from collectors.aws.collector import AwsCollector
 from hybridspend.broker import Topics, ensure_topics, make_producer
@@ -27,6 +26,7 @@ from hybridspend.config import load_config
 from hybridspend.events import CostLine, InstanceEvent, PriceUpdate
 from hybridspend.local import free_port
 from hybridspend.publish import Publisher
+from tests.conftest import consume
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 20, 12, 30, tzinfo=timezone.utc)
@@ -139,14 +139,6 @@ def focus_export(rows: list[tuple[str, str, str]]) -> bytes:
         w.writerow(["123456789012", "USD", "2026-10-01 00:00:00", "2026-10-03 10:00:00", "2026-10-03 11:00:00",
                     billed, billed, "AWS", resource, "SKU1", desc, '{"workload": "ml-batch-embed"}'])
     return gzip.compress(out.getvalue().encode())
-
-
-def consume(bootstrap: str, topic: str, decode) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=2500)
-    events = [decode(m.value) for m in consumer]
-    consumer.close()
-    return events
 
 
 def test_collector_publishes_prices_instances_events_and_costs_and_resumes_without_repeats(

@@ -12,7 +12,6 @@ import grpc
 import pytest
 import yaml
 from google.cloud import billing_v1
-from kafka import KafkaConsumer
 
 from collectors import gcp
 from collectors.catalog import Catalog
@@ -21,6 +20,7 @@ from hybridspend.checkpoint import Checkpoint
 from hybridspend.config import load_config
 from hybridspend.events import CostLine, PriceUpdate
 from hybridspend.publish import Publisher
+from tests.conftest import consume
 
 pytestmark = pytest.mark.integration
 
@@ -101,14 +101,6 @@ def export_row(export_time: str, start: str, cost: str, credits: str = "0", mach
         "credits": [{"name": "Sustained use", "amount": -float(credits)}] if credits != "0" else [],
         "invoice": {"month": "202611"}, "cost_type": "regular",
     })
-
-
-def consume(bootstrap: str, topic: str, decode) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=2500)
-    events = [decode(m.value) for m in consumer]
-    consumer.close()
-    return events
 
 
 def test_prices_and_export_rows_reach_the_broker_and_a_restart_reads_only_what_is_new(
