@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("worker", cmd_worker, "run a Faust stream worker (scale out by starting more)"),
-        ("sink", cmd_sink, "write cost windows, decisions and dead letters to the database"),
+        ("sink", cmd_sink, "write samples, cost windows, cost lines, prices, decisions and dead letters to the database"),
         ("alerter", cmd_alerter, "deliver decisions to Slack through the durable outbox"),
     ):
         p = sub.add_parser(name, help=text, description=text)
