@@ -83,7 +83,8 @@ class Alerter:
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.dsn, connect_timeout=10)
+            # autocommit: every unit of work is an explicit transaction(), so now() is never stale
+            self.conn = psycopg.connect(self.dsn, connect_timeout=10, autocommit=True)
         return self.conn
 
     def enqueue(self, decisions: list[BreakevenDecision]) -> int:
