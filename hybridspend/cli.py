@@ -353,6 +353,37 @@ def cmd_ingest_focus(args) -> int:
     return 0 if summary.rows_read == 0 or summary.rows_published > 0 else 1
 
 
+def cmd_report_monthly(args) -> int:
+    import psycopg
+
+    from reports import monthly
+
+    from .local import local_database
+
+    config = resolve_config(args.config, args.state_dir)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in monthly.FORMATS]
+    if unknown:
+        raise UsageError(f"--format: unknown {', '.join(unknown)}; choose from {', '.join(monthly.FORMATS)}")
+    try:
+        monthly.month_bounds(args.month)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    with local_database(config) as dsn, psycopg.connect(dsn) as conn:
+        from storage.db import check_schema
+
+        check_schema(conn)
+        err(f"reading {args.month} from the database")
+        report = monthly.build(conn, config, args.month)
+        if not report.workloads:
+            err(f"no cost windows in {args.month}: run the pipeline (or `hybridspend demo`) first")
+        paths = monthly.write(conn, report, formats, Path(args.out), progress=err)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from bench.run import main as run_bench
 
@@ -447,6 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("files", nargs="+", metavar="FILE")
     pi.add_argument("--summary-json", action="store_true", help="print the summary as one JSON object")
     pi.set_defaults(func=cmd_ingest_focus)
+
+    p = sub.add_parser("report", help="reports for finance")
+    rsub = p.add_subparsers(dest="report_command", metavar="REPORT", required=True)
+    pr = rsub.add_parser("monthly", help="the monthly repatriation / migration report",
+                         description="Per workload: environment, busy and allocated GPU-hours, utilization, cost "
+                         "(estimated and billed), effective $ per busy GPU-hour, the cost in the other environment, "
+                         "the recommendation and annualized savings; idle cost; charts; every assumption; and the "
+                         "on-prem costs as FOCUS-shaped rows. Reads the configured database, else the local state "
+                         "that `hybridspend demo` left.")
+    common(pr)
+    pr.add_argument("--month", required=True, help="YYYY-MM")
+    pr.add_argument("--format", default="md,csv,html,focus", help="comma-separated: md, csv, html, focus (default all)")
+    pr.add_argument("--out", default="reports-out", help="output folder (default ./reports-out)")
+    pr.set_defaults(func=cmd_report_monthly)
 
     p = sub.add_parser("dashboards", help="Grafana dashboards as code")
     dbs = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
