@@ -23,34 +23,27 @@ import psycopg
 from costmodel import MIGRATE_TO_CLOUD, REPATRIATE_BUY, STAY, Market, WorkloadWindow
 from costmodel.money import cents
 from hybridspend.config import Config
+from storage.queries import UsageFigures
 
 MS_PER_HOUR = 3_600_000
 FORMATS = ("md", "csv", "html", "focus")
 
 
 @dataclass(frozen=True)
-class WorkloadMonth:
+class WorkloadMonth(UsageFigures):
     workload: str
     team: str
     environment: str
     gpu_class: str
     allocated_gpu_hours: Decimal
     busy_gpu_hours: Decimal
-    estimated_usd: Decimal
+    cost_usd: Decimal  # estimated from live samples
     billed_usd: Decimal | None
     alternative_usd: Decimal | None
     alternative_label: str
     recommendation: str
     annualized_savings_usd: Decimal
     confidence: str
-
-    @property
-    def utilization(self) -> Decimal | None:
-        return self.busy_gpu_hours / self.allocated_gpu_hours if self.allocated_gpu_hours else None
-
-    @property
-    def usd_per_busy_gpu_hour(self) -> Decimal | None:
-        return self.estimated_usd / self.busy_gpu_hours if self.busy_gpu_hours else None
 
 
 @dataclass(frozen=True)
@@ -158,7 +151,7 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         workloads.append(WorkloadMonth(
             workload=row["workload"], team=row["team"], environment=row["environment"], gpu_class=row["gpu_class"],
             allocated_gpu_hours=Decimal(row["allocated_gpu_ms"]) / MS_PER_HOUR,
-            busy_gpu_hours=Decimal(row["busy_gpu_ms"]) / MS_PER_HOUR, estimated_usd=row["estimated_usd"],
+            busy_gpu_hours=Decimal(row["busy_gpu_ms"]) / MS_PER_HOUR, cost_usd=row["estimated_usd"],
             billed_usd=row["billed_usd"], alternative_usd=alt, alternative_label=label, recommendation=text,
             annualized_savings_usd=savings, confidence=confidence))
     idle_hours, idle_usd = conn.execute(
@@ -213,7 +206,7 @@ COLUMNS = ("workload", "team", "environment", "gpu_class", "allocated_gpu_hours"
 
 def _row(w: WorkloadMonth) -> list:
     return [w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
-            "" if w.utilization is None else f"{w.utilization:.4f}", f"{w.estimated_usd:.2f}",
+            "" if w.utilization is None else f"{w.utilization:.4f}", f"{w.cost_usd:.2f}",
             "" if w.billed_usd is None else f"{w.billed_usd:.2f}",
             "" if w.usd_per_busy_gpu_hour is None else f"{w.usd_per_busy_gpu_hour:.4f}",
             "" if w.alternative_usd is None else f"{w.alternative_usd:.2f}", w.alternative_label, w.recommendation,
@@ -234,7 +227,7 @@ def _md_cell(text: str) -> str:
 
 
 def render_md(report: MonthlyReport) -> str:
-    total = sum((w.estimated_usd for w in report.workloads), Decimal(0))
+    total = sum((w.cost_usd for w in report.workloads), Decimal(0))
     savings = sum((w.annualized_savings_usd for w in report.workloads), Decimal(0))
     lines = [f"# GPU spend and placement — {report.month}", "",
              f"Total estimated GPU spend {_usd(total)}; idle on-prem capacity {report.idle_gpu_hours:,.1f} GPU-hours "
@@ -246,7 +239,7 @@ def render_md(report: MonthlyReport) -> str:
     for w in report.workloads:
         lines.append("| " + " | ".join(_md_cell(x) for x in (
             w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
-            _usd(w.estimated_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
+            _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
             w.recommendation, _usd(w.annualized_savings_usd), w.confidence)) + " |")
     movers = sorted(report.workloads, key=lambda w: w.annualized_savings_usd, reverse=True)[:5]
     lines += ["", "## Top movers", ""] + [f"- {_md_cell(w.workload)}: {w.recommendation}, "
@@ -292,7 +285,7 @@ def render_html(report: MonthlyReport) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
             w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
-            _usd(w.estimated_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
+            _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
             w.recommendation, _usd(w.annualized_savings_usd), w.confidence)) + "</tr>"
         for w in report.workloads)
     per_env: dict[str, list[Decimal]] = {}

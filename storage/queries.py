@@ -9,12 +9,9 @@ from decimal import Decimal
 import psycopg
 
 
-@dataclass(frozen=True)
-class WorkloadSummary:
-    workload: str
-    team: str
-    environment: str
-    gpu_class: str
+class UsageFigures:
+    """Utilization and effective rate of anything with allocated and busy GPU-hours and a cost."""
+
     allocated_gpu_hours: Decimal
     busy_gpu_hours: Decimal
     cost_usd: Decimal
@@ -26,6 +23,17 @@ class WorkloadSummary:
     @property
     def usd_per_busy_gpu_hour(self) -> Decimal | None:
         return self.cost_usd / self.busy_gpu_hours if self.busy_gpu_hours else None
+
+
+@dataclass(frozen=True)
+class WorkloadSummary(UsageFigures):
+    workload: str
+    team: str
+    environment: str
+    gpu_class: str
+    allocated_gpu_hours: Decimal
+    busy_gpu_hours: Decimal
+    cost_usd: Decimal
 
 
 def workload_summary(conn: psycopg.Connection, start: datetime, end: datetime) -> list[WorkloadSummary]:

@@ -72,7 +72,7 @@ def test_monthly_report_figures_equal_hand_computations(tmp_path, database):
     assert report.days_with_data == 2 and report.idle_usd == D("55.20") and report.idle_gpu_hours == 48
 
     train = rows["train"]  # 48 GPU-hours at 20 % busy: 55.20 on-prem; cloud for the 9.6 busy hours 9.6 * 3 = 28.80
-    assert (train.allocated_gpu_hours, train.busy_gpu_hours, train.estimated_usd) == (48, D("9.6"), D("55.20"))
+    assert (train.allocated_gpu_hours, train.busy_gpu_hours, train.cost_usd) == (48, D("9.6"), D("55.20"))
     assert train.usd_per_busy_gpu_hour == D("5.75") and train.alternative_usd == D("28.80")
     assert train.recommendation.startswith("migrate to cloud")
     assert train.annualized_savings_usd == D("4818")  # (55.20 - 28.80) * 8760 / 48
