@@ -8,6 +8,7 @@ from .breakeven import (
     MIGRATE_TO_CLOUD,
     ONPREM,
     REPATRIATE_BUY,
+    REPATRIATE_FILL_IDLE,
     STAY,
     Alternative,
     CrossingState,
@@ -20,8 +21,8 @@ from .breakeven import (
     price_onprem_usage,
 )
 from .money import HOURS_PER_MONTH, HOURS_PER_YEAR, dec, micro
-from .rates import PURCHASE_OPTIONS, CloudOffer, CostModelError, OnPremGpuCost, OnPremRate, throughput_factor
+from .rates import PURCHASE_OPTIONS, CloudOffer, CostModelError, OnPremGpuCost, OnPremRate, PriceBook, throughput_factor
 from .tco import TcoResult, tco
-from .usage import IDLE_WORKLOAD, GpuReading, ResourceWindows, Usage, UsageKey
+from .usage import IDLE_WORKLOAD, GpuReading, LateSample, Rental, ResourceWindows, Usage, UsageKey, add_rented_time
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -22,6 +22,7 @@ CLOUD = "cloud"
 
 MIGRATE_TO_CLOUD = "migrate_to_cloud"
 REPATRIATE_BUY = "repatriate_buy_capacity"
+REPATRIATE_FILL_IDLE = "repatriate_fill_idle"
 STAY = "stay"  # a previous recommendation is withdrawn: the current environment wins again
 
 
@@ -78,6 +79,15 @@ class Alternative:
     usd_per_gpu_hour: Decimal  # price of one GPU-hour of the alternative's own class
     label: str
     gpus_needed: int
+    capex_usd: Decimal = ZERO  # GPUs to buy (buy capacity only)
+    opex_usd_per_hour: Decimal = ZERO  # what those GPUs cost to run once bought (energy + upkeep)
+
+    def payback_months(self, current_usd_per_hour: Decimal) -> Decimal | None:
+        """months_to_breakeven = capex needed / (monthly cloud - monthly on-prem opex), DESIGN.md §2."""
+        if self.kind != REPATRIATE_BUY:
+            return None
+        margin = (current_usd_per_hour - self.opex_usd_per_hour) * HOURS_PER_MONTH
+        return self.capex_usd / margin if margin > 0 else None
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class Market:
     offers: tuple[CloudOffer, ...]
     throughput: dict[str, Decimal]
     purchase_options: tuple[str, ...] = ("on_demand",)
+    fill_idle_includes_upkeep: bool = False  # marginal cost of idle owned GPUs: energy (+ upkeep)
 
     def cheapest_cloud(
         self, gpu_class: str, allow_spot: bool
@@ -115,12 +126,7 @@ class Market:
     def cheapest_onprem(self, gpu_class: str) -> tuple[OnPremGpuCost, Decimal] | None:
         """(owned GPU profile, GPUs needed per GPU of ``gpu_class``), cheapest by normalized full cost."""
         best: tuple[Decimal, OnPremGpuCost, Decimal] | None = None
-        for onprem_class, gpu in sorted(self.onprem.items()):
-            if onprem_class != gpu_class and (
-                gpu_class not in self.throughput or onprem_class not in self.throughput
-            ):
-                continue
-            factor = throughput_factor(gpu_class, onprem_class, self.throughput)
+        for gpu, factor in self._candidates(gpu_class):
             normalized = gpu.rate().usd_per_gpu_hour * factor
             if best is None or normalized < best[0]:
                 best = (normalized, gpu, factor)
@@ -128,7 +134,15 @@ class Market:
             return None
         return best[1], best[2]
 
-    def alternative(self, window: WorkloadWindow, allow_spot: bool = False) -> Alternative | None:
+    def alternative(
+        self, window: WorkloadWindow, allow_spot: bool = False, idle_gpus: dict[str, Decimal] | None = None
+    ) -> Alternative | None:
+        """The cheapest way to run ``window``'s work in the other environment.
+
+        ``idle_gpus``: owned GPUs of each class that sat idle through the window (GPU-equivalents).
+        A cloud workload whose GPUs fit into idle owned capacity is priced at the marginal cost
+        of that capacity (its capex is sunk); otherwise at the full cost of buying GPUs.
+        """
         if window.environment == ONPREM:
             found = self.cheapest_cloud(window.gpu_class, allow_spot)
             if found is None:
@@ -145,6 +159,31 @@ class Market:
                 label=f"{offer.provider} {offer.region} {offer.instance_type} {option}",
                 gpus_needed=gpus,
             )
+        return self._fill_idle(window, idle_gpus or {}) or self._buy(window)
+
+    def _candidates(self, gpu_class: str):
+        for onprem_class, gpu in sorted(self.onprem.items()):
+            if onprem_class == gpu_class or (gpu_class in self.throughput and onprem_class in self.throughput):
+                yield gpu, throughput_factor(gpu_class, onprem_class, self.throughput)
+
+    def _fill_idle(self, window: WorkloadWindow, idle_gpus: dict[str, Decimal]) -> Alternative | None:
+        best: Alternative | None = None
+        for gpu, factor in self._candidates(window.gpu_class):
+            needed = Decimal(window.allocated_gpu_ms) * factor / window.window_ms if window.window_ms else ZERO
+            if needed <= 0 or idle_gpus.get(gpu.gpu_class, ZERO) < needed:
+                continue
+            rate = gpu.rate()
+            marginal = rate.energy_usd_per_gpu_hour + (rate.upkeep_usd_per_gpu_hour if self.fill_idle_includes_upkeep
+                                                       else ZERO)
+            cost = window.allocated_gpu_hours * factor * marginal
+            if best is None or cost < best.cost_usd:
+                best = Alternative(
+                    environment=ONPREM, kind=REPATRIATE_FILL_IDLE, cost_usd=cost, usd_per_gpu_hour=marginal,
+                    label=f"idle on-prem {gpu.gpu_class}", gpus_needed=math.ceil(needed),
+                )
+        return best
+
+    def _buy(self, window: WorkloadWindow) -> Alternative | None:
         found_onprem = self.cheapest_onprem(window.gpu_class)
         if found_onprem is None:
             return None
@@ -152,14 +191,16 @@ class Market:
         # owned GPUs cost every hour of the window, however long the instance ran in it;
         # new capacity is not depreciated, so its capex is charged (rate at no date)
         gpus = max(1, math.ceil(window.allocated_gpu_ms * factor / window.window_ms))
-        rate = gpu.rate().usd_per_gpu_hour
+        rate = gpu.rate()
         return Alternative(
             environment=ONPREM,
             kind=REPATRIATE_BUY,
-            cost_usd=Decimal(gpus) * window.window_hours * rate,
-            usd_per_gpu_hour=rate,
+            cost_usd=Decimal(gpus) * window.window_hours * rate.usd_per_gpu_hour,
+            usd_per_gpu_hour=rate.usd_per_gpu_hour,
             label=f"on-prem {gpu.gpu_class}",
             gpus_needed=gpus,
+            capex_usd=gpu.purchase_price_usd_per_gpu * gpus,
+            opex_usd_per_hour=rate.opex_usd_per_gpu_hour * gpus,
         )
 
 
@@ -181,6 +222,7 @@ class Decision:
     alternative_label: str
     gpus_needed: int
     reason: str
+    payback_months: Decimal | None = None
 
     @property
     def decision_id(self) -> str:
@@ -286,7 +328,13 @@ def evaluate(
         state.moved = True
         monthly_savings = (total_current - total_alt) / span_h * HOURS_PER_MONTH
         kind, from_env, to_env = alternative.kind, window.environment, alternative.environment
-        cheaper = "cloud" if to_env == CLOUD else "owning GPUs on-prem"
+        payback = alternative.payback_months(total_current / span_h)
+        cheaper = {
+            MIGRATE_TO_CLOUD: "renting in the cloud",
+            REPATRIATE_FILL_IDLE: "running it on owned GPUs that sit idle (energy only: their capex is sunk)",
+            REPATRIATE_BUY: f"buying {alternative.gpus_needed} GPUs"
+            + (f" (payback {payback:.1f} months)" if payback is not None else ""),
+        }.get(kind, "the other environment")
         reason = (
             f"{window.workload} ran at {utilization:.0%} utilization on {window.environment} "
             f"{window.gpu_class} for {n} windows; a busy GPU-hour cost {_fmt_usd(cur_rate)} there "
@@ -297,6 +345,7 @@ def evaluate(
         state.moved = False
         monthly_savings = (total_alt - total_current) / span_h * HOURS_PER_MONTH
         kind, from_env, to_env = STAY, window.environment, window.environment
+        payback = None
         reason = (
             f"{window.workload} is back at {utilization:.0%} utilization; staying on "
             f"{window.environment} ({_fmt_usd(cur_rate)} per busy GPU-hour) is cheaper than "
@@ -319,6 +368,7 @@ def evaluate(
         alternative_label=alternative.label,
         gpus_needed=alternative.gpus_needed,
         reason=reason,
+        payback_months=payback,
     )
 
 

@@ -138,6 +138,51 @@ class CloudOffer:
         return price * (1 - self.discount_pct / 100) / self.gpus_per_instance
 
 
+class PriceBook:
+    """Live instance prices (per instance-hour) by provider, region, instance type and purchase option.
+
+    Each price is kept as a history by effective time, so a window is priced at the price in
+    force when it started, whatever order the updates and the usage arrive in.
+    """
+
+    def __init__(self) -> None:
+        self._history: dict[tuple[str, str, str, str], list[tuple[int, Decimal]]] = {}
+        self.version = 0
+
+    def update(self, provider: str, region: str, instance_type: str, purchase_option: str, ts_ms: int,
+               usd_per_hour: Decimal) -> bool:
+        history = self._history.setdefault((provider, region, instance_type, purchase_option), [])
+        if (ts_ms, usd_per_hour) in history:
+            return False
+        history[:] = sorted([p for p in history if p[0] != ts_ms] + [(ts_ms, usd_per_hour)])
+        self.version += 1
+        return True
+
+    def usd_per_hour(self, provider: str, region: str, instance_type: str, purchase_option: str,
+                     at_ms: int | None = None) -> Decimal | None:
+        """The price in force at ``at_ms`` (the latest one when None); None before the first update."""
+        history = self._history.get((provider, region, instance_type, purchase_option), ())
+        price = None
+        for ts_ms, usd in history:
+            if at_ms is not None and ts_ms > at_ms:
+                break
+            price = usd
+        return price
+
+    def apply(self, offer: CloudOffer, at_ms: int | None = None) -> CloudOffer:
+        """``offer`` with its list prices replaced by the live ones in force at ``at_ms`` (discount kept)."""
+        live = {}
+        for (provider, region, itype, option) in self._history:
+            if (provider, region, itype) == (offer.provider, offer.region, offer.instance_type):
+                price = self.usd_per_hour(provider, region, itype, option, at_ms)
+                if price is not None:
+                    live[option] = price
+        if not live:
+            return offer
+        return CloudOffer(offer.provider, offer.region, offer.instance_type, offer.gpu_class,
+                          offer.gpus_per_instance, {**offer.usd_per_hour, **live}, offer.discount_pct)
+
+
 def throughput_factor(from_class: str, to_class: str, throughput: dict[str, Decimal]) -> Decimal:
     """GPUs of ``to_class`` needed to do the work of one GPU of ``from_class``.
 
@@ -156,6 +201,7 @@ __all__ = [
     "CostModelError",
     "OnPremGpuCost",
     "OnPremRate",
+    "PriceBook",
     "PURCHASE_OPTIONS",
     "dec",
     "months_between",

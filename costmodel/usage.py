@@ -12,12 +12,17 @@ is a multiple of the interval nothing straddles a boundary.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable, NamedTuple
 
 MS_PER_HOUR = 3_600_000
 IDLE_WORKLOAD = "idle"
+
+
+class LateSample(ValueError):
+    """A sample for a window that was already closed; the message says which."""
 
 
 class UsageKey(NamedTuple):
@@ -105,6 +110,7 @@ class ResourceWindows:
     last_ts_ms: int = 0
     last_start_ms: int = 0  # start of the latest interval: earlier windows are complete
     open: dict[UsageKey, Usage] = field(default_factory=dict)
+    closed_through_ms: int = 0  # windows ending at or before this instant were closed and emitted
 
     def add_sample(
         self,
@@ -120,6 +126,10 @@ class ResourceWindows:
         if ts_ms <= self.last_ts_ms:
             return False
         start_ms = ts_ms - interval_ms
+        if start_ms < self.closed_through_ms:
+            # its window was already emitted: adding to a fresh one would replace the emitted total downstream
+            raise LateSample(f"late sample: the window ending {self.closed_through_ms} ms was closed before "
+                             f"this sample for [{start_ms}, {ts_ms}) arrived (raise thresholds.grace_seconds)")
         self.last_ts_ms, self.last_start_ms = ts_ms, start_ms
         ws = window_start_ms(start_ms, window_ms)
         for gpu in gpus:
@@ -148,10 +158,13 @@ class ResourceWindows:
         for key, _ in closed:
             del self.open[key]
         closed.sort()
+        self.closed_through_ms = max(self.closed_through_ms, watermark_ms - watermark_ms % window_ms)
         return closed
 
     def to_dict(self) -> dict:
-        return {"last_ts_ms": self.last_ts_ms, "last_start_ms": self.last_start_ms, "open": [[*k, u.to_list()] for k, u in self.open.items()]}
+        return {"last_ts_ms": self.last_ts_ms, "last_start_ms": self.last_start_ms,
+                "closed_through_ms": self.closed_through_ms,
+                "open": [[*k, u.to_list()] for k, u in self.open.items()]}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ResourceWindows":
@@ -161,4 +174,94 @@ class ResourceWindows:
             last_ts_ms=int(data["last_ts_ms"]),
             last_start_ms=int(data["last_start_ms"]),
             open={UsageKey(*row[:6]): Usage.from_list(row[6]) for row in data["open"]},
+            closed_through_ms=int(data.get("closed_through_ms", 0)),
         )
+
+
+SPOT_NOTICE_MS = 120_000  # a spot instance is reclaimed two minutes after its interruption warning
+
+
+@dataclass
+class Rental:
+    """Rented GPU-time of one cloud instance, from its state changes (billed by the second while running).
+
+    ``by_window`` holds rented GPU-ms per window start until the window is closed.  Events of one
+    instance arrive in order in one partition; an event at or before the last one seen is a replay.
+    """
+
+    gpus: int
+    running_since_ms: int | None = None
+    reclaim_at_ms: int | None = None  # spot interruption warning received: the instance stops then
+    accounted_ms: int = 0  # rented time before this instant is already in by_window
+    last_event_ms: int = -1
+    by_window: dict[int, int] = field(default_factory=dict)
+
+    def on_event(self, ts_ms: int, state: str, window_ms: int) -> bool:
+        if ts_ms <= self.last_event_ms:
+            return False
+        self.last_event_ms = ts_ms
+        if state == "running":
+            self.accrue(ts_ms, window_ms)
+            if self.running_since_ms is None:
+                self.running_since_ms = self.accounted_ms = ts_ms
+                self.reclaim_at_ms = None
+        elif state == "spot_interruption_warning":
+            self.accrue(ts_ms, window_ms)
+            if self.running_since_ms is not None:
+                self.reclaim_at_ms = ts_ms + SPOT_NOTICE_MS
+        else:  # stopped, terminated: the cost ends here (or at the reclaim instant, whichever is first)
+            self.accrue(ts_ms, window_ms)
+            self.running_since_ms = self.reclaim_at_ms = None
+        return True
+
+    def accrue(self, until_ms: int, window_ms: int) -> None:
+        """Count the running time up to ``until_ms`` into its windows."""
+        if self.running_since_ms is None:
+            return
+        end = until_ms if self.reclaim_at_ms is None else min(until_ms, self.reclaim_at_ms)
+        t = max(self.accounted_ms, self.running_since_ms)
+        while t < end:
+            ws = window_start_ms(t, window_ms)
+            step = min(end, ws + window_ms) - t
+            self.by_window[ws] = self.by_window.get(ws, 0) + step * self.gpus
+            t += step
+        self.accounted_ms = max(self.accounted_ms, end)
+        if self.reclaim_at_ms is not None and until_ms >= self.reclaim_at_ms:
+            self.running_since_ms = self.reclaim_at_ms = None  # reclaimed
+
+    def close(self, watermark_ms: int, window_ms: int) -> dict[int, int]:
+        """Accrue to the watermark; remove and return rented GPU-ms of the windows that end by it."""
+        self.accrue(watermark_ms, window_ms)
+        closed = {ws: ms for ws, ms in self.by_window.items() if ws + window_ms <= watermark_ms}
+        for ws in closed:
+            del self.by_window[ws]
+        return closed
+
+    def to_list(self) -> list:
+        return [self.gpus, self.running_since_ms, self.reclaim_at_ms, self.accounted_ms, self.last_event_ms,
+                [[ws, ms] for ws, ms in self.by_window.items()]]
+
+    @classmethod
+    def from_list(cls, values: list) -> "Rental":
+        gpus, since, reclaim, accounted, last, windows = values
+        return cls(gpus, since, reclaim, accounted, last, {int(ws): int(ms) for ws, ms in windows})
+
+
+def add_rented_time(closed: list[tuple[UsageKey, Usage]], rented: dict[int, int],
+                    owner: UsageKey) -> list[tuple[UsageKey, Usage]]:
+    """Merge an instance's rented GPU-ms into its sampled usage windows.
+
+    The provider bills every second the instance runs; samples may not cover all of it (the
+    collector started late, the instance was reclaimed between two samples).  Rented time that
+    samples do not account for is charged to the instance's owner as allocated, not busy, time.
+    """
+    merged = dict(closed)
+    for ws, rented_ms in rented.items():
+        sampled_ms = sum(u.allocated_gpu_ms for k, u in closed if k.window_start_ms == ws)
+        uncovered_ms = rented_ms - sampled_ms
+        if uncovered_ms <= 0:
+            continue
+        key = owner._replace(window_start_ms=ws)
+        usage = merged[key] = dataclasses.replace(merged.get(key) or Usage(first_ms=ws, last_ms=ws))
+        usage.allocated_gpu_ms += uncovered_ms
+    return sorted(merged.items())

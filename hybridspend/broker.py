@@ -167,6 +167,24 @@ def make_producer(bootstrap: str, kafka: KafkaConfig, timeout_s: float = 30, **o
     return connect_with_retry(lambda: KafkaProducer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
 
 
+WATERMARK_EVERY_MS = 60_000  # how often collectors mark every partition with their clock
+
+
+def send_watermarks(producer, topics: Topics, source: str, ts_ms: int,
+                    logical_topics: tuple[str, ...] = ("gpu-samples", "instance-events")) -> None:
+    """Tell every partition of the input topics that ``source`` has sent everything before ``ts_ms``.
+
+    The stream closes windows on event time per partition; a partition that carries no data
+    would otherwise hold every decision back (see ``streams.topology``).
+    """
+    from .events import Watermark
+
+    mark = Watermark(f"{source}|{ts_ms}", source, ts_ms).encode()
+    for logical in logical_topics:
+        for partition in range(topics.partitions):
+            producer.send(topics.name(logical), value=mark, partition=partition)
+
+
 def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str, topics: list[str],
                   timeout_s: float = 30, **overrides: Any):
     from kafka import KafkaConsumer

@@ -184,7 +184,7 @@ def cmd_alerter(args) -> int:
 def cmd_collect_nvml(args) -> int:
     from collectors.nvml.collector import NvmlCollector, default_nvml, host_name
 
-    from .broker import Topics, make_producer
+    from .broker import WATERMARK_EVERY_MS, Topics, make_producer, send_watermarks
 
     config = resolve_config(args.config, args.state_dir)
     bootstrap, _, _ = _endpoints(config)
@@ -201,9 +201,14 @@ def cmd_collect_nvml(args) -> int:
     producer = make_producer(bootstrap, config.kafka)
     sent = {"n": 0}
 
+    last_mark = {"ms": 0}
+
     def send(sample) -> None:
         producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
         sent["n"] += 1
+        if sample.ts_ms - last_mark["ms"] >= WATERMARK_EVERY_MS:  # keep quiet partitions moving
+            send_watermarks(producer, topics, f"nvml:{sample.resource}", sample.ts_ms, ("gpu-samples",))
+            last_mark["ms"] = sample.ts_ms
         if args.once:
             stopped["v"] = True
 
@@ -397,6 +402,18 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_simulate(args) -> int:
+    from .scenario import load_scenario
+    from .simulate import render, run_scenario
+
+    scenario = load_scenario(args.scenario)
+    say = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    result = run_scenario(scenario, workers=args.workers, restart_worker_at_hours=args.kill_worker_at,
+                          state_dir=Path(args.state_dir) if args.state_dir else None, say=say)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -447,6 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=2400,
                    help="simulated seconds per wall-clock second (default 2400: a day in 36 s)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "simulate", help="run a scenario file through the real pipeline and print the decisions",
+        description="Runs a described situation (assets, offers, workloads with utilization timelines, instance "
+        "starts and stops, prices, the bill) through the local broker, the Faust worker(s), the sink and "
+        "PostgreSQL, and prints the decisions (workload, from and to environment, kind, effective rates, "
+        "utilization, monthly savings, confidence), the totals and the estimate-vs-billed reconciliation. "
+        "The format is in the README, section 'Scenario files'.")
+    p.add_argument("scenario", help="the scenario YAML file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N",
+                   help="Faust workers sharing the partitions (default 1)")
+    p.add_argument("--kill-worker-at", type=float, metavar="HOUR",
+                   help="fault injection: SIGKILL the first worker at this simulated hour and restart it")
+    p.add_argument("--state-dir", help="keep the run's database and logs here (default: a temporary directory)")
+    p.set_defaults(func=cmd_simulate)
 
     for name, func, text in (
         ("worker", cmd_worker, "run a Faust stream worker (scale out by starting more)"),

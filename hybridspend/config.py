@@ -382,8 +382,8 @@ class Config(_Strict):
         return walk(self)
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+def _format_errors(source: str, err: ValidationError, what: str = "configuration") -> str:
+    lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         loc = ""
         for part in e["loc"]:

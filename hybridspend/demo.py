@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from .broker import Topics, ensure_topics, make_producer
+from .broker import Topics, ensure_topics, make_producer, send_watermarks
 from .config import Config
 from .local import Endpoints, _die_with_parent, running_services
 
@@ -38,10 +38,11 @@ class Services:
             "PYTHONUNBUFFERED": "1",
         })
 
-    def start(self, name: str, *extra: str) -> None:
+    def start(self, name: str, *extra: str, command: str | None = None) -> None:
+        """Start ``hybridspend <command or name> extra...`` as ``name`` (its log: <name>.log)."""
         log = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "hybridspend.cli", name, *extra],
+            [sys.executable, "-m", "hybridspend.cli", command or name, *extra],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
@@ -128,6 +129,7 @@ def run_demo(args) -> int:
             for sample in samples:
                 producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
                 sent += 1
+            send_watermarks(producer, topics, "demo", ts_ms)
             due = wall_start + (ts_ms - start_ms) / 1000 / args.speed
             pause = due - time.monotonic()
             if pause > 0:

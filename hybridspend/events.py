@@ -341,6 +341,7 @@ class BreakevenDecision(_Record):
     gpus_needed: int
     reason: str
     basis: str = "estimated"
+    payback_months: Decimal | None = None  # buy capacity: capex / (monthly cloud - monthly on-prem opex)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> "BreakevenDecision":
@@ -365,6 +366,7 @@ class BreakevenDecision(_Record):
             gpus_needed=_int(d, "gpus_needed", w, minimum=0),  # type: ignore[arg-type]
             reason=str(_get(d, "reason", w))[:2000],
             basis=_label(d, "basis", w, optional=True) or "estimated",
+            payback_months=_money(d, "payback_months", w, optional=True),
         )
 
 
@@ -501,6 +503,49 @@ class CostLine(_Record):
             export_version=_label(d, "export_version", w),
             tags=d.get("tags") or {},
             extra=d.get("extra") or {},
+        )
+
+
+WATERMARK_SCHEMA = "watermark.v1"
+
+
+def is_watermark(payload: bytes | None) -> bool:
+    """Cheap test before full decoding: our encoder writes the schema first."""
+    return payload is not None and b'"schema":"watermark.v1"' in payload[:40]
+
+
+@dataclass(slots=True)
+class Watermark(_Record):
+    """Event-time progress of one upstream source: nothing before ``ts_ms`` is still to come from it.
+
+    Sent to every partition of a topic.  On the input topics, collectors and the simulator send
+    them so that partitions without traffic still advance; on ``cost-windows`` the usage agent
+    sends one per input partition it owns, with the owned GPU capacity that sat idle in the
+    windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]).
+    """
+
+    SCHEMA: ClassVar[str] = WATERMARK_SCHEMA
+    event_id: str
+    source: str
+    ts_ms: int
+    idle: list = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "Watermark":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        idle = d.get("idle") or []
+        if not isinstance(idle, list) or not all(
+            isinstance(r, list) and len(r) == 4 and isinstance(r[0], int) and not isinstance(r[0], bool)
+            and isinstance(r[1], str) and isinstance(r[2], str) and isinstance(r[3], int)
+            and not isinstance(r[3], bool) and r[3] >= 0 for r in idle
+        ):
+            raise EventError(f"{w}: 'idle' must be a list of [window_start_ms, gpu_class, resource, idle_gpu_ms]")
+        return cls(
+            event_id=_label(d, "event_id", w),
+            source=_label(d, "source", w),
+            ts_ms=_int(d, "ts_ms", w, minimum=0),  # type: ignore[arg-type]
+            idle=idle,
         )
 
 

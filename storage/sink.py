@@ -27,6 +27,7 @@ from hybridspend.events import (
     DeadLetter,
     EventError,
     GpuSample,
+    is_watermark,
     PriceUpdate,
 )
 
@@ -63,7 +64,7 @@ TABLES = {
     "decisions": TableSpec(
         ("decision_id", "decided_at", "window_start", "workload", "team", "from_env", "to_env", "kind", "gpu_class",
          "current_usd_per_busy_gpu_hour", "alternative_usd_per_busy_gpu_hour", "utilization", "monthly_savings_usd",
-         "confidence", "alternative_label", "gpus_needed", "reason", "basis"),
+         "confidence", "alternative_label", "gpus_needed", "reason", "basis", "payback_months"),
         ("decision_id",), False),
     "dead_letters": TableSpec(
         ("event_id", "received_at", "source_topic", "reason", "payload"), ("event_id",), False),
@@ -99,6 +100,7 @@ def decision_row(d: BreakevenDecision) -> tuple:
         d.event_id, _ts(d.window_end_ms), _ts(d.window_start_ms), d.workload, d.team, d.from_env, d.to_env, d.kind,
         d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
         d.monthly_savings_usd, d.confidence, d.alternative_label, d.gpus_needed, d.reason, d.basis,
+        d.payback_months,
     )
 
 
@@ -262,8 +264,8 @@ class Sink:
         batch = Batch()
         for rec in records:
             decoder = self._decoders.get(rec.topic)
-            if decoder is None:
-                continue
+            if decoder is None or is_watermark(rec.value):
+                continue  # watermarks are stream progress, not data
             try:
                 for table, row in decoder(rec.value):
                     batch.add(table, row)

@@ -6,14 +6,19 @@ processors, so every rule here is testable without a broker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from costmodel import (
     CrossingState,
     IDLE_WORKLOAD,
+    LateSample,
+    Market,
     GpuReading,
+    PriceBook,
+    Rental,
+    add_rented_time,
     ResourceWindows,
     Usage,
     UsageKey,
@@ -24,7 +29,7 @@ from costmodel import (
 )
 from costmodel.money import micro
 from hybridspend.config import Config
-from hybridspend.events import BreakevenDecision, CostWindow, EventError, GpuSample
+from hybridspend.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, Watermark
 
 
 def _utc(ms: int) -> datetime:
@@ -42,12 +47,16 @@ class ResourceState:
     instance_type: str = ""
     purchase_option: str = ""
     allow_spot: dict[str, bool] = field(default_factory=dict)  # workload -> policy seen in samples
+    rental: Rental | None = None  # cloud instances whose state events were seen
+    owner: tuple[str, str, str] = ("", "", "")  # (workload, team, gpu class) of the instance, from its events
 
     def to_dict(self) -> dict:
         return {
             "windows": self.windows.to_dict(),
             "meta": [self.environment, self.provider, self.region, self.instance_type, self.purchase_option],
             "allow_spot": self.allow_spot,
+            "rental": self.rental.to_list() if self.rental else None,
+            "owner": list(self.owner),
         }
 
     @classmethod
@@ -55,34 +64,58 @@ class ResourceState:
         if not data:
             return cls()
         env, provider, region, itype, option = data["meta"]
+        rental = data.get("rental")
         return cls(ResourceWindows.from_dict(data["windows"]), env, provider, region, itype, option,
-                   dict(data.get("allow_spot", {})))
+                   dict(data.get("allow_spot", {})), Rental.from_list(rental) if rental else None,
+                   tuple(data.get("owner") or ("", "", "")))  # type: ignore[arg-type]
+
+    @property
+    def progress_ms(self) -> int:
+        """Event time up to which this resource's samples are complete (they arrive in order).
+
+        Its instance events travel on another topic, in no order relative to the samples, so
+        they do not count: rented time without samples closes on the partition's watermark.
+        """
+        return self.windows.last_start_ms
 
 
 class UsageProcessor:
-    """GPU samples -> per-resource usage windows -> priced cost windows."""
+    """GPU samples and instance state changes -> per-resource usage windows -> priced cost windows."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, prices: PriceBook | None = None) -> None:
         self.config = config
+        self.catalog = config.catalog()
+        self.prices = prices or PriceBook()
         self.window_ms = config.thresholds.window_seconds * 1000
+
+    def cloud_usd_per_gpu_hour(self, provider: str, region: str, instance_type: str, option: str,
+                               at_ms: int) -> Decimal | None:
+        """Live price in force at ``at_ms`` (with the configured contract discount), else the configured offer."""
+        offer = self.config.offer_for(provider, region, instance_type)
+        live = self.prices.usd_per_hour(provider, region, instance_type, option, at_ms)
+        if live is not None:
+            known = self.catalog.get(provider, instance_type)
+            gpus = offer.gpus_per_instance if offer else (known.gpus if known else 0)
+            if gpus:
+                discount = offer.discount_pct if offer else Decimal(0)
+                return live * (1 - discount / 100) / gpus
+        return offer.offer().usd_per_gpu_hour(option) if offer else None
+
+    def _check_priceable(self, provider: str, region: str, instance_type: str, option: str, at_ms: int) -> None:
+        if self.cloud_usd_per_gpu_hour(provider, region, instance_type, option, at_ms) is None:
+            raise EventError(f"no price for {provider} {region} {instance_type} {option}")
 
     def add(self, state: ResourceState, sample: GpuSample) -> bool:
         """Count a sample; raise EventError when it cannot be priced; False for a replay."""
+        option = sample.purchase_option or ("on_demand" if sample.environment == "cloud" else "")
         if sample.environment == "onprem":
             if self.config.asset_for_host(sample.resource) is None:
                 raise EventError(f"no on-prem asset profile matches host {sample.resource!r}")
         else:
-            offer = self.config.offer_for(sample.provider, sample.region, sample.instance_type)
-            if offer is None or offer.offer().usd_per_gpu_hour(sample.purchase_option or "on_demand") is None:
-                raise EventError(
-                    f"no price for {sample.provider} {sample.region} {sample.instance_type} "
-                    f"{sample.purchase_option or 'on_demand'}"
-                )
+            self._check_priceable(sample.provider, sample.region, sample.instance_type, option, sample.ts_ms)
         state.environment = sample.environment
         state.provider, state.region = sample.provider, sample.region
-        state.instance_type, state.purchase_option = sample.instance_type, sample.purchase_option or (
-            "on_demand" if sample.environment == "cloud" else ""
-        )
+        state.instance_type, state.purchase_option = sample.instance_type, option
         readings = []
         for gpu in sample.gpus:
             for share in gpu.workloads:
@@ -91,13 +124,40 @@ class UsageProcessor:
                 GpuReading(gpu.gpu_class, gpu.utilization_pct, gpu.power_mw,
                            tuple((s.workload, s.team) for s in gpu.workloads))
             )
-        return state.windows.add_sample(
-            ts_ms=sample.ts_ms, interval_ms=sample.interval_ms, window_ms=self.window_ms,
-            environment=sample.environment, resource=sample.resource, gpus=readings,
-        )
+        try:
+            return state.windows.add_sample(
+                ts_ms=sample.ts_ms, interval_ms=sample.interval_ms, window_ms=self.window_ms,
+                environment=sample.environment, resource=sample.resource, gpus=readings,
+            )
+        except LateSample as exc:
+            raise EventError(str(exc)) from None
 
-    def close(self, state: ResourceState, watermark_ms: int) -> list[CostWindow]:
-        return [self.price(state, key, usage) for key, usage in state.windows.close(watermark_ms, self.window_ms)]
+    def add_instance_event(self, state: ResourceState, event: InstanceEvent) -> bool:
+        """Follow a cloud instance's state: its rented time is what the provider bills."""
+        known = self.catalog.get(event.provider, event.instance_type)
+        offer = self.config.offer_for(event.provider, event.region, event.instance_type)
+        if known is None and offer is None:
+            raise EventError(f"{event.provider} instance type {event.instance_type!r} is not a known GPU type "
+                             "(add it under gpu_instance_types)")
+        self._check_priceable(event.provider, event.region, event.instance_type, event.purchase_option, event.ts_ms)
+        gpus, gpu_class = (offer.gpus_per_instance, offer.gpu_class) if offer else (known.gpus, known.gpu_class)
+        if state.rental is None:
+            state.rental = Rental(gpus=gpus)
+        if not state.rental.on_event(event.ts_ms, event.state, self.window_ms):
+            return False
+        state.environment = "cloud"
+        state.provider, state.region = event.provider, event.region
+        state.instance_type, state.purchase_option = event.instance_type, event.purchase_option
+        state.owner = (event.workload, event.team, gpu_class)
+        return True
+
+    def close(self, state: ResourceState, resource: str, watermark_ms: int) -> list[CostWindow]:
+        closed = state.windows.close(watermark_ms, self.window_ms)
+        if state.rental is not None:
+            workload, team, gpu_class = state.owner
+            owner = UsageKey(0, workload, team, "cloud", gpu_class, resource)
+            closed = add_rented_time(closed, state.rental.close(watermark_ms, self.window_ms), owner)
+        return [self.price(state, key, usage) for key, usage in closed]
 
     def price(self, state: ResourceState, key: UsageKey, usage: Usage) -> CostWindow:
         if key.environment == "onprem":
@@ -105,10 +165,9 @@ class UsageProcessor:
             assert asset is not None  # checked when the sample was added
             cost = price_onprem_usage(usage, asset.gpu_cost(), _utc(key.window_start_ms))
         else:
-            offer = self.config.offer_for(state.provider, state.region, state.instance_type)
-            assert offer is not None
-            rate = offer.offer().usd_per_gpu_hour(state.purchase_option or "on_demand")
-            assert rate is not None
+            rate = self.cloud_usd_per_gpu_hour(state.provider, state.region, state.instance_type,
+                                               state.purchase_option or "on_demand", key.window_start_ms)
+            assert rate is not None  # checked when the sample or instance event was added
             cost = price_cloud_usage(usage, rate)
         return CostWindow(
             event_id=CostWindow.make_id(key.resource, key.workload, key.environment, key.gpu_class, key.window_start_ms),
@@ -157,14 +216,77 @@ class WorkloadState:
         )
 
 
-class DecisionProcessor:
-    """Cost windows of one workload (all resources) -> closed workload windows -> decisions."""
+@dataclass
+class PartitionClock:
+    """Per partition of a consumed topic: event-time progress and what it must remember across restarts.
 
-    def __init__(self, config: Config) -> None:
+    For the usage agent: ``time_ms`` is the latest event time seen and ``open`` the resources with
+    open windows.  For the decision agent: ``sources`` holds the watermark of every upstream
+    partition, ``idle`` the idle owned capacity they reported, ``open`` the workloads with open windows.
+    """
+
+    open: set[str] = field(default_factory=set)
+    sources: dict[str, int] = field(default_factory=dict)  # upstream source (or input topic) -> its event time
+    idle: dict[str, int] = field(default_factory=dict)  # "window_start|gpu_class|resource" -> idle GPU-ms
+
+    def to_dict(self) -> dict:
+        return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "PartitionClock":
+        if not data:
+            return cls()
+        return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]))
+
+    def advance(self, source: str, ts_ms: int) -> bool:
+        if ts_ms <= self.sources.get(source, -1):
+            return False
+        self.sources[source] = ts_ms
+        return True
+
+    @property
+    def time_ms(self) -> int:
+        """Event time of the partition: the slowest of its inputs (the topics are not ordered among themselves)."""
+        return min(self.sources.values()) if self.sources else 0
+
+    def watermark(self, expected_sources: int, stale: set[str] = frozenset(), waited_out: bool = False) -> int | None:
+        """The event time before which every upstream source is complete (None: still waiting).
+
+        Until ``expected_sources`` have reported, nothing closes unless ``waited_out``; sources in
+        ``stale`` (silent for a while, in wall-clock time) do not hold the others back.
+        """
+        if not self.sources or (len(self.sources) < expected_sources and not waited_out):
+            return None
+        live = [ts for source, ts in self.sources.items() if source not in stale]
+        return min(live) if live else max(self.sources.values())
+
+
+class DecisionProcessor:
+    """Cost windows of one workload (all resources) -> closed workload windows -> decisions.
+
+    Windows close on the watermark that upstream partitions report, so a workload's window is
+    decided only once every resource that could add to it has moved past it: one worker or two,
+    fast or slow, the same windows are compared.
+    """
+
+    def __init__(self, config: Config, prices: PriceBook | None = None) -> None:
         self.config = config
-        self.market = config.market()
+        self.prices = prices or PriceBook()
+        self._base_market = config.market()
+        self._markets: dict[tuple, Market] = {}
         self.thresholds = config.thresholds.domain()
-        self.grace_ms = config.thresholds.grace_seconds * 1000
+        self.window_ms = config.thresholds.window_seconds * 1000
+
+    def market_at(self, at_ms: int) -> Market:
+        """The configured market with the live prices in force at ``at_ms``."""
+        offers = tuple(self.prices.apply(o, at_ms) for o in self._base_market.offers)
+        key = tuple((o.provider, o.region, o.instance_type, tuple(sorted(o.usd_per_hour.items()))) for o in offers)
+        market = self._markets.get(key)
+        if market is None:
+            if len(self._markets) > 1000:
+                self._markets.clear()
+            market = self._markets[key] = replace(self._base_market, offers=offers)
+        return market
 
     def add(self, state: WorkloadState, cw: CostWindow) -> bool:
         """Record a resource's window; replays overwrite; windows already closed are ignored."""
@@ -181,13 +303,33 @@ class DecisionProcessor:
         ]
         return True
 
-    def close(self, workload: str, state: WorkloadState, watermark_ms: int) -> list[BreakevenDecision]:
-        """Close windows that ended at least ``grace`` before the watermark, in event-time order."""
+    @staticmethod
+    def on_watermark(clock: PartitionClock, wm: Watermark) -> None:
+        clock.advance(wm.source, wm.ts_ms)
+        for ws, gpu_class, resource, idle_ms in wm.idle:
+            clock.idle[f"{ws}|{gpu_class}|{resource}"] = idle_ms
+
+    def idle_gpus(self, clock: PartitionClock, window_start_ms: int) -> dict[str, Decimal]:
+        """Owned GPUs (GPU-equivalents) of each class that sat idle through the window."""
+        idle: dict[str, Decimal] = {}
+        for key, idle_ms in clock.idle.items():
+            ws, gpu_class, _ = key.split("|", 2)
+            if int(ws) == window_start_ms:
+                idle[gpu_class] = idle.get(gpu_class, Decimal(0)) + Decimal(idle_ms) / self.window_ms
+        return idle
+
+    def forget_idle(self, clock: PartitionClock, watermark_ms: int) -> None:
+        for key in [k for k in clock.idle if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
+            del clock.idle[key]
+
+    def close(self, workload: str, state: WorkloadState, watermark_ms: int,
+              clock: PartitionClock | None = None) -> list[BreakevenDecision]:
+        """Close the windows that end by the watermark, in event-time order."""
         ready = []
         for key, resources in state.open.items():
             env, gpu_class, start = key.rsplit("|", 2)
             window_ms = next(iter(resources.values()))[5]
-            if int(start) + window_ms + self.grace_ms <= watermark_ms:
+            if int(start) + window_ms <= watermark_ms:
                 ready.append((int(start), env, gpu_class, key, window_ms))
         decisions = []
         for start, env, gpu_class, key, window_ms in sorted(ready):
@@ -205,8 +347,10 @@ class DecisionProcessor:
                 cost_usd=sum((Decimal(r[2]) for r in resources.values()), Decimal(0)),
                 coverage=coverage,
             )
+            idle = self.idle_gpus(clock, start) if clock is not None and env == "cloud" else None
             crossing = state.crossing.setdefault(subject, CrossingState())
-            decision = evaluate(crossing, window, self.market.alternative(window, state.allow_spot), self.thresholds)
+            decision = evaluate(crossing, window, self.market_at(start).alternative(window, state.allow_spot, idle),
+                                self.thresholds)
             if decision is not None:
                 decisions.append(
                     BreakevenDecision(
@@ -219,6 +363,7 @@ class DecisionProcessor:
                         utilization=micro(decision.utilization), monthly_savings_usd=micro(decision.monthly_savings_usd),
                         confidence=micro(decision.confidence), alternative_label=decision.alternative_label,
                         gpus_needed=decision.gpus_needed, reason=decision.reason,
+                        payback_months=_opt_micro(decision.payback_months),
                     )
                 )
         return decisions

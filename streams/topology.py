@@ -1,23 +1,33 @@
 """The Faust topology on one screen: topics, tables, agents.
 
-    gpu-samples (key: resource) --usage--> cost-windows (key: workload) --decide--> decisions (key: workload)
-                     \\                                 \\
-                      +--> dead-letter                  +--> dead-letter
+    gpu-samples ─┐ (key: resource)                        prices (every worker reads all of them)
+                 ├─ usage ──> cost-windows (key: workload) ──> decide ──> decisions (key: workload)
+    instance- ───┘   │           + watermarks to every partition
+    events           └─> dead-letter (with the reason)
 
-* ``usage`` keeps the open event-time windows of each resource in the ``resource-windows``
-  table, closes a window once the resource's samples have moved past it (or the partition's
-  event time has moved ``grace`` past it), prices it and emits a cost window re-keyed by workload.
-* ``decide`` gathers each workload's cost windows from all resources in the ``workload-windows``
-  table, closes them ``grace`` after their end, compares them with the alternative environment
-  and emits a decision when a crossing has persisted for the dwell.
+* ``usage`` joins the two co-partitioned input topics by resource.  Per resource (the
+  ``resource-windows`` table) it keeps the open event-time windows of the GPU samples and, for
+  cloud instances, the rented time from their state changes (a spot interruption ends it at
+  the reclaim second).  It closes a window once the resource, or its partition less ``grace``,
+  has moved past it, prices it (owned GPUs: capex + energy + upkeep; cloud: the live price in
+  force at the window's start, else the configured offer) and emits it keyed by workload.
+  After each batch it sends a watermark per input partition to every ``cost-windows``
+  partition, carrying the owned capacity that sat idle in the windows it closed.
+* ``decide`` gathers each workload's windows from all resources (``workload-windows``), closes
+  a window once every upstream partition's watermark has passed it, compares it with the
+  other environment (migrate to the cheapest allowed offer; repatriate into idle owned GPUs
+  at their marginal cost, or by buying GPUs) and emits a decision once a crossing has lasted
+  the dwell.
 
-Both agents take batches (``take_events``) and update each table key once per batch, because
-every table update is a changelog write (DESIGN.md §4).  Malformed events go to ``dead-letter``
-with the reason; the worker never crashes on input.
+Both agents take batches and write each table key once per batch, because every table update
+is a changelog write (DESIGN.md §4); outputs are acknowledged by the broker before the table
+moves on, so a worker killed at any point replays into the same results.  Per-partition
+progress lives in the tables too (``~clock|N`` keys), so a restarted worker resumes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -26,16 +36,31 @@ from collections import defaultdict
 import faust
 from faust.streams import _current_event
 
+from costmodel import IDLE_WORKLOAD, PriceBook
 from hybridspend.broker import BrokerProfile, Topics, client_security
 from hybridspend.config import Config
-from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample
+from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample, InstanceEvent, PriceUpdate, \
+    Watermark, is_watermark
 
-from .processing import DecisionProcessor, ResourceState, UsageProcessor, WorkloadState
+from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.2
+IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
+
+
+def _ssl_context(config: Config):
+    sec = client_security(config.kafka)
+    if sec["security_protocol"] not in ("SSL", "SASL_SSL"):
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=sec.get("ssl_cafile"))
+    if sec.get("ssl_certfile"):
+        context.load_cert_chain(sec["ssl_certfile"], sec.get("ssl_keyfile"))
+    return context
 
 
 def _credentials(config: Config):
@@ -43,19 +68,63 @@ def _credentials(config: Config):
     proto = sec["security_protocol"]
     if proto == "PLAINTEXT":
         return None
-    import ssl
-
-    context = None
-    if proto in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=sec.get("ssl_cafile"))
-        if sec.get("ssl_certfile"):
-            context.load_cert_chain(sec["ssl_certfile"], sec.get("ssl_keyfile"))
     if proto.startswith("SASL"):
         return faust.SASLCredentials(
             username=sec["sasl_plain_username"], password=sec["sasl_plain_password"],
-            ssl_context=context, mechanism=sec["sasl_mechanism"],
+            ssl_context=_ssl_context(config), mechanism=sec["sasl_mechanism"],
         )
-    return faust.SSLCredentials(context)
+    return faust.SSLCredentials(_ssl_context(config))
+
+
+async def follow_prices(config: Config, bootstrap: str, topic: str, book: PriceBook, ready: asyncio.Event) -> None:
+    """Read every partition of the price topic into ``book`` (each worker keeps all prices).
+
+    ``ready`` is set once the topic has been read to its end, so windows are not priced from
+    the configuration while live prices are still being loaded.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    sec = client_security(config.kafka)
+    options = {"security_protocol": sec["security_protocol"]}
+    if sec["security_protocol"] != "PLAINTEXT":
+        options.update(ssl_context=_ssl_context(config))
+    if sec["security_protocol"].startswith("SASL"):
+        options.update(sasl_mechanism=sec["sasl_mechanism"], sasl_plain_username=sec["sasl_plain_username"],
+                       sasl_plain_password=sec["sasl_plain_password"])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or
+                                                              await _wait_partitions(consumer, topic))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batches.values():
+                for rec in records:
+                    try:
+                        p = PriceUpdate.decode(rec.value)
+                    except EventError as exc:  # the sink dead-letters it; here it is only skipped
+                        log.warning("price %s[%d]@%d skipped: %s", rec.topic, rec.partition, rec.offset, exc)
+                        continue
+                    book.update(p.provider, p.region, p.instance_type, p.purchase_option, p.ts_ms, p.usd_per_hour)
+            if not ready.is_set() and not batches:
+                positions = [await consumer.position(tp) for tp in partitions]
+                if all(pos >= end[tp] for pos, tp in zip(positions, partitions)):
+                    ready.set()
+    finally:
+        await consumer.stop()
+
+
+async def _wait_partitions(consumer, topic: str) -> set[int]:
+    for _ in range(100):
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions")
 
 
 def _table_set(table, key: str, value: dict, event) -> None:
@@ -69,6 +138,10 @@ def _table_set(table, key: str, value: dict, event) -> None:
         table[key] = value
     finally:
         _current_event.reset(token)
+
+
+def _clock_key(partition: int) -> str:
+    return f"~clock|{partition}"
 
 
 def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: str = "hybridspend") -> faust.App:
@@ -89,22 +162,28 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         **profile.faust_settings,
     )
 
-    samples = app.topic(topics.gpu_samples, key_type=bytes, value_type=bytes, partitions=partitions)
-    cost_windows = app.topic(topics.cost_windows, key_type=bytes, value_type=bytes, partitions=partitions)
-    decisions = app.topic(topics.decisions, key_type=bytes, value_type=bytes, partitions=partitions)
-    dead_letter = app.topic(topics.dead_letter, key_type=bytes, value_type=bytes, partitions=partitions)
+    def topic(name: str):
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    inputs = app.topic(topics.gpu_samples, topics.instance_events, key_type=bytes, value_type=bytes,
+                       partitions=partitions)
+    cost_windows = topic(topics.cost_windows)
+    decisions = topic(topics.decisions)
+    dead_letter = topic(topics.dead_letter)
 
     resource_windows = app.Table("resource-windows", default=dict, partitions=partitions)
     workload_windows = app.Table("workload-windows", default=dict, partitions=partitions)
 
-    usage = UsageProcessor(config)
-    decider = DecisionProcessor(config)
+    prices = PriceBook()
+    prices_ready = asyncio.Event()
+    usage = UsageProcessor(config, prices)
+    decider = DecisionProcessor(config, prices)
     grace_ms = config.thresholds.grace_seconds * 1000
-    # per partition: the latest event time seen, and the resources that still have open windows
-    partition_time_ms: dict[int, int] = defaultdict(int)
-    open_resources: dict[int, set[str]] = defaultdict(set)
-    workload_time_ms: dict[int, int] = defaultdict(int)
-    open_workloads: dict[int, set[str]] = defaultdict(set)
+    source_advanced_at: dict[tuple[int, str], float] = {}  # (partition, source) -> wall clock of last advance
+
+    @app.task
+    async def load_prices() -> None:
+        await follow_prices(config, bootstrap, topics.prices, prices, prices_ready)
 
     async def reject(event, exc: Exception) -> None:
         """Bad input, or a bug on one event: keep the event in the dead-letter topic with the reason."""
@@ -119,48 +198,81 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                                payload=msg.value, ts_ms=int(time.time() * 1000))
         await dead_letter.send(key=msg.topic.encode(), value=letter.encode())
 
-    @app.agent(samples)
+    async def deliver(sends) -> None:
+        """Wait until the broker has every output of the batch (before the tables move on)."""
+        futures = [await s for s in sends]
+        await asyncio.gather(*futures)
+
+    @app.agent(inputs)
     async def account_usage(stream):
+        await prices_ready.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             states: dict[str, ResourceState] = {}
             key_event: dict[str, object] = {}  # an event of each key's partition
             partition_event: dict[int, object] = {}
+            clocks: dict[int, PartitionClock] = {}
             for event in events:
+                part = event.message.partition
+                clock = clocks.get(part) or clocks.setdefault(
+                    part, PartitionClock.from_dict(resource_windows.get(_clock_key(part))))
                 try:
-                    sample = GpuSample.decode(event.value)
-                    if event.key is not None and event.key.decode("utf-8", "replace") != sample.resource:
-                        raise EventError(f"key {event.key!r:.60} does not match resource {sample.resource!r}")
-                    state = states.get(sample.resource) or ResourceState.from_dict(
-                        resource_windows.get(sample.resource))
-                    usage.add(state, sample)  # raises before changing anything when the sample is unpriceable
-                    states[sample.resource] = state
+                    if is_watermark(event.value):
+                        clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms)
+                        partition_event[part] = event
+                        continue
+                    if event.message.topic == topics.instance_events:
+                        ev = InstanceEvent.decode(event.value)
+                        resource, ts_ms = ev.instance_id, ev.ts_ms
+                    else:
+                        ev = GpuSample.decode(event.value)
+                        resource, ts_ms = ev.resource, ev.ts_ms - ev.interval_ms
+                    if event.key is not None and event.key.decode("utf-8", "replace") != resource:
+                        raise EventError(f"key {event.key!r:.60} does not match resource {resource!r}")
+                    state = states.get(resource) or ResourceState.from_dict(resource_windows.get(resource))
+                    # raises before changing anything when the event cannot be priced
+                    if isinstance(ev, InstanceEvent):
+                        usage.add_instance_event(state, ev)
+                    else:
+                        usage.add(state, ev)
+                    states[resource] = state
                 except Exception as exc:
                     await reject(event, exc)
                     continue
-                part = event.message.partition
-                key_event[sample.resource] = partition_event[part] = event
-                partition_time_ms[part] = max(partition_time_ms[part], sample.ts_ms - sample.interval_ms)
-                open_resources[part].add(sample.resource)
+                key_event[resource] = partition_event[part] = event
+                clock.advance(event.message.topic, ts_ms)
+                clock.open.add(resource)
             out: list[CostWindow] = []
+            idle: dict[int, list] = defaultdict(list)
+            for part, part_event in partition_event.items():
+                clock = clocks[part]
+                watermark = clock.time_ms - grace_ms
+                resources = clock.open | {r for r, e in key_event.items() if e.message.partition == part}
+                for resource in sorted(resources):
+                    state = states.get(resource)
+                    if state is None:
+                        state = ResourceState.from_dict(resource_windows.get(resource))
+                    # a resource's own events arrive in order: everything before its progress is complete
+                    closed = usage.close(state, resource, max(state.progress_ms, watermark))
+                    if closed or resource in states:
+                        states[resource] = state
+                        key_event.setdefault(resource, part_event)
+                    out.extend(closed)
+                    idle[part].extend([cw.window_start_ms, cw.gpu_class, cw.resource, cw.allocated_gpu_ms]
+                                      for cw in closed if cw.workload == IDLE_WORKLOAD)
+                    if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
+                        clock.open.add(resource)
+                    else:
+                        clock.open.discard(resource)
+            sends = [cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
+            for part in partition_event:
+                mark = Watermark(f"usage|{part}|{clocks[part].time_ms}", f"usage|{part}",
+                                 max(0, clocks[part].time_ms - grace_ms), idle[part]).encode()
+                sends.extend(cost_windows.send(key=None, value=mark, partition=q) for q in range(partitions))
+            await deliver(sends)
             for resource, state in states.items():
-                # the resource's own samples arrive in order: everything before the start of its
-                # latest interval is complete
-                out.extend(usage.close(state, state.windows.last_start_ms))
                 _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
-            for part, part_event in partition_event.items():  # resources that went quiet
-                watermark = partition_time_ms[part] - grace_ms
-                for resource in list(open_resources[part]):
-                    if resource in states:
-                        continue
-                    state = ResourceState.from_dict(resource_windows.get(resource))
-                    closed = usage.close(state, watermark)
-                    if closed:
-                        out.extend(closed)
-                        _table_set(resource_windows, resource, state.to_dict(), part_event)
-                    if not state.windows.open:
-                        open_resources[part].discard(resource)
-            for cw in out:
-                await cost_windows.send(key=cw.workload.encode(), value=cw.encode())
+            for part, part_event in partition_event.items():
+                _table_set(resource_windows, _clock_key(part), clocks[part].to_dict(), part_event)
 
     @app.agent(cost_windows)
     async def decide(stream):
@@ -168,32 +280,50 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             states: dict[str, WorkloadState] = {}
             key_event: dict[str, object] = {}
             partition_event: dict[int, object] = {}
+            clocks: dict[int, PartitionClock] = {}
+            now = time.monotonic()
             for event in events:
+                part = event.message.partition
+                clock = clocks.get(part) or clocks.setdefault(
+                    part, PartitionClock.from_dict(workload_windows.get(_clock_key(part))))
+                partition_event[part] = event
                 try:
+                    if is_watermark(event.value):
+                        wm = Watermark.decode(event.value)
+                        if wm.ts_ms > clock.sources.get(wm.source, -1):
+                            source_advanced_at[(part, wm.source)] = now
+                        decider.on_watermark(clock, wm)
+                        continue
                     cw = CostWindow.decode(event.value)
                     state = states.get(cw.workload) or WorkloadState.from_dict(workload_windows.get(cw.workload))
-                    decider.add(state, cw)
-                    states[cw.workload] = state
+                    if decider.add(state, cw):
+                        states[cw.workload] = state
+                        key_event[cw.workload] = event
+                        clock.open.add(cw.workload)
                 except Exception as exc:
                     await reject(event, exc)
-                    continue
-                part = event.message.partition
-                key_event[cw.workload] = partition_event[part] = event
-                workload_time_ms[part] = max(workload_time_ms[part], cw.window_start_ms + cw.window_ms)
-                open_workloads[part].add(cw.workload)
+            out = []
             for part, part_event in partition_event.items():
-                for workload in list(open_workloads[part]):
+                clock = clocks[part]
+                stale = {s for s in clock.sources if now - source_advanced_at.setdefault((part, s), now) > IDLE_SOURCE_S}
+                waited_out = now - source_advanced_at.setdefault((part, "*"), now) > IDLE_SOURCE_S
+                watermark = clock.watermark(partitions, stale, waited_out)
+                if watermark is None:
+                    continue
+                for workload in sorted(clock.open):
                     state = states.get(workload)
                     if state is None:
                         state = states[workload] = WorkloadState.from_dict(workload_windows.get(workload))
                         key_event[workload] = part_event
-                    for decision in decider.close(workload, state, workload_time_ms[part]):
-                        await decisions.send(key=workload.encode(), value=decision.encode())
+                    out.extend(decider.close(workload, state, watermark, clock))
                     if not state.open:
-                        open_workloads[part].discard(workload)
+                        clock.open.discard(workload)
+                decider.forget_idle(clock, watermark)
+            await deliver([decisions.send(key=d.workload.encode(), value=d.encode()) for d in out])
             for workload, state in states.items():
                 _table_set(workload_windows, workload, state.to_dict(), key_event[workload])
+            for part, part_event in partition_event.items():
+                _table_set(workload_windows, _clock_key(part), clocks[part].to_dict(), part_event)
 
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app
-

@@ -261,3 +261,80 @@ def test_crossing_needs_margin_and_dwell_then_withdraws_with_hysteresis():
     later = [evaluate(state, window("onprem", 1000, 1000, D(8), (7 + i) * HOUR_MS), alt, th) for i in range(3)]
     assert [d is not None for d in later] == [False, False, True]
     assert later[-1].kind == "stay"
+
+
+def test_cloud_workload_fits_into_idle_owned_gpus_at_marginal_cost_else_buys_with_payback():
+    from costmodel import REPATRIATE_FILL_IDLE
+
+    w = window("cloud", 7 * HOUR_MS, 8 * HOUR_MS, D("32.7726"), 0)  # a p4d (8 A100) for one hour
+    fill = market().alternative(w, idle_gpus={"A100": D(8)})
+    # 8 idle A100 hold it: energy only, 0.4 kW * 1.5 PUE * $0.12 = $0.072 per GPU-hour (capex sunk, upkeep not marginal)
+    assert fill.kind == REPATRIATE_FILL_IDLE and fill.gpus_needed == 8
+    assert fill.cost_usd == 8 * D("0.072") and fill.payback_months(D("32.7726")) is None
+    # 7.5 idle GPUs are not enough: buy 8, full rate, payback = capex / (monthly cloud - monthly opex)
+    buy = market().alternative(w, idle_gpus={"A100": D("7.5")})
+    assert buy.kind == "repatriate_buy_capacity" and buy.gpus_needed == 8
+    assert buy.capex_usd == 8 * D(30000)
+    opex = D("0.072") + D(2900) / 8760
+    assert buy.payback_months(D("32.7726")) == D(240000) / ((D("32.7726") - 8 * opex) * 730)
+    # an H100 workload needs three A100s per H100: 8 H100 -> 24 A100, so 8 idle ones do not hold it
+    h100 = market().alternative(window("cloud", HOUR_MS, 8 * HOUR_MS, D("98.32"), 0, gpu_class="H100"),
+                                idle_gpus={"A100": D(8)})
+    assert h100.kind == "repatriate_buy_capacity" and h100.gpus_needed == 24
+
+
+def test_rental_ends_at_the_stop_or_two_minutes_after_a_spot_warning():
+    from costmodel import Rental
+
+    r = Rental(gpus=8)
+    assert r.on_event(30 * 60_000, "running", HOUR_MS)
+    assert not r.on_event(30 * 60_000, "running", HOUR_MS)  # a replay
+    assert r.close(HOUR_MS, HOUR_MS) == {0: 8 * 30 * 60_000}  # half an hour of 8 GPUs in window 0
+    r.on_event(HOUR_MS + 10 * 60_000, "spot_interruption_warning", HOUR_MS)
+    # no termination event ever arrives: the instance is reclaimed 120 s after the warning
+    assert r.close(3 * HOUR_MS, HOUR_MS) == {HOUR_MS: 8 * (10 * 60_000 + 120_000)}
+    assert r.running_since_ms is None
+    s = Rental(gpus=1)
+    s.on_event(0, "running", HOUR_MS)
+    s.on_event(HOUR_MS + 1_500, "stopped", HOUR_MS)  # billed by the second (here, by the millisecond)
+    assert s.close(10 * HOUR_MS, HOUR_MS) == {0: HOUR_MS, HOUR_MS: 1_500}
+    assert Rental.from_list(s.to_list()) == s
+
+
+def test_rented_time_without_samples_is_charged_to_the_instance_owner_as_allocated_time():
+    from costmodel import Usage, UsageKey, add_rented_time
+
+    sampled = [(UsageKey(0, "embed", "search", "cloud", "A100", "i-1"), Usage(allocated_gpu_ms=600, busy_gpu_ms=300))]
+    owner = UsageKey(0, "embed", "search", "cloud", "A100", "i-1")
+    merged = add_rented_time(sampled, {0: 1000, HOUR_MS: 400}, owner)
+    assert [(k.window_start_ms, u.allocated_gpu_ms, u.busy_gpu_ms) for k, u in merged] == [(0, 1000, 300),
+                                                                                           (HOUR_MS, 400, 0)]
+    # samples that cover more than the rented time (a late start event) are kept as they are
+    assert add_rented_time(sampled, {0: 500}, owner)[0][1].allocated_gpu_ms == 600
+
+
+def test_price_book_prices_a_window_at_the_price_in_force_when_it_started():
+    from costmodel import PriceBook
+
+    book = PriceBook()
+    assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 0) is None
+    book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 10 * HOUR_MS, D(14))
+    book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 0, D(12))  # arrives late, applies from 0
+    assert not book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 0, D(12))
+    assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 9 * HOUR_MS) == D(12)
+    assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 10 * HOUR_MS) == D(14)
+    offer = book.apply(market().offers[0], 5 * HOUR_MS)
+    assert offer.usd_per_hour == {"on_demand": D("32.7726"), "spot": D(12)}
+
+
+def test_a_sample_for_a_closed_window_is_refused_not_folded_into_a_new_one():
+    from costmodel import LateSample
+
+    state = ResourceWindows()
+    args = dict(interval_ms=60_000, window_ms=HOUR_MS, environment="onprem", resource="n1", gpus=[_reading(50)])
+    state.add_sample(ts_ms=60_000, **args)
+    state.close(HOUR_MS, HOUR_MS)  # the partition's watermark passed window 0 while this resource was quiet
+    with pytest.raises(LateSample, match="late sample"):
+        state.add_sample(ts_ms=30 * 60_000, **args)  # [0:29, 0:30) arrives after window 0 was emitted
+    assert state.add_sample(ts_ms=HOUR_MS + 60_000, **args)
+    assert ResourceWindows.from_dict(state.to_dict()).closed_through_ms == HOUR_MS

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import yaml
 
-from hybridspend.broker import Topics, ensure_topics, make_producer
+from hybridspend.broker import Topics, ensure_topics, make_producer, send_watermarks
 from hybridspend.config import load_config
 from hybridspend.demo import Services
 from hybridspend.events import GpuReading, GpuSample, WorkloadShare
@@ -103,6 +103,7 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
         producer.send(topics.gpu_samples, key=b"node-9", value=unknown_host.encode())
         for s in script():
             producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
+        send_watermarks(producer, topics, "test", s.ts_ms)  # the other partition has no samples
         producer.flush()
 
         posts = slack.wait_for(1, timeout_s=90)

@@ -60,11 +60,11 @@ def rollup(conn, table: str):
 
 
 def test_migrate_is_idempotent_records_version_and_engine(database):
-    assert migrate(database) == (0, 5, POSTGRESQL)
-    assert migrate(database) == (5, 5, POSTGRESQL)
+    assert migrate(database) == (0, 6, POSTGRESQL)
+    assert migrate(database) == (6, 6, POSTGRESQL)
     with psycopg.connect(database) as conn:
         check_schema(conn)
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4, 5]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4, 5, 6]
         partitioned = {r[0] for r in conn.execute(
             "SELECT c.relname FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid")}
         assert partitioned == {"cost_windows", "gpu_samples", "cost_lines"}

@@ -1,0 +1,137 @@
+"""Scenario tests: `hybridspend simulate` runs a month of a hybrid fleet through the real pipeline
+(local broker, Faust worker subprocesses, the sink, PostgreSQL) and the decisions it prints are
+checked against figures computed here by hand from the scenario file.
+
+The scenario is hybridspend/examples/scenarios/hybrid-month.yaml; the numbers below come from it:
+A100 assets at $30,000 per GPU over 36 months, 400 W x PUE 1.5 x $0.10/kWh, $1.00/GPU-hour upkeep;
+live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h; H100 = 3 A100.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from decimal import ROUND_HALF_EVEN, Decimal as D
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIO = Path(__file__).resolve().parents[1] / "hybridspend" / "examples" / "scenarios" / "hybrid-month.yaml"
+MICRO = D("0.000001")
+
+CAPEX = D(30000) / (36 * 730)  # per A100-hour
+ENERGY = D(400) / 1000 * D("1.5") * D("0.10")  # 0.06 per A100-hour at the configured (and measured) 400 W
+UPKEEP = D(70080) / 8 / 8760  # 1.00 per A100-hour
+A100_RATE = CAPEX + ENERGY + UPKEEP
+P4D, P5 = D(32) / 8, D(64) / 8  # per GPU-hour
+
+
+def simulate(*extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "hybridspend.cli", "simulate", str(SCENARIO), "--json", *extra],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> dict:
+    return simulate()
+
+
+def by_workload(result: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in result["decisions"]:
+        out.setdefault(d["workload"], []).append(d)
+    return out
+
+
+def close(value: str, expected: D, tolerance: D = D("0.000002")) -> bool:
+    return abs(D(value) - expected) <= tolerance
+
+
+def test_cloud_workload_at_high_utilization_repatriates_into_idle_onprem_a100s(one_worker):
+    (d,) = by_workload(one_worker)["embed"]
+    # a p4d at 90 %: 8 GPU-hours cost $32 a window; 16 owned A100 sit idle (node 03, half of 01 and 02),
+    # so it fits: the marginal cost is their energy, 8 x $0.06 = $0.48 a window (capex is sunk)
+    assert (d["kind"], d["from_env"], d["to_env"], d["gpus_needed"]) == ("repatriate_fill_idle", "cloud", "onprem", 8)
+    assert d["decided_at"] == "2026-11-02T03:00:00Z"  # three hourly windows: the dwell
+    busy_h = 3 * 8 * D("0.9")
+    assert close(d["current_usd_per_busy_gpu_hour"], (3 * 8 * P4D / busy_h).quantize(MICRO))
+    assert close(d["alternative_usd_per_busy_gpu_hour"], (3 * 8 * ENERGY / busy_h).quantize(MICRO))
+    assert D(d["monthly_savings_usd"]) == (3 * 8 * P4D - 3 * 8 * ENERGY) / 3 * 730  # = $23,009.60
+    assert D(d["confidence"]) == 1 and d["payback_months"] is None
+
+
+def test_onprem_workload_falling_to_15_percent_migrates_to_cloud_at_the_right_rate(one_worker):
+    (d,) = by_workload(one_worker)["train-vision"]
+    # 4 owned A100 cost their full rate every hour; at 15 % they do 0.6 busy GPU-hours a window.
+    # The cheapest cloud for that work: a p5 at $8/H100-hour, a third of an H100 per A100 -> $2.67/A100-hour
+    window_usd = (4 * A100_RATE).quantize(MICRO, rounding=ROUND_HALF_EVEN)
+    busy_h = 3 * 4 * D("0.15")
+    alt_usd = busy_h * P5 / 3
+    assert (d["kind"], d["from_env"], d["to_env"]) == ("migrate_to_cloud", "onprem", "cloud")
+    assert d["alternative"] == "aws us-east-1 p5.48xlarge on_demand"
+    assert d["decided_at"] == "2026-11-02T07:00:00Z"  # the drop is at hour 4; windows 4, 5, 6
+    assert D(d["utilization"]) == D("0.15")
+    assert close(d["current_usd_per_busy_gpu_hour"], (3 * window_usd / busy_h).quantize(MICRO))  # $14.68
+    assert close(d["alternative_usd_per_busy_gpu_hour"], (alt_usd / busy_h).quantize(MICRO))  # $2.67
+    assert close(d["monthly_savings_usd"], ((3 * window_usd - alt_usd) / 3 * 730).quantize(MICRO), D("0.00001"))
+
+
+def test_workload_oscillating_around_breakeven_for_a_month_gets_one_decision(one_worker):
+    decisions = by_workload(one_worker)["research"]
+    # between 55 % and 80 % every 12 hours: it crosses below the breakeven (less the margin) twice a day,
+    # 60 times in the month; the hysteresis needs 90.8 % to flip back, which it never reaches
+    assert len(decisions) == 1
+    (d,) = decisions
+    breakeven = 4 * A100_RATE / (4 * P5 / 3)  # busy share of 4 GPUs at which the cloud costs the same
+    assert d["kind"] == "migrate_to_cloud" and D(d["utilization"]) < breakeven / D("1.1")
+
+
+def test_h100_cloud_workload_is_compared_with_onprem_a100s_through_the_throughput_table(one_worker):
+    (d,) = by_workload(one_worker)["llm"]
+    # 8 H100 do the work of 24 A100: not enough idle ones, so buy 24 at the full rate
+    assert (d["kind"], d["gpus_needed"]) == ("repatriate_buy_capacity", 24)
+    busy_h = 3 * 8 * D("0.9")
+    assert close(d["current_usd_per_busy_gpu_hour"], (3 * 8 * P5 / busy_h).quantize(MICRO))
+    assert close(d["alternative_usd_per_busy_gpu_hour"], (3 * 24 * A100_RATE / busy_h).quantize(MICRO))
+    # payback = capex / (monthly cloud - monthly on-prem opex of the 24 GPUs)
+    payback = 24 * D(30000) / ((8 * P5 - 24 * (ENERGY + UPKEEP)) * 730)
+    assert close(d["payback_months"], payback.quantize(MICRO))  # about 25.6 months
+
+
+def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_worker):
+    batch = next(w for w in one_worker["workloads"] if w["workload"] == "batch")
+    # runs 10.5 h -> 100.25 h, then 200 h until the spot interruption at 350.3 h, 8 GPUs each
+    assert D(batch["allocated_gpu_hours"]) == 8 * (D("89.75") + D("150.3"))
+    (aws,) = one_worker["reconciliation"]
+    # the bill is generated by the second at the published prices; the live estimate must agree within 1 %
+    assert abs(D(aws["estimate_error_pct"])) < 1
+    assert aws["hours_estimated_not_billed"] == 0 and aws["hours_billed_not_estimated"] == 0
+    spec = yaml.safe_load(SCENARIO.read_text())
+    hours = D(spec["hours"])
+    expected_billed = hours * 32 + hours * 64 + D("89.75") * 12 + (300 - 200) * 12 + (D("350.3") - 300) * 14
+    assert D(aws["billed_usd"]).quantize(D("0.01")) == expected_billed.quantize(D("0.01"))
+    assert one_worker["dead_letters"] == 0
+
+
+def test_two_workers_and_a_killed_worker_give_the_same_results_as_one(one_worker):
+    two = simulate("--workers", "2")
+    assert two["cost_windows_digest"] == one_worker["cost_windows_digest"]
+    assert two["decisions"] == one_worker["decisions"]
+    killed = simulate("--kill-worker-at", "300")
+    assert killed["cost_windows_digest"] == one_worker["cost_windows_digest"]
+    assert killed["decisions"] == one_worker["decisions"]
+    assert killed["reconciliation"] == one_worker["reconciliation"]
+
+
+def test_a_broken_scenario_is_refused_with_the_field_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstart: 2026-11-02T00:00:00Z\nhours: 2\n"
+                   "workloads: [{name: w, runs_on: nowhere, utilization: [[0, 50]]}]\n")
+    done = subprocess.run([sys.executable, "-m", "hybridspend.cli", "simulate", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "invalid scenario" in done.stderr and "'nowhere', which is neither a host nor an instance" in done.stderr
