@@ -176,7 +176,15 @@ def reconciliation() -> dict:
               FROM estimate_vs_billed_daily
              WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
              ORDER BY day DESC, workload""", fmt="table", w=24, h=10, y=8),
-    ], "Live estimates against the bill when it arrives.", time_from="now-30d")
+        _panel(3, "Estimate error per provider (hours on both sides)", "table", """
+            SELECT provider, sum(estimated_usd) AS estimated_usd, sum(billed_usd) AS billed_usd,
+                   (sum(estimated_usd) - sum(billed_usd)) / NULLIF(sum(billed_usd), 0) AS estimate_error_ratio,
+                   count(*) FILTER (WHERE billed_usd IS NULL) AS resource_hours_not_billed_yet
+              FROM estimate_vs_billed_hourly
+             WHERE $__timeFilter(hour)
+             GROUP BY provider ORDER BY provider""", fmt="table", w=24, h=6, y=18),
+    ], "Live estimates (instance state x live price) against the bill when it arrives, matched by resource "
+       "and hour.", time_from="now-30d")
 
 
 def pipeline() -> dict:

@@ -154,6 +154,13 @@ def results(conn, scenario: Scenario) -> dict[str, Any]:
             " count(*) FILTER (WHERE billed_usd IS NULL), count(*) FILTER (WHERE estimated_usd IS NULL)"
             " FROM estimate_vs_billed_hourly GROUP BY 1 ORDER BY 1")
     ] if scenario.billed else []
+    rolling = [
+        {"span": r[0], "workload": r[1], "environment": r[2], "until": r[3].strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "allocated_gpu_hours": num(r[4]), "busy_gpu_hours": num(r[5]), "cost_usd": num(r[6])}
+        for r in conn.execute(
+            "SELECT span, workload, environment, until, allocated_gpu_hours, busy_gpu_hours, cost_usd"
+            " FROM workload_rolling ORDER BY workload, environment, span")
+    ]
     digest = hashlib.sha256()
     for row in conn.execute(
             "SELECT window_start, resource, workload, environment, gpu_class, allocated_gpu_ms, busy_gpu_ms,"
@@ -165,6 +172,7 @@ def results(conn, scenario: Scenario) -> dict[str, Any]:
         "from": iso(scenario.start_ms), "to": iso(scenario.end_ms),
         "decisions": decisions,
         "workloads": workloads,
+        "rolling": rolling,
         "idle_onprem_cost_usd": str(idle),
         "reconciliation": reconciliation,
         "dead_letters": conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0],

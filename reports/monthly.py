@@ -120,16 +120,19 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
     observed_ms = max(1, days) * 24 * MS_PER_HOUR
     cur = conn.execute(
         """
-        SELECT workload, max(team) AS team, environment, gpu_class,
-               sum(allocated_gpu_ms) FILTER (WHERE basis = 'estimated') AS allocated_gpu_ms,
-               sum(busy_gpu_ms) FILTER (WHERE basis = 'estimated') AS busy_gpu_ms,
-               coalesce(sum(cost_usd) FILTER (WHERE basis = 'estimated'), 0) AS estimated_usd,
-               sum(cost_usd) FILTER (WHERE basis = 'billed') AS billed_usd
-          FROM cost_daily
-         WHERE bucket >= %s AND bucket < %s AND workload <> 'idle'
-         GROUP BY workload, environment, gpu_class
-         ORDER BY estimated_usd DESC, workload
-        """, (start, end))
+        WITH billed AS (
+            SELECT workload, environment, sum(billed_usd) AS billed_usd FROM estimate_vs_billed_daily
+             WHERE day >= %(start)s AND day < %(end)s GROUP BY 1, 2
+        )
+        SELECT c.workload, max(c.team) AS team, c.environment, c.gpu_class,
+               sum(c.allocated_gpu_ms) AS allocated_gpu_ms, sum(c.busy_gpu_ms) AS busy_gpu_ms,
+               coalesce(sum(c.cost_usd), 0) AS estimated_usd, max(b.billed_usd) AS billed_usd
+          FROM cost_daily c
+          LEFT JOIN billed b ON b.workload = c.workload AND b.environment = c.environment
+         WHERE c.basis = 'estimated' AND c.bucket >= %(start)s AND c.bucket < %(end)s AND c.workload <> 'idle'
+         GROUP BY c.workload, c.environment, c.gpu_class
+         ORDER BY estimated_usd DESC, c.workload
+        """, {"start": start, "end": end})
     names = [c.name for c in cur.description]
     rows = [dict(zip(names, r)) for r in cur.fetchall()]
     decisions = {

@@ -220,9 +220,10 @@ class WorkloadState:
 class PartitionClock:
     """Per partition of a consumed topic: event-time progress and what it must remember across restarts.
 
-    For the usage agent: ``time_ms`` is the latest event time seen and ``open`` the resources with
-    open windows.  For the decision agent: ``sources`` holds the watermark of every upstream
-    partition, ``idle`` the idle owned capacity they reported, ``open`` the workloads with open windows.
+    ``sources`` holds the event time reached by every input: for the usage agent, each input
+    topic (samples, instance events); for the decision agent, each upstream usage partition.
+    ``open`` lists the keys with open windows; ``idle`` (decision agent) the idle owned capacity
+    the upstream partitions reported.
     """
 
     open: set[str] = field(default_factory=set)
@@ -244,10 +245,6 @@ class PartitionClock:
         self.sources[source] = ts_ms
         return True
 
-    @property
-    def time_ms(self) -> int:
-        """Event time of the partition: the slowest of its inputs (the topics are not ordered among themselves)."""
-        return min(self.sources.values()) if self.sources else 0
 
     def watermark(self, expected_sources: int, stale: set[str] = frozenset(), waited_out: bool = False) -> int | None:
         """The event time before which every upstream source is complete (None: still waiting).

@@ -179,7 +179,9 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     usage = UsageProcessor(config, prices)
     decider = DecisionProcessor(config, prices)
     grace_ms = config.thresholds.grace_seconds * 1000
-    source_advanced_at: dict[tuple[int, str], float] = {}  # (partition, source) -> wall clock of last advance
+    # wall clock of the last advance of each (partition, input topic) and (partition, upstream source)
+    input_advanced_at: dict[tuple[int, str], float] = {}
+    source_advanced_at: dict[tuple[int, str], float] = {}
 
     @app.task
     async def load_prices() -> None:
@@ -207,6 +209,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     async def account_usage(stream):
         await prices_ready.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            now = time.monotonic()
             states: dict[str, ResourceState] = {}
             key_event: dict[str, object] = {}  # an event of each key's partition
             partition_event: dict[int, object] = {}
@@ -217,7 +220,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     part, PartitionClock.from_dict(resource_windows.get(_clock_key(part))))
                 try:
                     if is_watermark(event.value):
-                        clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms)
+                        if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):
+                            input_advanced_at[(part, event.message.topic)] = now
                         partition_event[part] = event
                         continue
                     if event.message.topic == topics.instance_events:
@@ -239,13 +243,19 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     await reject(event, exc)
                     continue
                 key_event[resource] = partition_event[part] = event
-                clock.advance(event.message.topic, ts_ms)
+                if clock.advance(event.message.topic, ts_ms):
+                    input_advanced_at[(part, event.message.topic)] = now
                 clock.open.add(resource)
             out: list[CostWindow] = []
             idle: dict[int, list] = defaultdict(list)
+            marks: dict[int, int] = {}
             for part, part_event in partition_event.items():
                 clock = clocks[part]
-                watermark = clock.time_ms - grace_ms
+                # the input topics are not ordered among themselves: the partition is as far as the slower
+                # one, unless that one has been silent for a while (no cloud collector marking it)
+                stale = {t for t in clock.sources if now - input_advanced_at.setdefault((part, t), now) > IDLE_SOURCE_S}
+                marks[part] = clock.watermark(1, stale) or 0
+                watermark = marks[part] - grace_ms
                 resources = clock.open | {r for r, e in key_event.items() if e.message.partition == part}
                 for resource in sorted(resources):
                     state = states.get(resource)
@@ -265,8 +275,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         clock.open.discard(resource)
             sends = [cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
             for part in partition_event:
-                mark = Watermark(f"usage|{part}|{clocks[part].time_ms}", f"usage|{part}",
-                                 max(0, clocks[part].time_ms - grace_ms), idle[part]).encode()
+                mark = Watermark(f"usage|{part}|{marks[part]}", f"usage|{part}", max(0, marks[part] - grace_ms),
+                                 idle[part]).encode()
                 sends.extend(cost_windows.send(key=None, value=mark, partition=q) for q in range(partitions))
             await deliver(sends)
             for resource, state in states.items():

@@ -18,12 +18,13 @@ import psycopg
 import pytest
 
 from dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
-from hybridspend.events import BreakevenDecision, CostWindow, DeadLetter, GpuReading, GpuSample, WorkloadShare
+from hybridspend.events import BreakevenDecision, CostLine, CostWindow, DeadLetter, GpuReading, GpuSample, WorkloadShare
 from hybridspend.broker import Topics
 from storage.db import migrate, sync_budgets
 from storage.sink import (
     Batch,
     Sink,
+    cost_line_row,
     cost_window_row,
     dead_letter_row,
     decision_row,
@@ -80,13 +81,22 @@ def _seed(dsn: str, now: datetime) -> None:
     for i in range(3 * 96):
         ws = start_ms + i * 900_000
         for name, team, env in workloads:
-            for basis in ("estimated", "billed") if env == "cloud" else ("estimated",):
-                cost = D(1000 + i) / 1000 * (D("1.02") if basis == "billed" else 1)
-                batch.add("cost_windows", cost_window_row(CostWindow(
-                    event_id=f"r|{name}|{ws}", workload=name, team=team, allow_spot=False, environment=env,
-                    gpu_class="A100", resource="r1", window_start_ms=ws, window_ms=900_000,
-                    allocated_gpu_ms=900_000, busy_gpu_ms=0 if name == "idle" else 600_000, metered_gpu_ms=900_000,
-                    energy_mj=10**8, sample_count=15, first_ms=ws, last_ms=ws + 900_000, cost_usd=cost, basis=basis)))
+            cost = D(1000 + i) / 1000
+            resource = f"i-{name}" if env == "cloud" else "node-1"
+            batch.add("cost_windows", cost_window_row(CostWindow(
+                event_id=f"r|{name}|{ws}", workload=name, team=team, allow_spot=False, environment=env,
+                gpu_class="A100", resource=resource, window_start_ms=ws, window_ms=900_000,
+                allocated_gpu_ms=900_000, busy_gpu_ms=0 if name == "idle" else 600_000, metered_gpu_ms=900_000,
+                energy_mj=10**8, sample_count=15, first_ms=ws, last_ms=ws + 900_000, cost_usd=cost,
+                provider="aws" if env == "cloud" else "")))
+            if env == "cloud":  # the bill: 2 % above the live estimate
+                batch.add("cost_lines", cost_line_row(CostLine(
+                    event_id=f"bill|{name}|{ws}", provider="aws", provider_name="AWS", billing_account="1",
+                    billing_period_start_ms=ws, resource_id=f"arn:aws:ec2:us-east-1:1:instance/{resource}",
+                    charge_period_start_ms=ws, charge_period_end_ms=ws + 900_000, charge_category="Usage",
+                    billed_cost_usd=cost * D("1.02"), effective_cost_usd=cost * D("1.02"), service="ec2", sku="",
+                    region="us-east-1", instance_type="p4d.24xlarge", gpu_class="A100", gpus=8, source="test",
+                    export_version="1")))
         if i % 4 == 0:
             sample = GpuSample(f"s{i}", ws, 60_000, "node-1", "onprem", "nvml", [
                 GpuReading("GPU-0", 0, "A100", "A100", 55.0, 1, 2, 300_000, [WorkloadShare("train", "ml")])])
@@ -133,6 +143,15 @@ def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
                         assert columns[0] == "time", f"{where}: first column is {columns[0]}"
                         assert "value" in columns or len(columns) == 2, f"{where}: {columns}"
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1  # the hostile name stayed data
+        # the bill is 2 % above the estimate, matched by instance id out of the ARN, attributed to its workload
+        ((provider, estimated, billed, error, unbilled),) = conn.execute(expand(
+            next(p for p in all_dashboards()["hybridspend-reconciliation"]["panels"] if p["id"] == 3)
+            ["targets"][0]["rawSql"], time_from=now - timedelta(days=7), time_to=now, interval="1h",
+            variables=variables)).fetchall()
+        assert provider == "aws" and billed == estimated * D("1.02") and unbilled == 0
+        assert round(error, 6) == round(1 / D("1.02") - 1, 6)
+        daily = dict(conn.execute("SELECT workload, sum(billed_usd) FROM estimate_vs_billed_daily GROUP BY 1"))
+        assert set(daily) == {"embed", HOSTILE}
 
 
 class FakeGrafana:

@@ -117,6 +117,15 @@ def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_wo
     assert one_worker["dead_letters"] == 0
 
 
+def test_rolling_windows_per_workload_and_environment_end_at_the_last_closed_window(one_worker):
+    embed = {r["span"]: r for r in one_worker["rolling"] if r["workload"] == "embed"}
+    for span, hours in (("1h", 1), ("24h", 24), ("7d", 168)):
+        assert embed[span]["until"] == "2026-12-02T00:00:00Z"
+        assert D(embed[span]["allocated_gpu_hours"]) == 8 * hours  # one p4d all month
+        assert D(embed[span]["busy_gpu_hours"]) == 8 * hours * D("0.9")
+        assert D(embed[span]["cost_usd"]) == 8 * hours * P4D
+
+
 def test_two_workers_and_a_killed_worker_give_the_same_results_as_one(one_worker):
     two = simulate("--workers", "2")
     assert two["cost_windows_digest"] == one_worker["cost_windows_digest"]

@@ -37,3 +37,20 @@ SELECT s.span, c.workload, c.environment, l.at AS until,
   FROM latest l CROSS JOIN spans s
   JOIN cost_windows c ON c.basis = 'estimated' AND c.window_end > l.at - s.width AND c.window_end <= l.at
  GROUP BY s.span, s.width, c.workload, c.environment, l.at;
+
+-- The daily view the dashboards and the report read, now from the matched hours above: billed lines
+-- carry no workload, so each resource-day is attributed to the workload that ran most of it.
+CREATE OR REPLACE VIEW estimate_vs_billed_daily AS
+WITH owner AS (
+    SELECT DISTINCT ON (day, resource) day, resource, workload
+      FROM (SELECT date_trunc('day', window_start) AS day, resource, workload, sum(allocated_gpu_ms) AS ms
+              FROM cost_windows WHERE environment = 'cloud' GROUP BY 1, 2, 3) t
+     ORDER BY day, resource, ms DESC, workload
+)
+SELECT date_trunc('day', h.hour) AS day, coalesce(o.workload, 'unattributed') AS workload,
+       'cloud'::text AS environment,
+       sum(h.estimated_usd) AS estimated_usd, sum(h.billed_usd) AS billed_usd,
+       (sum(h.estimated_usd) - sum(h.billed_usd)) / NULLIF(sum(h.billed_usd), 0) AS estimate_error_ratio
+  FROM estimate_vs_billed_hourly h
+  LEFT JOIN owner o ON o.day = date_trunc('day', h.hour) AND o.resource = h.resource
+ GROUP BY 1, 2;
