@@ -1,0 +1,84 @@
+"""Driver for the Faust benchmarks (run as a subprocess: a Faust worker owns its process).
+
+    python -m bench.faust_run noop|pipeline CONFIG.yaml BOOTSTRAP EXPECTED_MESSAGES RESULT.json
+
+``noop``: one agent reads the samples topic in batches, as the pipeline does, and does nothing
+else: the framework's own limit.  ``pipeline``: the real topology (``streams.topology``).  Both
+time from the first batch in hand to the end of the batch that held the last expected message,
+write the figure to RESULT.json and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+
+import faust
+
+from hybridspend.broker import LOCAL_PROFILE, Topics
+from hybridspend.config import load_config
+
+
+def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path: str) -> None:
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    progress = {"first": None, "last": None, "messages": 0, "outputs": 0}
+
+    def seen(n: int) -> None:
+        now = time.perf_counter()
+        if progress["first"] is None:
+            progress["first"] = now
+        progress["messages"] += n
+        progress["last"] = now
+
+    if mode == "noop":
+        app = faust.App(f"bench-noop-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
+                        key_serializer="raw", value_serializer="raw", topic_partitions=topics.partitions,
+                        consumer_auto_offset_reset="earliest", web_enabled=False, **LOCAL_PROFILE.faust_settings)
+        source = app.topic(topics.gpu_samples, key_type=bytes, value_type=bytes, partitions=topics.partitions)
+
+        @app.agent(source)
+        async def noop(stream):
+            async for events in stream.take_events(5000, within=0.2):
+                seen(len(events))
+    else:
+        from streams import processing
+        from streams.topology import build_app
+
+        add, close = processing.UsageProcessor.add, processing.UsageProcessor.close
+
+        def counting_add(self, state, sample):
+            result = add(self, state, sample)
+            seen(1)
+            return result
+
+        def timed_close(self, state, resource, watermark_ms):
+            out = close(self, state, resource, watermark_ms)
+            progress["outputs"] += len(out)
+            if progress["messages"]:
+                progress["last"] = time.perf_counter()
+            return out
+
+        processing.UsageProcessor.add = counting_add
+        processing.UsageProcessor.close = timed_close
+        app = build_app(config, bootstrap, LOCAL_PROFILE, app_id=f"bench-pipeline-{uuid.uuid4().hex[:6]}")
+
+    @app.timer(0.25)
+    async def finished() -> None:
+        if progress["messages"] >= expected and time.perf_counter() - progress["last"] > 1.0:
+            elapsed = progress["last"] - progress["first"]
+            with open(result_path, "w") as f:
+                json.dump({"messages": progress["messages"], "seconds": elapsed,
+                           "cost_windows": progress["outputs"]}, f)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    worker = faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
