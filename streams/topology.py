@@ -37,7 +37,7 @@ import faust
 from faust.streams import _current_event
 
 from costmodel import IDLE_WORKLOAD, PriceBook
-from hybridspend.broker import BrokerProfile, Topics, client_security
+from hybridspend.broker import BrokerProfile, Topics, apply_fetch_wait_to_faust, client_security
 from hybridspend.config import Config
 from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample, InstanceEvent, PriceUpdate, \
     Watermark, is_watermark
@@ -147,6 +147,7 @@ def _clock_key(partition: int) -> str:
 def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: str = "hybridspend") -> faust.App:
     topics = Topics.from_config(config.kafka)
     partitions = topics.partitions
+    apply_fetch_wait_to_faust(profile)
     app = faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
