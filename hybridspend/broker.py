@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import KafkaConfig
+from .config import ConfigError, KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ def client_security(kafka: KafkaConfig) -> dict[str, Any]:
     if kafka.security_protocol.startswith("SASL"):
         password = kafka.sasl_password.resolve() if kafka.sasl_password else None
         if not password:
-            raise RuntimeError(f"kafka.sasl_password: {kafka.sasl_password.describe() if kafka.sasl_password else 'missing'}")
+            where = kafka.sasl_password.describe() if kafka.sasl_password else "not configured"
+            raise ConfigError(f"kafka.sasl_password: no value ({where}); {kafka.security_protocol} needs one")
         settings.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
@@ -128,7 +129,7 @@ def client_security(kafka: KafkaConfig) -> dict[str, Any]:
 
 
 def ensure_topics(bootstrap: str, kafka: KafkaConfig, topics: Topics, extra: dict[str, int] | None = None,
-                  timeout_s: float = 30) -> None:
+                  timeout_s: float | None = None) -> None:
     """Create every topic with its partition count; fail clearly if one exists with another count."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -137,9 +138,10 @@ def ensure_topics(bootstrap: str, kafka: KafkaConfig, topics: Topics, extra: dic
     wanted = {name: topics.partitions for name in topics.all()}
     wanted.update(extra or {})
     admin = connect_with_retry(
-        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-admin", **client_security(kafka)),
+        lambda: KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-admin",
+                                 bootstrap_timeout_ms=attempt_timeout_ms(kafka), **client_security(kafka)),
         what=f"Kafka at {bootstrap}",
-        timeout_s=timeout_s,
+        timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s,
     )
     try:
         existing = set(admin.list_topics())
@@ -157,6 +159,11 @@ def ensure_topics(bootstrap: str, kafka: KafkaConfig, topics: Topics, extra: dic
                 )
     finally:
         admin.close()
+
+
+def attempt_timeout_ms(kafka: KafkaConfig) -> int:
+    """One connection attempt's share of ``connect_timeout_seconds``: a few attempts, with backoff between."""
+    return int(max(1.0, min(10.0, kafka.connect_timeout_seconds / 3)) * 1000)
 
 
 def connect_with_retry(factory, *, what: str, timeout_s: float = 30, first_delay_s: float = 0.2):
@@ -178,7 +185,7 @@ def connect_with_retry(factory, *, what: str, timeout_s: float = 30, first_delay
             delay = min(delay * 2, 5.0)
 
 
-def make_producer(bootstrap: str, kafka: KafkaConfig, timeout_s: float = 30, **overrides: Any):
+def make_producer(bootstrap: str, kafka: KafkaConfig, timeout_s: float | None = None, **overrides: Any):
     from kafka import KafkaProducer
 
     settings = dict(
@@ -187,10 +194,12 @@ def make_producer(bootstrap: str, kafka: KafkaConfig, timeout_s: float = 30, **o
         linger_ms=20,
         retries=10,
         client_id="hybridspend",
+        bootstrap_timeout_ms=attempt_timeout_ms(kafka),
         **client_security(kafka),
     )
     settings.update(overrides)
-    return connect_with_retry(lambda: KafkaProducer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
+    return connect_with_retry(lambda: KafkaProducer(**settings), what=f"Kafka at {bootstrap}",
+                              timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s)
 
 
 WATERMARK_EVERY_MS = 60_000  # how often collectors mark every partition with their clock
@@ -212,7 +221,7 @@ def send_watermarks(producer, topics: Topics, source: str, ts_ms: int,
 
 
 def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str, topics: list[str],
-                  timeout_s: float = 30, **overrides: Any):
+                  timeout_s: float | None = None, **overrides: Any):
     from kafka import KafkaConsumer
 
     settings = dict(
@@ -223,12 +232,14 @@ def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, gr
         session_timeout_ms=profile.session_timeout_ms,
         heartbeat_interval_ms=profile.heartbeat_interval_ms,
         fetch_max_wait_ms=profile.fetch_max_wait_ms,
+        bootstrap_timeout_ms=attempt_timeout_ms(kafka),
         max_poll_records=2000,
         client_id=group_id,
         **client_security(kafka),
     )
     settings.update(overrides)
-    consumer = connect_with_retry(lambda: KafkaConsumer(**settings), what=f"Kafka at {bootstrap}", timeout_s=timeout_s)
+    consumer = connect_with_retry(lambda: KafkaConsumer(**settings), what=f"Kafka at {bootstrap}",
+                                  timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s)
     consumer.subscribe(topics)
     return consumer
 

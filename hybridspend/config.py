@@ -75,6 +75,8 @@ class KafkaConfig(_Strict):
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1)
     topic_prefix: str = Field(default="hybridspend.", pattern=r"^[A-Za-z0-9._-]*$")
+    connect_timeout_seconds: float = Field(
+        default=30, gt=0, description="how long a command retries an unreachable broker before it gives up")
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> "KafkaConfig":

@@ -92,3 +92,32 @@ def test_config_check_fails_with_message_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "onprem_assets[0].gpu_class: Field required" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_kafka_tls_and_sasl_settings_reach_every_client_with_the_password_from_the_environment(monkeypatch):
+    import ssl
+
+    import faust
+
+    from hybridspend.broker import client_security
+    from hybridspend.config import Config, KafkaConfig
+    from streams.topology import _credentials
+
+    kafka = KafkaConfig(bootstrap_servers="kafka.internal:9093", security_protocol="SASL_SSL",
+                        sasl_mechanism="SCRAM-SHA-512", sasl_username="hybridspend",
+                        sasl_password={"env": "TEST_KAFKA_PASSWORD"})
+    with pytest.raises(ConfigError, match="kafka.sasl_password: no value \\(env:TEST_KAFKA_PASSWORD \\(not set"):
+        client_security(kafka)
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "s3cret-kafka-pw")
+    assert client_security(kafka) == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "hybridspend", "sasl_plain_password": "s3cret-kafka-pw"}
+    config = Config(kafka=kafka)
+    credentials = _credentials(config)  # what the Faust workers connect with
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism.value == "SCRAM-SHA-512" and credentials.username == "hybridspend"
+    assert isinstance(credentials.ssl_context, ssl.SSLContext)
+    assert "s3cret-kafka-pw" not in json.dumps(config.redacted())
+    tls = Config(kafka=KafkaConfig(security_protocol="SSL"))
+    assert isinstance(_credentials(tls), faust.SSLCredentials)
+    assert _credentials(Config()) is None

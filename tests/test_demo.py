@@ -15,9 +15,16 @@ def _children_alive(names=("tansu", "postgres")):
             if p.info["name"] in names and any("hs-demo-test" in (c or "") for c in (p.info["cmdline"] or []))]
 
 
-def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path):
+SECRETS = {
+    "HYBRIDSPEND_SLACK_PLATFORM_WEBHOOK": "/services/T0SECRET1/B0SECRET1/platformWebhookSecretValue",
+    "HYBRIDSPEND_SLACK_FINANCE_WEBHOOK": "/services/T0SECRET2/B0SECRET2/financeWebhookSecretValue",
+}
+
+
+def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
     state = tmp_path / "hs-demo-test"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDSPEND")}
+    env.update({name: slack.url + path for name, path in SECRETS.items()})
     proc = subprocess.run(
         [sys.executable, "-m", "hybridspend.cli", "demo", "--state-dir", str(state), "--hours", "14", "--speed", "4000"],
         capture_output=True, text=True, env=env, timeout=240,
@@ -30,6 +37,15 @@ def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path):
     assert "[2 alert(s) delivered]" in out
     assert "Dead letters: 0" in out
     assert (state / "config.yaml").exists() and (state / "pgdata").exists()
-    alerts = (state / "logs" / "alerter.log").read_text()
-    assert "[alert:platform] Migrate to cloud: ml-train-vision" in alerts
+    posted = {(p["path"], p["body"]["text"].split(" (")[0]) for p in slack.posts}
+    assert (SECRETS["HYBRIDSPEND_SLACK_PLATFORM_WEBHOOK"], "Migrate to cloud: ml-train-vision") in posted
     assert not _children_alive()
+    # the webhook URLs are secrets: nothing the demo printed or logged may contain them
+    secret_parts = [part for path in SECRETS.values() for part in path.split("/") if "SECRET" in part or "Secret" in part]
+    written = [out, proc.stderr] + [f.read_text(errors="replace") for f in (state / "logs").rglob("*") if f.is_file()]
+    written += [(state / name).read_text(errors="replace") for name in ("config.yaml", "broker.log")
+                if (state / name).exists()]
+    assert len(written) >= 5  # stdout, stderr, the worker's, sink's and alerter's logs at least
+    for text in written:
+        for part in secret_parts:
+            assert part not in text

@@ -189,7 +189,7 @@ def test_database_outage_mid_stream_loses_nothing(broker, topic_prefix):
                 time.sleep(0.1)
             pg.pg_ctl("stop")  # mid-stream: part of the first half may not be written yet
             _produce(broker, topics, windows[500:])
-            time.sleep(3)
+            time.sleep(60)  # down for a minute while the stream goes on
             assert sink.outages > 0
             pg.pg_ctl("start")
             deadline = time.monotonic() + 60
