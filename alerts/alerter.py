@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Callable
 
 import psycopg
@@ -20,7 +21,8 @@ from psycopg.types.json import Jsonb
 from hybridspend.config import AlertRoute, Config
 from hybridspend.events import BreakevenDecision, EventError
 
-from .slack import decision_message
+from .checks import Figures, Notice, all_notices
+from .slack import decision_message, notice_message
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,28 @@ def post_webhook(url: str, payload: dict, timeout_s: float = 10) -> Delivery:
     return Delivery(200 <= response.status_code < 300, response.status_code, retry_after, str(response.body)[:300])
 
 
+def post_chat(token: str, channel: str, payload: dict, api_url: str = "https://slack.com/api/",
+              timeout_s: float = 10) -> Delivery:
+    """chat.postMessage with a bot token; Slack answers 200 with ``ok: false`` for its own errors."""
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    client = WebClient(token=token, base_url=api_url, timeout=int(timeout_s))
+    try:
+        response = client.chat_postMessage(channel=channel, text=payload["text"], blocks=payload.get("blocks"))
+        return Delivery(True, response.status_code, None, "ok")
+    except SlackApiError as exc:
+        status = exc.response.status_code
+        header = {k.lower(): v for k, v in (exc.response.headers or {}).items()}.get("retry-after")
+        try:
+            retry_after = float(header[0] if isinstance(header, list) else header) if status == 429 else None
+        except (TypeError, ValueError):
+            retry_after = None
+        return Delivery(False, status, retry_after, str(exc.response.get("error", ""))[:300])
+    except Exception as exc:  # connection refused, DNS, timeout: retry later
+        return Delivery(False, 0, None, f"{type(exc).__name__}: {exc}"[:300])
+
+
 def routes_for(config: Config, decision: BreakevenDecision) -> list[AlertRoute | None]:
     """Finance gets crossings above its savings threshold; platform gets every crossing.
 
@@ -68,6 +92,13 @@ def routes_for(config: Config, decision: BreakevenDecision) -> list[AlertRoute |
     return chosen
 
 
+def routes_for_notice(config: Config, notice: Notice) -> list[AlertRoute | None]:
+    """Budgets and spend rates go to finance, idle capacity and collector silence to the platform team."""
+    if not config.alerts.routes:
+        return [None]
+    return [r for r in config.alerts.routes if r.audience == notice.audience]
+
+
 class Alerter:
     def __init__(self, config: Config, dsn: str, consumer=None, *,
                  post: Callable[[str, dict], Delivery] = post_webhook,
@@ -80,6 +111,7 @@ class Alerter:
         self.dry_run = dry_run
         self.conn: psycopg.Connection | None = None
         self.delivered = 0
+        self._last_checks = 0.0
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -96,17 +128,86 @@ class Alerter:
                 for route in routes_for(self.config, d):
                     name = route.name if route else CONSOLE
                     cur = conn.execute(
-                        "INSERT INTO alert_outbox (alert_id, route, decision_id, payload) VALUES (%s, %s, %s, %s)"
-                        " ON CONFLICT (alert_id) DO NOTHING",
-                        (f"{d.event_id}|{name}", name, d.event_id, Jsonb(message)),
+                        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, payload)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
+                        (f"{d.event_id}|{name}", name, d.event_id, d.event_id, Jsonb(message)),
                     )
                     added += cur.rowcount
         return added
 
-    def _webhook(self, route_name: str) -> str | None:
+    def enqueue_notices(self, notices: list[Notice]) -> int:
+        """Queue each notice once per cooldown and route; again within it only when its severity rose."""
+        conn = self._connection()
+        cooldown_s = self.config.alerts.checks.cooldown_hours * 3600
+        added = 0
+        with conn.transaction():
+            for n in notices:
+                message = notice_message(n, self.config.alerts.dashboard_url)
+                for route in routes_for_notice(self.config, n):
+                    name = route.name if route else CONSOLE
+                    last = conn.execute(
+                        "SELECT severity, created_at > now() - make_interval(secs => %s) FROM alert_outbox"
+                        " WHERE subject = %s AND route = %s ORDER BY created_at DESC LIMIT 1",
+                        (cooldown_s, n.subject, name)).fetchone()
+                    if last is not None and last[1] and n.severity <= last[0]:
+                        continue  # sent within the cooldown, and no worse now
+                    cur = conn.execute(
+                        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, severity, payload)"
+                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
+                        (f"{n.subject}|s{n.severity}|{name}|{time.time_ns()}", name, n.subject, n.subject,
+                         n.severity, Jsonb(message)),
+                    )
+                    added += cur.rowcount
+        return added
+
+    def figures(self) -> Figures:
+        """What the checks judge, read from the rollups; "now" is event time (the latest window's end)."""
+        conn = self._connection()
+        now = conn.execute("SELECT max(window_end) FROM cost_windows WHERE basis = 'estimated'").fetchone()[0]
+        samples_now = conn.execute("SELECT max(ts) FROM gpu_samples WHERE environment = 'onprem'").fetchone()[0]
+        if now is None:
+            return Figures(now=None, samples_now=samples_now)
+        team = "coalesce(nullif(team, ''), '(none)')"
+        month = conn.execute(
+            f"SELECT b.team, coalesce(s.spent, 0), b.monthly_budget_usd FROM team_budgets b LEFT JOIN"
+            f" (SELECT {team} AS team, sum(cost_usd) AS spent FROM cost_hourly WHERE basis = 'estimated'"
+            f"   AND bucket >= date_trunc('month', %(now)s AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+            f"   AND bucket < %(now)s GROUP BY 1) s ON s.team = b.team ORDER BY b.team",
+            {"now": now}).fetchall()
+        rate = conn.execute(
+            f"SELECT {team}, sum(cost_usd) FILTER (WHERE bucket >= %(now)s - INTERVAL '24 hours'),"
+            f"       sum(cost_usd) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours') / 7,"
+            f"       count(DISTINCT date_trunc('day', bucket)) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours')"
+            f"  FROM cost_hourly WHERE basis = 'estimated' AND workload <> 'idle'"
+            f"   AND bucket >= %(now)s - INTERVAL '8 days' AND bucket < %(now)s GROUP BY 1 ORDER BY 1",
+            {"now": now}).fetchall()
+        idle = conn.execute(
+            "SELECT gpu_class, sum(cost_usd) FROM cost_hourly WHERE basis = 'estimated' AND workload = 'idle'"
+            " AND environment = 'onprem' AND bucket >= %(now)s - INTERVAL '24 hours' AND bucket < %(now)s"
+            " GROUP BY 1 ORDER BY 1", {"now": now}).fetchall()
+        hosts = conn.execute(
+            "SELECT resource, max(ts) FROM gpu_samples WHERE environment = 'onprem'"
+            " AND ts >= %s - INTERVAL '24 hours' GROUP BY 1 ORDER BY 1", (samples_now,)).fetchall() \
+            if samples_now is not None else []
+        return Figures(now=now, team_month=[(t, Decimal(s), Decimal(b)) for t, s, b in month],
+                       team_rate=[(t, Decimal(a or 0), Decimal(b or 0), int(d)) for t, a, b, d in rate],
+                       idle=[(c, Decimal(v)) for c, v in idle], hosts_last_seen=hosts, samples_now=samples_now)
+
+    def run_checks(self) -> int:
+        return self.enqueue_notices(all_notices(self.figures(), self.config.alerts.checks))
+
+    def _sender(self, route_name: str) -> Callable[[dict], Delivery] | None:
+        """How to post to a route (webhook or bot token), or None for the console."""
         for route in self.config.alerts.routes:
-            if route.name == route_name and route.slack_webhook_url is not None:
-                return route.slack_webhook_url.resolve()
+            if route.name != route_name:
+                continue
+            if route.slack_webhook_url is not None:
+                url = route.slack_webhook_url.resolve()
+                return (lambda payload: self.post(url, payload)) if url else None
+            if route.slack_bot_token is not None:
+                token = route.slack_bot_token.resolve()
+                if token:
+                    return lambda payload: post_chat(token, route.slack_channel, payload, route.slack_api_url)
         return None
 
     def deliver_pending(self, limit: int = 50) -> int:
@@ -120,12 +221,12 @@ class Alerter:
                 (limit,),
             ).fetchall()
             for alert_id, route, payload, attempts in rows:
-                url = None if self.dry_run else self._webhook(route)
-                if url is None:
+                send = None if self.dry_run else self._sender(route)
+                if send is None:
                     self.say(f"[alert:{route}] {payload['text']}")
                     result = Delivery(True, 0, None, "console" if not self.dry_run else "dry-run")
                 else:
-                    result = self.post(url, payload)
+                    result = send(payload)
                 if result.ok:
                     conn.execute("UPDATE alert_outbox SET delivered_at = now(), attempts = attempts + 1,"
                                  " last_error = NULL WHERE alert_id = %s", (alert_id,))
@@ -140,7 +241,7 @@ class Alerter:
                     )
                     log.warning("alert %s to route %s failed (HTTP %s); retry in %.1fs", alert_id, route,
                                 result.status, backoff)
-                status = ("console" if url is None else "delivered") if result.ok else "retry"
+                status = ("console" if send is None else "delivered") if result.ok else "retry"
                 conn.execute("INSERT INTO alert_log (alert_id, status, detail) VALUES (%s, %s, %s)",
                              (alert_id, status, f"HTTP {result.status} {result.detail}"[:500]))
         self.delivered += done
@@ -163,6 +264,9 @@ class Alerter:
                     self.enqueue(decisions)
                 if polled:
                     self.consumer.commit()
+            if time.monotonic() - self._last_checks >= self.config.alerts.checks.interval_seconds:
+                self._last_checks = time.monotonic()
+                self.run_checks()
             self.deliver_pending()
         except psycopg.OperationalError as exc:
             # database down: nothing was committed to Kafka for this poll, so it is read again

@@ -74,3 +74,20 @@ def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> 
             ]}
         )
     return {"text": text, "blocks": blocks}
+
+
+def notice_message(n, dashboard_url: str | None = None) -> dict:
+    """A Slack message for a budget, spend-rate, idle-capacity or collector-silence notice."""
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": plain(n.title)[:150], "emoji": False}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": escape(n.text)}},
+    ]
+    if n.fields:
+        blocks.append({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": f"*{escape(k)}*\n{escape(v)}"} for k, v in n.fields]})
+    if dashboard_url:
+        board = "hybridspend-spend" if n.audience == "finance" else "hybridspend-fleet"
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Open dashboard"},
+             "url": f"{dashboard_url.rstrip('/')}/d/{board}"}]})
+    return {"text": escape(n.text), "blocks": blocks}

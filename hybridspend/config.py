@@ -231,13 +231,40 @@ class ThresholdsConfig(_Strict):
 class AlertRoute(_Strict):
     name: str = Field(min_length=1)
     audience: Literal["finance", "platform"]
-    slack_webhook_url: SecretRef | None = None
+    slack_webhook_url: SecretRef | None = Field(default=None, description="an incoming webhook")
+    slack_bot_token: SecretRef | None = Field(default=None, description="or a bot token (chat.postMessage)")
+    slack_channel: str | None = Field(default=None, description="the channel the bot posts to")
+    slack_api_url: str = Field(default="https://slack.com/api/", description="Slack's Web API base URL")
     min_monthly_savings_usd: Decimal = Field(default=Decimal(0), ge=0)
+
+    @model_validator(mode="after")
+    def _one_way_to_slack(self) -> "AlertRoute":
+        if self.slack_webhook_url is not None and self.slack_bot_token is not None:
+            raise ValueError("give either slack_webhook_url or slack_bot_token (with slack_channel), not both")
+        if (self.slack_bot_token is None) != (self.slack_channel is None):
+            raise ValueError("slack_bot_token and slack_channel go together")
+        return self
+
+
+class AlertChecks(_Strict):
+    """Alerts beyond breakeven crossings, evaluated by the alerter on the stored data (event time)."""
+
+    interval_seconds: float = Field(default=60, gt=0, description="how often the checks run")
+    cooldown_hours: float = Field(default=24, ge=0, description="an alert on the same subject is not repeated "
+                                  "within this time unless it escalated")
+    budget_forecast: bool = Field(default=True, description="month-to-date spend and forecast vs team budgets")
+    spend_rate_increase_pct: Decimal | None = Field(
+        default=Decimal(50), gt=0, description="last 24 h of a team's spend vs its 7-day daily average; null: off")
+    idle_usd_per_day: Decimal | None = Field(
+        default=Decimal(1000), ge=0, description="on-prem idle capacity cost over 24 h per GPU class; null: off")
+    collector_silence_minutes: float | None = Field(
+        default=10, gt=0, description="an on-prem host whose samples stopped this long ago; null: off")
 
 
 class AlertsConfig(_Strict):
     routes: list[AlertRoute] = []
     dashboard_url: str | None = Field(default=None, description="base URL of Grafana, for links in alerts")
+    checks: AlertChecks = AlertChecks()
 
 
 class NvmlCollectorConfig(_Strict):

@@ -60,11 +60,15 @@ def rollup(conn, table: str):
 
 
 def test_migrate_is_idempotent_records_version_and_engine(database):
-    assert migrate(database) == (0, 6, POSTGRESQL)
-    assert migrate(database) == (6, 6, POSTGRESQL)
+    files = sorted(Path(__file__).resolve().parents[1].joinpath("storage", "migrations").glob("*.sql"))
+    versions = sorted({int(f.name[:3]) for f in files})
+    latest = versions[-1]
+    assert versions == list(range(1, latest + 1))  # numbered without gaps
+    assert migrate(database) == (0, latest, POSTGRESQL)
+    assert migrate(database) == (latest, latest, POSTGRESQL)
     with psycopg.connect(database) as conn:
         check_schema(conn)
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4, 5, 6]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == versions
         partitioned = {r[0] for r in conn.execute(
             "SELECT c.relname FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid")}
         assert partitioned == {"cost_windows", "gpu_samples", "cost_lines"}
