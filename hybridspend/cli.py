@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "that `hybridspend demo` left.")
     common(pr)
     pr.add_argument("--month", required=True, help="YYYY-MM")
-    pr.add_argument("--format", default="md,csv,html,focus", help="comma-separated: md, csv, html, focus (default all)")
+    pr.add_argument("--format", default="md,csv,html,pdf,focus",
+                    help="comma-separated: md, csv, html, pdf, focus (default all)")
     pr.add_argument("--out", default="reports-out", help="output folder (default ./reports-out)")
     pr.set_defaults(func=cmd_report_monthly)
 

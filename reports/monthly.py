@@ -1,7 +1,7 @@
 """The monthly repatriation / migration report for finance.
 
 Reads the month from the query layer (rollups, decision log), prices each workload's month in the
-other environment with the pure cost model, and writes Markdown, CSV, HTML (with SVG charts) and a
+other environment with the pure cost model, and writes Markdown, CSV, HTML (with SVG charts), PDF and a
 FOCUS-shaped CSV of the on-prem costs (custom columns prefixed ``x_``) that finance tools can load
 beside the cloud bill.  Every label from users' clusters is escaped in HTML.
 """
@@ -26,7 +26,7 @@ from hybridspend.config import Config
 from storage.queries import UsageFigures
 
 MS_PER_HOUR = 3_600_000
-FORMATS = ("md", "csv", "html", "focus")
+FORMATS = ("md", "csv", "html", "pdf", "focus")
 
 
 @dataclass(frozen=True)
@@ -340,26 +340,109 @@ def render_focus(conn: psycopg.Connection, report: MonthlyReport) -> str:
 
 
 
+def _latin1(text: str) -> str:
+    """The PDF's core fonts are Latin-1: dashes become hyphens, anything else outside it a '?'."""
+    text = text.replace("—", "-").replace("–", "-").replace("‹", "<").replace("›", ">")
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def render_pdf(report: MonthlyReport) -> bytes:
+    """The report as PDF: summary, workloads, charts, assumptions (each section starts a page)."""
+    from fpdf import FPDF
+
+    pdf = FPDF(orientation="landscape", format="A4")
+    pdf.set_auto_page_break(auto=True, margin=12)
+    pdf.set_title(_latin1(f"GPU spend and placement {report.month}"))
+
+    def heading(text: str) -> None:
+        pdf.add_page()
+        pdf.set_font("Helvetica", "B", 16)
+        pdf.cell(0, 10, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=10)
+
+    def para(text: str) -> None:
+        pdf.multi_cell(0, 5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+
+    total = sum((w.cost_usd for w in report.workloads), Decimal(0))
+    savings = sum((w.annualized_savings_usd for w in report.workloads), Decimal(0))
+    heading(f"GPU spend and placement - {report.month}")
+    para(f"Total estimated GPU spend {_usd(total)}; idle on-prem capacity {report.idle_gpu_hours:,.1f} GPU-hours "
+         f"costing {_usd(report.idle_usd)}; recommended moves save {_usd(savings)} a year (from "
+         f"{report.days_with_data} day(s) of data).")
+    pdf.ln(3)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.cell(0, 8, "Top movers", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    for w in sorted(report.workloads, key=lambda w: w.annualized_savings_usd, reverse=True)[:5]:
+        if w.annualized_savings_usd > 0:
+            para(f"- {w.workload}: {w.recommendation}, {_usd(w.annualized_savings_usd)} a year")
+    pdf.ln(3)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.cell(0, 8, "Utilization distribution", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    for band, n in _bands(report):
+        para(f"- {band}: {n} workload(s)")
+
+    heading("Workloads")
+    pdf.set_font("Helvetica", size=7)
+    widths = (40, 22, 14, 12, 17, 11, 20, 20, 17, 20, 52, 20, 27)
+    with pdf.table(col_widths=widths, text_align="LEFT", line_height=4) as table:
+        table.row(["workload", "team", "where", "GPU", "GPU-h", "busy", "cost", "billed", "$/busy GPU-h",
+                   "other env", "recommendation", "savings/yr", "confidence"])
+        for w in report.workloads:
+            table.row([_latin1(str(x)) for x in (
+                w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
+                _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
+                w.recommendation, _usd(w.annualized_savings_usd), w.confidence)])
+
+    heading("Charts")
+    per_env: dict[str, list[Decimal]] = {}
+    for _, env, cost, busy in report.daily:
+        acc = per_env.setdefault(env, [Decimal(0), Decimal(0)])
+        acc[0] += Decimal(cost)
+        acc[1] += Decimal(busy)
+    charts = [("Cost per busy GPU-hour by environment, this month",
+               [(env, c / b) for env, (c, b) in sorted(per_env.items()) if b], "${:,.2f}"),
+              ("Utilization per workload", [(f"{w.workload} ({w.environment})", w.utilization * 100)
+                                            for w in report.workloads if w.utilization is not None][:30], "{:.0f} %")]
+    for title, items, unit in charts:
+        pdf.set_font("Helvetica", "B", 11)
+        pdf.cell(0, 8, _latin1(title), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=8)
+        top = max((v for _, v in items), default=Decimal(1)) or Decimal(1)
+        for label, value in items:
+            y = pdf.get_y()
+            pdf.cell(80, 5, _latin1(label[:48]))
+            width = float(Decimal(150) * value / top) if top > 0 else 0.0
+            pdf.set_fill_color(76, 120, 168)
+            pdf.rect(pdf.l_margin + 82, y + 0.8, max(width, 0.3), 3.4, style="F")
+            pdf.set_xy(pdf.l_margin + 84 + width, y)
+            pdf.cell(30, 5, _latin1(unit.format(value)), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(4)
+
+    heading("Assumptions")
+    for key, value in report.assumptions:
+        para(f"{key}: {value}")
+    return bytes(pdf.output())
+
+
 def write(conn: psycopg.Connection, report: MonthlyReport, formats: list[str], out_dir: Path,
           progress: Callable[[str], None] = lambda m: None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    names = {"md": "gpu-spend-{}.md", "csv": "gpu-spend-{}.csv", "html": "gpu-spend-{}.html",
+             "pdf": "gpu-spend-{}.pdf", "focus": "onprem-focus-{}.csv"}
     for i, fmt in enumerate(formats, start=1):
-        progress(f"[{i}/{len(formats)}] {fmt}")
-        if fmt == "md":
-            text = render_md(report)
-            path = out_dir / f"gpu-spend-{report.month}.md"
-        elif fmt == "csv":
-            text = render_csv(report)
-            path = out_dir / f"gpu-spend-{report.month}.csv"
-        elif fmt == "html":
-            text = render_html(report)
-            path = out_dir / f"gpu-spend-{report.month}.html"
-        elif fmt == "focus":
-            text = render_focus(conn, report)
-            path = out_dir / f"onprem-focus-{report.month}.csv"
-        else:
+        if fmt not in names:
             raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-        path.write_text(text)
+        filled = 20 * (i - 1) // len(formats)
+        progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {i - 1}/{len(formats)} writing {fmt}")
+        path = out_dir / names[fmt].format(report.month)
+        if fmt == "pdf":
+            path.write_bytes(render_pdf(report))
+        else:
+            path.write_text({"md": render_md, "csv": render_csv, "html": render_html}[fmt](report)
+                            if fmt != "focus" else render_focus(conn, report))
         written.append(path)
+    progress(f"  [{'#' * 20}] {len(formats)}/{len(formats)} done")
     return written

@@ -91,6 +91,17 @@ def test_monthly_report_figures_equal_hand_computations(tmp_path, database):
     md = by_name["gpu-spend-2026-10.md"].read_text()
     assert "## Assumptions" in md and "$1.15 per GPU-hour fully loaded" in md
 
+    # the PDF opens, with its four sections on their own pages, the figures and the hostile name as text
+    from pypdf import PdfReader
+
+    pdf = PdfReader(by_name["gpu-spend-2026-10.pdf"])
+    pages = [page.extract_text() for page in pdf.pages]
+    assert len(pages) == 4
+    assert pages[0].startswith("GPU spend and placement - 2026-10") and "$4,818.00 a year" in pages[0]
+    assert pages[1].startswith("Workloads") and "$5.75" in pages[1] and "<b>evil</b> <!channel> & co" in pages[1]
+    assert pages[2].startswith("Charts") and "Utilization per workload" in pages[2]
+    assert pages[3].startswith("Assumptions") and "$1.15 per GPU-hour fully loaded" in pages[3]
+
     # the on-prem FOCUS rows load back through the FOCUS reader with the same money
     summary = FocusSummary()
     lines = list(read_files([by_name["onprem-focus-2026-10.csv"]], Catalog(), "v", summary))
@@ -106,4 +117,4 @@ def test_report_command_reads_the_embedded_database_and_rejects_bad_input(tmp_pa
     fmt = subprocess.run([sys.executable, "-m", "hybridspend.cli", "report", "monthly", "--month", "2026-10",
                           "--format", "pdf,xls", "--state-dir", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT)
-    assert fmt.returncode == 2 and "unknown pdf, xls" in fmt.stderr
+    assert fmt.returncode == 2 and "unknown xls" in fmt.stderr
