@@ -203,7 +203,8 @@ class Rental:
         if state == "running":
             self.accrue(ts_ms, window_ms)
             if self.running_since_ms is None:
-                self.running_since_ms = self.accounted_ms = ts_ms
+                self.running_since_ms = ts_ms
+                self.accounted_ms = max(self.accounted_ms, ts_ms)
                 self.reclaim_at_ms = None
         elif state == "spot_interruption_warning":
             self.accrue(ts_ms, window_ms)
@@ -213,6 +214,10 @@ class Rental:
             self.accrue(ts_ms, window_ms)
             self.running_since_ms = self.reclaim_at_ms = None
         return True
+
+    def not_before(self, ms: int) -> None:
+        """Windows before ``ms`` were already emitted from the samples: rented time there is accounted."""
+        self.accounted_ms = max(self.accounted_ms, ms)
 
     def accrue(self, until_ms: int, window_ms: int) -> None:
         """Count the running time up to ``until_ms`` into its windows."""

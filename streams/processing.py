@@ -143,6 +143,8 @@ class UsageProcessor:
         gpus, gpu_class = (offer.gpus_per_instance, offer.gpu_class) if offer else (known.gpus, known.gpu_class)
         if state.rental is None:
             state.rental = Rental(gpus=gpus)
+        # the instance's events travel apart from its samples: windows the samples already closed stay closed
+        state.rental.not_before(state.windows.closed_through_ms)
         if not state.rental.on_event(event.ts_ms, event.state, self.window_ms):
             return False
         state.environment = "cloud"

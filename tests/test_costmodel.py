@@ -338,3 +338,12 @@ def test_a_sample_for_a_closed_window_is_refused_not_folded_into_a_new_one():
         state.add_sample(ts_ms=30 * 60_000, **args)  # [0:29, 0:30) arrives after window 0 was emitted
     assert state.add_sample(ts_ms=HOUR_MS + 60_000, **args)
     assert ResourceWindows.from_dict(state.to_dict()).closed_through_ms == HOUR_MS
+
+
+def test_an_instance_event_arriving_after_its_samples_closed_windows_does_not_reopen_them():
+    from costmodel import Rental
+
+    r = Rental(gpus=8)
+    r.not_before(2 * HOUR_MS)  # the samples already closed windows 0 and 1
+    r.on_event(0, "running", HOUR_MS)  # the start event, read late from its own topic
+    assert r.close(3 * HOUR_MS, HOUR_MS) == {2 * HOUR_MS: 8 * HOUR_MS}  # only window 2 is rented time to add
