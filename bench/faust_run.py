@@ -2,8 +2,8 @@
 
     python -m bench.faust_run noop|pipeline CONFIG.yaml BOOTSTRAP EXPECTED_MESSAGES RESULT.json
 
-``noop``: one agent reads the samples topic in batches, as the pipeline does, and does nothing
-else: the framework's own limit.  ``pipeline``: the real topology (``streams.topology``).  Both
+``noop``: one agent reads the samples topic in batches, with the pipeline's consumer settings and
+batch size, and does nothing else: the framework's own limit.  ``pipeline``: the real topology (``streams.topology``).  Both
 time from the first batch in hand to the end of the batch that held the last expected message,
 write the figure to RESULT.json and stop.
 """
@@ -19,8 +19,10 @@ import uuid
 
 import faust
 
-from hybridspend.broker import LOCAL_PROFILE, Topics
+from hybridspend.broker import LOCAL_PROFILE, Topics, apply_fetch_wait_to_faust
 from hybridspend.config import load_config
+from streams.topology import BATCH_MAX, BATCH_WITHIN_S, STREAM_BUFFER
+from streams.worker import quiet_worker
 
 
 def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path: str) -> None:
@@ -38,12 +40,15 @@ def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path
     if mode == "noop":
         app = faust.App(f"bench-noop-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
                         key_serializer="raw", value_serializer="raw", topic_partitions=topics.partitions,
-                        consumer_auto_offset_reset="earliest", web_enabled=False, **LOCAL_PROFILE.faust_settings)
+                        consumer_auto_offset_reset="earliest", web_enabled=False,
+                        stream_buffer_maxsize=STREAM_BUFFER, consumer_max_fetch_size=4 * 1024**2,
+                        **LOCAL_PROFILE.faust_settings)
+        apply_fetch_wait_to_faust(LOCAL_PROFILE)
         source = app.topic(topics.gpu_samples, key_type=bytes, value_type=bytes, partitions=topics.partitions)
 
         @app.agent(source)
         async def noop(stream):
-            async for events in stream.take_events(5000, within=0.2):
+            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 seen(len(events))
     else:
         from streams import processing
@@ -76,8 +81,7 @@ def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path
                            "cost_windows": progress["outputs"]}, f)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    worker = faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    quiet_worker(app, "error").execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.2
+STREAM_BUFFER = 4 * BATCH_MAX
 IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
 
 
@@ -160,6 +161,10 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         table_cleanup_interval=3600.0,
+        # a batch must fit in the stream buffer: with Faust's default 4096 a batch of BATCH_MAX never
+        # fills and every take waits its full `within`
+        stream_buffer_maxsize=STREAM_BUFFER,
+        consumer_max_fetch_size=4 * 1024**2,
         **profile.faust_settings,
     )
 
