@@ -99,6 +99,14 @@ def routes_for_notice(config: Config, notice: Notice) -> list[AlertRoute | None]
     return [r for r in config.alerts.routes if r.audience == notice.audience]
 
 
+def _queue(conn: psycopg.Connection, alert_id: str, route: str, subject: str, severity: int, message: dict) -> int:
+    """One outbox row (the alert id is the dedupe key: queuing it again does nothing)."""
+    return conn.execute(
+        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, severity, payload)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
+        (alert_id, route, subject, subject, severity, Jsonb(message))).rowcount
+
+
 class Alerter:
     def __init__(self, config: Config, dsn: str, consumer=None, *,
                  post: Callable[[str, dict], Delivery] = post_webhook,
@@ -127,12 +135,7 @@ class Alerter:
                 message = decision_message(d, self.config.alerts.dashboard_url)
                 for route in routes_for(self.config, d):
                     name = route.name if route else CONSOLE
-                    cur = conn.execute(
-                        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, payload)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
-                        (f"{d.event_id}|{name}", name, d.event_id, d.event_id, Jsonb(message)),
-                    )
-                    added += cur.rowcount
+                    added += _queue(conn, f"{d.event_id}|{name}", name, d.event_id, 1, message)
         return added
 
     def enqueue_notices(self, notices: list[Notice]) -> int:
@@ -151,13 +154,8 @@ class Alerter:
                         (cooldown_s, n.subject, name)).fetchone()
                     if last is not None and last[1] and n.severity <= last[0]:
                         continue  # sent within the cooldown, and no worse now
-                    cur = conn.execute(
-                        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, severity, payload)"
-                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
-                        (f"{n.subject}|s{n.severity}|{name}|{time.time_ns()}", name, n.subject, n.subject,
-                         n.severity, Jsonb(message)),
-                    )
-                    added += cur.rowcount
+                    added += _queue(conn, f"{n.subject}|s{n.severity}|{name}|{time.time_ns()}", name, n.subject,
+                                    n.severity, message)
         return added
 
     def figures(self) -> Figures:

@@ -152,8 +152,9 @@ class PriceBook:
     def update(self, provider: str, region: str, instance_type: str, purchase_option: str, ts_ms: int,
                usd_per_hour: Decimal) -> bool:
         history = self._history.setdefault((provider, region, instance_type, purchase_option), [])
-        if (ts_ms, usd_per_hour) in history:
-            return False
+        before = [p for p in history if p[0] <= ts_ms]
+        if before and before[-1][1] == usd_per_hour:
+            return False  # a refresh of the price already in force (collectors republish it): nothing new
         history[:] = sorted([p for p in history if p[0] != ts_ms] + [(ts_ms, usd_per_hour)])
         self.version += 1
         return True

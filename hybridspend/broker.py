@@ -258,7 +258,7 @@ class LagProbe:
     def __call__(self) -> list[tuple[str, str, int, int]]:
         rows = []
         for group in self.groups:
-            committed = self.admin.list_consumer_group_offsets(group)
+            committed = self._committed(group)
             if not committed:
                 continue
             ends = self.offsets.end_offsets(list(committed))
@@ -266,6 +266,11 @@ class LagProbe:
                 if meta.offset >= 0:
                     rows.append((group, tp.topic, tp.partition, max(0, ends.get(tp, meta.offset) - meta.offset)))
         return rows
+
+    def _committed(self, group: str) -> dict:
+        if hasattr(self.admin, "list_group_offsets"):  # kafka-python 3
+            return self.admin.list_group_offsets({group: None}).get(group, {})
+        return self.admin.list_consumer_group_offsets(group)  # kafka-python 2
 
     def close(self) -> None:
         self.admin.close()

@@ -171,8 +171,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     def topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
 
-    inputs = app.topic(topics.gpu_samples, topics.instance_events, key_type=bytes, value_type=bytes,
-                       partitions=partitions)
+    input_topics = (topics.gpu_samples, topics.instance_events)
+    inputs = app.topic(*input_topics, key_type=bytes, value_type=bytes, partitions=partitions)
     cost_windows = topic(topics.cost_windows)
     decisions = topic(topics.decisions)
     dead_letter = topic(topics.dead_letter)
@@ -222,8 +222,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             clocks: dict[int, PartitionClock] = {}
             for event in events:
                 part = event.message.partition
-                clock = clocks.get(part) or clocks.setdefault(
-                    part, PartitionClock.from_dict(resource_windows.get(_clock_key(part))))
+                clock = clocks.get(part)
+                if clock is None:
+                    clock = clocks[part] = PartitionClock.from_dict(resource_windows.get(_clock_key(part)))
+                    for topic in input_topics:  # a topic not read yet holds the partition back (until stale)
+                        clock.sources.setdefault(topic, 0)
                 try:
                     if is_watermark(event.value):
                         if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):

@@ -321,6 +321,8 @@ def test_price_book_prices_a_window_at_the_price_in_force_when_it_started():
     book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 10 * HOUR_MS, D(14))
     book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 0, D(12))  # arrives late, applies from 0
     assert not book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 0, D(12))
+    assert not book.update("aws", "us-east-1", "p4d.24xlarge", "spot", 5 * HOUR_MS, D(12))  # a refresh, same price
+    assert book.version == 2
     assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 9 * HOUR_MS) == D(12)
     assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 10 * HOUR_MS) == D(14)
     offer = book.apply(market().offers[0], 5 * HOUR_MS)

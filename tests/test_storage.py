@@ -273,3 +273,28 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_is_written(dat
         reason = conn.execute("SELECT reason FROM dead_letters").fetchone()[0]
         assert reason.startswith("sink: refused by the database: numeric field overflow")
     sink.close()
+
+
+def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
+    from hybridspend.broker import LagProbe, make_consumer, make_producer
+
+    kafka = KafkaConfig(topic_prefix=topic_prefix, topic_partitions=1)
+    topics = Topics.from_config(kafka)
+    ensure_topics(broker.bootstrap, kafka, topics)
+    producer = make_producer(broker.bootstrap, kafka)
+    for i in range(5):  # one request each: Tansu reports a too-low end offset after a batch (DESIGN.md §5)
+        producer.send(topics.decisions, key=b"k", value=b"%d" % i)
+        producer.flush()
+    producer.close()
+    consumer = make_consumer(broker.bootstrap, kafka, broker.profile, f"lag-{topic_prefix}", [topics.decisions])
+    seen = 0
+    while seen < 2:
+        for records in consumer.poll(timeout_ms=500, max_records=2).values():
+            seen += len(records)
+    consumer.commit()
+    consumer.close()
+    probe = LagProbe(broker.bootstrap, kafka, [f"lag-{topic_prefix}"])
+    try:
+        assert probe() == [(f"lag-{topic_prefix}", topics.decisions, 0, 5 - seen)]
+    finally:
+        probe.close()
