@@ -87,6 +87,13 @@ class Topics:
         self.partitions = partitions
         self.replication_factor = replication_factor
 
+    def group(self, role: str) -> str:
+        """The consumer group (and, for the Faust worker, app id and changelog topic prefix) of a role.
+
+        Prefixed like the topics, so two deployments on one Kafka never share a group or a table.
+        """
+        return f"{self.prefix}{role}"
+
     def name(self, logical: str) -> str:
         if logical not in TOPICS:
             raise KeyError(f"unknown topic {logical!r}")

@@ -136,7 +136,7 @@ def cmd_worker(args) -> int:
     return 0
 
 
-def _run_consumer_service(args, group: str, topic_names, build) -> int:
+def _run_consumer_service(args, role: str, topic_names, build) -> int:
     """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
     from .broker import Topics, make_consumer
 
@@ -145,7 +145,7 @@ def _run_consumer_service(args, group: str, topic_names, build) -> int:
     if dsn is None:
         raise UsageError("database.dsn is not set")
     topics = Topics.from_config(config.kafka)
-    consumer = make_consumer(bootstrap, config.kafka, profile, group, topic_names(topics))
+    consumer = make_consumer(bootstrap, config.kafka, profile, topics.group(role), topic_names(topics))
     service = build(config, dsn, consumer, topics)
     try:
         service.run(_stop_flag())
@@ -162,11 +162,11 @@ def cmd_sink(args) -> int:
 
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
-                         ["hybridspend", "hybridspend-sink", "hybridspend-alerter"])
+                         [topics.group(role) for role in ("worker", "sink", "alerter")])
         return Sink(consumer, dsn, topics, lag_probe=probe)
 
     return _run_consumer_service(
-        args, "hybridspend-sink",
+        args, "sink",
         lambda t: [t.cost_windows, t.decisions, t.dead_letter, t.gpu_samples, t.cost_lines, t.prices], build,
     )
 
@@ -175,7 +175,7 @@ def cmd_alerter(args) -> int:
     from alerts.alerter import Alerter
 
     return _run_consumer_service(
-        args, "hybridspend-alerter", lambda t: [t.decisions],
+        args, "alerter", lambda t: [t.decisions],
         lambda config, dsn, consumer, topics: Alerter(config, dsn, consumer, dry_run=args.dry_run,
                                                       say=lambda m: print(m, flush=True)),
     )

@@ -58,7 +58,7 @@ def publishing(config: Config, logical_topics: list[str], say: Callable[[str], N
             producer.flush()
         finally:
             producer.close()
-        consumer = make_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, "hybridspend-sink",
+        consumer = make_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, topics.group("sink"),
                                  [topics.name(t) for t in logical_topics], fetch_max_wait_ms=100)
         sink = Sink(consumer, endpoints.dsn, topics)
         try:

@@ -145,8 +145,9 @@ def _clock_key(partition: int) -> str:
     return f"~clock|{partition}"
 
 
-def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: str = "hybridspend") -> faust.App:
+def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: str | None = None) -> faust.App:
     topics = Topics.from_config(config.kafka)
+    app_id = app_id or topics.group("worker")  # also names the tables' changelog topics
     partitions = topics.partitions
     apply_fetch_wait_to_faust(profile)
     app = faust.App(

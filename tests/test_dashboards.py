@@ -114,7 +114,7 @@ def _seed(dsn: str, now: datetime) -> None:
     with psycopg.connect(dsn) as conn:
         write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
     sink = Sink(consumer=None, dsn=dsn, topics=Topics("t.", 1))
-    sink.record_lag([("hybridspend-sink", "t.cost-windows", 0, 12)])
+    sink.record_lag([("t.sink", "t.cost-windows", 0, 12)])
     sink.close()
 
 
