@@ -161,9 +161,12 @@ class PriceBook:
 
     def usd_per_hour(self, provider: str, region: str, instance_type: str, purchase_option: str,
                      at_ms: int | None = None) -> Decimal | None:
-        """The price in force at ``at_ms`` (the latest one when None); None before the first update."""
+        """The price in force at ``at_ms`` (the latest one when None); before the first update, that one.
+
+        None only when no price is known for the key at all.
+        """
         history = self._history.get((provider, region, instance_type, purchase_option), ())
-        price = None
+        price = history[0][1] if history else None
         for ts_ms, usd in history:
             if at_ms is not None and ts_ms > at_ms:
                 break
