@@ -20,8 +20,9 @@
   the dwell.
 
 Both agents take batches and write each table key once per batch, because every table update
-is a changelog write (DESIGN.md §4); outputs are acknowledged by the broker before the table
-moves on, so a worker killed at any point replays into the same results.  Per-partition
+is a changelog write (DESIGN.md §4).  Outputs are acknowledged by the broker before the tables
+move on, and the tables' changelog before the batch's offsets can be committed, so a worker
+killed at any point replays into the same results.  Per-partition
 progress lives in the tables too (``~clock|N`` keys), so a restarted worker resumes it.
 """
 
@@ -212,6 +213,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         futures = [await s for s in sends]
         await asyncio.gather(*futures)
 
+    async def durable() -> None:
+        """Wait until the batch's table changes are in their changelogs, before its offsets can be
+        committed: a worker killed after the commit must not recover a table older than its offsets."""
+        await app.producer.flush()
+
     @app.agent(inputs)
     async def account_usage(stream):
         await prices_ready.wait()
@@ -293,6 +299,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
             for part, part_event in partition_event.items():
                 _table_set(resource_windows, _clock_key(part), clocks[part].to_dict(), part_event)
+            await durable()
 
     @app.agent(cost_windows)
     async def decide(stream):
@@ -344,6 +351,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 _table_set(workload_windows, workload, state.to_dict(), key_event[workload])
             for part, part_event in partition_event.items():
                 _table_set(workload_windows, _clock_key(part), clocks[part].to_dict(), part_event)
+            await durable()
 
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app
