@@ -234,12 +234,15 @@ class Simulation:
         )
 
     def ticks(self) -> Iterator[Published]:
-        events = self.instance_events()
+        events = self.instance_events()  # sorted by time
+        next_event = 0
         periods = {inst.id: self.running_until(inst) for inst in self.s.instances}
         ts = self.s.start_ms
-        previous = ts - 1
         while ts <= self.s.end_ms:
-            batch = [e for e in events if previous < e.ts_ms <= ts]
+            batch = []
+            while next_event < len(events) and events[next_event].ts_ms <= ts:
+                batch.append(events[next_event])
+                next_event += 1
             samples = []
             if ts > self.s.start_ms:
                 for host in self.s.hosts:
@@ -255,7 +258,6 @@ class Simulation:
                         samples.append(self._sample(ts, inst.id, known.gpu_model, known.gpu_class, known.gpus,
                                                     "cloud", Decimal(60), Decimal(400), inst))
             yield Published(ts, batch, samples)
-            previous = ts
             ts += self.interval_ms
 
     def price_updates(self) -> list[PriceUpdate]:

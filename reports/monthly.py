@@ -23,21 +23,14 @@ import psycopg
 from costmodel import MIGRATE_TO_CLOUD, REPATRIATE_BUY, STAY, Market, WorkloadWindow
 from costmodel.money import cents
 from hybridspend.config import Config
-from storage.queries import UsageFigures
+from storage.queries import WorkloadSummary
 
 MS_PER_HOUR = 3_600_000
 FORMATS = ("md", "csv", "html", "pdf", "focus")
 
 
 @dataclass(frozen=True)
-class WorkloadMonth(UsageFigures):
-    workload: str
-    team: str
-    environment: str
-    gpu_class: str
-    allocated_gpu_hours: Decimal
-    busy_gpu_hours: Decimal
-    cost_usd: Decimal  # estimated from live samples
+class WorkloadMonth(WorkloadSummary):  # cost_usd: estimated from live samples
     billed_usd: Decimal | None
     alternative_usd: Decimal | None
     alternative_label: str

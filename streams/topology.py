@@ -187,6 +187,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     usage = UsageProcessor(config, prices)
     decider = DecisionProcessor(config, prices)
     grace_ms = config.thresholds.grace_seconds * 1000
+    window_ms = config.thresholds.window_seconds * 1000
+    swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources were closed to
     # wall clock of the last advance of each (partition, input topic) and (partition, upstream source)
     input_advanced_at: dict[tuple[int, str], float] = {}
     source_advanced_at: dict[tuple[int, str], float] = {}
@@ -272,8 +274,12 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 stale = {t for t in clock.sources if now - input_advanced_at.setdefault((part, t), now) > IDLE_SOURCE_S}
                 marks[part] = clock.watermark(1, stale) or 0
                 watermark = marks[part] - grace_ms
-                resources = clock.open | {r for r, e in key_event.items() if e.message.partition == part}
-                for resource in sorted(resources):
+                boundary = watermark - watermark % window_ms
+                in_batch = {r for r, e in key_event.items() if e.message.partition == part}
+                # quiet resources can only close a window when the watermark crossed a window boundary
+                sweep = boundary > swept_through.get(part, -1)
+                swept_through[part] = max(boundary, swept_through.get(part, -1))
+                for resource in sorted(clock.open | in_batch if sweep else in_batch):
                     state = states.get(resource)
                     if state is None:
                         state = ResourceState.from_dict(resource_windows.get(resource))
