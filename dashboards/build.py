@@ -156,7 +156,16 @@ def spend() -> dict:
               FROM cost_daily
              WHERE $__timeFilter(bucket) AND basis = 'estimated' AND {FILTERS}
              GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, y=9),
-    ], "Spend this month per team, its linear forecast and the team budgets.", time_from="now/M")
+        _panel(3, "Cloud spend right now", "table", f"""
+            SELECT workload, {TEAM} AS team, provider, instances_running AS instances, gpus_running AS gpus,
+                   usd_per_hour AS "USD per hour", usd_since_start AS "USD since start", running_since AS since
+              FROM live_cloud_spend
+             WHERE workload IN ($workload) AND {TEAM} IN ($team)
+             ORDER BY usd_per_hour DESC""", fmt="table", w=24, y=17,
+               description="Running cloud GPU instances per workload, from their state changes seconds after "
+                           "they happen, at the live price; their cost windows are still open."),
+    ], "Spend this month per team, its linear forecast and the team budgets, and the cloud spend right now.",
+        time_from="now/M")
 
 
 def reconciliation() -> dict:

@@ -24,6 +24,7 @@ TOPICS = {
     "prices": "provider|region|instance_type",
     "cost-lines": "billed resource id",
     "cost-windows": "workload",
+    "live-spend": "instance id",
     "decisions": "workload",
     "dead-letter": "source topic",
 }

@@ -156,7 +156,7 @@ def _run_consumer_service(args, role: str, topic_names, build) -> int:
 
 
 def cmd_sink(args) -> int:
-    from storage.sink import Sink
+    from storage.sink import Sink, sink_topics
 
     from .broker import LagProbe
 
@@ -165,10 +165,7 @@ def cmd_sink(args) -> int:
                          [topics.group(role) for role in ("worker", "sink", "alerter")])
         return Sink(consumer, dsn, topics, lag_probe=probe)
 
-    return _run_consumer_service(
-        args, "sink",
-        lambda t: [t.cost_windows, t.decisions, t.dead_letter, t.gpu_samples, t.cost_lines, t.prices], build,
-    )
+    return _run_consumer_service(args, "sink", sink_topics, build)
 
 
 def cmd_alerter(args) -> int:

@@ -406,6 +406,62 @@ class InstanceEvent(_Record):
         )
 
 
+LIVE_STATES = ("running", "reclaiming", "stopped")
+
+
+@dataclass(slots=True)
+class LiveSpend(_Record):
+    """What a cloud instance costs from now on, emitted on each of its state changes. Key: instance id.
+
+    The live side of the cloud cost: seconds after a start, a spot warning or a stop, while its
+    cost windows are still open.  ``usd_per_hour`` is the instance's live price in force at
+    ``ts_ms`` (0 once stopped); a reclaiming spot instance stops costing at ``ends_at_ms``.
+    """
+
+    SCHEMA: ClassVar[str] = "live_spend.v1"
+    event_id: str
+    ts_ms: int
+    instance_id: str
+    provider: str
+    region: str
+    instance_type: str
+    purchase_option: str
+    workload: str
+    team: str
+    gpu_class: str
+    gpus: int
+    state: str
+    usd_per_hour: Decimal
+    running_since_ms: int | None = None
+    ends_at_ms: int | None = None
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> "LiveSpend":
+        d = loads(payload, cls.SCHEMA)
+        w = cls.SCHEMA
+        price = _money(d, "usd_per_hour", w)
+        assert price is not None
+        if price < 0:
+            raise EventError(f"{w}: 'usd_per_hour' must be >= 0, got {price}")
+        return cls(
+            event_id=_label(d, "event_id", w),
+            ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
+            instance_id=_label(d, "instance_id", w),
+            provider=_label(d, "provider", w),
+            region=_label(d, "region", w),
+            instance_type=_label(d, "instance_type", w),
+            purchase_option=_label(d, "purchase_option", w),
+            workload=_label(d, "workload", w),
+            team=_label(d, "team", w, optional=True),
+            gpu_class=_label(d, "gpu_class", w),
+            gpus=_int(d, "gpus", w, minimum=1),  # type: ignore[arg-type]
+            state=_choice(d, "state", w, LIVE_STATES),
+            usd_per_hour=price,
+            running_since_ms=_int(d, "running_since_ms", w, minimum=1, optional=True),
+            ends_at_ms=_int(d, "ends_at_ms", w, minimum=1, optional=True),
+        )
+
+
 @dataclass(slots=True)
 class PriceUpdate(_Record):
     """The price of an instance type under one purchase option. Key: provider|region|instance_type."""

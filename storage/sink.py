@@ -28,6 +28,7 @@ from hybridspend.events import (
     EventError,
     GpuSample,
     is_watermark,
+    LiveSpend,
     PriceUpdate,
 )
 
@@ -50,6 +51,7 @@ class TableSpec:
     key: tuple[str, ...]
     update: bool  # on conflict: replace (a restatement) or keep (immutable facts)
     time_column: str | None = None  # partitioned on it (plain PostgreSQL)
+    newer: str | None = None  # on conflict, replace only with a row at least this new (a latest-state table)
 
     def key_of(self, row: tuple) -> tuple:
         return tuple(row[self.columns.index(k)] for k in self.key)
@@ -81,6 +83,10 @@ TABLES = {
         ("provider", "region", "instance_type", "purchase_option", "effective_at", "usd_per_hour", "source",
          "event_id"),
         ("provider", "region", "instance_type", "purchase_option", "effective_at"), True),
+    "live_instances": TableSpec(
+        ("instance_id", "changed_at", "provider", "region", "instance_type", "purchase_option", "workload", "team",
+         "gpu_class", "gpus", "state", "usd_per_hour", "running_since", "ends_at", "event_id"),
+        ("instance_id",), True, newer="changed_at"),
 }
 
 
@@ -146,6 +152,13 @@ def price_row(p: PriceUpdate) -> tuple:
             p.event_id)
 
 
+def live_instance_row(s: LiveSpend) -> tuple:
+    return (s.instance_id, _ts(s.ts_ms), s.provider, s.region, s.instance_type, s.purchase_option, s.workload,
+            s.team, s.gpu_class, s.gpus, s.state, s.usd_per_hour,
+            _ts(s.running_since_ms) if s.running_since_ms else None, _ts(s.ends_at_ms) if s.ends_at_ms else None,
+            s.event_id)
+
+
 class Batch:
     """Rows of one poll, deduplicated on their natural key (the last version wins)."""
 
@@ -167,6 +180,8 @@ def _upsert_sql(table: str, spec: TableSpec) -> str:
     if spec.update:
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in spec.columns if c not in spec.key)
         action = f"DO UPDATE SET {sets}" + (", updated_at = now()" if table == "cost_windows" else "")
+        if spec.newer:
+            action += f" WHERE {table}.{spec.newer} <= EXCLUDED.{spec.newer}"
     else:
         action = "DO NOTHING"
     return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage_{table} ON CONFLICT ({', '.join(spec.key)}) {action}"
@@ -229,6 +244,12 @@ def _write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions
                     conn.execute(statement)
 
 
+def sink_topics(topics) -> list[str]:
+    """The topics the sink stores (watermarks on them are skipped)."""
+    return [topics.cost_windows, topics.decisions, topics.dead_letter, topics.gpu_samples, topics.cost_lines,
+            topics.prices, topics.live_spend]
+
+
 class Sink:
     """Consumes the topics and writes them; offsets follow durable rows."""
 
@@ -258,6 +279,7 @@ class Sink:
             topics.gpu_samples: lambda v: [("gpu_samples", r) for r in gpu_sample_rows(GpuSample.decode(v))],
             topics.cost_lines: lambda v: [("cost_lines", cost_line_row(CostLine.decode(v)))],
             topics.prices: lambda v: [("prices", price_row(PriceUpdate.decode(v)))],
+            topics.live_spend: lambda v: [("live_instances", live_instance_row(LiveSpend.decode(v)))],
         }
 
     def decode(self, records: Iterable) -> Batch:

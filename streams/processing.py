@@ -29,7 +29,8 @@ from costmodel import (
 )
 from costmodel.money import micro
 from hybridspend.config import Config
-from hybridspend.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, Watermark
+from hybridspend.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, \
+    Watermark
 
 
 def _utc(ms: int) -> datetime:
@@ -152,6 +153,24 @@ class UsageProcessor:
         state.instance_type, state.purchase_option = event.instance_type, event.purchase_option
         state.owner = (event.workload, event.team, gpu_class)
         return True
+
+    def live_spend(self, state: ResourceState, event: InstanceEvent) -> LiveSpend:
+        """What the instance costs from ``event`` on (after ``add_instance_event`` took it)."""
+        rental = state.rental
+        assert rental is not None
+        workload, team, gpu_class = state.owner
+        running = rental.running_since_ms is not None
+        rate = self.cloud_usd_per_gpu_hour(event.provider, event.region, event.instance_type, event.purchase_option,
+                                           event.ts_ms)
+        assert rate is not None  # checked when the event was added
+        return LiveSpend(
+            event_id=f"{event.instance_id}|{event.ts_ms}", ts_ms=event.ts_ms, instance_id=event.instance_id,
+            provider=event.provider, region=event.region, instance_type=event.instance_type,
+            purchase_option=event.purchase_option, workload=workload, team=team, gpu_class=gpu_class,
+            gpus=rental.gpus, state=("reclaiming" if rental.reclaim_at_ms else "running") if running else "stopped",
+            usd_per_hour=micro(rate * rental.gpus) if running else Decimal(0),
+            running_since_ms=rental.running_since_ms, ends_at_ms=rental.reclaim_at_ms,
+        )
 
     def close(self, state: ResourceState, resource: str, watermark_ms: int) -> list[CostWindow]:
         closed = state.windows.close(watermark_ms, self.window_ms)

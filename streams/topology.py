@@ -3,13 +3,15 @@
     gpu-samples ─┐ (key: resource)                        prices (every worker reads all of them)
                  ├─ usage ──> cost-windows (key: workload) ──> decide ──> decisions (key: workload)
     instance- ───┘   │           + watermarks to every partition
-    events           └─> dead-letter (with the reason)
+    events           ├─> live-spend (key: instance id)
+                     └─> dead-letter (with the reason)
 
 * ``usage`` joins the two co-partitioned input topics by resource.  Per resource (the
   ``resource-windows`` table) it keeps the open event-time windows of the GPU samples and, for
   cloud instances, the rented time from their state changes (a spot interruption ends it at
-  the reclaim second).  It closes a window once the resource, or its partition less ``grace``,
-  has moved past it, prices it (owned GPUs: capex + energy + upkeep; cloud: the live price in
+  the reclaim second); each state change also goes out at once to ``live-spend`` (what the
+  instance costs per hour from then on).  It closes a window once the resource, or its partition
+  less ``grace``, has moved past it, prices it (owned GPUs: capex + energy + upkeep; cloud: the live price in
   force at the window's start, else the configured offer) and emits it keyed by workload.
   After each batch it sends a watermark per input partition to every ``cost-windows``
   partition, carrying the owned capacity that sat idle in the windows it closed.
@@ -40,8 +42,8 @@ from faust.streams import _current_event
 from costmodel import IDLE_WORKLOAD, PriceBook
 from hybridspend.broker import BrokerProfile, Topics, apply_fetch_wait_to_faust, client_security
 from hybridspend.config import Config
-from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample, InstanceEvent, PriceUpdate, \
-    Watermark, is_watermark
+from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample, InstanceEvent, LiveSpend, \
+    PriceUpdate, Watermark, is_watermark
 
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 
@@ -176,6 +178,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     input_topics = (topics.gpu_samples, topics.instance_events)
     inputs = app.topic(*input_topics, key_type=bytes, value_type=bytes, partitions=partitions)
     cost_windows = topic(topics.cost_windows)
+    live_spend = topic(topics.live_spend)
     decisions = topic(topics.decisions)
     dead_letter = topic(topics.dead_letter)
 
@@ -227,6 +230,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             now = time.monotonic()
             states: dict[str, ResourceState] = {}
             key_event: dict[str, object] = {}  # an event of each key's partition
+            live: list[LiveSpend] = []
             partition_event: dict[int, object] = {}
             clocks: dict[int, PartitionClock] = {}
             for event in events:
@@ -253,7 +257,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     state = states.get(resource) or ResourceState.from_dict(resource_windows.get(resource))
                     # raises before changing anything when the event cannot be priced
                     if isinstance(ev, InstanceEvent):
-                        usage.add_instance_event(state, ev)
+                        if usage.add_instance_event(state, ev):
+                            live.append(usage.live_spend(state, ev))
                     else:
                         usage.add(state, ev)
                     states[resource] = state
@@ -296,6 +301,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     else:
                         clock.open.discard(resource)
             sends = [cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
+            sends.extend(live_spend.send(key=ls.instance_id.encode(), value=ls.encode()) for ls in live)
             for part in partition_event:
                 mark = Watermark(f"usage|{part}|{marks[part]}", f"usage|{part}", max(0, marks[part] - grace_ms),
                                  idle[part]).encode()

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
-from hybridspend.events import BreakevenDecision, CostLine, CostWindow, DeadLetter, GpuReading, GpuSample, WorkloadShare
+from hybridspend.events import BreakevenDecision, CostLine, CostWindow, DeadLetter, GpuReading, GpuSample, LiveSpend, \
+    WorkloadShare
 from hybridspend.broker import Topics
 from storage.db import migrate, sync_budgets
 from storage.sink import (
@@ -29,6 +30,7 @@ from storage.sink import (
     dead_letter_row,
     decision_row,
     gpu_sample_rows,
+    live_instance_row,
     write_batch,
 )
 from storage.timeseries import POSTGRESQL, Partitions
@@ -111,6 +113,14 @@ def _seed(dsn: str, now: datetime) -> None:
     batch.add("dead_letters", dead_letter_row(DeadLetter.of(topic="t.gpu-samples", partition=0, offset=1,
                                                             reason="not JSON", payload=b"{",
                                                             ts_ms=int(now.timestamp() * 1000) - 3600_000)))
+    now_ms = int(now.timestamp() * 1000)
+    for instance, name, state, since_ms in (("i-a", HOSTILE, "running", now_ms - 7200_000),
+                                           ("i-b", "embed", "stopped", None)):
+        batch.add("live_instances", live_instance_row(LiveSpend(
+            event_id=f"{instance}|1", ts_ms=now_ms - 7200_000, instance_id=instance, provider="aws",
+            region="us-east-1", instance_type="p4d.24xlarge", purchase_option="on_demand", workload=name, team="ml",
+            gpu_class="A100", gpus=8, state=state, usd_per_hour=D("32.77") if since_ms else D(0),
+            running_since_ms=since_ms)))
     with psycopg.connect(dsn) as conn:
         write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
     sink = Sink(consumer=None, dsn=dsn, topics=Topics("t.", 1))
@@ -152,6 +162,11 @@ def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
         assert round(error, 6) == round(1 / D("1.02") - 1, 6)
         daily = dict(conn.execute("SELECT workload, sum(billed_usd) FROM estimate_vs_billed_daily GROUP BY 1"))
         assert set(daily) == {"embed", HOSTILE}
+        # right now: the running instance only, at its rate, for the two hours since it started
+        ((workload, instances, usd_per_hour, since_start),) = conn.execute(
+            "SELECT workload, instances_running, usd_per_hour, usd_since_start FROM live_cloud_spend").fetchall()
+        assert (workload, instances, usd_per_hour) == (HOSTILE, 1, D("32.77"))
+        assert D("65.54") <= since_start < D("66.1")  # (within a minute of the seeding)
 
 
 class FakeGrafana:

@@ -17,7 +17,7 @@ import yaml
 from hybridspend.broker import Topics, ensure_topics, make_producer, send_watermarks
 from hybridspend.config import load_config
 from hybridspend.demo import Services
-from hybridspend.events import GpuReading, GpuSample, WorkloadShare
+from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
 from hybridspend.local import Endpoints
 from storage.db import migrate
 
@@ -163,6 +163,70 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
             assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
             assert conn.execute("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NOT NULL").fetchone()[0] == 1
         assert len(slack.posts) == 1
+    finally:
+        producer.close()
+        services.stop()
+
+
+def test_a_cloud_instance_costs_live_seconds_after_each_state_change(tmp_path: Path, broker, database, topic_prefix):
+    """Cost windows close with the event time; the live spend of an instance must not wait for them."""
+    offers = [dict(CONFIG["cloud_offers"][0], usd_per_hour={"on_demand": 24, "spot": 9})]
+    cfg = dict(CONFIG, cloud_offers=offers, state_dir=str(tmp_path / "state"),
+               kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
+    cfg.pop("alerts")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    migrate(database)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
+    for name in ("worker", "sink"):
+        services.start(name)
+    producer = make_producer(broker.bootstrap, config.kafka)
+
+    def change(instance: str, ts_ms: int, state: str, option: str) -> float:
+        event = InstanceEvent(event_id=f"{instance}|{ts_ms}", ts_ms=ts_ms, provider="aws", region="us-east-1",
+                              account="1", instance_id=instance, instance_type="p4d.24xlarge", state=state,
+                              purchase_option=option, workload="team-b/serve", team="team-b")
+        producer.send(topics.instance_events, key=instance.encode(), value=event.encode())
+        producer.flush()
+        return time.monotonic()
+
+    try:
+        with psycopg.connect(database, autocommit=True) as conn:
+            def live(instance: str, state: str):
+                return conn.execute("SELECT state, usd_per_hour, running_since, ends_at FROM live_instances"
+                                    " WHERE instance_id = %s AND state = %s", (instance, state)).fetchone()
+
+            change("i-od", T0_MS, "running", "on_demand")
+            wait_until(lambda: live("i-od", "running"), 120, "the worker to start and price the first instance")
+            # the worker is up: from now on each change must be live within seconds
+            sent = change("i-spot", T0_MS + 60_000, "running", "spot")
+            state, usd_per_hour, since, ends = wait_until(lambda: live("i-spot", "running"), 30, "spot start")
+            start_latency_s = time.monotonic() - sent
+            assert usd_per_hour == D(9) and int(since.timestamp() * 1000) == T0_MS + 60_000 and ends is None
+            ((instances, spend),) = conn.execute(
+                "SELECT count(*), sum(usd_per_hour) FROM live_instances WHERE state = 'running'").fetchall()
+            assert (instances, spend) == (2, D(33))  # $24 + $9 an hour, before any window of theirs closed
+            assert conn.execute("SELECT count(*) FROM cost_windows").fetchone()[0] == 0
+
+            sent = change("i-spot", T0_MS + 300_000, "spot_interruption_warning", "spot")
+            _, usd_per_hour, _, ends = wait_until(lambda: live("i-spot", "reclaiming"), 30, "spot warning")
+            warning_latency_s = time.monotonic() - sent
+            assert usd_per_hour == D(9) and int(ends.timestamp() * 1000) == T0_MS + 420_000  # reclaimed 2 min later
+
+            sent = change("i-od", T0_MS + 400_000, "stopped", "on_demand")
+            _, usd_per_hour, since, _ = wait_until(lambda: live("i-od", "stopped"), 30, "stop")
+            stop_latency_s = time.monotonic() - sent
+            assert usd_per_hour == 0 and since is None
+            # a replayed start changes nothing: the instance stays stopped
+            change("i-od", T0_MS, "running", "on_demand")
+            time.sleep(3)
+            assert live("i-od", "stopped") and not live("i-od", "running")
+            assert max(start_latency_s, warning_latency_s, stop_latency_s) < 10, \
+                (start_latency_s, warning_latency_s, stop_latency_s)
+            services.check()
     finally:
         producer.close()
         services.stop()

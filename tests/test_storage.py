@@ -15,10 +15,10 @@ import pytest
 
 from hybridspend.broker import LOCAL_PROFILE, Topics, ensure_topics, make_consumer, make_producer
 from hybridspend.config import KafkaConfig
-from hybridspend.events import CostWindow, GpuReading, GpuSample
+from hybridspend.events import CostWindow, GpuReading, GpuSample, LiveSpend
 from hybridspend.local import LocalPostgres
 from storage.db import SchemaError, check_schema, migrate
-from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, write_batch
+from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
 from storage.timeseries import POSTGRESQL, Partitions, apply_retention
 
 DAY_MS = 86_400_000
@@ -273,6 +273,26 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_is_written(dat
         reason = conn.execute("SELECT reason FROM dead_letters").fetchone()[0]
         assert reason.startswith("sink: refused by the database: numeric field overflow")
     sink.close()
+
+
+def test_live_instances_keep_the_latest_state_whatever_order_batches_arrive_in(database):
+    migrate(database)
+
+    def change(ts_ms: int, state: str) -> Batch:
+        batch = Batch()
+        batch.add("live_instances", live_instance_row(LiveSpend(
+            event_id=f"i-1|{ts_ms}", ts_ms=ts_ms, instance_id="i-1", provider="aws", region="us-east-1",
+            instance_type="p4d.24xlarge", purchase_option="on_demand", workload="w", team="t", gpu_class="A100",
+            gpus=8, state=state, usd_per_hour=D("32.77") if state == "running" else D(0),
+            running_since_ms=T0_MS if state == "running" else None)))
+        return batch
+
+    with psycopg.connect(database) as conn:
+        for batch in (change(T0_MS, "running"), change(T0_MS + 60_000, "stopped"), change(T0_MS, "running")):
+            write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))  # the last one replays the start
+        assert conn.execute("SELECT state, usd_per_hour, event_id FROM live_instances").fetchall() == [
+            ("stopped", D(0), f"i-1|{T0_MS + 60_000}")]
+        assert conn.execute("SELECT count(*) FROM live_cloud_spend").fetchone()[0] == 0
 
 
 def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
