@@ -131,6 +131,26 @@ async def _wait_partitions(consumer, topic: str) -> set[int]:
     raise RuntimeError(f"topic {topic} has no partitions")
 
 
+class DurableTable(faust.Table):
+    """A table whose changelog writes can be awaited.
+
+    Faust buffers them, and flushing its producer gives up after 0.1 s without progress, so a
+    write could still be in that buffer when the batch's offsets are committed: a worker killed
+    then would recover a table older than its offsets and lose the events in between.
+    """
+
+    def send_changelog(self, *args, **kwargs):
+        fut = super().send_changelog(*args, **kwargs)
+        self.__dict__.setdefault("_unacknowledged", []).append(fut)
+        return fut
+
+    async def changelog_written(self) -> None:
+        """Until the broker has every changelog write made so far."""
+        futures = self.__dict__.pop("_unacknowledged", [])
+        if futures:
+            await asyncio.gather(*futures)
+
+
 def _table_set(table, key: str, value: dict, event) -> None:
     """Write a table key on behalf of ``event`` (batched agents have no current event).
 
@@ -169,6 +189,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         # fills and every take waits its full `within`
         stream_buffer_maxsize=STREAM_BUFFER,
         consumer_max_fetch_size=4 * 1024**2,
+        Table=DurableTable,
         **profile.faust_settings,
     )
 
@@ -217,11 +238,6 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         """Wait until the broker has every output of the batch (before the tables move on)."""
         futures = [await s for s in sends]
         await asyncio.gather(*futures)
-
-    async def durable() -> None:
-        """Wait until the batch's table changes are in their changelogs, before its offsets can be
-        committed: a worker killed after the commit must not recover a table older than its offsets."""
-        await app.producer.flush()
 
     @app.agent(inputs)
     async def account_usage(stream):
@@ -311,7 +327,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
             for part, part_event in partition_event.items():
                 _table_set(resource_windows, _clock_key(part), clocks[part].to_dict(), part_event)
-            await durable()
+            await resource_windows.changelog_written()  # before the batch's offsets can be committed
 
     @app.agent(cost_windows)
     async def decide(stream):
@@ -363,7 +379,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 _table_set(workload_windows, workload, state.to_dict(), key_event[workload])
             for part, part_event in partition_event.items():
                 _table_set(workload_windows, _clock_key(part), clocks[part].to_dict(), part_event)
-            await durable()
+            await workload_windows.changelog_written()
 
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app
