@@ -70,14 +70,18 @@ class ResourceState:
                    dict(data.get("allow_spot", {})), Rental.from_list(rental) if rental else None,
                    tuple(data.get("owner") or ("", "", "")))  # type: ignore[arg-type]
 
-    @property
-    def progress_ms(self) -> int:
-        """Event time up to which this resource's samples are complete (they arrive in order).
+    def complete_through_ms(self, partition_watermark_ms: int) -> int:
+        """Event time up to which this resource's windows are complete.
 
-        Its instance events travel on another topic, in no order relative to the samples, so
-        they do not count: rented time without samples closes on the partition's watermark.
+        An owned host's samples arrive in order, so everything before its latest sample is
+        complete.  A cloud instance's state changes travel on another topic, in no order relative
+        to its samples: its windows wait for the partition's watermark, which covers both topics.
+        Closed on the samples alone, an instance whose stop was not read yet would be charged on,
+        and one whose start was not read yet would lose the rented time its samples do not cover.
         """
-        return self.windows.last_start_ms
+        if self.environment == "cloud" or self.rental is not None:
+            return partition_watermark_ms
+        return max(self.windows.last_start_ms, partition_watermark_ms)
 
 
 class UsageProcessor:
@@ -172,7 +176,9 @@ class UsageProcessor:
             running_since_ms=rental.running_since_ms, ends_at_ms=rental.reclaim_at_ms,
         )
 
-    def close(self, state: ResourceState, resource: str, watermark_ms: int) -> list[CostWindow]:
+    def close(self, state: ResourceState, resource: str, partition_watermark_ms: int) -> list[CostWindow]:
+        """The resource's windows that are complete at the partition's watermark, priced."""
+        watermark_ms = state.complete_through_ms(partition_watermark_ms)
         closed = state.windows.close(watermark_ms, self.window_ms)
         if state.rental is not None:
             workload, team, gpu_class = state.owner

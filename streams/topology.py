@@ -304,8 +304,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     state = states.get(resource)
                     if state is None:
                         state = ResourceState.from_dict(resource_windows.get(resource))
-                    # a resource's own events arrive in order: everything before its progress is complete
-                    closed = usage.close(state, resource, max(state.progress_ms, watermark))
+                    closed = usage.close(state, resource, watermark)
                     if closed or resource in states:
                         states[resource] = state
                         key_event.setdefault(resource, part_event)

@@ -1,0 +1,76 @@
+"""The usage processor without a broker: what closes when, for a rented cloud instance.
+
+Its samples and its state changes travel on two topics that are read in no fixed order, so a
+worker may read hours of an instance's samples before the stop between them (a fresh worker
+catching up does).  Those windows must wait for the instance events; closed on the samples
+alone, the instance would be charged as running through its stop.
+"""
+
+from __future__ import annotations
+
+from hybridspend.config import Config
+from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from streams.processing import ResourceState, UsageProcessor
+from tests.test_spine_integration import CONFIG, T0_MS, WINDOW_S
+
+WINDOW_MS = WINDOW_S * 1000
+GPUS = 8  # a p4d.24xlarge, $24 an hour in CONFIG: $3 per GPU-hour
+
+
+def change(ts_ms: int, state: str) -> InstanceEvent:
+    return InstanceEvent(event_id=f"i-1|{ts_ms}", ts_ms=ts_ms, provider="aws", region="us-east-1", account="1",
+                         instance_id="i-1", instance_type="p4d.24xlarge", state=state, purchase_option="on_demand",
+                         workload="team-b/serve", team="team-b")
+
+
+def sample(ts_ms: int) -> GpuSample:
+    gpus = [GpuReading(f"GPU-{i}", i, "A100", "A100", 50.0, 1, 2, None, [WorkloadShare("team-b/serve", "team-b")])
+            for i in range(GPUS)]
+    return GpuSample(f"i-1:{ts_ms}", ts_ms, 60_000, "i-1", "cloud", "test", gpus, provider="aws", region="us-east-1",
+                     instance_type="p4d.24xlarge", purchase_option="on_demand")
+
+
+def test_a_rented_instance_waits_for_its_state_changes_before_its_windows_close():
+    usage = UsageProcessor(Config.model_validate(CONFIG))
+    state = ResourceState()
+    stop_ms, restart_ms = T0_MS + WINDOW_MS, T0_MS + 4 * WINDOW_MS
+    usage.add_instance_event(state, change(T0_MS, "running"))
+    # window 0 sampled; stopped through windows 1-3; window 4 sampled again after a restart
+    for ts in [*range(T0_MS + 60_000, stop_ms + 1, 60_000), *range(restart_ms + 60_000, restart_ms + WINDOW_MS + 1, 60_000)]:
+        usage.add(state, sample(ts))
+    # the samples are through window 4, the instance events (stop, restart) not read yet
+    assert usage.close(state, "i-1", T0_MS) == []
+    usage.add_instance_event(state, change(stop_ms, "stopped"))
+    usage.add_instance_event(state, change(restart_ms, "running"))
+    windows = usage.close(state, "i-1", restart_ms + WINDOW_MS)
+    assert [(w.window_start_ms - T0_MS) // WINDOW_MS for w in windows] == [0, 4]  # nothing while it was stopped
+    assert all(w.allocated_gpu_ms == GPUS * WINDOW_MS and w.busy_gpu_ms == GPUS * WINDOW_MS // 2 for w in windows)
+    assert sum(w.cost_usd for w in windows) == 2 * GPUS * 3 * WINDOW_S / 3600  # $3 per GPU-hour, 2 windows
+
+
+def test_an_instance_whose_start_is_not_read_yet_keeps_its_windows_open():
+    usage = UsageProcessor(Config.model_validate(CONFIG))
+    state = ResourceState()
+    for ts in range(T0_MS + 60_000, T0_MS + WINDOW_MS + 60_001, 60_000):  # one sample into window 1
+        usage.add(state, sample(ts))
+    assert usage.close(state, "i-1", 0) == []  # its start (a minute before the first sample) may be on its way
+    usage.add_instance_event(state, change(T0_MS - 60_000, "running"))
+    before, first = usage.close(state, "i-1", T0_MS + WINDOW_MS)
+    assert first.window_start_ms == T0_MS and first.sample_count == 10 * GPUS
+    assert first.allocated_gpu_ms == GPUS * WINDOW_MS
+    # the minute it ran before its first sample is rented time too, charged as allocated
+    assert before.window_start_ms == T0_MS - WINDOW_MS and before.sample_count == 0
+    assert before.allocated_gpu_ms == GPUS * 60_000 and before.busy_gpu_ms == 0
+
+
+def test_an_owned_host_closes_on_its_own_samples():
+    usage = UsageProcessor(Config.model_validate(CONFIG))
+    state = ResourceState()
+    for ts in range(T0_MS + 60_000, T0_MS + WINDOW_MS + 60_001, 60_000):
+        s = sample(ts)
+        s.resource, s.environment, s.provider, s.region, s.instance_type, s.purchase_option = \
+            "node-1", "onprem", "", "", "", ""
+        usage.add(state, s)
+    # nothing else describes an owned host: its samples are in order, so window 0 is complete
+    (w,) = usage.close(state, "node-1", 0)
+    assert w.window_start_ms == T0_MS and w.sample_count == 10 * GPUS
