@@ -250,21 +250,33 @@ class PartitionClock:
     ``sources`` holds the event time reached by every input: for the usage agent, each input
     topic (samples, instance events); for the decision agent, each upstream usage partition.
     ``open`` lists the keys with open windows; ``idle`` (decision agent) the idle owned capacity
-    the upstream partitions reported.
+    the upstream partitions reported.  ``offsets`` is the next record expected from each input
+    topic's partition: the tables, not the consumer's committed offsets, say what was applied.
     """
 
     open: set[str] = field(default_factory=set)
     sources: dict[str, int] = field(default_factory=dict)  # upstream source (or input topic) -> its event time
     idle: dict[str, int] = field(default_factory=dict)  # "window_start|gpu_class|resource" -> idle GPU-ms
+    offsets: dict[str, int] = field(default_factory=dict)  # input topic -> next offset to apply
 
     def to_dict(self) -> dict:
-        return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle}
+        return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PartitionClock":
         if not data:
             return cls()
-        return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]))
+        return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})))
+
+    def take(self, topic: str, offset: int) -> str:
+        """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
+        now, apply it), ``"applied"`` (a replay after a restart: skip it) or ``"gap"`` (records
+        before it never arrived; ``offsets[topic]`` is the first of them)."""
+        expected = self.offsets.get(topic)
+        if expected is not None and offset != expected:
+            return "applied" if offset < expected else "gap"
+        self.offsets[topic] = offset + 1
+        return "next"
 
     def advance(self, source: str, ts_ms: int) -> bool:
         if ts_ms <= self.sources.get(source, -1):

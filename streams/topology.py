@@ -25,7 +25,8 @@ Both agents take batches and write each table key once per batch, because every 
 is a changelog write (DESIGN.md §4).  Outputs are acknowledged by the broker before the tables
 move on, and the tables' changelog before the batch's offsets can be committed, so a worker
 killed at any point replays into the same results.  Per-partition
-progress lives in the tables too (``~clock|N`` keys), so a restarted worker resumes it.
+progress lives in the tables too (``~clock|N`` keys: event time and the next offset of each
+input), so a restarted worker resumes it and skips the records its tables already hold.
 """
 
 from __future__ import annotations
@@ -151,6 +152,24 @@ class DurableTable(faust.Table):
             await asyncio.gather(*futures)
 
 
+def _keep_fetched_records(app: faust.App) -> None:
+    """Faust clears the stream queues whenever flow control resumes, even when it was not suspended.
+
+    After a rebalance (a restarted worker, a second worker) it resumes the stream partitions,
+    seeks them to the committed offsets, then resumes flow control once more: records fetched in
+    between were cleared while the consumer counted them as read, and were never delivered (seen
+    with SIGKILL: hours of samples lost).  Queues are cleared only when flow really resumes.
+    """
+    flow_control = app.flow_control
+    resume = flow_control.resume
+
+    def resume_if_suspended() -> None:
+        if not flow_control.is_active():
+            resume()
+
+    flow_control.resume = resume_if_suspended  # type: ignore[method-assign]
+
+
 def _table_set(table, key: str, value: dict, event) -> None:
     """Write a table key on behalf of ``event`` (batched agents have no current event).
 
@@ -192,6 +211,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         Table=DurableTable,
         **profile.faust_settings,
     )
+
+    _keep_fetched_records(app)
 
     def topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -239,6 +260,21 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         futures = [await s for s in sends]
         await asyncio.gather(*futures)
 
+    def in_order(clock: PartitionClock, event) -> bool:
+        """Apply each record once: the partition's clock (in the table) knows the next offset.
+
+        A restarted worker replays from the committed offsets, which may be behind the tables:
+        those records are skipped here.  Records missing before the one delivered would mean the
+        consumer lost some (see ``_keep_fetched_records``): that is logged as an error, loudly.
+        """
+        msg = event.message
+        place = clock.take(msg.topic, msg.offset)
+        if place == "gap":
+            log.error("%s[%d]: offset %d delivered, but the records before it from %d never were", msg.topic,
+                      msg.partition, msg.offset, clock.offsets[msg.topic])
+            clock.offsets[msg.topic] = msg.offset + 1
+        return place != "applied"
+
     @app.agent(inputs)
     async def account_usage(stream):
         await prices_ready.wait()
@@ -256,6 +292,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     clock = clocks[part] = PartitionClock.from_dict(resource_windows.get(_clock_key(part)))
                     for topic in input_topics:  # a topic not read yet holds the partition back (until stale)
                         clock.sources.setdefault(topic, 0)
+                if not in_order(clock, event):
+                    continue
                 try:
                     if is_watermark(event.value):
                         if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):
@@ -340,6 +378,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 part = event.message.partition
                 clock = clocks.get(part) or clocks.setdefault(
                     part, PartitionClock.from_dict(workload_windows.get(_clock_key(part))))
+                if not in_order(clock, event):
+                    continue
                 partition_event[part] = event
                 try:
                     if is_watermark(event.value):

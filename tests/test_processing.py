@@ -1,16 +1,17 @@
-"""The usage processor without a broker: what closes when, for a rented cloud instance.
+"""The stream processors without a broker: what closes when for a rented cloud instance, and
+which records a partition applies.
 
-Its samples and its state changes travel on two topics that are read in no fixed order, so a
-worker may read hours of an instance's samples before the stop between them (a fresh worker
-catching up does).  Those windows must wait for the instance events; closed on the samples
-alone, the instance would be charged as running through its stop.
+A cloud instance's samples and its state changes travel on two topics that are read in no fixed
+order, so a worker may read hours of an instance's samples before the stop between them (a
+fresh worker catching up does).  Those windows must wait for the instance events; closed on the
+samples alone, the instance would be charged as running through its stop.
 """
 
 from __future__ import annotations
 
 from hybridspend.config import Config
 from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
-from streams.processing import ResourceState, UsageProcessor
+from streams.processing import PartitionClock, ResourceState, UsageProcessor
 from tests.test_spine_integration import CONFIG, T0_MS, WINDOW_S
 
 WINDOW_MS = WINDOW_S * 1000
@@ -74,3 +75,13 @@ def test_an_owned_host_closes_on_its_own_samples():
     # nothing else describes an owned host: its samples are in order, so window 0 is complete
     (w,) = usage.close(state, "node-1", 0)
     assert w.window_start_ms == T0_MS and w.sample_count == 10 * GPUS
+
+
+def test_the_partition_clock_applies_each_record_once_and_in_order():
+    clock = PartitionClock()
+    assert clock.take("t", 40) == "next"  # nothing applied yet: wherever the consumer starts
+    assert clock.take("t", 41) == "next"
+    restored = PartitionClock.from_dict(clock.to_dict())  # what a restarted worker recovers
+    assert restored.take("t", 40) == "applied"  # committed offsets behind the table: a replay
+    assert restored.take("t", 44) == "gap" and restored.offsets["t"] == 42  # 42 and 43 never came
+    assert restored.take("t", 42) == "next" and restored.take("u", 7) == "next"  # each topic on its own
