@@ -82,6 +82,14 @@ def _money(d: dict, name: str, where: str, *, optional: bool = False) -> Decimal
     return amount
 
 
+def _price(d: dict, name: str, where: str) -> Decimal:
+    amount = _money(d, name, where)
+    assert amount is not None
+    if amount < 0:
+        raise EventError(f"{where}: '{name}' must be >= 0, got {amount}")
+    return amount
+
+
 def _choice(d: dict, name: str, where: str, choices: tuple[str, ...]) -> str:
     value = _get(d, name, where)
     if value not in choices:
@@ -439,10 +447,7 @@ class LiveSpend(_Record):
     def decode(cls, payload: bytes | str) -> "LiveSpend":
         d = loads(payload, cls.SCHEMA)
         w = cls.SCHEMA
-        price = _money(d, "usd_per_hour", w)
-        assert price is not None
-        if price < 0:
-            raise EventError(f"{w}: 'usd_per_hour' must be >= 0, got {price}")
+        price = _price(d, "usd_per_hour", w)
         return cls(
             event_id=_label(d, "event_id", w),
             ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
@@ -480,10 +485,7 @@ class PriceUpdate(_Record):
     def decode(cls, payload: bytes | str) -> "PriceUpdate":
         d = loads(payload, cls.SCHEMA)
         w = cls.SCHEMA
-        price = _money(d, "usd_per_hour", w)
-        assert price is not None
-        if price < 0:
-            raise EventError(f"{w}: 'usd_per_hour' must be >= 0, got {price}")
+        price = _price(d, "usd_per_hour", w)
         return cls(
             event_id=_label(d, "event_id", w),
             ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
