@@ -10,9 +10,10 @@
   ``resource-windows`` table) it keeps the open event-time windows of the GPU samples and, for
   cloud instances, the rented time from their state changes (a spot interruption ends it at
   the reclaim second); each state change also goes out at once to ``live-spend`` (what the
-  instance costs per hour from then on).  It closes a window once the resource, or its partition
-  less ``grace``, has moved past it, prices it (owned GPUs: capex + energy + upkeep; cloud: the live price in
-  force at the window's start, else the configured offer) and emits it keyed by workload.
+  instance costs per hour from then on).  It closes a window once the resource (an owned host,
+  whose samples are in order) or its partition less ``grace`` has moved past it, prices it
+  (owned GPUs: capex + energy + upkeep; cloud: the live price in force at the window's start,
+  else the configured offer) and emits it keyed by workload.
   After each batch it sends a watermark per input partition to every ``cost-windows``
   partition, carrying the owned capacity that sat idle in the windows it closed.
 * ``decide`` gathers each workload's windows from all resources (``workload-windows``), closes
