@@ -18,8 +18,8 @@ from typing import Callable
 import psycopg
 from psycopg.types.json import Jsonb
 
-from hybridspend.config import AlertRoute, Config
-from hybridspend.events import BreakevenDecision, EventError
+from contracts.config import AlertRoute, Config
+from contracts.events import BreakevenDecision, EventError
 
 from .checks import Figures, Notice, all_notices
 from .slack import decision_message, notice_message

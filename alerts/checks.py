@@ -134,7 +134,7 @@ def silence_notices(f: Figures, minutes: float) -> list[Notice]:
 
 
 def all_notices(f: Figures, checks) -> list[Notice]:
-    """Every rule the configuration turns on (``checks``: hybridspend.config.AlertChecks)."""
+    """Every rule the configuration turns on (``checks``: contracts.config.AlertChecks)."""
     out: list[Notice] = []
     if checks.budget_forecast:
         out += budget_notices(f)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import quote
 
-from hybridspend.events import BreakevenDecision
+from contracts.events import BreakevenDecision
 
 ENV_NAMES = {"onprem": "on-prem", "cloud": "cloud"}
 KIND_TITLES = {

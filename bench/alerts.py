@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from hybridspend.broker import Topics, ensure_topics, make_producer, send_watermarks
-from hybridspend.cli import EXAMPLE_CONFIG
-from hybridspend.config import load_config
-from hybridspend.demo import Services
-from hybridspend.events import GpuReading, GpuSample, WorkloadShare
-from hybridspend.local import Endpoints
+from contracts.config import EXAMPLE_CONFIG, load_config
+from contracts.events import GpuReading, GpuSample, WorkloadShare
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer, send_watermarks
+from infra.local import Endpoints
+from infra.services import Services
 
 WINDOW_MS = 60_000
 INTERVAL_MS = 20_000

@@ -13,7 +13,7 @@ import time
 
 from collectors.nvml.collector import NvmlCollector
 from collectors.nvml.fake import FakeGpu, FakeNvml
-from hybridspend.config import Config
+from contracts.config import Config
 
 CALL_COST_S = 30e-6
 GPUS = 8

@@ -19,8 +19,9 @@ import uuid
 
 import faust
 
-from hybridspend.broker import LOCAL_PROFILE, Topics, apply_fetch_wait_to_faust
-from hybridspend.config import load_config
+from contracts.config import load_config
+from contracts.topics import Topics
+from infra.broker import LOCAL_PROFILE, apply_fetch_wait_to_faust
 from streams.topology import BATCH_MAX, BATCH_WITHIN_S, STREAM_BUFFER
 from streams.worker import quiet_worker
 

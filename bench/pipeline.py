@@ -17,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from hybridspend.broker import Topics, ensure_topics, make_producer, send_watermarks
-from hybridspend.cli import EXAMPLE_CONFIG
-from hybridspend.events import GpuReading, GpuSample, WorkloadShare
+from contracts.config import EXAMPLE_CONFIG
+from contracts.events import GpuReading, GpuSample, WorkloadShare
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer, send_watermarks
 
 GPUS = 8
 NODES = 100
@@ -88,7 +89,7 @@ def run(bootstrap: str, quick: bool, say=print) -> dict:
         config["state_dir"] = str(tmp)
         config_path = tmp / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        from hybridspend.config import load_config
+        from contracts.config import load_config
 
         cfg = load_config(config_path, {})
         topics = Topics.from_config(cfg.kafka)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from hybridspend.cli import EXAMPLE_CONFIG
-from hybridspend.config import load_config
-from hybridspend.events import BreakevenDecision, CostWindow
+from contracts.config import EXAMPLE_CONFIG, load_config
+from contracts.events import BreakevenDecision, CostWindow
 from reports import monthly
 from storage.db import migrate
 from storage.sink import Batch, cost_window_row, decision_row, write_batch

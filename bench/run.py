@@ -9,8 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from hybridspend.broker import LOCAL_PROFILE
-from hybridspend.local import LocalBroker, LocalPostgres
+from infra.broker import LOCAL_PROFILE
+from infra.local import LocalBroker, LocalPostgres
 
 from . import alerts, collector, pipeline, report, sink
 

@@ -13,8 +13,9 @@ from datetime import datetime, timezone
 import psycopg
 
 from collectors.sim import demo_fleet
-from hybridspend.broker import Topics, ensure_topics, make_consumer, make_producer
-from hybridspend.config import KafkaConfig
+from contracts.config import KafkaConfig
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_consumer, make_producer
 from storage.db import migrate
 from storage.sink import Sink, gpu_sample_rows
 from storage.timeseries import POSTGRESQL, Partitions

@@ -20,9 +20,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterator
 
-from hybridspend.events import MAX_LABEL_LEN, CostLine
-
-from .catalog import Catalog, provider_key
+from contracts.catalog import Catalog, provider_key
+from contracts.events import MAX_LABEL_LEN, CostLine
 
 REQUIRED = ("BilledCost", "EffectiveCost", "ChargePeriodStart", "ChargePeriodEnd", "BillingCurrency", "ProviderName")
 NULLS = {"", "NULL", "null", "Null"}

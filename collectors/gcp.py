@@ -24,10 +24,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from hybridspend.checkpoint import Checkpoint
-from hybridspend.events import CostLine, InstanceEvent, PriceUpdate
-
-from .catalog import Catalog
+from contracts.catalog import Catalog
+from contracts.events import CostLine, InstanceEvent, PriceUpdate
+from infra.checkpoint import Checkpoint
 
 USAGE_TYPES = {"OnDemand": "on_demand", "Preemptible": "spot", "Spot": "spot",
                "Commit1Yr": "committed_use", "Commit3Yr": "committed_use_3y"}

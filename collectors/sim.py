@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
-from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -12,9 +12,7 @@ import warnings
 from decimal import Decimal
 from pathlib import Path
 
-from .config import DEFAULT_STATE_DIR, Config, ConfigError, load_config
-
-EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "fleet.yaml"
+from contracts.config import Config, ConfigError, load_config, resolve_config
 
 
 class UsageError(Exception):
@@ -31,18 +29,6 @@ def _stop_flag():
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return lambda: stopped["v"]
-
-
-def resolve_config(path: str | None, state_dir: str | None = None) -> Config:
-    """--config, else $HYBRIDSPEND_CONFIG, else <state dir>/config.yaml, else the bundled example."""
-    environ = dict(os.environ)
-    if state_dir:
-        environ["HYBRIDSPEND__STATE_DIR"] = state_dir
-    candidate = path or os.environ.get("HYBRIDSPEND_CONFIG")
-    if candidate is None:
-        state = Path(state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or DEFAULT_STATE_DIR)
-        candidate = str(state / "config.yaml") if (state / "config.yaml").exists() else str(EXAMPLE_CONFIG)
-    return load_config(candidate, environ)
 
 
 def _dec(name: str):
@@ -111,10 +97,9 @@ def cmd_config_check(args) -> int:
 
 def _endpoints(config: Config):
     """External endpoints for a single service; the embedded ones are started by `demo` only."""
-    from .broker import profile_named
-    from .local import database_dsn
-
-    from .broker import Topics, ensure_topics
+    from contracts.topics import Topics
+    from infra.broker import ensure_topics, profile_named
+    from infra.local import database_dsn
 
     bootstrap = config.kafka.bootstrap_servers
     dsn = database_dsn(config)
@@ -138,7 +123,8 @@ def cmd_worker(args) -> int:
 
 def _run_consumer_service(args, role: str, topic_names, build) -> int:
     """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
-    from .broker import Topics, make_consumer
+    from contracts.topics import Topics
+    from infra.broker import make_consumer
 
     config = resolve_config(args.config, args.state_dir)
     bootstrap, dsn, profile = _endpoints(config)
@@ -156,9 +142,8 @@ def _run_consumer_service(args, role: str, topic_names, build) -> int:
 
 
 def cmd_sink(args) -> int:
+    from infra.broker import LagProbe
     from storage.sink import Sink, sink_topics
-
-    from .broker import LagProbe
 
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
@@ -180,8 +165,8 @@ def cmd_alerter(args) -> int:
 
 def cmd_collect_nvml(args) -> int:
     from collectors.nvml.collector import NvmlCollector, default_nvml, host_name
-
-    from .broker import WATERMARK_EVERY_MS, Topics, make_producer, send_watermarks
+    from contracts.topics import Topics
+    from infra.broker import WATERMARK_EVERY_MS, make_producer, send_watermarks
 
     config = resolve_config(args.config, args.state_dir)
     bootstrap, _, _ = _endpoints(config)
@@ -223,9 +208,9 @@ def cmd_collect_nvml(args) -> int:
 
 def cmd_collect_aws(args) -> int:
     from collectors.aws.collector import AwsCollector
+    from infra.checkpoint import Checkpoint
 
-    from .checkpoint import Checkpoint
-    from .publish import publishing
+    from .publishing import publishing
 
     config = resolve_config(args.config, args.state_dir)
     if not config.collectors.aws.accounts:
@@ -252,9 +237,9 @@ def cmd_collect_gcp(args, channel=None) -> int:
     import time
 
     from collectors import gcp
+    from infra.checkpoint import Checkpoint
 
-    from .checkpoint import Checkpoint
-    from .publish import publishing
+    from .publishing import publishing
 
     config = resolve_config(args.config, args.state_dir)
     settings = config.collectors.gcp
@@ -286,9 +271,8 @@ def cmd_collect_gcp(args, channel=None) -> int:
 
 
 def cmd_db_migrate(args) -> int:
+    from infra.local import local_database
     from storage.db import migrate, sync_budgets
-
-    from .local import local_database
 
     config = resolve_config(args.config, args.state_dir)
     with local_database(config) as dsn:
@@ -328,7 +312,7 @@ def cmd_ingest_focus(args) -> int:
 
     from collectors.focus import FocusSummary, read_files
 
-    from .publish import publishing
+    from .publishing import publishing
 
     config = resolve_config(args.config, args.state_dir)
     paths = [Path(p) for p in args.files]
@@ -358,9 +342,8 @@ def cmd_ingest_focus(args) -> int:
 def cmd_report_monthly(args) -> int:
     import psycopg
 
+    from infra.local import local_database
     from reports import monthly
-
-    from .local import local_database
 
     config = resolve_config(args.config, args.state_dir)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -387,21 +370,21 @@ def cmd_report_monthly(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from bench.run import main as run_bench
+    # a separate program: the benchmarks drive the entrypoints, never the reverse
+    import subprocess
 
-    run_bench(quick=args.quick)
-    return 0
+    return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else [])])
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from hybridspend.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_simulate(args) -> int:
-    from .scenario import load_scenario
-    from .simulate import render, run_scenario
+    from collectors.scenario import load_scenario
+    from hybridspend.simulate import render, run_scenario
 
     scenario = load_scenario(args.scenario)
     say = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))

@@ -4,66 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from .broker import Topics, ensure_topics, make_producer, send_watermarks
-from .config import Config
-from .local import Endpoints, _die_with_parent, running_services
+from contracts.config import Config, resolve_config
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer, send_watermarks
+from infra.local import Endpoints, running_services
+from infra.services import Services
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-class Services:
-    """The worker, sink and alerter as child processes, logs in the state directory."""
-
-    def __init__(self, config: Config, config_path: Path, endpoints: Endpoints) -> None:
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.log_dir = config.state_dir / "logs"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
-        self.env.update({
-            "HYBRIDSPEND_CONFIG": str(config_path),
-            "HYBRIDSPEND__STATE_DIR": str(config.state_dir),
-            "HYBRIDSPEND__KAFKA__BOOTSTRAP_SERVERS": endpoints.bootstrap,
-            "HYBRIDSPEND__DATABASE__DSN": endpoints.dsn,
-            "HYBRIDSPEND_BROKER_PROFILE": endpoints.profile.name,
-            "PYTHONUNBUFFERED": "1",
-        })
-
-    def start(self, name: str, *extra: str, command: str | None = None) -> None:
-        """Start ``hybridspend <command or name> extra...`` as ``name`` (its log: <name>.log)."""
-        log = open(self.log_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "hybridspend.cli", command or name, *extra],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-
-    def check(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the {name} exited with status {proc.returncode}; its log ends with:\n{tail}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _progress(sim_ms: int, start_ms: int, hours: float, sent: int, counts: dict[str, int]) -> str:
@@ -80,10 +35,9 @@ def run_demo(args) -> int:
     import psycopg
 
     from collectors.sim import demo_fleet
+    from contracts.config import EXAMPLE_CONFIG
     from storage.db import migrate, sync_budgets
     from storage.queries import counts
-
-    from .cli import EXAMPLE_CONFIG, resolve_config
 
     state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 import yaml
 
-from .broker import Topics, ensure_topics, make_producer, send_watermarks
-from .config import Config
-from .demo import Services
-from .local import running_services
-from .scenario import HOUR_MS, Scenario, Simulation, iso, scenario_config
+from collectors.scenario import HOUR_MS, Scenario, Simulation, iso, scenario_config
+from contracts.config import Config
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer, send_watermarks
+from infra.local import running_services
+from infra.services import Services
 
 
 def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hours: float | None = None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import io
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,9 +20,9 @@ from typing import Callable
 
 import psycopg
 
+from contracts.config import Config
 from costmodel import MIGRATE_TO_CLOUD, REPATRIATE_BUY, STAY, Market, WorkloadWindow
 from costmodel.money import cents
-from hybridspend.config import Config
 from storage.queries import WorkloadSummary
 
 MS_PER_HOUR = 3_600_000

@@ -20,16 +20,16 @@ import psycopg
 from kafka.errors import CommitFailedError
 from psycopg.types.json import Jsonb
 
-from hybridspend.events import (
+from contracts.events import (
     BreakevenDecision,
     CostLine,
     CostWindow,
     DeadLetter,
     EventError,
     GpuSample,
-    is_watermark,
     LiveSpend,
     PriceUpdate,
+    is_watermark,
 )
 
 from .db import check_schema, connect, engine_of

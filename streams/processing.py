@@ -10,27 +10,26 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from contracts.config import Config
+from contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
 from costmodel import (
-    CrossingState,
     IDLE_WORKLOAD,
+    CrossingState,
+    GpuReading,
     LateSample,
     Market,
-    GpuReading,
     PriceBook,
     Rental,
-    add_rented_time,
     ResourceWindows,
     Usage,
     UsageKey,
     WorkloadWindow,
+    add_rented_time,
     evaluate,
     price_cloud_usage,
     price_onprem_usage,
 )
 from costmodel.money import micro
-from hybridspend.config import Config
-from hybridspend.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, \
-    Watermark
 
 
 def _utc(ms: int) -> datetime:

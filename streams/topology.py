@@ -41,11 +41,21 @@ from collections import defaultdict
 import faust
 from faust.streams import _current_event
 
+from contracts.config import Config
+from contracts.events import (
+    CostWindow,
+    DeadLetter,
+    EventError,
+    GpuSample,
+    InstanceEvent,
+    LiveSpend,
+    PriceUpdate,
+    Watermark,
+    is_watermark,
+)
+from contracts.topics import Topics
 from costmodel import IDLE_WORKLOAD, PriceBook
-from hybridspend.broker import BrokerProfile, Topics, apply_fetch_wait_to_faust, client_security
-from hybridspend.config import Config
-from hybridspend.events import CostWindow, DeadLetter, EventError, GpuSample, InstanceEvent, LiveSpend, \
-    PriceUpdate, Watermark, is_watermark
+from infra.broker import BrokerProfile, apply_fetch_wait_to_faust, client_security
 
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hybridspend.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
-from hybridspend.local import LocalBroker, LocalPostgres
+from infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
+from infra.local import LocalBroker, LocalPostgres
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

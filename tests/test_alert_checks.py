@@ -17,8 +17,8 @@ import yaml
 
 from alerts.alerter import Alerter
 from alerts.checks import Figures, budget_notices, idle_notices, silence_notices, spend_rate_notices
-from hybridspend.config import ConfigError, load_config
-from hybridspend.events import CostWindow, GpuReading, GpuSample
+from contracts.config import ConfigError, load_config
+from contracts.events import CostWindow, GpuReading, GpuSample
 from storage.db import migrate, sync_budgets
 from storage.sink import Batch, cost_window_row, gpu_sample_rows, write_batch
 from storage.timeseries import POSTGRESQL, Partitions

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from alerts.alerter import Alerter
-from hybridspend.config import load_config
-from hybridspend.events import BreakevenDecision
-from hybridspend.local import free_port
+from contracts.config import load_config
+from contracts.events import BreakevenDecision
+from infra.local import free_port
 from storage.db import migrate
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,13 @@ import requests
 import yaml
 
 from collectors.aws.collector import AwsCollector
-from hybridspend.broker import Topics, ensure_topics, make_producer
-from hybridspend.checkpoint import Checkpoint
-from hybridspend.config import load_config
-from hybridspend.events import CostLine, InstanceEvent, PriceUpdate
-from hybridspend.local import free_port
-from hybridspend.publish import Publisher
+from contracts.config import load_config
+from contracts.events import CostLine, InstanceEvent, PriceUpdate
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer
+from infra.checkpoint import Checkpoint
+from infra.local import free_port
+from infra.publish import Publisher
 from tests.conftest import consume
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridspend.config import ConfigError, load_config
+from contracts.config import ConfigError, load_config
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "hybridspend" / "examples" / "fleet.yaml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"
 
 
 def write(tmp_path, data) -> Path:
@@ -99,8 +99,8 @@ def test_kafka_tls_and_sasl_settings_reach_every_client_with_the_password_from_t
 
     import faust
 
-    from hybridspend.broker import client_security
-    from hybridspend.config import Config, KafkaConfig
+    from contracts.config import Config, KafkaConfig
+    from infra.broker import client_security
     from streams.topology import _credentials
 
     kafka = KafkaConfig(bootstrap_servers="kafka.internal:9093", security_protocol="SASL_SSL",

@@ -17,10 +17,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from contracts.events import (
+    BreakevenDecision,
+    CostLine,
+    CostWindow,
+    DeadLetter,
+    GpuReading,
+    GpuSample,
+    LiveSpend,
+    WorkloadShare,
+)
+from contracts.topics import Topics
 from dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
-from hybridspend.events import BreakevenDecision, CostLine, CostWindow, DeadLetter, GpuReading, GpuSample, LiveSpend, \
-    WorkloadShare
-from hybridspend.broker import Topics
 from storage.db import migrate, sync_budgets
 from storage.sink import (
     Batch,

@@ -6,7 +6,7 @@ from decimal import Decimal as D
 import pytest
 
 from alerts.slack import decision_message, escape
-from hybridspend.events import BreakevenDecision, EventError, GpuReading, GpuSample, WorkloadShare
+from contracts.events import BreakevenDecision, EventError, GpuReading, GpuSample, WorkloadShare
 
 
 def good_sample(**changes) -> dict:
@@ -78,7 +78,7 @@ def test_decision_message_carries_both_rates_utilization_and_savings():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from hybridspend.events import _gpu_checked, _gpu_fast  # noqa: E402
+from contracts.events import _gpu_checked, _gpu_fast  # noqa: E402
 
 _any = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=True),
                  st.text(max_size=300), st.lists(st.integers(), max_size=2))

@@ -21,11 +21,12 @@ import yaml
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from hybridspend.broker import Topics, ensure_topics, make_consumer, make_producer, send_watermarks
-from hybridspend.config import load_config
-from hybridspend.demo import Services
-from hybridspend.events import CostWindow, DeadLetter
-from hybridspend.local import Endpoints
+from contracts.config import load_config
+from contracts.events import CostWindow, DeadLetter
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_consumer, make_producer, send_watermarks
+from infra.local import Endpoints
+from infra.services import Services
 from tests.test_spine_integration import CONFIG, T0_MS, sample
 
 MALFORMED = 10_000

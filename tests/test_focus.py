@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collectors.catalog import Catalog
 from collectors.focus import FocusSummary, read_files
+from contracts.catalog import Catalog
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def ingest(state: Path, *files: Path) -> tuple[subprocess.CompletedProcess, dict
 
 
 def stored(state: Path) -> tuple[int, D, D]:
-    from hybridspend.local import LocalPostgres
+    from infra.local import LocalPostgres
 
     pg = LocalPostgres(state / "pgdata").start()
     try:

@@ -14,12 +14,13 @@ import yaml
 from google.cloud import billing_v1
 
 from collectors import gcp
-from collectors.catalog import Catalog
-from hybridspend.broker import Topics, ensure_topics, make_producer
-from hybridspend.checkpoint import Checkpoint
-from hybridspend.config import load_config
-from hybridspend.events import CostLine, PriceUpdate
-from hybridspend.publish import Publisher
+from contracts.catalog import Catalog
+from contracts.config import load_config
+from contracts.events import CostLine, PriceUpdate
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer
+from infra.checkpoint import Checkpoint
+from infra.publish import Publisher
 from tests.conftest import consume
 
 pytestmark = pytest.mark.integration
@@ -220,7 +221,7 @@ def compute_api():
 def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute_api, topic_prefix):
     import requests
 
-    from hybridspend.events import InstanceEvent
+    from contracts.events import InstanceEvent
 
     cfg = {"kafka": {"topic_prefix": topic_prefix},
            "workloads": [{"match": {"tag_workload": "*"}, "workload": "{tag_workload}", "team": "{tag_team}"}]}

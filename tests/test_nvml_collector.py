@@ -7,9 +7,9 @@ import pytest
 
 from collectors.nvml.collector import NvmlCollector, ProcessInspector, gpu_class_of
 from collectors.nvml.fake import FakeGpu, FakeNvml
-from hybridspend.config import load_config
+from contracts.config import load_config
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "hybridspend" / "examples" / "fleet.yaml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"
 
 
 def fake_proc(root: Path, pid: int, cgroup: str, environ: dict[str, str]) -> None:

@@ -9,8 +9,8 @@ samples alone, the instance would be charged as running through its stop.
 
 from __future__ import annotations
 
-from hybridspend.config import Config
-from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from contracts.config import Config
+from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
 from streams.processing import PartitionClock, ResourceState, UsageProcessor
 from tests.test_spine_integration import CONFIG, T0_MS, WINDOW_S
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from collectors.catalog import Catalog
 from collectors.focus import FocusSummary, read_files
-from hybridspend.config import load_config
-from hybridspend.events import BreakevenDecision, CostWindow
+from contracts.catalog import Catalog
+from contracts.config import load_config
+from contracts.events import BreakevenDecision, CostWindow
 from reports import monthly
 from storage.db import migrate
 from storage.sink import Batch, cost_window_row, decision_row, write_batch

@@ -2,7 +2,7 @@
 (local broker, Faust worker subprocesses, the sink, PostgreSQL) and the decisions it prints are
 checked against figures computed here by hand from the scenario file.
 
-The scenario is hybridspend/examples/scenarios/hybrid-month.yaml; the numbers below come from it:
+The scenario is contracts/examples/scenarios/hybrid-month.yaml; the numbers below come from it:
 A100 assets at $30,000 per GPU over 36 months, 400 W x PUE 1.5 x $0.10/kWh, $1.00/GPU-hour upkeep;
 live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h; H100 = 3 A100.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from decimal import ROUND_HALF_EVEN, Decimal as D
+from decimal import ROUND_HALF_EVEN
+from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
 import yaml
 
-SCENARIO = Path(__file__).resolve().parents[1] / "hybridspend" / "examples" / "scenarios" / "hybrid-month.yaml"
+SCENARIO = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "scenarios" / "hybrid-month.yaml"
 MICRO = D("0.000001")
 
 CAPEX = D(30000) / (36 * 730)  # per A100-hour

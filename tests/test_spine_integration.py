@@ -14,11 +14,12 @@ import psycopg
 import pytest
 import yaml
 
-from hybridspend.broker import Topics, ensure_topics, make_producer, send_watermarks
-from hybridspend.config import load_config
-from hybridspend.demo import Services
-from hybridspend.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
-from hybridspend.local import Endpoints
+from contracts.config import load_config
+from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer, send_watermarks
+from infra.local import Endpoints
+from infra.services import Services
 from storage.db import migrate
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hybridspend.broker import LOCAL_PROFILE, Topics, ensure_topics, make_consumer, make_producer
-from hybridspend.config import KafkaConfig
-from hybridspend.events import CostWindow, GpuReading, GpuSample, LiveSpend
-from hybridspend.local import LocalPostgres
+from contracts.config import KafkaConfig
+from contracts.events import CostWindow, GpuReading, GpuSample, LiveSpend
+from contracts.topics import Topics
+from infra.broker import LOCAL_PROFILE, ensure_topics, make_consumer, make_producer
+from infra.local import LocalPostgres
 from storage.db import SchemaError, check_schema, migrate
 from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
 from storage.timeseries import POSTGRESQL, Partitions, apply_retention
@@ -296,7 +297,7 @@ def test_live_instances_keep_the_latest_state_whatever_order_batches_arrive_in(d
 
 
 def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
-    from hybridspend.broker import LagProbe, make_consumer, make_producer
+    from infra.broker import LagProbe, make_consumer, make_producer
 
     kafka = KafkaConfig(topic_prefix=topic_prefix, topic_partitions=1)
     topics = Topics.from_config(kafka)

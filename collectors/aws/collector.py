@@ -19,11 +19,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from hybridspend.checkpoint import Checkpoint
-from hybridspend.config import AwsAccount, Config
-from hybridspend.events import PriceUpdate
+from contracts.catalog import Catalog
+from contracts.config import AwsAccount, Config
+from contracts.events import PriceUpdate
+from infra.checkpoint import Checkpoint
 
-from ..catalog import Catalog
 from ..focus import FocusSummary, read_files
 from . import parse
 

@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
 
-from hybridspend.events import CostLine, InstanceEvent
-
-from ..catalog import Catalog
+from contracts.catalog import Catalog
+from contracts.events import CostLine, InstanceEvent
 
 HOURS_PER_YEAR = Decimal(8760)
 EC2_STATES = {"pending": "running", "running": "running", "stopping": "stopped", "stopped": "stopped",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hybridspend.config import Config
-from hybridspend.events import GpuReading, GpuSample, WorkloadShare
+from contracts.config import Config
+from contracts.events import GpuReading, GpuSample, WorkloadShare
 
 log = logging.getLogger(__name__)
 

@@ -13,21 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, KafkaConfig
+from contracts.config import ConfigError, KafkaConfig
+from contracts.topics import Topics
 
 log = logging.getLogger(__name__)
 
-# logical topic name -> key it is partitioned by
-TOPICS = {
-    "gpu-samples": "resource (host or instance id)",
-    "instance-events": "instance id",
-    "prices": "provider|region|instance_type",
-    "cost-lines": "billed resource id",
-    "cost-windows": "workload",
-    "live-spend": "instance id",
-    "decisions": "workload",
-    "dead-letter": "source topic",
-}
 
 
 @dataclass(frozen=True)
@@ -80,38 +70,6 @@ def profile_named(name: str) -> BrokerProfile:
     return {"local": LOCAL_PROFILE, "kafka": KAFKA_PROFILE}[name]
 
 
-class Topics:
-    """Physical topic names for one deployment (the configured prefix applied)."""
-
-    def __init__(self, prefix: str, partitions: int, replication_factor: int = 1) -> None:
-        self.prefix = prefix
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-
-    def group(self, role: str) -> str:
-        """The consumer group (and, for the Faust worker, app id and changelog topic prefix) of a role.
-
-        Prefixed like the topics, so two deployments on one Kafka never share a group or a table.
-        """
-        return f"{self.prefix}{role}"
-
-    def name(self, logical: str) -> str:
-        if logical not in TOPICS:
-            raise KeyError(f"unknown topic {logical!r}")
-        return self.prefix + logical
-
-    def __getattr__(self, attr: str) -> str:
-        logical = attr.replace("_", "-")
-        if logical in TOPICS:
-            return self.prefix + logical
-        raise AttributeError(attr)
-
-    def all(self) -> list[str]:
-        return [self.prefix + t for t in TOPICS]
-
-    @classmethod
-    def from_config(cls, kafka: KafkaConfig) -> "Topics":
-        return cls(kafka.topic_prefix, kafka.topic_partitions, kafka.replication_factor)
 
 
 def client_security(kafka: KafkaConfig) -> dict[str, Any]:
@@ -220,7 +178,7 @@ def send_watermarks(producer, topics: Topics, source: str, ts_ms: int,
     The stream closes windows on event time per partition; a partition that carries no data
     would otherwise hold every decision back (see ``streams.topology``).
     """
-    from .events import Watermark
+    from contracts.events import Watermark
 
     mark = Watermark(f"{source}|{ts_ms}", source, ts_ms).encode()
     for logical in logical_topics:

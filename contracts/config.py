@@ -23,6 +23,7 @@ from costmodel.rates import PURCHASE_OPTIONS
 
 ENV_PREFIX = "HYBRIDSPEND__"
 DEFAULT_STATE_DIR = Path(".hybridspend")
+EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "fleet.yaml"  # the demo's fleet, also the default
 
 
 class ConfigError(ValueError):
@@ -367,7 +368,7 @@ class Config(_Strict):
         return next((o for o in exact if o.region == region), exact[0] if exact else None)
 
     def catalog(self):
-        from collectors.catalog import Catalog, GpuInstanceType
+        from contracts.catalog import Catalog, GpuInstanceType
 
         return Catalog([GpuInstanceType(**t.model_dump()) for t in self.gpu_instance_types])
 
@@ -480,3 +481,15 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
+
+
+def resolve_config(path: str | None, state_dir: str | None = None) -> Config:
+    """--config, else $HYBRIDSPEND_CONFIG, else <state dir>/config.yaml, else the bundled example."""
+    environ = dict(os.environ)
+    if state_dir:
+        environ["HYBRIDSPEND__STATE_DIR"] = state_dir
+    candidate = path or os.environ.get("HYBRIDSPEND_CONFIG")
+    if candidate is None:
+        state = Path(state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or DEFAULT_STATE_DIR)
+        candidate = str(state / "config.yaml") if (state / "config.yaml").exists() else str(EXAMPLE_CONFIG)
+    return load_config(candidate, environ)

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, _format_errors
-from .events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
+from contracts.config import ConfigError, _format_errors
+from contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
 
 HOUR_MS = 3_600_000
 

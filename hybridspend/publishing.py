@@ -12,24 +12,13 @@ import contextlib
 import time
 from typing import Callable, Iterator
 
-from .broker import Topics, ensure_topics, make_consumer, make_producer
-from .config import Config
-from .local import running_services
-
-
-class Publisher:
-    def __init__(self, producer, topics: Topics) -> None:
-        self.producer = producer
-        self.topics = topics
-        self.sent = 0
-
-    def send(self, logical_topic: str, key: str, event) -> None:
-        self.producer.send(self.topics.name(logical_topic), key=key.encode(), value=event.encode())
-        self.sent += 1
-
-    def flush(self) -> None:
-        """Block until every event sent so far is acknowledged (call before checkpointing)."""
-        self.producer.flush()
+from contracts.config import Config
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_consumer, make_producer
+from infra.local import running_services
+from infra.publish import Publisher
+from storage.db import migrate
+from storage.sink import Sink
 
 
 @contextlib.contextmanager
@@ -44,9 +33,6 @@ def publishing(config: Config, logical_topics: list[str], say: Callable[[str], N
         finally:
             producer.close()
         return
-
-    from storage.db import migrate
-    from storage.sink import Sink
 
     with running_services(config, say=say) as endpoints:
         migrate(endpoints.dsn)

@@ -1,0 +1,1 @@
+"""Contracts: event records, the configuration and the topic names every component shares."""

@@ -1,0 +1,111 @@
+"""The layout reads as the architecture: each layer imports only the layers below it, and no module
+imports itself back through another, counting imports inside functions too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package -> the packages of ours it may import (besides itself)
+ALLOWED = {
+    "costmodel": set(),                                   # the pure domain
+    "contracts": {"costmodel"},                           # events, configuration, topics
+    "infra": {"contracts", "costmodel"},                  # Kafka clients, local services, checkpoints
+    "storage": {"contracts", "costmodel", "infra"},      # adapters ...
+    "collectors": {"contracts", "costmodel", "infra"},
+    "streams": {"contracts", "costmodel", "infra"},
+    "alerts": {"contracts", "costmodel", "infra", "storage"},
+    "reports": {"contracts", "costmodel", "storage", "collectors"},
+    "dashboards": {"contracts", "costmodel", "storage"},
+    "hybridspend": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts",
+                    "reports", "dashboards"},             # entrypoints: the CLI, demo, simulate
+    "bench": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts", "reports",
+              "hybridspend"},                             # drives the entrypoints, never imported by them
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module of ours this file imports, at any depth of its code."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] in ALLOWED}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {}
+    for package in ALLOWED:
+        for path in (ROOT / package).rglob("*.py"):
+            modules[_module_name(path)] = path
+    graph = {}
+    for module, path in modules.items():
+        # an import names a module, or a name inside one: keep the longest known module
+        targets = set()
+        for name in _imports(path, module):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0]
+        and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+    )
+    assert wrong == []
+
+
+def test_no_module_imports_itself_back():
+    graph = _graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_every_module_imports():
+    import importlib
+
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = _module_name(path)
+            if not module.endswith("__main__"):
+                importlib.import_module(module)
