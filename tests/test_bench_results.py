@@ -1,0 +1,46 @@
+"""The benchmark results file: medians and spreads of several runs, targets judged on the medians,
+and the README's figures table generated from the committed file, never edited by hand."""
+
+from __future__ import annotations
+
+from bench import results
+
+
+def _run(pipeline: float, alert_p99_s: float) -> dict:
+    return {"pipeline_samples_per_s": pipeline, "alert_latency_p99_s": alert_p99_s, "report_gpus": 10_000,
+            "quick": False}
+
+
+def test_the_result_is_the_median_of_the_runs_with_their_spread():
+    summary = results.summarize([_run(30_000, 0.9), _run(60_000, 1.4), _run(52_000, 0.8)], quick=False,
+                                measured_at="2026-11-30T12:00:00Z")
+    assert summary["kind"] == "full"
+    assert summary["median"]["pipeline_samples_per_s"] == 52_000  # of 30k, 52k, 60k
+    assert summary["spread"]["pipeline_samples_per_s"] == [30_000, 60_000]
+    assert summary["median"]["alert_latency_p99_s"] == 0.9  # of 0.8, 0.9, 1.4
+    # judged on the medians: 52,000 >= 50,000 and 0.9 s < 1 s, though one run missed each
+    assert summary["targets_met"]["pipeline >= 50,000 GPU samples/s"] is True
+    assert summary["targets_met"]["alert p99 < 1 s"] is True
+    assert "quick" not in summary["median"]  # flags are not figures
+    assert summary["cores"] and summary["broker_profile"] == "local" and summary["commit"]
+
+
+def test_quick_runs_never_write_over_the_full_result():
+    assert results.results_path(quick=True) != results.results_path(quick=False)
+    assert results.results_path(quick=False) == results.FULL
+    summary = results.summarize([_run(1, 1)], quick=True, measured_at="x")
+    assert summary["kind"].startswith("quick")
+
+
+def test_readme_table_is_the_rendering_of_the_committed_results():
+    expected = results.render_table(results.load())
+    assert results.readme_block(results.README.read_text()) == expected
+
+
+def test_table_shows_median_spread_and_target():
+    summary = results.summarize([_run(30_000, 0.9), _run(60_000, 1.4), _run(52_000, 0.8)], quick=False,
+                                measured_at="2026-11-30T12:00:00Z")
+    table = results.render_table(summary)
+    assert "| `pipeline_samples_per_s` |" in table
+    assert "| 52,000 | 30,000 – 60,000 | pipeline >= 50,000 GPU samples/s: met |" in table
+    assert "Median of 3 full runs" in table
