@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Callable
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from contracts.config import AlertRoute, Config
 from contracts.events import BreakevenDecision, EventError
+from costmodel import REPATRIATE_BUY, TRENDING_REPATRIATION
+from storage import outbox, queries
 
 from .checks import Figures, Notice, all_notices
 from .slack import decision_message, notice_message
@@ -78,15 +78,21 @@ def post_chat(token: str, channel: str, payload: dict, api_url: str = "https://s
 
 
 def routes_for(config: Config, decision: BreakevenDecision) -> list[AlertRoute | None]:
-    """Finance gets crossings above its savings threshold; platform gets every crossing.
+    """Finance gets crossings above its savings threshold, and a purchase only once it met its evidence
+    horizon (``thresholds.evidence_hours.repatriate_buy_capacity``); platform gets every crossing and
+    the early "trending toward repatriation" notice.
 
     With no routes configured, alerts go to the console (and the database).
     """
     if not config.alerts.routes:
         return [None]
+    buy_horizon_hours = config.thresholds.evidence_hours.repatriate_buy_capacity
+    for_finance = decision.kind != TRENDING_REPATRIATION and not (
+        decision.kind == REPATRIATE_BUY and (decision.evidence_hours or 0) < buy_horizon_hours)
     chosen: list[AlertRoute | None] = []
     for route in config.alerts.routes:
-        if route.audience == "finance" and abs(decision.monthly_savings_usd) < route.min_monthly_savings_usd:
+        if route.audience == "finance" and (
+                not for_finance or abs(decision.monthly_savings_usd) < route.min_monthly_savings_usd):
             continue
         chosen.append(route)
     return chosen
@@ -99,19 +105,12 @@ def routes_for_notice(config: Config, notice: Notice) -> list[AlertRoute | None]
     return [r for r in config.alerts.routes if r.audience == notice.audience]
 
 
-def _queue(conn: psycopg.Connection, alert_id: str, route: str, subject: str, severity: int, message: dict) -> int:
-    """One outbox row (the alert id is the dedupe key: queuing it again does nothing)."""
-    return conn.execute(
-        "INSERT INTO alert_outbox (alert_id, route, decision_id, subject, severity, payload)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
-        (alert_id, route, subject, subject, severity, Jsonb(message))).rowcount
-
-
 class Alerter:
     def __init__(self, config: Config, dsn: str, consumer=None, *,
                  post: Callable[[str, dict], Delivery] = post_webhook,
-                 say: Callable[[str], None] = print, dry_run: bool = False) -> None:
+                 say: Callable[[str], None] = print, dry_run: bool = False, metrics=None) -> None:
         self.config = config
+        self.metrics = metrics  # a storage.metrics.AlerterMetrics, or None
         self.dsn = dsn
         self.consumer = consumer
         self.post = post
@@ -135,7 +134,7 @@ class Alerter:
                 message = decision_message(d, self.config.alerts.dashboard_url)
                 for route in routes_for(self.config, d):
                     name = route.name if route else CONSOLE
-                    added += _queue(conn, f"{d.event_id}|{name}", name, d.event_id, 1, message)
+                    added += outbox.queue_alert(conn, f"{d.event_id}|{name}", name, d.event_id, 1, message)
         return added
 
     def enqueue_notices(self, notices: list[Notice]) -> int:
@@ -148,48 +147,28 @@ class Alerter:
                 message = notice_message(n, self.config.alerts.dashboard_url)
                 for route in routes_for_notice(self.config, n):
                     name = route.name if route else CONSOLE
-                    last = conn.execute(
-                        "SELECT severity, created_at > now() - make_interval(secs => %s) FROM alert_outbox"
-                        " WHERE subject = %s AND route = %s ORDER BY created_at DESC LIMIT 1",
-                        (cooldown_s, n.subject, name)).fetchone()
-                    if last is not None and last[1] and n.severity <= last[0]:
+                    last = outbox.last_queued(conn, n.subject, name, cooldown_s)
+                    if last is not None and last.within_cooldown and n.severity <= last.severity:
                         continue  # sent within the cooldown, and no worse now
-                    added += _queue(conn, f"{n.subject}|s{n.severity}|{name}|{time.time_ns()}", name, n.subject,
-                                    n.severity, message)
+                    added += outbox.queue_alert(conn, f"{n.subject}|s{n.severity}|{name}|{time.time_ns()}", name,
+                                                n.subject, n.severity, message)
         return added
 
     def figures(self) -> Figures:
         """What the checks judge, read from the rollups; "now" is event time (the latest window's end)."""
         conn = self._connection()
-        now = conn.execute("SELECT max(window_end) FROM cost_windows WHERE basis = 'estimated'").fetchone()[0]
-        samples_now = conn.execute("SELECT max(ts) FROM gpu_samples WHERE environment = 'onprem'").fetchone()[0]
+        now = queries.latest_window_end(conn)
+        samples_now = queries.latest_onprem_sample(conn)
         if now is None:
             return Figures(now=None, samples_now=samples_now)
-        team = "coalesce(nullif(team, ''), '(none)')"
-        month = conn.execute(
-            f"SELECT b.team, coalesce(s.spent, 0), b.monthly_budget_usd FROM team_budgets b LEFT JOIN"
-            f" (SELECT {team} AS team, sum(cost_usd) AS spent FROM cost_hourly WHERE basis = 'estimated'"
-            f"   AND bucket >= date_trunc('month', %(now)s AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-            f"   AND bucket < %(now)s GROUP BY 1) s ON s.team = b.team ORDER BY b.team",
-            {"now": now}).fetchall()
-        rate = conn.execute(
-            f"SELECT {team}, sum(cost_usd) FILTER (WHERE bucket >= %(now)s - INTERVAL '24 hours'),"
-            f"       sum(cost_usd) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours') / 7,"
-            f"       count(DISTINCT date_trunc('day', bucket)) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours')"
-            f"  FROM cost_hourly WHERE basis = 'estimated' AND workload <> 'idle'"
-            f"   AND bucket >= %(now)s - INTERVAL '8 days' AND bucket < %(now)s GROUP BY 1 ORDER BY 1",
-            {"now": now}).fetchall()
-        idle = conn.execute(
-            "SELECT gpu_class, sum(cost_usd) FROM cost_hourly WHERE basis = 'estimated' AND workload = 'idle'"
-            " AND environment = 'onprem' AND bucket >= %(now)s - INTERVAL '24 hours' AND bucket < %(now)s"
-            " GROUP BY 1 ORDER BY 1", {"now": now}).fetchall()
-        hosts = conn.execute(
-            "SELECT resource, max(ts) FROM gpu_samples WHERE environment = 'onprem'"
-            " AND ts >= %s - INTERVAL '24 hours' GROUP BY 1 ORDER BY 1", (samples_now,)).fetchall() \
-            if samples_now is not None else []
-        return Figures(now=now, team_month=[(t, Decimal(s), Decimal(b)) for t, s, b in month],
-                       team_rate=[(t, Decimal(a or 0), Decimal(b or 0), int(d)) for t, a, b, d in rate],
-                       idle=[(c, Decimal(v)) for c, v in idle], hosts_last_seen=hosts, samples_now=samples_now)
+        hosts = queries.onprem_hosts_last_seen(conn, samples_now) if samples_now is not None else []
+        return Figures(
+            now=now,
+            team_month=[(m.team, m.spent_usd, m.budget_usd) for m in queries.team_month_spend(conn, now)],
+            team_rate=[(r.team, r.last_day_usd, r.baseline_usd_per_day, r.baseline_days)
+                       for r in queries.team_spend_rate(conn, now)],
+            idle=queries.idle_cost_last_day(conn, now),
+            hosts_last_seen=[(h.host, h.last_sample) for h in hosts], samples_now=samples_now)
 
     def run_checks(self) -> int:
         return self.enqueue_notices(all_notices(self.figures(), self.config.alerts.checks))
@@ -212,36 +191,24 @@ class Alerter:
         conn = self._connection()
         done = 0
         with conn.transaction():
-            rows = conn.execute(
-                "SELECT alert_id, route, payload, attempts FROM alert_outbox"
-                " WHERE delivered_at IS NULL AND next_attempt_at <= now()"
-                " ORDER BY created_at, alert_id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (limit,),
-            ).fetchall()
-            for alert_id, route, payload, attempts in rows:
-                send = None if self.dry_run else self._sender(route)
+            for alert in outbox.claim_pending(conn, limit):
+                send = None if self.dry_run else self._sender(alert.route)
                 if send is None:
-                    self.say(f"[alert:{route}] {payload['text']}")
+                    self.say(f"[alert:{alert.route}] {alert.payload['text']}")
                     result = Delivery(True, 0, None, "console" if not self.dry_run else "dry-run")
                 else:
-                    result = send(payload)
+                    result = send(alert.payload)
                 if result.ok:
-                    conn.execute("UPDATE alert_outbox SET delivered_at = now(), attempts = attempts + 1,"
-                                 " last_error = NULL WHERE alert_id = %s", (alert_id,))
+                    outbox.mark_delivered(conn, alert.alert_id)
                     done += 1
                 else:
                     backoff = result.retry_after_s if result.retry_after_s is not None else min(
-                        MAX_BACKOFF_S, 0.5 * 2 ** attempts)
-                    conn.execute(
-                        "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
-                        " next_attempt_at = now() + make_interval(secs => %s) WHERE alert_id = %s",
-                        (f"HTTP {result.status}: {result.detail}", backoff, alert_id),
-                    )
-                    log.warning("alert %s to route %s failed (HTTP %s); retry in %.1fs", alert_id, route,
+                        MAX_BACKOFF_S, 0.5 * 2 ** alert.attempts)
+                    outbox.schedule_retry(conn, alert.alert_id, f"HTTP {result.status}: {result.detail}", backoff)
+                    log.warning("alert %s to route %s failed (HTTP %s); retry in %.1fs", alert.alert_id, alert.route,
                                 result.status, backoff)
                 status = ("console" if send is None else "delivered") if result.ok else "retry"
-                conn.execute("INSERT INTO alert_log (alert_id, status, detail) VALUES (%s, %s, %s)",
-                             (alert_id, status, f"HTTP {result.status} {result.detail}"[:500]))
+                outbox.log_attempt(conn, alert.alert_id, status, f"HTTP {result.status} {result.detail}")
         self.delivered += done
         return done
 
@@ -262,10 +229,14 @@ class Alerter:
                     self.enqueue(decisions)
                 if polled:
                     self.consumer.commit()
+                    if self.metrics is not None:
+                        self.metrics.consumed(polled)
             if time.monotonic() - self._last_checks >= self.config.alerts.checks.interval_seconds:
                 self._last_checks = time.monotonic()
                 self.run_checks()
             self.deliver_pending()
+            if self.metrics is not None:
+                self.metrics.refresh(self._connection())
         except psycopg.OperationalError as exc:
             # database down: nothing was committed to Kafka for this poll, so it is read again
             log.warning("alerter: database unavailable (%s); retrying", str(exc).splitlines()[0])
@@ -290,8 +261,7 @@ class Alerter:
             self.run_once()
 
     def pending_count(self) -> int:
-        return self._connection().execute(
-            "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL").fetchone()[0]
+        return outbox.pending_count(self._connection())
 
     def close(self) -> None:
         if self.conn is not None:

@@ -8,10 +8,11 @@ the latest stored window, so a replayed or simulated fleet is judged by its own 
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+
+from costmodel.money import month_forecast_usd
 
 FINANCE, PLATFORM = "finance", "platform"
 
@@ -46,13 +47,11 @@ def budget_notices(f: Figures) -> list[Notice]:
     if f.now is None:
         return []
     month_start = f.now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    elapsed_h = Decimal((f.now - month_start).total_seconds()) / 3600
-    month_h = Decimal(calendar.monthrange(f.now.year, f.now.month)[1] * 24)
     out = []
     for team, spent, budget in f.team_month:
-        if budget <= 0 or elapsed_h <= 0:
+        forecast = month_forecast_usd(spent, f.now)
+        if budget <= 0 or forecast is None:
             continue
-        forecast = spent / elapsed_h * month_h
         used = spent / budget
         if used >= 1:
             severity, state = 3, "has spent its monthly budget"

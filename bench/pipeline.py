@@ -2,7 +2,7 @@
 raw aiokafka consume-and-decode loop, all on the same broker and the same messages.
 
 The messages are what the NVML collector publishes: one per node per tick carrying its 8 GPUs
-(DESIGN.md §4).  Throughputs are in GPU samples per second (8 per message).
+(docs/design.md, "Throughput").  Throughputs are in GPU samples per second (8 per message).
 """
 
 from __future__ import annotations

@@ -16,17 +16,22 @@ only what is new.
 
 from __future__ import annotations
 
+import glob
 import json
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from contracts.catalog import Catalog
+from contracts.config import Config
 from contracts.events import CostLine, InstanceEvent, PriceUpdate
 from infra.checkpoint import Checkpoint
+
+from .base import CollectReport
 
 USAGE_TYPES = {"OnDemand": "on_demand", "Preemptible": "spot", "Spot": "spot",
                "Commit1Yr": "committed_use", "Commit3Yr": "committed_use_3y"}
@@ -74,15 +79,6 @@ def gpu_sku_prices(skus: Iterable) -> list[GpuSkuPrice]:
     return out
 
 
-@dataclass
-class GcpReport:
-    sent: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def count(self, what: str, n: int = 1) -> None:
-        self.sent[what] = self.sent.get(what, 0) + n
-
-
 def catalog_client(channel=None):
     from google.cloud import billing_v1
 
@@ -102,7 +98,7 @@ def authorized_session():
     return AuthorizedSession(credentials)
 
 
-def publish_prices(client, publisher, report: GcpReport, now_ms: int, service_name: str = "Compute Engine") -> None:
+def publish_prices(client, publisher, report: CollectReport, now_ms: int, service_name: str = "Compute Engine") -> None:
     services = [s for s in client.list_services() if s.display_name == service_name]
     if not services:
         report.errors.append(f"catalog: no service named {service_name!r}")
@@ -168,7 +164,7 @@ def cost_line_from_export(row: dict, catalog: Catalog) -> CostLine:
 
 
 def publish_export(paths: Iterable[Path], publisher, checkpoint: Checkpoint, catalog: Catalog,
-                   report: GcpReport) -> None:
+                   report: CollectReport) -> None:
     """Rows exported after the checkpointed export time; the checkpoint moves after the flush.
 
     An export writes its rows with one export time, whole, so rows at or before the checkpoint
@@ -226,7 +222,7 @@ def gpu_vm_events(aggregated: dict, *, project: str, catalog: Catalog, ts_ms: in
 
 
 def publish_inventory(session, endpoint: str, projects: list[str], publisher, checkpoint: Checkpoint,
-                      catalog: Catalog, resolve, report: GcpReport, ts_ms: int) -> None:
+                      catalog: Catalog, resolve, report: CollectReport, ts_ms: int) -> None:
     """GPU VMs of every project; an event only when a VM's state changed since the checkpoint."""
     seen = checkpoint.get("instances", {})
     for project in projects:
@@ -251,18 +247,51 @@ def publish_inventory(session, endpoint: str, projects: list[str], publisher, ch
     checkpoint.set("instances", seen)
 
 
-def run_once(client_factory: Callable[[], object] | None, export_paths: list[Path], publisher, checkpoint: Checkpoint,
-             catalog: Catalog, now_ms: int, inventory: Callable[[GcpReport], None] | None = None) -> GcpReport:
-    report = GcpReport()
-    if inventory is not None:
-        inventory(report)
-    if client_factory is not None:
+class GcpCollector:
+    """GPU VM inventory, Cloud Billing Catalog prices and billing export rows, each poll what is new.
+
+    ``catalog_client`` (a factory of the Cloud Billing Catalog client) and ``session`` (an HTTP
+    session for Compute Engine) replace the ones built on Application Default Credentials, for
+    tests and proxies.
+    """
+
+    name = "gcp"
+
+    def __init__(self, config: Config, publisher, checkpoint: Checkpoint, *,
+                 catalog_client: Callable[[], object] = catalog_client, session=None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = config.collectors.gcp
+        self.interval_s = self.settings.poll_seconds
+        self.publisher = publisher
+        self.checkpoint = checkpoint
+        self.catalog: Catalog = config.catalog()
+        self.catalog_client = catalog_client
+        self.session = session
+        self.clock = clock
+
+    def export_paths(self) -> list[Path]:
+        pattern = self.settings.billing_export_glob
+        return sorted(Path(p) for p in glob.glob(pattern)) if pattern else []
+
+    def poll_once(self) -> CollectReport:
+        report = CollectReport(self.name)
+        now_ms = int(self.clock() * 1000)
+        if self.settings.projects:
+            try:
+                session = self.session if self.session is not None else authorized_session()
+            except Exception as exc:  # no credentials: the catalog and the export can still be read
+                report.errors.append(f"inventory: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                publish_inventory(session, self.settings.compute_endpoint, self.settings.projects, self.publisher,
+                                  self.checkpoint, self.catalog, self.config.resolve_workload, report, now_ms)
+        if self.settings.catalog:
+            try:
+                publish_prices(self.catalog_client(), self.publisher, report, now_ms)
+            except Exception as exc:  # the catalog failing must not stop the export reading
+                report.errors.append(f"catalog: {type(exc).__name__}: {str(exc)[:300]}")
         try:
-            publish_prices(client_factory(), publisher, report, now_ms)
-        except Exception as exc:  # the catalog failing must not stop the export reading
-            report.errors.append(f"catalog: {type(exc).__name__}: {str(exc)[:300]}")
-    try:
-        publish_export(export_paths, publisher, checkpoint, catalog, report)
-    except OSError as exc:
-        report.errors.append(f"export: {exc}")
-    return report
+            publish_export(self.export_paths(), self.publisher, self.checkpoint, self.catalog, report)
+        except OSError as exc:
+            report.errors.append(f"export: {exc}")
+        return report

@@ -5,11 +5,14 @@ No I/O and no framework imports: every function here can be tested with nothing 
 
 from .breakeven import (
     CLOUD,
+    DEFAULT_BUY_TARGET_UTILIZATION,
+    DEFAULT_EVIDENCE_HOURS,
     MIGRATE_TO_CLOUD,
     ONPREM,
     REPATRIATE_BUY,
     REPATRIATE_FILL_IDLE,
     STAY,
+    TRENDING_REPATRIATION,
     Alternative,
     CrossingState,
     Decision,
@@ -20,9 +23,19 @@ from .breakeven import (
     price_cloud_usage,
     price_onprem_usage,
 )
-from .money import HOURS_PER_MONTH, HOURS_PER_YEAR, dec, micro
-from .rates import PURCHASE_OPTIONS, CloudOffer, CostModelError, OnPremGpuCost, OnPremRate, PriceBook, throughput_factor
-from .tco import TcoResult, tco
+from .money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, dec, micro, month_forecast_usd
+from .rates import (
+    PURCHASE_OPTIONS,
+    CloudOffer,
+    CostModelError,
+    OnPremGpuCost,
+    OnPremRate,
+    PriceBook,
+    discounted_usd_per_gpu_hour,
+    effective_usd_per_hour,
+    throughput_factor,
+)
+from .tco import TcoResult, payback_months, tco, usd_per_month, usd_per_year
 from .usage import IDLE_WORKLOAD, GpuReading, LateSample, Rental, ResourceWindows, Usage, UsageKey, add_rented_time
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -6,10 +6,12 @@ computing and rounded only for presentation or storage (micro-dollars).
 
 from __future__ import annotations
 
+import calendar
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-HOURS_PER_MONTH = Decimal(730)
-HOURS_PER_YEAR = Decimal(8760)
+HOURS_PER_MONTH = Decimal(730)  # the average month the cost model prices in: 8760 / 12
+HOURS_PER_YEAR = Decimal(8760)  # 365 days
 ZERO = Decimal(0)
 ONE = Decimal(1)
 MICRO = Decimal("0.000001")
@@ -48,3 +50,21 @@ def micro(amount: Decimal) -> Decimal:
 
 def cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def calendar_month_hours(at: datetime) -> Decimal:
+    """Hours in the calendar month of ``at`` (720 for November, 744 for December)."""
+    return Decimal(calendar.monthrange(at.year, at.month)[1] * 24)
+
+
+def month_forecast_usd(spent_usd: Decimal, at: datetime) -> Decimal | None:
+    """Straight-line forecast of a calendar month's spend from what was spent by ``at``.
+
+    None at the very start of the month, before any time has passed to extrapolate from.
+    """
+    month_start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    elapsed = at - month_start
+    elapsed_hours = (Decimal(elapsed.days * 86_400 + elapsed.seconds) + Decimal(elapsed.microseconds) / 10**6) / 3600
+    if elapsed_hours <= 0:
+        return None
+    return spent_usd / elapsed_hours * calendar_month_hours(at)

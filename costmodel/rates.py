@@ -1,4 +1,4 @@
-"""Hourly GPU rates: on-prem fully loaded cost and cloud offers (DESIGN.md §2).
+"""Hourly GPU rates: on-prem fully loaded cost and cloud offers (docs/design.md, "Domain model").
 
 Everything here is per GPU and in USD unless the name says otherwise.
 """
@@ -105,6 +105,23 @@ class OnPremGpuCost:
         )
 
 
+def discounted_usd_per_gpu_hour(usd_per_instance_hour: Decimal, discount_pct: Decimal,
+                                gpus_per_instance: int) -> Decimal:
+    """One GPU's share of an instance's hourly price, less the contract discount (in percent)."""
+    if gpus_per_instance <= 0:
+        raise CostModelError(f"gpus_per_instance must be > 0, got {gpus_per_instance}")
+    if not ZERO <= discount_pct < 100:
+        raise CostModelError(f"discount_pct must be in [0, 100), got {discount_pct}")
+    return usd_per_instance_hour * (1 - discount_pct / 100) / gpus_per_instance
+
+
+def effective_usd_per_hour(usd_per_hour: Decimal, upfront_usd: Decimal, term_years: int = 1) -> Decimal:
+    """A reservation's hourly fee plus its upfront fee spread over every hour of its term (8760 a year)."""
+    if term_years <= 0:
+        raise CostModelError(f"term_years must be > 0, got {term_years}")
+    return usd_per_hour + upfront_usd / (HOURS_PER_YEAR * term_years)
+
+
 PURCHASE_OPTIONS = ("on_demand", "spot", "reserved", "savings_plan", "committed_use")
 
 
@@ -135,7 +152,7 @@ class CloudOffer:
         price = self.usd_per_hour.get(purchase_option)
         if price is None:
             return None
-        return price * (1 - self.discount_pct / 100) / self.gpus_per_instance
+        return discounted_usd_per_gpu_hour(price, self.discount_pct, self.gpus_per_instance)
 
 
 class PriceBook:
@@ -208,6 +225,8 @@ __all__ = [
     "PriceBook",
     "PURCHASE_OPTIONS",
     "dec",
+    "discounted_usd_per_gpu_hour",
+    "effective_usd_per_hour",
     "months_between",
     "throughput_factor",
 ]

@@ -148,7 +148,7 @@ def _money(v) -> str:
 
 def summary(conn, start: datetime, end: datetime, config: Config, services: Services, endpoints: Endpoints,
             elapsed_s: float) -> str:
-    from storage.queries import counts, decisions_between, workload_summary
+    from storage.queries import cloud_cost_estimated_and_billed, counts, decisions_between, workload_summary
 
     lines = ["", f"hybridspend demo — {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (simulated), ran in {elapsed_s:.0f} s", ""]
     lines.append("Workloads (estimated from live samples)")
@@ -170,11 +170,7 @@ def summary(conn, start: datetime, end: datetime, config: Config, services: Serv
             f"[{d['alerts_delivered']} alert(s) delivered]"
         )
         lines.append(f"        {d['reason']}")
-    estimated, billed = conn.execute(
-        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM cost_windows WHERE environment = 'cloud'"
-        "        AND basis = 'estimated' AND window_start >= %s AND window_start < %s),"
-        "       (SELECT coalesce(sum(billed_cost_usd), 0) FROM cost_lines"
-        "        WHERE charge_period_start >= %s AND charge_period_start < %s)", (start, end, start, end)).fetchone()
+    estimated, billed = cloud_cost_estimated_and_billed(conn, start, end)
     lines += ["", f"Cloud cost: estimated live {_money(estimated)}, billed {_money(billed)}"
               + (f" (estimate {float((estimated - billed) / billed):+.2%} against the bill)" if billed else "")]
     c = counts(conn)

@@ -21,14 +21,21 @@ import yaml
 from collectors.scenario import HOUR_MS, Scenario, Simulation, iso, scenario_config
 from contracts.config import Config
 from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer, send_watermarks
+from infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
 from infra.local import running_services
 from infra.services import Services
 
 
 def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hours: float | None = None,
-                 state_dir: Path | None = None, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Run the scenario; return the decisions, reconciliation and totals as plain data."""
+                 state_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
+                 on_tick: Callable[[int, Services, Any], None] | None = None,
+                 on_settled: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Run the scenario; return the decisions, reconciliation and totals as plain data.
+
+    ``on_tick(ts_ms, services, producer)`` runs after each published tick (fault injection:
+    ``hybridspend stress``); ``on_settled(conn)`` runs once the pipeline has settled, before the
+    results are read.
+    """
     import psycopg
 
     from storage.db import migrate
@@ -62,6 +69,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         say(f"started {workers} Faust worker(s) and the sink (logs in {services.log_dir})")
 
         sent, restarted = 0, restart_worker_at_hours is None
+        marks_sent = 0  # watermark records: one per partition of each input topic
         next_mark = scenario.start_ms
         grace_ms = config.thresholds.grace_seconds * 1000
         for tick in sim.ticks():
@@ -72,6 +80,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
             sent += len(tick.instance_events) + len(tick.samples)
             if tick.ts_ms >= next_mark:
                 send_watermarks(producer, topics, "simulate", tick.ts_ms)
+                marks_sent += 2 * topics.partitions
                 next_mark += HOUR_MS
             if not restarted and tick.ts_ms >= scenario.start_ms + restart_worker_at_hours * HOUR_MS:
                 producer.flush()
@@ -81,8 +90,11 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
                 say(f"killed {names[0]} with SIGKILL at simulated hour {restart_worker_at_hours:g}; restarting it")
                 services.start(names[0], command="worker")
                 restarted = True
+            if on_tick is not None:
+                on_tick(tick.ts_ms, services, producer)
         # the end: every partition's clock moves past the last window (plus the grace)
         send_watermarks(producer, topics, "simulate", scenario.end_ms + grace_ms)
+        marks_sent += 2 * topics.partitions
         bill = sim.bill(config, export_version=iso(scenario.end_ms)) if scenario.billed else []
         for line in bill:
             producer.send(topics.cost_lines, key=line.resource_id.encode(), value=line.encode())
@@ -90,7 +102,17 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         say(f"published {sent} samples and instance events, {len(bill)} billed lines; waiting for the pipeline")
 
         conn = stack.enter_context(psycopg.connect(endpoints.dsn, autocommit=True))
-        _wait_until_settled(conn, services, expected_cost_lines=len(bill))
+        lag = LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink")])
+        stack.callback(lag.close)
+        inputs = {topics.gpu_samples, topics.instance_events}
+
+        def caught_up() -> bool:  # the worker has committed every input record, the sink everything it reads
+            return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
+                    and not any(behind for *_, behind in lag()))
+
+        _wait_until_settled(conn, services, expected_cost_lines=len(bill), caught_up=caught_up)
+        if on_settled is not None:
+            on_settled(conn)
         return results(conn, scenario)
 
 
@@ -104,10 +126,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _wait_until_settled(conn, services: Services, expected_cost_lines: int, timeout_s: float = 300) -> None:
-    """Until nothing new arrives for a few seconds (and every billed line is stored)."""
-    query = ("SELECT (SELECT count(*) FROM cost_windows), (SELECT coalesce(sum(cost_usd), 0) FROM cost_windows),"
-             " (SELECT count(*) FROM decisions), (SELECT count(*) FROM cost_lines), (SELECT count(*) FROM dead_letters)")
+def _wait_until_settled(conn, services: Services, expected_cost_lines: int, timeout_s: float = 300,
+                        caught_up: Callable[[], bool] | None = None) -> None:
+    """Until nothing new arrives for a few seconds, every billed line is stored and ``caught_up()``
+    (the consumers have committed everything: a worker restarted or rebalanced may be silent for
+    longer than those seconds)."""
+    from storage.queries import pipeline_progress
+
     deadline = time.monotonic() + timeout_s
     previous, stable = None, 0
     while stable < 4:
@@ -115,68 +140,69 @@ def _wait_until_settled(conn, services: Services, expected_cost_lines: int, time
             raise RuntimeError(f"the pipeline did not settle in {timeout_s:.0f} s (logs in {services.log_dir})")
         time.sleep(1)
         services.check()
-        now = conn.execute(query).fetchone()
-        stable = stable + 1 if now == previous and now[3] >= expected_cost_lines and now[0] > 0 else 0
+        now = pipeline_progress(conn)
+        stable = stable + 1 if now == previous and now.cost_lines >= expected_cost_lines and now.cost_windows > 0 else 0
+        if stable and caught_up is not None and not caught_up():
+            stable = 0
         previous = now
 
 
 def results(conn, scenario: Scenario) -> dict[str, Any]:
+    from storage import queries
+
     def num(v):
         return None if v is None else str(v)
 
     decisions = [
         {
-            "workload": r[0], "team": r[1], "from_env": r[2], "to_env": r[3], "kind": r[4], "gpu_class": r[5],
-            "decided_at": r[6].strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "current_usd_per_busy_gpu_hour": num(r[7]), "alternative_usd_per_busy_gpu_hour": num(r[8]),
-            "utilization": num(r[9]), "monthly_savings_usd": num(r[10]), "confidence": num(r[11]),
-            "alternative": r[12], "gpus_needed": r[13], "payback_months": num(r[14]), "reason": r[15],
+            "workload": d["workload"], "team": d["team"], "from_env": d["from_env"], "to_env": d["to_env"],
+            "kind": d["kind"], "gpu_class": d["gpu_class"], "decided_at": d["decided_at"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "current_usd_per_busy_gpu_hour": num(d["current_usd_per_busy_gpu_hour"]),
+            "alternative_usd_per_busy_gpu_hour": num(d["alternative_usd_per_busy_gpu_hour"]),
+            "utilization": num(d["utilization"]), "monthly_savings_usd": num(d["monthly_savings_usd"]),
+            "confidence": num(d["confidence"]), "alternative": d["alternative_label"], "gpus_needed": d["gpus_needed"],
+            "payback_months": num(d["payback_months"]), "reason": d["reason"],
+            "monthly_savings_low_usd": num(d["monthly_savings_low_usd"]),
+            "monthly_savings_high_usd": num(d["monthly_savings_high_usd"]),
+            "evidence_hours": num(d["evidence_hours"]), "nodes_needed": d["nodes_needed"],
+            "instances_needed": d["instances_needed"],
         }
-        for r in conn.execute(
-            "SELECT workload, team, from_env, to_env, kind, gpu_class, decided_at, current_usd_per_busy_gpu_hour,"
-            " alternative_usd_per_busy_gpu_hour, utilization, monthly_savings_usd, confidence, alternative_label,"
-            " gpus_needed, payback_months, reason FROM decisions ORDER BY decided_at, workload")
+        for d in queries.all_decisions(conn)
     ]
     workloads = [
-        {"workload": r[0], "environment": r[1], "gpu_class": r[2], "allocated_gpu_hours": num(r[3]),
-         "busy_gpu_hours": num(r[4]), "cost_usd": num(r[5]),
-         "usd_per_busy_gpu_hour": num(None if not r[4] else (r[5] / r[4]).quantize(Decimal("0.000001")))}
-        for r in conn.execute(
-            "SELECT workload, environment, gpu_class, sum(allocated_gpu_ms) / 3600000.0, sum(busy_gpu_ms) / 3600000.0,"
-            " sum(cost_usd) FROM cost_windows WHERE basis = 'estimated' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        {"workload": w["workload"], "environment": w["environment"], "gpu_class": w["gpu_class"],
+         "allocated_gpu_hours": num(w["allocated_gpu_hours"]), "busy_gpu_hours": num(w["busy_gpu_hours"]),
+         "cost_usd": num(w["cost_usd"]),
+         "usd_per_busy_gpu_hour": num(None if not w["busy_gpu_hours"] else
+                                      (w["cost_usd"] / w["busy_gpu_hours"]).quantize(Decimal("0.000001")))}
+        for w in queries.workload_totals(conn)
     ]
     reconciliation = [
-        {"provider": r[0], "estimated_usd": num(r[1]), "billed_usd": num(r[2]),
-         "estimate_error_pct": None if not r[2] else str(((r[1] - r[2]) / r[2] * 100).quantize(Decimal("0.001"))),
-         "hours_estimated_not_billed": r[3], "hours_billed_not_estimated": r[4]}
-        for r in conn.execute(
-            "SELECT provider, sum(estimated_usd) FILTER (WHERE billed_usd IS NOT NULL),"
-            " sum(billed_usd) FILTER (WHERE estimated_usd IS NOT NULL),"
-            " count(*) FILTER (WHERE billed_usd IS NULL), count(*) FILTER (WHERE estimated_usd IS NULL)"
-            " FROM estimate_vs_billed_hourly GROUP BY 1 ORDER BY 1")
+        {"provider": r["provider"], "estimated_usd": num(r["estimated_usd"]), "billed_usd": num(r["billed_usd"]),
+         "estimate_error_pct": None if not r["billed_usd"] else
+            str(((r["estimated_usd"] - r["billed_usd"]) / r["billed_usd"] * 100).quantize(Decimal("0.001"))),
+         "hours_estimated_not_billed": r["hours_estimated_not_billed"],
+         "hours_billed_not_estimated": r["hours_billed_not_estimated"]}
+        for r in queries.reconciliation_by_provider(conn)
     ] if scenario.billed else []
     rolling = [
-        {"span": r[0], "workload": r[1], "environment": r[2], "until": r[3].strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "allocated_gpu_hours": num(r[4]), "busy_gpu_hours": num(r[5]), "cost_usd": num(r[6])}
-        for r in conn.execute(
-            "SELECT span, workload, environment, until, allocated_gpu_hours, busy_gpu_hours, cost_usd"
-            " FROM workload_rolling ORDER BY workload, environment, span")
+        {"span": r["span"], "workload": r["workload"], "environment": r["environment"],
+         "until": r["until"].strftime("%Y-%m-%dT%H:%M:%SZ"), "allocated_gpu_hours": num(r["allocated_gpu_hours"]),
+         "busy_gpu_hours": num(r["busy_gpu_hours"]), "cost_usd": num(r["cost_usd"])}
+        for r in queries.workload_rolling(conn)
     ]
     digest = hashlib.sha256()
-    for row in conn.execute(
-            "SELECT window_start, resource, workload, environment, gpu_class, allocated_gpu_ms, busy_gpu_ms,"
-            " energy_mj, cost_usd FROM cost_windows ORDER BY 1, 2, 3, 4, 5"):
+    for row in queries.cost_windows_in_order(conn):
         digest.update(repr(row).encode())
-    idle = conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM cost_windows WHERE workload = 'idle'").fetchone()[0]
     return {
         "scenario": scenario.name,
         "from": iso(scenario.start_ms), "to": iso(scenario.end_ms),
         "decisions": decisions,
         "workloads": workloads,
         "rolling": rolling,
-        "idle_onprem_cost_usd": str(idle),
+        "idle_onprem_cost_usd": str(queries.idle_cost_usd(conn)),
         "reconciliation": reconciliation,
-        "dead_letters": conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0],
+        "dead_letters": queries.counts(conn)["dead_letters"],
         "cost_windows_digest": digest.hexdigest(),
     }
 
@@ -189,12 +215,17 @@ def render(result: dict[str, Any]) -> str:
              f"Decisions ({len(result['decisions'])})"]
     for d in result["decisions"]:
         extra = f", {d['gpus_needed']} GPUs" if d["kind"].startswith("repatriate") else ""
+        if d["nodes_needed"] is not None:
+            extra += f" ({d['nodes_needed']} nodes)"
+        if d["instances_needed"] is not None:
+            extra += f", {d['instances_needed']} instance(s)"
         if d["payback_months"]:
             extra += f", payback {Decimal(d['payback_months']):.1f} months"
         lines.append(
             f"  {d['decided_at']} {d['workload']}: {d['kind']} ({d['from_env']} -> {d['to_env']}) "
             f"{usd(d['current_usd_per_busy_gpu_hour'])} vs {usd(d['alternative_usd_per_busy_gpu_hour'])} per busy "
             f"GPU-hour at {Decimal(d['utilization']):.0%} busy, saves {usd(d['monthly_savings_usd'])}/month"
+            f" ({usd(d['monthly_savings_low_usd'])} to {usd(d['monthly_savings_high_usd'])})"
             f"{extra}, confidence {Decimal(d['confidence']):.0%}")
         lines.append(f"      {d['reason']}")
     lines += ["", "Workloads", f"  {'workload':<22} {'where':<7} {'GPU':<5} {'GPU-h':>9} {'busy GPU-h':>11} "

@@ -1,4 +1,8 @@
-"""Read queries over the query layer (the views of migration 004), shared by the demo, reports and dashboards."""
+"""Read queries by name over the stored results and the query layer (the views of migration 004).
+
+The demo's and ``simulate``'s summaries and the figures the alert checks judge read the database
+through these functions; rows come back as dataclasses or dicts named by column.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import psycopg
+from psycopg.rows import class_row, dict_row
 
 
 class UsageFigures:
@@ -56,7 +61,9 @@ def decisions_between(conn: psycopg.Connection, start: datetime, end: datetime) 
         """
         SELECT decision_id, decided_at, workload, team, from_env, to_env, kind,
                current_usd_per_busy_gpu_hour, alternative_usd_per_busy_gpu_hour, utilization,
-               monthly_savings_usd, confidence, alternative_label, reason, alerts_delivered
+               monthly_savings_usd, confidence, alternative_label, reason, alerts_delivered,
+               monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours, gpus_needed, nodes_needed,
+               instances_needed
           FROM decision_log
          WHERE decided_at >= %s AND decided_at <= %s
          ORDER BY decided_at, workload
@@ -67,6 +74,84 @@ def decisions_between(conn: psycopg.Connection, start: datetime, end: datetime) 
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+def cloud_cost_estimated_and_billed(conn: psycopg.Connection, start: datetime, end: datetime) -> tuple[Decimal, Decimal]:
+    """(cloud cost estimated from live samples, cost billed by the providers) for windows starting in [start, end)."""
+    return conn.execute(
+        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM cost_windows WHERE environment = 'cloud'"
+        "        AND basis = 'estimated' AND window_start >= %s AND window_start < %s),"
+        "       (SELECT coalesce(sum(billed_cost_usd), 0) FROM cost_lines"
+        "        WHERE charge_period_start >= %s AND charge_period_start < %s)", (start, end, start, end)).fetchone()
+
+
+@dataclass(frozen=True)
+class PipelineProgress:
+    """What the pipeline has stored so far; equal twice in a row when nothing new arrived."""
+
+    cost_windows: int
+    cost_usd: Decimal
+    decisions: int
+    cost_lines: int
+    dead_letters: int
+
+
+def pipeline_progress(conn: psycopg.Connection) -> PipelineProgress:
+    with conn.cursor(row_factory=class_row(PipelineProgress)) as cur:
+        return cur.execute(
+            "SELECT (SELECT count(*) FROM cost_windows) AS cost_windows,"
+            " (SELECT coalesce(sum(cost_usd), 0) FROM cost_windows) AS cost_usd,"
+            " (SELECT count(*) FROM decisions) AS decisions, (SELECT count(*) FROM cost_lines) AS cost_lines,"
+            " (SELECT count(*) FROM dead_letters) AS dead_letters").fetchone()
+
+
+def all_decisions(conn: psycopg.Connection) -> list[dict]:
+    """Every stored decision in the order it was made, one dict per decision named by column."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT workload, team, from_env, to_env, kind, gpu_class, decided_at, current_usd_per_busy_gpu_hour,"
+            " alternative_usd_per_busy_gpu_hour, utilization, monthly_savings_usd, confidence, alternative_label,"
+            " gpus_needed, payback_months, reason, monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours,"
+            " nodes_needed, instances_needed FROM decisions ORDER BY decided_at, workload").fetchall()
+
+
+def workload_totals(conn: psycopg.Connection) -> list[dict]:
+    """Estimated GPU-hours and cost per workload, environment and GPU class over every stored window."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT workload, environment, gpu_class, sum(allocated_gpu_ms) / 3600000.0 AS allocated_gpu_hours,"
+            " sum(busy_gpu_ms) / 3600000.0 AS busy_gpu_hours, sum(cost_usd) AS cost_usd"
+            " FROM cost_windows WHERE basis = 'estimated' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+
+
+def reconciliation_by_provider(conn: psycopg.Connection) -> list[dict]:
+    """Per provider: estimated and billed cost over the hours present on both sides, and the hours on one only."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT provider, sum(estimated_usd) FILTER (WHERE billed_usd IS NOT NULL) AS estimated_usd,"
+            " sum(billed_usd) FILTER (WHERE estimated_usd IS NOT NULL) AS billed_usd,"
+            " count(*) FILTER (WHERE billed_usd IS NULL) AS hours_estimated_not_billed,"
+            " count(*) FILTER (WHERE estimated_usd IS NULL) AS hours_billed_not_estimated"
+            " FROM estimate_vs_billed_hourly GROUP BY 1 ORDER BY 1").fetchall()
+
+
+def workload_rolling(conn: psycopg.Connection) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT span, workload, environment, until, allocated_gpu_hours, busy_gpu_hours, cost_usd"
+            " FROM workload_rolling ORDER BY workload, environment, span").fetchall()
+
+
+def cost_windows_in_order(conn: psycopg.Connection) -> list[tuple]:
+    """Every cost window's key and figures, in a fixed order (what a digest of the results is taken over)."""
+    return conn.execute(
+        "SELECT window_start, resource, workload, environment, gpu_class, allocated_gpu_ms, busy_gpu_ms,"
+        " energy_mj, cost_usd FROM cost_windows ORDER BY 1, 2, 3, 4, 5").fetchall()
+
+
+def idle_cost_usd(conn: psycopg.Connection) -> Decimal:
+    """What idle owned GPUs cost over every stored window."""
+    return conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM cost_windows WHERE workload = 'idle'").fetchone()[0]
+
+
 def counts(conn: psycopg.Connection) -> dict[str, int]:
     out = {}
     for table in ("cost_windows", "decisions", "alert_outbox", "dead_letters"):
@@ -74,3 +159,78 @@ def counts(conn: psycopg.Connection) -> dict[str, int]:
     out["alerts_pending"] = conn.execute(
         "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL").fetchone()[0]
     return out
+
+
+# -- what the alert checks judge (alerts.checks), in event time: "now" is the latest window's end ----
+
+_TEAM = "coalesce(nullif(team, ''), '(none)')"
+
+
+@dataclass(frozen=True)
+class TeamMonthSpend:
+    team: str
+    spent_usd: Decimal  # month to date
+    budget_usd: Decimal  # monthly
+
+
+@dataclass(frozen=True)
+class TeamSpendRate:
+    team: str
+    last_day_usd: Decimal  # the 24 hours before now
+    baseline_usd_per_day: Decimal  # mean daily spend of the 7 days before those
+    baseline_days: int  # days of the baseline that have data
+
+
+@dataclass(frozen=True)
+class HostLastSeen:
+    host: str
+    last_sample: datetime
+
+
+def latest_window_end(conn: psycopg.Connection) -> datetime | None:
+    """The end of the latest estimated cost window: the event-time "now" of the checks."""
+    return conn.execute("SELECT max(window_end) FROM cost_windows WHERE basis = 'estimated'").fetchone()[0]
+
+
+def latest_onprem_sample(conn: psycopg.Connection) -> datetime | None:
+    return conn.execute("SELECT max(ts) FROM gpu_samples WHERE environment = 'onprem'").fetchone()[0]
+
+
+def team_month_spend(conn: psycopg.Connection, now: datetime) -> list[TeamMonthSpend]:
+    """Every budgeted team's estimated spend from the start of ``now``'s UTC month to ``now``."""
+    rows = conn.execute(
+        f"SELECT b.team, coalesce(s.spent, 0), b.monthly_budget_usd FROM team_budgets b LEFT JOIN"
+        f" (SELECT {_TEAM} AS team, sum(cost_usd) AS spent FROM cost_hourly WHERE basis = 'estimated'"
+        f"   AND bucket >= date_trunc('month', %(now)s AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        f"   AND bucket < %(now)s GROUP BY 1) s ON s.team = b.team ORDER BY b.team",
+        {"now": now}).fetchall()
+    return [TeamMonthSpend(team, Decimal(spent), Decimal(budget)) for team, spent, budget in rows]
+
+
+def team_spend_rate(conn: psycopg.Connection, now: datetime) -> list[TeamSpendRate]:
+    """Per team: the last 24 hours' spend against the daily mean of the 7 days before them."""
+    rows = conn.execute(
+        f"SELECT {_TEAM}, sum(cost_usd) FILTER (WHERE bucket >= %(now)s - INTERVAL '24 hours'),"
+        f"       sum(cost_usd) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours') / 7,"
+        f"       count(DISTINCT date_trunc('day', bucket)) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours')"
+        f"  FROM cost_hourly WHERE basis = 'estimated' AND workload <> 'idle'"
+        f"   AND bucket >= %(now)s - INTERVAL '8 days' AND bucket < %(now)s GROUP BY 1 ORDER BY 1",
+        {"now": now}).fetchall()
+    return [TeamSpendRate(team, Decimal(last or 0), Decimal(base or 0), int(days)) for team, last, base, days in rows]
+
+
+def idle_cost_last_day(conn: psycopg.Connection, now: datetime) -> list[tuple[str, Decimal]]:
+    """(GPU class, cost of idle owned GPUs over the 24 hours before ``now``)."""
+    rows = conn.execute(
+        "SELECT gpu_class, sum(cost_usd) FROM cost_hourly WHERE basis = 'estimated' AND workload = 'idle'"
+        " AND environment = 'onprem' AND bucket >= %(now)s - INTERVAL '24 hours' AND bucket < %(now)s"
+        " GROUP BY 1 ORDER BY 1", {"now": now}).fetchall()
+    return [(gpu_class, Decimal(usd)) for gpu_class, usd in rows]
+
+
+def onprem_hosts_last_seen(conn: psycopg.Connection, samples_now: datetime) -> list[HostLastSeen]:
+    """Each on-prem host with a sample in the 24 hours before ``samples_now``, and its latest one."""
+    rows = conn.execute(
+        "SELECT resource, max(ts) FROM gpu_samples WHERE environment = 'onprem'"
+        " AND ts >= %s - INTERVAL '24 hours' GROUP BY 1 ORDER BY 1", (samples_now,)).fetchall()
+    return [HostLastSeen(host, last) for host, last in rows]

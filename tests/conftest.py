@@ -21,8 +21,22 @@ import pytest
 
 from infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
 from infra.local import LocalBroker, LocalPostgres
+from tests.timescale import timescale_database, timescale_server  # noqa: F401  (TimescaleDB fixtures)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_working_tree():
+    """Faust writes its data directory (``<app id>-data/``) into the current directory unless told
+    otherwise; every app here keeps it under the state directory.  Fails the session if a test's
+    worker wrote one into the working tree (or the directory pytest runs in)."""
+    places = {ROOT, Path.cwd()}
+    before = {p for place in places for p in place.glob("*-data")}
+    yield
+    written = sorted(str(p) for place in places for p in place.glob("*-data") if p not in before)
+    assert not written, f"the tests wrote Faust data directories into the working tree: {written}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,49 @@ def slack():
     server.server_close()
 
 
+@dataclass
+class HttpPages:
+    """A local HTTP server: ``pages[path] = (status, body)`` for GET; ``handlers[path] = fn(query) -> (status,
+    body)`` for computed answers (path without the query string); every request's path is kept in ``requests``."""
+
+    url: str = ""
+    pages: dict = field(default_factory=dict)
+    handlers: dict = field(default_factory=dict)
+    requests: list = field(default_factory=list)
+
+
+@pytest.fixture
+def http_pages():
+    from urllib.parse import parse_qs, urlsplit
+
+    served = HttpPages()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            served.requests.append(self.path)
+            parts = urlsplit(self.path)
+            if parts.path in served.handlers:
+                status, body = served.handlers[parts.path](parse_qs(parts.query))
+            else:
+                status, body = served.pages.get(self.path, (404, "not found"))
+            data = body.encode() if isinstance(body, str) else body
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    server.shutdown()
+    server.server_close()
+
+
 def consume(bootstrap: str, topic: str, decode) -> list:
     """Every event on a topic from the beginning, decoded (a consumer without a group)."""
     from kafka import KafkaConsumer
@@ -136,3 +193,43 @@ def consume(bootstrap: str, topic: str, decode) -> list:
     events = [decode(m.value) for m in consumer]
     consumer.close()
     return events
+
+
+# -- waiting for what the code under test does: poll a condition, never sleep a fixed time -----------
+
+
+def wait_until(predicate, timeout_s: float = 60, what: str = "condition", interval_s: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy, and return that; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def eventually(assertion, timeout_s: float = 60, interval_s: float = 0.2):
+    """Run ``assertion`` (a function that asserts) until it passes; after ``timeout_s`` its last failure is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return assertion()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(interval_s)
+
+
+# -- `pytest -m "not integration"` is the unit run: a test that starts a server must say so -----------
+
+SERVER_FIXTURES = {"broker", "postgres_server", "database", "slack", "http_pages", "timescale_server",
+                   "timescale_database"}
+
+
+def pytest_runtest_setup(item):
+    servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    if servers and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} starts a server ({', '.join(sorted(servers))}) but is not marked "
+                    "@pytest.mark.integration", pytrace=False)

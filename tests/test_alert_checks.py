@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from urllib.parse import parse_qs
@@ -22,6 +21,7 @@ from contracts.events import CostWindow, GpuReading, GpuSample
 from storage.db import migrate, sync_budgets
 from storage.sink import Batch, cost_window_row, gpu_sample_rows, write_batch
 from storage.timeseries import POSTGRESQL, Partitions
+from tests.conftest import wait_until
 
 NOW = datetime(2026, 11, 11, 0, tzinfo=timezone.utc)  # 10 days into a 30-day month
 HOUR_MS = 3_600_000
@@ -94,6 +94,7 @@ def _outbox(dsn: str) -> list[tuple]:
                             " ORDER BY created_at, alert_id").fetchall()
 
 
+@pytest.mark.integration
 def test_checks_on_stored_data_route_dedupe_within_the_cooldown_and_renotify_on_escalation(tmp_path, database):
     team = "<!channel> ml"  # a hostile team name from a cluster label
     _seed(database, team, D(5), 240, idle_per_hour=D(50))  # 10 days x 24 h x $5 = $1,200: forecast $3,600
@@ -148,6 +149,7 @@ class SlackApi:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
 
 
+@pytest.mark.integration
 def test_bot_token_posts_with_chat_post_message_honouring_429_and_slack_errors(tmp_path, database, monkeypatch):
     api = SlackApi([(429, {"Retry-After": "1"}, {"ok": False, "error": "ratelimited"}),
                     (200, {}, {"ok": False, "error": "internal_error"})])
@@ -161,11 +163,8 @@ def test_bot_token_posts_with_chat_post_message_honouring_429_and_slack_errors(t
     from alerts.checks import Notice
 
     assert alerter.enqueue_notices([Notice("idle|A100", 1, "platform", "Idle", "Idle capacity: A100")]) == 1
-    deadline = time.monotonic() + 20
-    while alerter.pending_count() and time.monotonic() < deadline:
-        alerter.deliver_pending()
-        time.sleep(0.2)
-    assert alerter.pending_count() == 0
+    wait_until(lambda: alerter.deliver_pending() is not None and alerter.pending_count() == 0, 20,
+               "every alert delivered")
     assert [c["status"] for c in api.calls] == [429, 200, 200]  # rate limited, Slack's error, then ok
     assert all(c["path"] == "/api/chat.postMessage" and c["auth"] == "Bearer xoxb-test-token" for c in api.calls)
     assert api.calls[-1]["body"]["channel"] == "#gpu-spend" and api.calls[-1]["body"]["text"] == "Idle capacity: A100"

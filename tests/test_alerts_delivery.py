@@ -11,6 +11,7 @@ from decimal import Decimal as D
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 import yaml
 
 from alerts.alerter import Alerter
@@ -18,6 +19,7 @@ from contracts.config import load_config
 from contracts.events import BreakevenDecision
 from infra.local import free_port
 from storage.db import migrate
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +41,8 @@ def alerter_for(tmp_path, database, url: str, monkeypatch) -> Alerter:
 
 
 def deliver_until_done(alerter: Alerter, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while alerter.pending_count() and time.monotonic() < deadline:
-        alerter.deliver_pending()
-        time.sleep(0.2)
+    wait_until(lambda: alerter.deliver_pending() is not None and alerter.pending_count() == 0, timeout_s,
+               "every alert delivered")
 
 
 def test_429_with_retry_after_and_500_are_retried_and_each_alert_arrives_once(tmp_path, database, slack,
@@ -58,11 +58,12 @@ def test_429_with_retry_after_and_500_are_retried_and_each_alert_arrives_once(tm
     texts = sorted(p["body"]["text"].split(":")[1].split("(")[0].strip() for p in slack.wait_for(3))
     assert texts == ["team-1/train", "team-2/train", "team-3/train"]  # each exactly once
     assert time.monotonic() - started >= 2  # the 429's Retry-After was honoured
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(database, row_factory=dict_row) as conn:
         log = conn.execute("SELECT alert_id, status, detail FROM alert_log ORDER BY id").fetchall()
-        attempts = dict(conn.execute("SELECT decision_id, attempts FROM alert_outbox").fetchall())
+        attempts = {r["decision_id"]: r["attempts"] for r in conn.execute(
+            "SELECT decision_id, attempts FROM alert_outbox").fetchall()}
     assert attempts == {"d1": 2, "d2": 2, "d3": 1}
-    assert [row[1] for row in log].count("retry") == 2 and "HTTP 429" in log[0][2]
+    assert [row["status"] for row in log].count("retry") == 2 and "HTTP 429" in log[0]["detail"]
 
 
 def test_slack_down_for_a_while_then_back_delivers_everything_once(tmp_path, database, monkeypatch):

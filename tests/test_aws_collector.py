@@ -9,7 +9,6 @@ import http.server
 import io
 import json
 import threading
-import time
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal as D
@@ -27,7 +26,7 @@ from infra.broker import ensure_topics, make_producer
 from infra.checkpoint import Checkpoint
 from infra.local import free_port
 from infra.publish import Publisher
-from tests.conftest import consume
+from tests.conftest import consume, wait_until
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 20, 12, 30, tzinfo=timezone.utc)
@@ -103,6 +102,8 @@ def pricing_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    server.shutdown()
+    server.server_close()
 
 
 def sp_rate(itype: str, region: str, plan: str, rate: str, years: int = 1) -> dict:
@@ -112,8 +113,6 @@ def sp_rate(itype: str, region: str, plan: str, rate: str, years: int = 1) -> di
             "usageType": f"USE1-BoxUsage:{itype}", "operation": "RunInstances",
             "properties": [{"name": "instanceType", "value": itype}, {"name": "region", "value": region},
                            {"name": "tenancy", "value": "shared"}, {"name": "productDescription", "value": "Linux/UNIX"}]}
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -187,10 +186,11 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
     producer = make_producer(broker.bootstrap, config.kafka)
     checkpoint_path = tmp_path / "aws.json"
     try:
-        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
-                              clock=lambda: NOW).run_once()
+        collector = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path), clock=lambda: NOW)
+        report = collector.poll_once()
+        assert report.source == "aws"
         assert report.errors == ["sqs: not an EC2 state or spot event: 'not an event at all'"]
-        assert report.ce_calls == 1
+        assert collector.ce_calls == 1
 
         prices = {(p.instance_type, p.purchase_option): p.usd_per_hour
                   for p in consume(broker.bootstrap, topics.prices, PriceUpdate.decode)}
@@ -219,17 +219,21 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
         first_version = exported[0].export_version
 
         # a restart: a new collector on the same checkpoint repeats nothing it already sent
-        report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
-                              clock=lambda: NOW).run_once()
-        assert report.sent == {} and report.errors == [] and report.ce_calls == 0
+        collector = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path), clock=lambda: NOW)
+        report = collector.poll_once()
+        assert report.sent == {} and report.errors == [] and collector.ce_calls == 0
         assert len(consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)) == 3
 
-        # the provider restates October: the folder is read again as a new delivery
-        time.sleep(1.1)  # S3 LastModified has one-second resolution
-        s3.put_object(Bucket="billing", Key=key, Body=focus_export([
-            (gpu, "30.0000", "$30.00 per On Demand Linux p4d.24xlarge Instance Hour"), ("vol-1", "0.10", "EBS")]))
+        # the provider restates October: the folder is read again as a new delivery, which S3 stamps
+        # in a later second than the first (LastModified has one-second resolution)
+        first_delivery = s3.head_object(Bucket="billing", Key=key)["LastModified"]
+        restatement = focus_export([
+            (gpu, "30.0000", "$30.00 per On Demand Linux p4d.24xlarge Instance Hour"), ("vol-1", "0.10", "EBS")])
+        wait_until(lambda: s3.put_object(Bucket="billing", Key=key, Body=restatement) and
+                   s3.head_object(Bucket="billing", Key=key)["LastModified"] > first_delivery,
+                   timeout_s=10, what="a delivery stamped after the first", interval_s=0.1)
         report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
-                              clock=lambda: NOW).run_once()
+                              clock=lambda: NOW).poll_once()
         assert report.sent["cost-lines"] == 2
         restated = [line for line in consume(broker.bootstrap, topics.cost_lines, CostLine.decode)
                     if line.source == "aws-focus" and line.export_version != first_version]
@@ -256,7 +260,7 @@ def test_one_failing_account_is_reported_and_the_others_go_on(tmp_path, broker, 
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
         report = AwsCollector(config, Publisher(producer, topics), Checkpoint(tmp_path / "cp.json"),
-                              clock=lambda: NOW).run_once()
+                              clock=lambda: NOW).poll_once()
     finally:
         producer.close()
     assert any(e.startswith("broken prices: ProfileNotFound") for e in report.errors)

@@ -1,4 +1,4 @@
-"""The pure cost model, checked against hand arithmetic and the published figures of DESIGN.md §2."""
+"""The pure cost model, checked against hand arithmetic and the published figures in docs/design.md, "Domain model"."""
 
 from datetime import date, datetime, timezone
 from decimal import Decimal as D
@@ -209,12 +209,12 @@ def test_onprem_usage_priced_with_measured_energy_and_configured_power_for_the_r
     assert cost == expected
 
 
-def market() -> Market:
+def market(**overrides) -> Market:
     offer = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8,
                        {"on_demand": D("32.7726"), "spot": D("12.00")})
     h100 = CloudOffer("aws", "us-east-1", "p5.48xlarge", "H100", 8, {"on_demand": D("98.32")})
     return Market(onprem={"A100": a100()}, offers=(offer, h100),
-                  throughput={"A100": D(1), "H100": D(3)})
+                  throughput={"A100": D(1), "H100": D(3)}, **overrides)
 
 
 def window(env, busy_ms, alloc_ms, cost, start, gpu_class="A100", window_ms=HOUR_MS):
@@ -232,13 +232,15 @@ def test_onprem_alternative_is_cheapest_cloud_for_busy_hours_normalized_by_throu
 
 
 def test_cloud_h100_alternative_buys_three_a100s_per_h100():
-    alt = market().alternative(window("cloud", HOUR_MS, HOUR_MS, D("12.29"), 0, gpu_class="H100"))
+    # bought GPUs sized to run fully busy (target utilization 1): one busy H100 -> 3 A100
+    alt = market(buy_target_utilization=D(1)).alternative(
+        window("cloud", HOUR_MS, HOUR_MS, D("12.29"), 0, gpu_class="H100"))
     assert alt.gpus_needed == 3
     assert alt.cost_usd == 3 * (D(30000) / 26280 + D("0.072") + D(2900) / 8760)
 
 
 def test_crossing_needs_margin_and_dwell_then_withdraws_with_hysteresis():
-    state, th, alt_cost = CrossingState(), Thresholds(D("0.10"), 3), D(10)
+    state, th, alt_cost = CrossingState(), Thresholds(D("0.10"), 3, evidence_hours={}), D(10)  # the dwell alone
     from costmodel import Alternative
     alt = Alternative("cloud", "migrate_to_cloud", alt_cost, D(4), "aws", 1)
     costs = [D(11), D(12), D(12), D("10.5"), D(12), D(12), D(12)]
@@ -271,16 +273,18 @@ def test_cloud_workload_fits_into_idle_owned_gpus_at_marginal_cost_else_buys_wit
     # 8 idle A100 hold it: energy only, 0.4 kW * 1.5 PUE * $0.12 = $0.072 per GPU-hour (capex sunk, upkeep not marginal)
     assert fill.kind == REPATRIATE_FILL_IDLE and fill.gpus_needed == 8
     assert fill.cost_usd == 8 * D("0.072") and fill.payback_months(D("32.7726")) is None
-    # 7.5 idle GPUs are not enough: buy 8, full rate, payback = capex / (monthly cloud - monthly opex)
+    # 7.5 idle GPUs are not enough: buy for 7 busy GPUs at the 80 % target utilization, 7 / 0.8 = 8.75 -> 9
+    # (nodes of one GPU in this market), full rate, payback = capex / (monthly cloud - monthly opex)
     buy = market().alternative(w, idle_gpus={"A100": D("7.5")})
-    assert buy.kind == "repatriate_buy_capacity" and buy.gpus_needed == 8
-    assert buy.capex_usd == 8 * D(30000)
+    assert buy.kind == "repatriate_buy_capacity" and buy.gpus_needed == 9
+    assert buy.capex_usd == 9 * D(30000)
     opex = D("0.072") + D(2900) / 8760
-    assert buy.payback_months(D("32.7726")) == D(240000) / ((D("32.7726") - 8 * opex) * 730)
-    # an H100 workload needs three A100s per H100: 8 H100 -> 24 A100, so 8 idle ones do not hold it
+    assert buy.payback_months(D("32.7726")) == D(270000) / ((D("32.7726") - 9 * opex) * 730)
+    # an H100 workload needs three A100s per H100: 8 H100 -> 24 A100, so 8 idle ones do not hold it;
+    # its one busy H100-hour is 3 busy A100-hours: 3 / 0.8 = 3.75 -> buy 4
     h100 = market().alternative(window("cloud", HOUR_MS, 8 * HOUR_MS, D("98.32"), 0, gpu_class="H100"),
                                 idle_gpus={"A100": D(8)})
-    assert h100.kind == "repatriate_buy_capacity" and h100.gpus_needed == 24
+    assert h100.kind == "repatriate_buy_capacity" and h100.gpus_needed == 4
 
 
 def test_rental_ends_at_the_stop_or_two_minutes_after_a_spot_warning():
@@ -349,3 +353,80 @@ def test_an_instance_event_arriving_after_its_samples_closed_windows_does_not_re
     r.not_before(2 * HOUR_MS)  # the samples already closed windows 0 and 1
     r.on_event(0, "running", HOUR_MS)  # the start event, read late from its own topic
     assert r.close(3 * HOUR_MS, HOUR_MS) == {2 * HOUR_MS: 8 * HOUR_MS}  # only window 2 is rented time to add
+
+
+# -- money and calendar formulas: payback, discounted per-GPU price, month and year scaling --------
+
+
+def test_payback_is_capex_over_the_monthly_margin_of_cloud_over_onprem_opex():
+    from costmodel import payback_months
+
+    # 8 A100s at $30,000 = $240,000 of capex; cloud $18,000 a month vs $2,000 of energy and upkeep:
+    # 240,000 / (18,000 - 2,000) = 15 months
+    assert payback_months(D(240_000), D(18_000), D(2_000)) == D(15)
+    # a margin of zero or less never pays back
+    assert payback_months(D(240_000), D(2_000), D(2_000)) is None
+    assert payback_months(D(240_000), D(1_000), D(2_000)) is None
+
+
+def test_tco_payback_goes_through_the_same_formula():
+    from costmodel import payback_months
+
+    result = tco(gpu_price_usd=D(30000), amortization_months=36, power_w=D(400), pue=D("1.5"),
+                 usd_per_kwh=D("0.12"), upkeep_usd_per_year=D(2900), cloud_usd_per_gpu_hour=D("4.10"),
+                 utilization=D("0.7"), gpus=8)
+    # monthly cloud = 4.10 * 730 * 0.7 * 8 = 16,760.80; opex per GPU-hour = 0.4 kW * 1.5 * 0.12 + 2900 / 8760
+    # = 0.072 + 0.331050... = 0.403050..., a month of 8 GPUs: 0.403050... * 730 * 8 = 2,353.81
+    assert result.monthly_cloud_usd == D("16760.800")
+    assert result.months_to_breakeven == payback_months(D(240_000), result.monthly_cloud_usd,
+                                                        result.monthly_onprem_opex_usd)
+    # 240,000 / (16,760.80 - 2,353.81) = 240,000 / 14,406.99 = 16.66 months
+    assert cents(result.months_to_breakeven) == D("16.66")
+
+
+def test_discounted_per_gpu_price_is_instance_price_less_discount_over_its_gpus():
+    from costmodel import discounted_usd_per_gpu_hour
+
+    # p4d.24xlarge at $32.7726 an hour, 8 GPUs, 20 % contract discount: 32.7726 * 0.8 / 8 = 3.27726
+    assert discounted_usd_per_gpu_hour(D("32.7726"), D(20), 8) == D("3.27726")
+    # no discount: 32.7726 / 8 = 4.096575
+    assert discounted_usd_per_gpu_hour(D("32.7726"), D(0), 8) == D("4.096575")
+    # the offer's own per-GPU price is the same formula
+    offer = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, {"on_demand": D("32.7726")}, D(20))
+    assert offer.usd_per_gpu_hour("on_demand") == D("3.27726")
+    with pytest.raises(CostModelError, match="gpus_per_instance must be > 0, got 0"):
+        discounted_usd_per_gpu_hour(D(1), D(0), 0)
+    with pytest.raises(CostModelError, match=r"discount_pct must be in \[0, 100\), got 100"):
+        discounted_usd_per_gpu_hour(D(1), D(100), 8)
+
+
+def test_a_reservation_spreads_its_upfront_fee_over_the_8760_hours_of_a_year():
+    from costmodel import effective_usd_per_hour
+
+    # $30.10 an hour plus $8,760 upfront: 30.10 + 8760 / 8760 = 31.10 an hour
+    assert effective_usd_per_hour(D("30.10"), D(8760)) == D("31.10")
+    # three years: 30.10 + 26,280 / (8760 * 3) = 31.10
+    assert effective_usd_per_hour(D("30.10"), D(26_280), term_years=3) == D("31.10")
+
+
+def test_amounts_scale_to_a_730_hour_month_and_an_8760_hour_year():
+    from costmodel import usd_per_month, usd_per_year
+
+    # $2,400 over 10 days (240 h) is $10 an hour: 7,300 a month, 87,600 a year
+    assert usd_per_month(D(2400), D(240)) == D(7300)
+    assert usd_per_year(D(2400), D(240)) == D(87600)
+    with pytest.raises(CostModelError, match="over_hours must be > 0, got 0"):
+        usd_per_month(D(1), D(0))
+
+
+def test_month_forecast_extrapolates_month_to_date_spend_over_the_calendar_month():
+    from costmodel import calendar_month_hours, month_forecast_usd
+
+    assert calendar_month_hours(datetime(2026, 11, 5, tzinfo=timezone.utc)) == D(720)  # 30 days * 24
+    assert calendar_month_hours(datetime(2026, 12, 5, tzinfo=timezone.utc)) == D(744)  # 31 days * 24
+    # $1,000 spent by 2026-11-06 00:00 UTC: 5 days = 120 h elapsed; 1,000 / 120 * 720 = 6,000
+    assert month_forecast_usd(D(1000), datetime(2026, 11, 6, tzinfo=timezone.utc)) == D(6000)
+    # $90 by 2026-12-01 12:00:00.5: 12.000138... h; the half second counts exactly
+    at = datetime(2026, 12, 1, 12, 0, 0, 500_000, tzinfo=timezone.utc)
+    assert month_forecast_usd(D(90), at) == D(90) / (D("43200.5") / 3600) * 744
+    assert month_forecast_usd(D(90), datetime(2026, 12, 1, tzinfo=timezone.utc)) is None  # nothing elapsed yet

@@ -136,6 +136,7 @@ def _seed(dsn: str, now: datetime) -> None:
     sink.close()
 
 
+@pytest.mark.integration
 def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
     now = datetime.now(timezone.utc).replace(microsecond=0)
     _seed(database, now)
@@ -262,6 +263,7 @@ def _push(grafana, tmp_path, token="glsa_test_token"):
                            "--token-file", str(token_file)], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.integration
 def test_push_provisions_then_changes_nothing_then_reports_a_conflict(grafana, tmp_path):
     first = _push(grafana, tmp_path)
     assert first.returncode == 0, first.stderr
@@ -291,6 +293,7 @@ def test_push_provisions_then_changes_nothing_then_reports_a_conflict(grafana, t
     assert "Traceback" not in third.stderr
 
 
+@pytest.mark.integration
 def test_push_with_a_wrong_token_fails_clearly_and_never_prints_the_token(grafana, tmp_path):
     proc = _push(grafana, tmp_path, token="glsa_wrong_secret")
     assert proc.returncode == 2

@@ -82,6 +82,7 @@ MALFORMED_KINDS = (
 )
 
 
+@pytest.mark.integration
 def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_going(tmp_path: Path, broker, database,
                                                                                    topic_prefix):
     with warnings.catch_warnings():

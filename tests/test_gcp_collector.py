@@ -14,7 +14,6 @@ import yaml
 from google.cloud import billing_v1
 
 from collectors import gcp
-from contracts.catalog import Catalog
 from contracts.config import load_config
 from contracts.events import CostLine, PriceUpdate
 from contracts.topics import Topics
@@ -115,7 +114,9 @@ def test_prices_and_export_rows_reach_the_broker_and_a_restart_reads_only_what_i
                    resource="projects/p/instances/web"),
         "{broken",
     ]) + "\n")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"kafka": {"topic_prefix": topic_prefix}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "kafka": {"topic_prefix": topic_prefix},
+        "collectors": {"gcp": {"billing_export_glob": str(exports / "*.json")}}}))
     config = load_config(tmp_path / "c.yaml", {})
     topics = Topics.from_config(config.kafka)
     ensure_topics(broker.bootstrap, config.kafka, topics)
@@ -123,12 +124,14 @@ def test_prices_and_export_rows_reach_the_broker_and_a_restart_reads_only_what_i
     checkpoint = tmp_path / "gcp.json"
 
     def run():
-        return gcp.run_once(lambda: gcp.catalog_client(grpc.insecure_channel(address)),
-                            sorted(exports.glob("*.json")), Publisher(producer, topics), Checkpoint(checkpoint),
-                            Catalog(), 1_795_000_000_000)
+        collector = gcp.GcpCollector(config, Publisher(producer, topics), Checkpoint(checkpoint),
+                                     catalog_client=lambda: gcp.catalog_client(grpc.insecure_channel(address)),
+                                     clock=lambda: 1_795_000_000.0)
+        return collector.poll_once()
 
     try:
         report = run()
+        assert report.source == "gcp"
         assert report.sent == {"prices": 4, "cost-lines": 2}
         assert len(report.errors) == 1 and report.errors[0].startswith(f"{exports / '2026-11-20.json'}:3: ")
         assert any(c.startswith("ListSkus services/6F81-5844-456A '1'") for c in calls)  # paginated
@@ -158,15 +161,18 @@ def test_prices_and_export_rows_reach_the_broker_and_a_restart_reads_only_what_i
 
 def test_an_unreachable_catalog_is_reported_and_the_export_still_read(tmp_path, broker, topic_prefix):
     (tmp_path / "e.json").write_text(export_row("2026-11-20T06:00:00Z", "2026-11-20T03:00:00Z", "1.5") + "\n")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"kafka": {"topic_prefix": topic_prefix}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "kafka": {"topic_prefix": topic_prefix},
+        "collectors": {"gcp": {"billing_export_glob": str(tmp_path / "e.json")}}}))
     config = load_config(tmp_path / "c.yaml", {})
     topics = Topics.from_config(config.kafka)
     ensure_topics(broker.bootstrap, config.kafka, topics)
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
         channel = grpc.insecure_channel("127.0.0.1:9")
-        report = gcp.run_once(lambda: _with_timeout(gcp.catalog_client(channel)), [tmp_path / "e.json"],
-                              Publisher(producer, topics), Checkpoint(tmp_path / "cp.json"), Catalog(), 1)
+        report = gcp.GcpCollector(config, Publisher(producer, topics), Checkpoint(tmp_path / "cp.json"),
+                                  catalog_client=lambda: _with_timeout(gcp.catalog_client(channel)),
+                                  clock=lambda: 0.001).poll_once()
     finally:
         producer.close()
     assert report.sent == {"cost-lines": 1}
@@ -224,6 +230,8 @@ def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute
     from contracts.events import InstanceEvent
 
     cfg = {"kafka": {"topic_prefix": topic_prefix},
+           "collectors": {"gcp": {"catalog": False, "projects": ["ml-prod", "missing-project"],
+                                  "compute_endpoint": compute_api}},
            "workloads": [{"match": {"tag_workload": "*"}, "workload": "{tag_workload}", "team": "{tag_team}"}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     config = load_config(tmp_path / "c.yaml", {})
@@ -231,11 +239,10 @@ def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute
     ensure_topics(broker.bootstrap, config.kafka, topics)
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
-        for _ in range(2):  # the second pass (a restart on the same checkpoint) repeats nothing
-            report = gcp.GcpReport()
-            gcp.publish_inventory(requests.Session(), compute_api, ["ml-prod", "missing-project"],
-                                  Publisher(producer, topics), Checkpoint(tmp_path / "gcp.json"), Catalog(),
-                                  config.resolve_workload, report, 1_795_000_000_000)
+        for sent in ({"instance-events": 2}, {}):  # the second pass (a restart on the same checkpoint) repeats nothing
+            report = gcp.GcpCollector(config, Publisher(producer, topics), Checkpoint(tmp_path / "gcp.json"),
+                                      session=requests.Session(), clock=lambda: 1_795_000_000.0).poll_once()
+            assert report.sent == sent
             assert len(report.errors) == 1 and report.errors[0].startswith("inventory missing-project: HTTPError")
     finally:
         producer.close()

@@ -1,4 +1,5 @@
-"""The NVML collector over a fake NVML (no GPU here) with the real pynvml API surface."""
+"""The NVML collector over a fake NVML (no GPU here) with the real pynvml API surface; what it publishes is
+read back from a real broker."""
 
 import os
 from pathlib import Path
@@ -8,6 +9,11 @@ import pytest
 from collectors.nvml.collector import NvmlCollector, ProcessInspector, gpu_class_of
 from collectors.nvml.fake import FakeGpu, FakeNvml
 from contracts.config import load_config
+from contracts.events import EventError, GpuSample, Watermark
+from contracts.topics import Topics
+from infra.broker import ensure_topics, make_producer
+from infra.publish import Publisher
+from tests.conftest import consume
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"
 
@@ -63,15 +69,42 @@ def test_all_gpus_failing_sends_nothing(collector):
     assert collector.sample(1) is None
 
 
-def test_run_samples_on_interval_boundaries(collector):
-    now = {"t": 1_790_000_005.0}
-    sent = []
+@pytest.mark.integration
+def test_polls_publish_one_sample_per_interval_boundary_and_the_hosts_watermark_each_minute(collector, broker,
+                                                                                          topic_prefix):
+    topics = Topics(topic_prefix, 2)
+    ensure_topics(broker.bootstrap, collector.config.kafka, topics)
+    producer = make_producer(broker.bootstrap, collector.config.kafka)
+    collector.publisher = Publisher(producer, topics)
+    now = {"s": 0.0}
+    collector.clock = lambda: now["s"]
+    reports = []
+    try:
+        # 30 s intervals of the epoch (1_790_000_010 s is a boundary); a poll is stamped with the boundary at or
+        # before it
+        for now["s"] in (1_790_000_015.0, 1_790_000_039.9, 1_790_000_040.0, 1_790_000_105.0):
+            reports.append(collector.poll_once())
+    finally:
+        producer.close()
+    # +15 s -> +10 s with the first watermark; +39.9 -> +10 again: nothing; +40 -> +40, 30 s after the last
+    # watermark: none; +105 -> +100, 90 s after it: a watermark again
+    assert [r.sent for r in reports] == [{"gpu-samples": 1, "watermarks": 1}, {}, {"gpu-samples": 1},
+                                         {"gpu-samples": 1, "watermarks": 1}]
+    assert reports[0].source == "nvml" and reports[0].ok
+    assert reports[0].errors == ["1 GPU(s) on dgx-a100-01 could not be read (the others were sampled; see the log)"]
 
-    def sleep(s):
-        now["t"] += max(s, 0.01)
+    def decode(value: bytes):
+        try:
+            return GpuSample.decode(value)
+        except EventError:
+            return Watermark.decode(value)
 
-    collector.run(sent.append, stop=lambda: len(sent) >= 2, clock=lambda: now["t"], sleep=sleep)
-    assert [s.ts_ms for s in sent] == [1_790_000_010_000, 1_790_000_040_000]
+    events = consume(broker.bootstrap, topics.gpu_samples, decode)
+    assert sorted(e.ts_ms for e in events if isinstance(e, GpuSample)) == [
+        1_790_000_010_000, 1_790_000_040_000, 1_790_000_100_000]
+    marks = sorted((e.ts_ms, e.source) for e in events if isinstance(e, Watermark))
+    # each watermark goes to both partitions of gpu-samples
+    assert marks == [(1_790_000_010_000, "nvml:dgx-a100-01")] * 2 + [(1_790_000_100_000, "nvml:dgx-a100-01")] * 2
 
 
 @pytest.mark.parametrize("name, cls", [

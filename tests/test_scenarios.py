@@ -3,8 +3,10 @@
 checked against figures computed here by hand from the scenario file.
 
 The scenario is contracts/examples/scenarios/hybrid-month.yaml; the numbers below come from it:
-A100 assets at $30,000 per GPU over 36 months, 400 W x PUE 1.5 x $0.10/kWh, $1.00/GPU-hour upkeep;
-live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h; H100 = 3 A100.
+A100 assets at $30,000 per GPU over 36 months, 400 W x PUE 1.5 x $0.10/kWh, $1.00/GPU-hour upkeep,
+in nodes of 8; live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h; H100 = 3 A100.
+The thresholds are the defaults: filling idle GPUs needs the dwell (3 hourly windows), a migration
+24 h of evidence, a purchase 168 h, sized for 80 % utilization of the GPUs bought.
 """
 
 from __future__ import annotations
@@ -52,57 +54,88 @@ def close(value: str, expected: D, tolerance: D = D("0.000002")) -> bool:
     return abs(D(value) - expected) <= tolerance
 
 
+@pytest.mark.integration
 def test_cloud_workload_at_high_utilization_repatriates_into_idle_onprem_a100s(one_worker):
     (d,) = by_workload(one_worker)["embed"]
     # a p4d at 90 %: 8 GPU-hours cost $32 a window; 16 owned A100 sit idle (node 03, half of 01 and 02),
     # so it fits: the marginal cost is their energy, 8 x $0.06 = $0.48 a window (capex is sunk)
     assert (d["kind"], d["from_env"], d["to_env"], d["gpus_needed"]) == ("repatriate_fill_idle", "cloud", "onprem", 8)
     assert d["decided_at"] == "2026-11-02T03:00:00Z"  # three hourly windows: the dwell
+    assert D(d["evidence_hours"]) == 3
     busy_h = 3 * 8 * D("0.9")
     assert close(d["current_usd_per_busy_gpu_hour"], (3 * 8 * P4D / busy_h).quantize(MICRO))
     assert close(d["alternative_usd_per_busy_gpu_hour"], (3 * 8 * ENERGY / busy_h).quantize(MICRO))
     assert D(d["monthly_savings_usd"]) == (3 * 8 * P4D - 3 * 8 * ENERGY) / 3 * 730  # = $23,009.60
     assert D(d["confidence"]) == 1 and d["payback_months"] is None
+    # every window cost the same: the range is the point
+    assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
 
 
-def test_onprem_workload_falling_to_15_percent_migrates_to_cloud_at_the_right_rate(one_worker):
+@pytest.mark.integration
+def test_onprem_workload_falling_to_15_percent_migrates_to_cloud_exactly_24_hours_later(one_worker):
     (d,) = by_workload(one_worker)["train-vision"]
     # 4 owned A100 cost their full rate every hour; at 15 % they do 0.6 busy GPU-hours a window.
     # The cheapest cloud for that work: a p5 at $8/H100-hour, a third of an H100 per A100 -> $2.67/A100-hour
     window_usd = (4 * A100_RATE).quantize(MICRO, rounding=ROUND_HALF_EVEN)
-    busy_h = 3 * 4 * D("0.15")
+    busy_h = 24 * 4 * D("0.15")
     alt_usd = busy_h * P5 / 3
     assert (d["kind"], d["from_env"], d["to_env"]) == ("migrate_to_cloud", "onprem", "cloud")
     assert d["alternative"] == "aws us-east-1 p5.48xlarge on_demand"
-    assert d["decided_at"] == "2026-11-02T07:00:00Z"  # the drop is at hour 4; windows 4, 5, 6
+    # the drop is at hour 4; windows 4 to 27 are the 24 h of evidence a migration needs
+    assert d["decided_at"] == "2026-11-03T04:00:00Z" and D(d["evidence_hours"]) == 24
+    # 4 A100 of work = 4/3 H100 -> 2 GPUs, one whole p5.48xlarge (8 GPUs)
+    assert (d["gpus_needed"], d["instances_needed"]) == (2, 1)
     assert D(d["utilization"]) == D("0.15")
-    assert close(d["current_usd_per_busy_gpu_hour"], (3 * window_usd / busy_h).quantize(MICRO))  # $14.68
+    assert close(d["current_usd_per_busy_gpu_hour"], (24 * window_usd / busy_h).quantize(MICRO))  # $14.68
     assert close(d["alternative_usd_per_busy_gpu_hour"], (alt_usd / busy_h).quantize(MICRO))  # $2.67
-    assert close(d["monthly_savings_usd"], ((3 * window_usd - alt_usd) / 3 * 730).quantize(MICRO), D("0.00001"))
+    # (24 * 8.806210 - 38.4) / 24 * 730 = 5,260.53 $/month; every window the same, so the range is the point
+    assert close(d["monthly_savings_usd"], ((24 * window_usd - alt_usd) / 24 * 730).quantize(MICRO), D("0.00001"))
+    assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
 
 
-def test_workload_oscillating_around_breakeven_for_a_month_gets_one_decision(one_worker):
+@pytest.mark.integration
+def test_workload_oscillating_around_breakeven_for_a_month_gets_one_decision_with_its_spread(one_worker):
     decisions = by_workload(one_worker)["research"]
-    # between 55 % and 80 % every 12 hours: it crosses below the breakeven (less the margin) twice a day,
-    # 60 times in the month; the hysteresis needs 90.8 % to flip back, which it never reaches
+    # between 55 % and 80 % every 96 hours: below the breakeven less the margin (75.05 %) for about 68 h of
+    # every 96 and above it for the rest, all month; the first dip to hold 24 h is the migration, and the
+    # hysteresis needs 90.8 % to flip back, which it never reaches
     assert len(decisions) == 1
     (d,) = decisions
     breakeven = 4 * A100_RATE / (4 * P5 / 3)  # busy share of 4 GPUs at which the cloud costs the same
     assert d["kind"] == "migrate_to_cloud" and D(d["utilization"]) < breakeven / D("1.1")
+    assert D(d["evidence_hours"]) == 24
+    # its utilization moved through the 24 h of evidence: a real spread around the point estimate
+    assert D(d["monthly_savings_low_usd"]) < D(d["monthly_savings_usd"]) < D(d["monthly_savings_high_usd"])
 
 
-def test_h100_cloud_workload_is_compared_with_onprem_a100s_through_the_throughput_table(one_worker):
+@pytest.mark.integration
+def test_h100_cloud_workload_buys_whole_a100_nodes_exactly_at_hour_168(one_worker):
     (d,) = by_workload(one_worker)["llm"]
-    # 8 H100 do the work of 24 A100: not enough idle ones, so buy 24 at the full rate
-    assert (d["kind"], d["gpus_needed"]) == ("repatriate_buy_capacity", 24)
-    busy_h = 3 * 8 * D("0.9")
-    assert close(d["current_usd_per_busy_gpu_hour"], (3 * 8 * P5 / busy_h).quantize(MICRO))
-    assert close(d["alternative_usd_per_busy_gpu_hour"], (3 * 24 * A100_RATE / busy_h).quantize(MICRO))
-    # payback = capex / (monthly cloud - monthly on-prem opex of the 24 GPUs)
+    # 8 H100 at 60 % do the work of 8 * 0.6 * 3 = 14.4 busy A100; at the 80 % target utilization that is
+    # 14.4 / 0.8 = 18 A100, not enough idle ones, so buy whole nodes of 8: 3 nodes, 24 GPUs, at the full rate
+    assert (d["kind"], d["gpus_needed"], d["nodes_needed"]) == ("repatriate_buy_capacity", 24, 3)
+    assert d["decided_at"] == "2026-11-09T00:00:00Z" and D(d["evidence_hours"]) == 168  # a week from hour 0
+    busy_h = 168 * 8 * D("0.6")
+    assert close(d["current_usd_per_busy_gpu_hour"], (168 * 8 * P5 / busy_h).quantize(MICRO))  # $13.33
+    assert close(d["alternative_usd_per_busy_gpu_hour"], (168 * 24 * A100_RATE / busy_h).quantize(MICRO))  # $11.01
+    # payback = capex / (monthly cloud - monthly on-prem opex of the 24 GPUs bought)
+    # = 720,000 / ((64 - 24 * 1.06) * 730) = 720,000 / 28,148.80 = 25.58 months
     payback = 24 * D(30000) / ((8 * P5 - 24 * (ENERGY + UPKEEP)) * 730)
-    assert close(d["payback_months"], payback.quantize(MICRO))  # about 25.6 months
+    assert close(d["payback_months"], payback.quantize(MICRO))
+    # (64 - 24 * 2.201553) * 730 = 8,148.80 $/month in every window: the range is the point
+    assert close(d["monthly_savings_usd"], ((8 * P5 - 24 * A100_RATE) * 730).quantize(MICRO))
+    assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
 
 
+@pytest.mark.integration
+def test_no_purchase_on_less_than_a_week_and_every_figure_with_its_range(one_worker):
+    for d in one_worker["decisions"]:
+        assert D(d["monthly_savings_low_usd"]) <= D(d["monthly_savings_usd"]) <= D(d["monthly_savings_high_usd"])
+        if d["kind"] == "repatriate_buy_capacity":
+            assert D(d["evidence_hours"]) >= 168 and d["gpus_needed"] % 8 == 0
+
+
+@pytest.mark.integration
 def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_worker):
     batch = next(w for w in one_worker["workloads"] if w["workload"] == "batch")
     # runs 10.5 h -> 100.25 h, then 200 h until the spot interruption at 350.3 h, 8 GPUs each
@@ -118,6 +151,7 @@ def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_wo
     assert one_worker["dead_letters"] == 0
 
 
+@pytest.mark.integration
 def test_rolling_windows_per_workload_and_environment_end_at_the_last_closed_window(one_worker):
     embed = {r["span"]: r for r in one_worker["rolling"] if r["workload"] == "embed"}
     for span, hours in (("1h", 1), ("24h", 24), ("7d", 168)):
@@ -127,6 +161,7 @@ def test_rolling_windows_per_workload_and_environment_end_at_the_last_closed_win
         assert D(embed[span]["cost_usd"]) == 8 * hours * P4D
 
 
+@pytest.mark.integration
 def test_two_workers_and_a_killed_worker_give_the_same_results_as_one(one_worker):
     two = simulate("--workers", "2")
     assert two["cost_windows_digest"] == one_worker["cost_windows_digest"]

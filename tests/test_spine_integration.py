@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import namedtuple_row
 import yaml
 
 from contracts.config import load_config
@@ -21,6 +22,7 @@ from infra.broker import ensure_topics, make_producer, send_watermarks
 from infra.local import Endpoints
 from infra.services import Services
 from storage.db import migrate
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,9 @@ CONFIG = {
         "provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge", "gpu_model": "A100",
         "gpu_class": "A100", "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 24},
     }],
-    "thresholds": {"margin_pct": 10, "dwell_windows": 2, "window_seconds": WINDOW_S, "grace_seconds": 0},
+    # a fast crossing: the migration needs the dwell alone here (24 h of evidence by default)
+    "thresholds": {"margin_pct": 10, "dwell_windows": 2, "window_seconds": WINDOW_S, "grace_seconds": 0,
+                   "evidence_hours": {"migrate_to_cloud": 0}},
     "alerts": {"routes": [{"name": "platform", "audience": "platform",
                            "slack_webhook_url": {"env": "TEST_SLACK_WEBHOOK"}}],
                # node-9 below sends one sample and goes quiet: this test is about the crossing's alert only
@@ -70,16 +74,6 @@ def script() -> list[GpuSample]:
         window = (ts - SAMPLE_S * 1000 - T0_MS) // (WINDOW_S * 1000)
         out.append(sample(ts, 80.0 if window < 3 else 20.0))
     return out
-
-
-def wait_until(predicate, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, broker, database, slack, topic_prefix,
@@ -134,11 +128,19 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
             assert abs(savings - D("401.50")) < D("0.01")
             assert abs(cur - D("5.75")) < D("0.0001") and alt == D("3")
             assert int(decided_at.timestamp() * 1000) == T0_MS + 5 * WINDOW_S * 1000  # end of window 4
+            low, high, hours, instances = conn.execute(
+                "SELECT monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours, instances_needed"
+                " FROM decisions").fetchone()
+            # both windows of the evidence cost the same: the range is the point; two 10-minute windows = 1/3 h;
+            # one A100 of work is one p4d.24xlarge (8 GPUs)
+            assert low == high == savings and hours == D("0.333333") and instances == 1
 
-            def totals():
-                return conn.execute(
-                    "SELECT count(*), sum(cost_usd), sum(busy_gpu_ms), sum(allocated_gpu_ms)"
-                    " FROM cost_windows").fetchone()
+            def totals(windows: int = 6):
+                """Rows and sums of the cost windows 0 .. windows - 1."""
+                return conn.cursor(row_factory=namedtuple_row).execute(
+                    "SELECT count(*) AS rows, sum(cost_usd) AS cost_usd, sum(busy_gpu_ms) AS busy_gpu_ms,"
+                    " sum(allocated_gpu_ms) AS allocated_gpu_ms FROM cost_windows"
+                    " WHERE window_start < to_timestamp(%s / 1000.0)", (T0_MS + windows * WINDOW_S * 1000,)).fetchone()
 
             letters = wait_until(lambda: conn.execute(
                 "SELECT reason FROM dead_letters ORDER BY reason").fetchall(), what="dead letters")
@@ -148,18 +150,21 @@ def test_utilization_drop_crosses_breakeven_and_alerts_once(tmp_path: Path, brok
             assert "not JSON: Expecting property name" in letters[1][0]
 
             # windows 0..5 are closed: 6 rows; 3 at 80 % and 3 at 20 % busy
-            first = wait_until(lambda: (t := totals())[0] == 6 and t, what="six cost windows")
-            assert first[1] == 6 * D("0.191667")
-            assert first[2] == 3 * 10 * 48_000 + 3 * 10 * 12_000  # busy GPU-ms: 10 samples a window
-            assert first[3] == 6 * 600_000  # one GPU, six 10-minute windows = 1 GPU-hour
+            first = wait_until(lambda: (t := totals()).rows == 6 and t, what="six cost windows")
+            assert first.cost_usd == 6 * D("0.191667")
+            assert first.busy_gpu_ms == 3 * 10 * 48_000 + 3 * 10 * 12_000  # busy GPU-ms: 10 samples a window
+            assert first.allocated_gpu_ms == 6 * 600_000  # one GPU, six 10-minute windows = 1 GPU-hour
 
-            # replaying every sample changes nothing: no money added, no second decision, no second alert
+            # replaying every sample changes nothing: no money added, no second decision, no second alert.
+            # A sentinel sample after the replay, on the same partition, goes into window 7 and closes window 6:
+            # once window 6 is stored, the worker has read every replayed sample before it.
             for s in script():
                 producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
+            sentinel = sample(s.ts_ms + WINDOW_S * 1000, 20.0)
+            producer.send(topics.gpu_samples, key=b"node-1", value=sentinel.encode())
             producer.flush()
-            time.sleep(5)
+            wait_until(lambda: conn.commit() or totals(windows=7).rows == 7, what="the sentinel's window 6")
             services.check()
-            conn.commit()
             assert totals() == first
             assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
             assert conn.execute("SELECT count(*) FROM alert_outbox WHERE delivered_at IS NOT NULL").fetchone()[0] == 1
@@ -221,10 +226,15 @@ def test_a_cloud_instance_costs_live_seconds_after_each_state_change(tmp_path: P
             _, usd_per_hour, since, _ = wait_until(lambda: live("i-od", "stopped"), 30, "stop")
             stop_latency_s = time.monotonic() - sent
             assert usd_per_hour == 0 and since is None
-            # a replayed start changes nothing: the instance stays stopped
+            # a replayed start changes nothing: the instance stays stopped.  A sentinel after it on the same
+            # partition, a spot warning, is stored with its own time: a stopped instance stays "stopped" (had
+            # the replay started it again, the warning would have made it "reclaiming")
             change("i-od", T0_MS, "running", "on_demand")
-            time.sleep(3)
-            assert live("i-od", "stopped") and not live("i-od", "running")
+            change("i-od", T0_MS + 450_000, "spot_interruption_warning", "on_demand")
+            changed_at = wait_until(lambda: conn.execute(
+                "SELECT changed_at FROM live_instances WHERE instance_id = 'i-od'"
+                " AND changed_at = to_timestamp(%s / 1000.0)", (T0_MS + 450_000,)).fetchone(), 30, "the sentinel")
+            assert changed_at and live("i-od", "stopped") and not live("i-od", "running")
             assert max(start_latency_s, warning_latency_s, stop_latency_s) < 10, \
                 (start_latency_s, warning_latency_s, stop_latency_s)
             services.check()

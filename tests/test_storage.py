@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import pytest
@@ -21,6 +22,9 @@ from infra.local import LocalPostgres
 from storage.db import SchemaError, check_schema, migrate
 from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
 from storage.timeseries import POSTGRESQL, Partitions, apply_retention
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration  # every test here talks to a real PostgreSQL or broker
 
 DAY_MS = 86_400_000
 T0_MS = int(datetime(2026, 10, 30, tzinfo=timezone.utc).timestamp() * 1000)  # crosses a month boundary
@@ -117,16 +121,23 @@ def test_rollups_equal_a_direct_aggregate_after_replays_and_restatements(databas
         assert conn.execute("SELECT count(*) FROM idle_cost_daily").fetchone()[0] > 0
 
 
-def _totals(dsn: str):
+class Totals(NamedTuple):
+    rows: int
+    cost_usd: D | None
+    allocated_gpu_ms: int | None
+    busy_gpu_ms: int | None
+
+
+def _totals(dsn: str) -> Totals:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*), sum(cost_usd), sum(allocated_gpu_ms), sum(busy_gpu_ms)"
-                            " FROM cost_windows").fetchone()
+        return Totals(*conn.execute("SELECT count(*), sum(cost_usd), sum(allocated_gpu_ms), sum(busy_gpu_ms)"
+                                    " FROM cost_windows").fetchone())
 
 
-def _expected(windows: list[CostWindow]):
+def _expected(windows: list[CostWindow]) -> Totals:
     unique = {w.event_id + w.basis: w for w in windows}
-    return (len(unique), sum((w.cost_usd for w in unique.values()), D(0)),
-            sum(w.allocated_gpu_ms for w in unique.values()), sum(w.busy_gpu_ms for w in unique.values()))
+    return Totals(len(unique), sum((w.cost_usd for w in unique.values()), D(0)),
+                  sum(w.allocated_gpu_ms for w in unique.values()), sum(w.busy_gpu_ms for w in unique.values()))
 
 
 def _produce(broker, topics, windows):
@@ -162,7 +173,7 @@ def test_replaying_the_same_events_changes_nothing(broker, database, topic_prefi
     _produce(broker, topics, windows)
     sink = _sink(broker, database, topics)
     try:
-        _drain(sink, lambda: _totals(database)[0] == expected[0])
+        _drain(sink, lambda: _totals(database).rows == expected.rows)
         first = _totals(database)
         assert first == expected
         _produce(broker, topics, windows)  # the same events again
@@ -189,17 +200,13 @@ def test_database_outage_mid_stream_loses_nothing(broker, topic_prefix):
         thread.start()
         try:
             _produce(broker, topics, windows[:500])
-            deadline = time.monotonic() + 60
-            while _totals(dsn)[0] == 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: _totals(dsn).rows > 0, 60, "the first rows", interval_s=0.1)
             pg.pg_ctl("stop")  # mid-stream: part of the first half may not be written yet
             _produce(broker, topics, windows[500:])
             time.sleep(60)  # down for a minute while the stream goes on
             assert sink.outages > 0
             pg.pg_ctl("start")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and _totals(dsn)[0] < expected[0]:
-                time.sleep(0.2)
+            wait_until(lambda: _totals(dsn).rows >= expected.rows, 60, "every row after the outage")
             assert _totals(dsn) == expected
         finally:
             stop.set()
@@ -242,8 +249,10 @@ def _docker_answers() -> bool:
 
 
 @pytest.mark.skipif(not _docker_answers(), reason="no Docker engine answers here, so testcontainers cannot start "
-                    "timescale/timescaledb; the plain-PostgreSQL path above covers the same sink and queries")
+                    "timescale/timescaledb (the image docker-compose runs); tests/test_timescaledb.py runs the "
+                    "TimescaleDB path on PGlite with TimescaleDB instead")
 def test_timescaledb_path_gives_the_same_answers():
+    """The TimescaleDB path in docker-compose's own image, where Docker answers."""
     from testcontainers.postgres import PostgresContainer
 
     with PostgresContainer("timescale/timescaledb:2.17.2-pg16", driver=None) as tsdb:
@@ -303,7 +312,7 @@ def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
     topics = Topics.from_config(kafka)
     ensure_topics(broker.bootstrap, kafka, topics)
     producer = make_producer(broker.bootstrap, kafka)
-    for i in range(5):  # one request each: Tansu reports a too-low end offset after a batch (DESIGN.md §5)
+    for i in range(5):  # one request each: Tansu reports a too-low end offset after a batch (docs/design.md, "Broker profiles")
         producer.send(topics.decisions, key=b"k", value=b"%d" % i)
         producer.flush()
     producer.close()

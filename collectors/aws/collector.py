@@ -13,8 +13,6 @@ import json
 import logging
 import re
 import tempfile
-import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -24,6 +22,7 @@ from contracts.config import AwsAccount, Config
 from contracts.events import PriceUpdate
 from infra.checkpoint import Checkpoint
 
+from ..base import CollectReport
 from ..focus import FocusSummary, read_files
 from . import parse
 
@@ -33,21 +32,17 @@ _PERIOD = re.compile(r"BILLING_PERIOD=(\d{4}-\d{2})|/(\d{8})-\d{8}/")
 _DATA = re.compile(r"\.(parquet|csv\.gz|csv)$")
 
 
-@dataclass
-class RunReport:
-    sent: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    ce_calls: int = 0
-
-    def count(self, what: str, n: int = 1) -> None:
-        self.sent[what] = self.sent.get(what, 0) + n
-
-
 class AwsCollector:
+    """Prices, GPU instances and their state changes, Cost Explorer and S3 exports of every configured account."""
+
+    name = "aws"
+
     def __init__(self, config: Config, publisher, checkpoint: Checkpoint, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.config = config
         self.aws = config.collectors.aws
+        self.interval_s = self.aws.poll_seconds
+        self.ce_calls = 0  # Cost Explorer calls of the latest poll (each one is billed)
         self.publisher = publisher
         self.checkpoint = checkpoint
         self.catalog: Catalog = config.catalog()
@@ -79,7 +74,7 @@ class AwsCollector:
             config=BotoConfig(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=10, read_timeout=60),
         )
 
-    def _guard(self, report: RunReport, what: str, fn: Callable[[], None]) -> None:
+    def _guard(self, report: CollectReport, what: str, fn: Callable[[], None]) -> None:
         try:
             fn()
         except Exception as exc:  # one account/region/source failing must not stop the others
@@ -88,7 +83,7 @@ class AwsCollector:
             report.errors.append(message)
 
     # -- prices -----------------------------------------------------------------------------------
-    def prices(self, account: AwsAccount, report: RunReport) -> None:
+    def prices(self, account: AwsAccount, report: CollectReport) -> None:
         now_ms = int(self.clock().timestamp() * 1000)
         last = self.checkpoint.get("prices_at_ms", 0)
         if now_ms - last < self.aws.price_refresh_seconds * 1000:
@@ -142,7 +137,7 @@ class AwsCollector:
         resolved = self.config.resolve_workload(parse.tag_labels(instance.get("Tags")))
         return (resolved[0], resolved[1]) if resolved else ("unattributed", "")
 
-    def inventory(self, account: AwsAccount, region: str, report: RunReport) -> None:
+    def inventory(self, account: AwsAccount, region: str, report: CollectReport) -> None:
         ec2 = self._client(account, "ec2", region)
         now_ms = int(self.clock().timestamp() * 1000)
         seen = self.checkpoint.get("instances", {})
@@ -161,7 +156,7 @@ class AwsCollector:
         self.publisher.flush()
         self.checkpoint.set("instances", seen)
 
-    def poll_events(self, account: AwsAccount, report: RunReport, max_messages: int = 1000) -> None:
+    def poll_events(self, account: AwsAccount, report: CollectReport, max_messages: int = 1000) -> None:
         """EC2 state changes and spot interruption warnings from EventBridge via SQS.
 
         A message is deleted only after its event was flushed to Kafka (nothing lost); a redelivery
@@ -214,7 +209,7 @@ class AwsCollector:
         return None
 
     # -- costs --------------------------------------------------------------------------------------
-    def cost_explorer(self, account: AwsAccount, report: RunReport) -> None:
+    def cost_explorer(self, account: AwsAccount, report: CollectReport) -> None:
         """Hourly GPU cost by instance type and tag, re-reading ``ce_lookback_hours`` for late data.
 
         Every call costs money: at most ``ce_max_calls_per_run`` per run, and nothing re-read that
@@ -231,7 +226,7 @@ class AwsCollector:
         start = end - timedelta(hours=self.aws.ce_lookback_hours)
         token = None
         while True:
-            if report.ce_calls >= self.aws.ce_max_calls_per_run:
+            if self.ce_calls >= self.aws.ce_max_calls_per_run:
                 report.errors.append(f"cost explorer: stopped at the limit of {self.aws.ce_max_calls_per_run} calls")
                 break
             kwargs = dict(
@@ -243,7 +238,7 @@ class AwsCollector:
             if token:
                 kwargs["NextPageToken"] = token
             result = ce.get_cost_and_usage(**kwargs)
-            report.ce_calls += 1
+            self.ce_calls += 1
             for line in parse.cost_lines_from_ce(result.get("ResultsByTime", []), account=account.name,
                                                  catalog=self.catalog, tag_key=self.aws.ce_tag_key):
                 self.publisher.send("cost-lines", line.resource_id, line)
@@ -255,7 +250,7 @@ class AwsCollector:
         if not token:  # complete: the next read is due after ce_refresh_seconds
             self.checkpoint.set(done_key, now_ms)
 
-    def exports(self, account: AwsAccount, report: RunReport) -> None:
+    def exports(self, account: AwsAccount, report: CollectReport) -> None:
         """FOCUS or CUR 2.0 exports in S3, one billing period folder at a time.
 
         A folder is (re)read when its objects changed since the checkpoint: the new delivery gets a
@@ -282,7 +277,7 @@ class AwsCollector:
                 done[key] = version
                 self.checkpoint.set("exports", done)  # after the flush in _read_export
 
-    def _read_export(self, s3, export, objects: list[dict], version: str, report: RunReport) -> None:
+    def _read_export(self, s3, export, objects: list[dict], version: str, report: CollectReport) -> None:
         summary = FocusSummary()
         with tempfile.TemporaryDirectory(prefix="hs-export-") as tmp:
             paths = []
@@ -300,9 +295,11 @@ class AwsCollector:
         self.publisher.flush()
         report.errors.extend(f"export {r}" for r in summary.rejections[:50])
 
-    # -- a run ----------------------------------------------------------------------------------------
-    def run_once(self) -> RunReport:
-        report = RunReport()
+    # -- a poll ---------------------------------------------------------------------------------------
+    def poll_once(self) -> CollectReport:
+        """Every account's prices, instances, events, Cost Explorer costs and exports that are new."""
+        report = CollectReport(self.name)
+        self.ce_calls = 0
         for account in self.aws.accounts:
             self._guard(report, f"{account.name} prices", lambda: self.prices(account, report))
             for region in account.regions:
@@ -311,14 +308,6 @@ class AwsCollector:
             self._guard(report, f"{account.name} events", lambda: self.poll_events(account, report))
             self._guard(report, f"{account.name} cost explorer", lambda: self.cost_explorer(account, report))
             self._guard(report, f"{account.name} exports", lambda: self.exports(account, report))
+        if self.ce_calls:
+            log.info("aws collector: %d Cost Explorer call(s) this poll", self.ce_calls)
         return report
-
-    def run(self, stop: Callable[[], bool], say: Callable[[str], None]) -> None:
-        while not stop():
-            report = self.run_once()
-            say(f"aws: sent {report.sent or 'nothing new'}; {len(report.errors)} problem(s)")
-            for error in report.errors[:20]:
-                say(f"  {error}")
-            deadline = time.monotonic() + self.aws.poll_seconds
-            while not stop() and time.monotonic() < deadline:
-                time.sleep(0.5)

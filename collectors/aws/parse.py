@@ -9,8 +9,8 @@ from typing import Any, Iterable
 
 from contracts.catalog import Catalog
 from contracts.events import CostLine, InstanceEvent
+from costmodel.rates import effective_usd_per_hour
 
-HOURS_PER_YEAR = Decimal(8760)
 EC2_STATES = {"pending": "running", "running": "running", "stopping": "stopped", "stopped": "stopped",
               "shutting-down": "terminated", "terminated": "terminated"}
 
@@ -53,7 +53,7 @@ def prices_from_price_list(price_list: Iterable[str]) -> list[tuple[str, str, st
                     hourly += amount
                 elif dim.get("unit") == "Quantity":
                     upfront += amount
-            out.append((itype, region, "reserved", hourly + upfront / HOURS_PER_YEAR))
+            out.append((itype, region, "reserved", effective_usd_per_hour(hourly, upfront, term_years=1)))
     return out
 
 

@@ -17,10 +17,14 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from contracts.config import Config
 from contracts.events import GpuReading, GpuSample, WorkloadShare
+from costmodel.sharing import SharingError, mig_compute_fraction
+from infra.broker import WATERMARK_EVERY_MS, send_watermarks
+
+from ..base import CollectReport
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ _ENV_LABELS = {
     "POD_NAME": "k8s_pod",
     "SLURM_JOB_ID": "slurm_job_id",
     "SLURM_JOB_ACCOUNT": "slurm_account",
+    "SLURM_JOB_USER": "slurm_user",
     "HYBRIDSPEND_WORKLOAD": "workload",
 }
 
@@ -84,13 +89,20 @@ class ProcessInspector:
 
 @dataclass
 class NvmlCollector:
+    """This node's GPUs, one sample per interval, published with the host's watermark (``poll_once``)."""
+
+    name: ClassVar[str] = "nvml"
     config: Config
     nvml: object  # the pynvml module, or a fake with the same API
     host: str = field(default_factory=socket.gethostname)
     interval_s: float = 30.0
     inspector: ProcessInspector = field(default_factory=ProcessInspector)
     errors: int = 0
+    publisher: object = None  # infra.publish.Publisher; needed by poll_once only
+    clock: Callable[[], float] = time.time
     _initialized: bool = False
+    _last_sample_ms: int = -1  # the interval boundary sampled last
+    _last_mark_ms: int = -WATERMARK_EVERY_MS  # event time of the last watermark sent
 
     def start(self) -> None:
         self.nvml.nvmlInit()
@@ -102,8 +114,11 @@ class NvmlCollector:
             self._initialized = False
 
     def _workloads(self, handle) -> list[WorkloadShare]:
+        """The workloads of the GPU's compute processes; when several share it, each with its measured share
+        of the GPU's work (the SM utilization of its processes) where NVML gives per-process figures."""
         nv = self.nvml
         shares: dict[str, WorkloadShare] = {}
+        pids: dict[str, list[int]] = {}
         for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle):
             labels = self.inspector.labels(proc.pid)
             if "workload" in labels:
@@ -112,7 +127,78 @@ class NvmlCollector:
                 resolved = self.config.resolve_workload(labels) or (UNATTRIBUTED, "", False)
             name, team, allow_spot = resolved
             shares.setdefault(name, WorkloadShare(name[:253], team[:253], allow_spot))
+            pids.setdefault(name, []).append(proc.pid)
+        if len(shares) > 1 and (sm_util := self._process_sm_util(handle)) is not None:
+            for name, share in shares.items():
+                share.utilization_pct = min(100.0, float(sum(sm_util.get(pid, 0.0) for pid in pids[name])))
         return list(shares.values())
+
+    def _process_sm_util(self, handle) -> dict[int, float] | None:
+        """Mean SM utilization (%) per process over the last interval; None when NVML has no per-process figures."""
+        nv = self.nvml
+        since_us = int((time.time() - self.interval_s) * 1_000_000)
+        try:
+            samples = nv.nvmlDeviceGetProcessUtilization(handle, since_us)
+        except nv.NVMLError:
+            return None
+        by_pid: dict[int, list[int]] = {}
+        for s in samples:
+            by_pid.setdefault(int(s.pid), []).append(int(s.smUtil))
+        return {pid: sum(v) / len(v) for pid, v in by_pid.items()}
+
+    def _mig_enabled(self, handle) -> bool:
+        nv = self.nvml
+        try:
+            return nv.nvmlDeviceGetMigMode(handle)[0] == nv.NVML_DEVICE_MIG_ENABLE
+        except nv.NVMLError:  # not supported on this GPU (or by the driver)
+            return False
+
+    def read_device(self, index: int) -> list[GpuReading]:
+        """The GPU at ``index``: one reading, or in MIG mode one reading per MIG device.
+
+        A MIG device's reading carries its profile, its compute fraction and the physical GPU's power
+        (NVML measures power per GPU).  NVML reports no utilization for MIG devices: one with compute
+        processes counts as busy, one without as idle (dcgm-exporter's profiling metric measures it).
+        A GPU in MIG mode without instances is one idle reading.
+        """
+        nv = self.nvml
+        handle = nv.nvmlDeviceGetHandleByIndex(index)
+        if not self._mig_enabled(handle):
+            return [self.read_gpu(index)]
+        model = _text(nv.nvmlDeviceGetName(handle))
+        uuid, gpu_class = _text(nv.nvmlDeviceGetUUID(handle)), gpu_class_of(model)
+        try:
+            power_mw: int | None = int(nv.nvmlDeviceGetPowerUsage(handle))
+        except nv.NVMLError_NotSupported:
+            power_mw = None
+        readings = []
+        for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mig = nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nv.NVMLError_NotFound:
+                continue
+            name = _text(nv.nvmlDeviceGetName(mig))
+            profile = name.rsplit(" MIG ", 1)[1] if " MIG " in name else ""
+            try:
+                fraction = mig_compute_fraction(profile, gpu_class)
+            except SharingError:  # an unfamiliar name: the instance's slice count
+                attributes = nv.nvmlDeviceGetAttributes(mig)
+                profile = profile or f"{attributes.gpuInstanceSliceCount}g.{attributes.memorySizeMB // 1024}gb"
+                fraction = mig_compute_fraction(f"{attributes.gpuInstanceSliceCount}g.", gpu_class)
+            mem = nv.nvmlDeviceGetMemoryInfo(mig)
+            workloads = self._workloads(mig)
+            readings.append(GpuReading(
+                uuid=_text(nv.nvmlDeviceGetUUID(mig)), index=index, model=model, gpu_class=gpu_class,
+                utilization_pct=100.0 if workloads else 0.0, memory_used_mib=int(mem.used) // 2**20,
+                memory_total_mib=int(mem.total) // 2**20, power_mw=power_mw, workloads=workloads,
+                parent_uuid=uuid, mig_profile=profile, compute_fraction=float(fraction),
+            ))
+        if readings:
+            return readings
+        mem = nv.nvmlDeviceGetMemoryInfo(handle)
+        return [GpuReading(uuid=uuid, index=index, model=model, gpu_class=gpu_class, utilization_pct=0.0,
+                           memory_used_mib=int(mem.used) // 2**20, memory_total_mib=int(mem.total) // 2**20,
+                           power_mw=power_mw)]
 
     def read_gpu(self, index: int) -> GpuReading:
         nv = self.nvml
@@ -139,7 +225,7 @@ class NvmlCollector:
         gpus = []
         for index in range(nv.nvmlDeviceGetCount()):
             try:
-                gpus.append(self.read_gpu(index))
+                gpus.extend(self.read_device(index))
             except nv.NVMLError as exc:
                 self.errors += 1
                 log.warning("nvml: GPU %d on %s skipped: %s", index, self.host, exc)
@@ -151,20 +237,42 @@ class NvmlCollector:
             environment="onprem", source="nvml", gpus=gpus,
         )
 
-    def run(self, send: Callable[[GpuSample], None], stop: Callable[[], bool],
-            clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Sample on interval boundaries of the wall clock until ``stop()``."""
+    def poll_once(self) -> CollectReport:
+        """Sample every GPU, stamped with the interval boundary at or before now, and publish it.
+
+        The sample covers the interval that ends at its stamp, so stamps fall on interval
+        boundaries of the wall clock whenever the poll runs; a boundary already sampled (a poll
+        that came early) sends nothing.  Every ``WATERMARK_EVERY_MS`` of event time the host's
+        watermark goes to every ``gpu-samples`` partition, so partitions that carry no samples
+        still move on (``streams.topology``).  Nothing is checkpointed: a reading is of the moment.
+        """
+        report = CollectReport(self.name)
         interval_ms = int(self.interval_s * 1000)
-        while not stop():
-            now_ms = int(clock() * 1000)
-            next_tick = now_ms - now_ms % interval_ms + interval_ms
-            while not stop() and int(clock() * 1000) < next_tick:
-                sleep(min(0.5, max(0.0, (next_tick - clock() * 1000) / 1000)))
-            if stop():
-                break
-            sample = self.sample(next_tick)
-            if sample is not None:
-                send(sample)
+        now_ms = int(self.clock() * 1000)
+        ts_ms = now_ms - now_ms % interval_ms
+        if ts_ms <= self._last_sample_ms:
+            return report
+        errors_before = self.errors
+        sample = self.sample(ts_ms)
+        self._last_sample_ms = ts_ms
+        if self.errors > errors_before:
+            report.errors.append(f"{self.errors - errors_before} GPU(s) on {self.host} could not be read "
+                                 "(the others were sampled; see the log)")
+        if sample is None:
+            return report
+        self.publisher.send("gpu-samples", sample.resource, sample)
+        report.count("gpu-samples")
+        if ts_ms - self._last_mark_ms >= WATERMARK_EVERY_MS:
+            send_watermarks(self.publisher.producer, self.publisher.topics, f"nvml:{self.host}", ts_ms,
+                            ("gpu-samples",))
+            self._last_mark_ms = ts_ms
+            report.count("watermarks")
+        self.publisher.flush()
+        return report
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def default_nvml():
