@@ -10,10 +10,15 @@ from infra.broker import BrokerProfile
 from .topology import build_app
 
 
-def run_worker(config: Config, bootstrap: str, profile: BrokerProfile, loglevel: str = "warning") -> None:
+def run_worker(config: Config, bootstrap: str, profile: BrokerProfile, loglevel: str = "warning",
+               metrics: bool = False) -> None:
     import faust
 
     app = build_app(config, bootstrap, profile)
+    if metrics:  # the figures go to infra.metrics' registry, which the entrypoint serves
+        from .metrics import instrument
+
+        instrument(app)
     logging.getLogger("faust").setLevel(loglevel.upper())
     worker = quiet_worker(app, loglevel)
     worker.execute_from_commandline()

@@ -1,0 +1,137 @@
+"""Prometheus metrics of every service: one registry, the metric definitions, the ``/metrics`` server.
+
+Pipeline health (per service: ``worker``, ``sink``, ``alerter``):
+
+* ``hybridspend_events_in_total{service, stream}``, ``hybridspend_events_out_total{service, stream}``:
+  records consumed per topic, and records produced per topic (worker) or rows stored per table (sink);
+* ``hybridspend_consumer_lag_records{group, topic}``: records behind the end of the topic;
+* ``hybridspend_dead_letters_total{source_topic, reason}``: dead letters stored, by kind of reason;
+* ``hybridspend_window_close_delay_seconds``: from a cost window's end (event time) to its arrival
+  at the sink (wall clock);
+* ``hybridspend_alert_outbox_pending``: alerts waiting in the outbox;
+* ``hybridspend_source_last_event_age_seconds{source}``: seconds since the newest event (event
+  time) of each source.
+
+Cost figures: ``node_gpu_hourly_cost{node, instance_type, provider}`` (OpenCost's name and labels:
+the hourly cost of one GPU of the node; for owned nodes our fully loaded rate, ``instance_type``
+the asset profile, ``provider`` ``onprem``), ``hybridspend_workload_usd_per_busy_gpu_hour{workload,
+environment}`` (last 24 h), ``hybridspend_breakeven_utilization{gpu_class}`` and
+``hybridspend_recommendation{workload, hybridspend_recommendation=<state>}`` (a state set: 1 for
+the workload's latest decision).
+
+Every label value comes from a bounded set: fixed names (services, topics, GPU classes, states),
+or ``bounded()`` which passes the first values it sees and folds the rest into ``other``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+
+REGISTRY = CollectorRegistry()
+OTHER = "other"
+MAX_WORKLOADS = 50  # workloads exported by cost, largest first
+RECOMMENDATION_STATES = ("stay", "migrate_to_cloud", "repatriate_fill_idle", "repatriate_buy_capacity",
+                         "trending_repatriation", OTHER)
+
+
+class BoundedLabel:
+    """A label's values, bounded: the first ``limit`` distinct values pass, later ones become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason without its values: "gpu_sample.v1: 'power_mw' must be >= N"."""
+    kind = re.sub(r",? got .*$", "", reason.splitlines()[0] if reason else "unknown")
+    kind = re.sub(r"(?<![\w.])-?\d+(\.\d+)?", "N", kind)  # numbers, not the digits of names like v1
+    return kind[:120] or "unknown"
+
+
+DEAD_LETTER_REASONS = BoundedLabel(64)
+
+EVENTS_IN = Counter("hybridspend_events_in", "Records consumed, per topic", ["service", "stream"], registry=REGISTRY)
+EVENTS_OUT = Counter("hybridspend_events_out", "Records produced per topic (worker) or rows stored per table (sink)",
+                     ["service", "stream"], registry=REGISTRY)
+DEAD_LETTERS = Counter("hybridspend_dead_letters", "Dead letters stored, by source topic and kind of reason",
+                       ["source_topic", "reason"], registry=REGISTRY)
+CONSUMER_LAG = Gauge("hybridspend_consumer_lag_records", "Records behind the end of the topic, per consumer group",
+                     ["group", "topic"], registry=REGISTRY)
+WINDOW_CLOSE_DELAY = Histogram(
+    "hybridspend_window_close_delay_seconds", "From a cost window's end (event time) to its arrival at the sink",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600), registry=REGISTRY)
+OUTBOX_PENDING = Gauge("hybridspend_alert_outbox_pending", "Alerts waiting in the outbox", registry=REGISTRY)
+NODE_GPU_HOURLY_COST = Gauge(
+    "node_gpu_hourly_cost", "Hourly cost of one GPU of the node, USD (owned nodes: the fully loaded rate)",
+    ["node", "instance_type", "provider"], registry=REGISTRY)
+WORKLOAD_USD_PER_BUSY_GPU_HOUR = Gauge(
+    "hybridspend_workload_usd_per_busy_gpu_hour", "What one busy GPU-hour of the workload cost over the last 24 h",
+    ["workload", "environment"], registry=REGISTRY)
+BREAKEVEN_UTILIZATION = Gauge(
+    "hybridspend_breakeven_utilization",
+    "Owned fully loaded rate / cheapest on-demand cloud rate per GPU: below it renting busy hours is cheaper",
+    ["gpu_class"], registry=REGISTRY)
+RECOMMENDATION = Enum("hybridspend_recommendation", "The workload's latest breakeven decision", ["workload"],
+                      states=list(RECOMMENDATION_STATES), registry=REGISTRY)
+
+
+class _LastEvents:
+    """Newest event time per source; exposed as its age at scrape time."""
+
+    def __init__(self) -> None:
+        self._newest: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, source: str, event_time_s: float) -> None:
+        with self._lock:
+            if event_time_s > self._newest.get(source, float("-inf")):
+                self._newest[source] = event_time_s
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("hybridspend_source_last_event_age_seconds",
+                                   "Seconds since the newest event (event time) of each source", labels=["source"])
+        now = time.time()
+        with self._lock:
+            for source, newest in sorted(self._newest.items()):
+                family.add_metric([source], max(0.0, now - newest))
+        yield family
+
+
+LAST_EVENTS = _LastEvents()
+REGISTRY.register(LAST_EVENTS)
+
+
+_servers: dict[int, object] = {}
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> int:
+    """Start the ``/metrics`` HTTP server on ``port`` (0: a free one) in a daemon thread; the port."""
+    server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    bound = server.server_address[1]
+    _servers[bound] = server
+    return bound
+
+
+def stop(port: int) -> None:
+    server = _servers.pop(port, None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,194 @@
+"""The on-prem GPU costs as a FOCUS Cost and Usage dataset (CSV) that loads beside the cloud bills.
+
+Conformance, column by column:
+
+* every FOCUS 1.0 mandatory column, with values that mean something for owned hardware:
+  ``ServiceCategory`` ``Compute``, ``ChargeCategory`` ``Usage``, ``ChargeClass`` null (no row
+  corrects an earlier billing period), and ``ListCost`` = ``ContractedCost`` = ``BilledCost`` =
+  ``EffectiveCost`` (no list price, contract or discount stands between an owner and its
+  hardware); ``PricingUnit`` ``GPU-Hours`` with the allocated GPU-hours as ``PricingQuantity``;
+* FOCUS 1.1/1.2: ``ServiceSubcategory`` (``Virtual Machines``: hosts up to bare-metal servers),
+  ``SkuId`` (the asset profile), ``SkuPriceId`` and ``SkuPriceDetails`` with ``GpuCount`` (1: a
+  numeric SKU price property states its value for a single pricing unit, one GPU-hour);
+* FOCUS 1.3: ``ServiceProviderName`` and ``HostProviderName`` (the organisation owns the hardware),
+  and data generator-calculated split cost allocation.  Each row is an *allocated charge*: the
+  *origin charge* is one node's GPUs of one class over one UTC day, split among the workloads that
+  ran on them (``AllocatedResourceId`` = the workload) and the idle GPU time (the unallocated
+  remainder: ``AllocatedResourceId`` null).  ``AllocatedMethodDetails`` carries the share of the
+  origin charge (``AllocatedRatio``, summing to exactly 1 per origin charge) and the GPU-hours
+  that drove it.  Dimensions and tags are the origin charge's, so every row of one origin agrees
+  on them; the workload's own labels are in ``AllocatedTags``.
+
+Nulls are empty fields.  Date/times are ISO 8601 UTC (``YYYY-MM-DDTHH:mm:ssZ``); numbers are
+plain decimals.  Custom columns are prefixed ``x_``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from fractions import Fraction
+from typing import Iterable
+
+from contracts.config import Config
+from costmodel import IDLE_WORKLOAD
+from storage.onprem_allocation import NodeDayShare, onprem_node_day_shares
+
+MS_PER_HOUR = 3_600_000
+MJ_PER_KWH = 3_600_000_000
+RATIO_PLACES = 12  # AllocatedRatio digits; the ratios of one origin charge still sum to exactly 1
+QUANTITY = Decimal("0.000000001")  # GPU-hours to 9 places (3.6 ms)
+
+ORGANIZATION = "On-premises"  # provider, publisher, host and invoice issuer of owned hardware
+BILLING_ACCOUNT_ID = "on-prem"
+BILLING_ACCOUNT_NAME = "On-premises GPU fleet"
+SERVICE_NAME = "GPU compute"
+RESOURCE_TYPE = "GPU Server"
+PRICING_UNIT = "GPU-Hours"
+ALLOCATED_METHOD_ID = "hybridspend-gpu-time"
+TAG_PREFIX = "hybridspend/"  # provider-defined tag keys (FOCUS Tags)
+
+COLUMNS = (
+    # FOCUS 1.0 mandatory
+    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
+    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodEnd",
+    "ChargePeriodStart", "ContractedCost", "EffectiveCost", "InvoiceIssuerName", "ListCost", "PricingQuantity",
+    "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName",
+    # recommended and conditional columns that apply to owned GPU nodes
+    "ChargeFrequency", "ConsumedQuantity", "ConsumedUnit", "InvoiceId", "PricingCategory", "ResourceId",
+    "ResourceName", "ResourceType", "ServiceSubcategory", "SkuId", "SkuPriceId", "SkuPriceDetails", "Tags",
+    # FOCUS 1.3
+    "HostProviderName", "ServiceProviderName", "AllocatedMethodId", "AllocatedMethodDetails",
+    "AllocatedResourceId", "AllocatedResourceName", "AllocatedTags",
+    # custom
+    "x_Workload", "x_Team", "x_GpuClass", "x_BusyGpuHours", "x_AllocatedGpuHours", "x_EnergyKwh",
+)
+
+
+def focus_time(ts: datetime) -> str:
+    """ISO 8601 UTC with the Z designator, as FOCUS's DateTimeFormat requires."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _number(value: Decimal) -> str:
+    """A plain decimal (no exponent, no sign for positives), as FOCUS's NumericFormat requires."""
+    text = format(value, "f")
+    return "0" if text in ("-0", "") else text
+
+
+def _gpu_hours(ms: int) -> Decimal:
+    return (Decimal(ms) / MS_PER_HOUR).quantize(QUANTITY)
+
+
+def allocated_ratios(weights: list[Decimal | int], places: int = RATIO_PLACES) -> list[Decimal]:
+    """Each weight's share of their total, rounded to ``places`` so that the shares sum to exactly 1.
+
+    Largest remainder: every share is rounded down, then the units still missing go to the shares
+    that lost the most.  All-zero weights share equally.
+    """
+    if not weights:
+        return []
+    exact = [Fraction(Decimal(w)) for w in weights]
+    total = sum(exact)
+    if total == 0:
+        exact, total = [Fraction(1)] * len(weights), Fraction(len(weights))
+    scale = 10 ** places
+    scaled = [w * scale / total for w in exact]
+    units = [int(s) for s in scaled]  # weights are non-negative: int() rounds down
+    missing = scale - sum(units)
+    for index in sorted(range(len(units)), key=lambda i: (-(scaled[i] - units[i]), i))[:missing]:
+        units[index] += 1
+    return [Decimal(u).scaleb(-places) for u in units]
+
+
+@dataclass(frozen=True)
+class Sku:
+    sku_id: str
+    sku_price_id: str
+    details: dict
+    tags: dict
+
+
+def sku_of(config: Config | None, resource: str, gpu_class: str) -> Sku:
+    """The node's SKU: its asset profile when one matches the host, else its GPU class."""
+    asset = config.asset_for_host(resource) if config is not None else None
+    if asset is None:
+        sku_id = f"onprem-{gpu_class}"
+        details = {"GpuCount": 1, "x_GpuClass": gpu_class}
+        tags = {f"{TAG_PREFIX}gpu-class": gpu_class}
+    else:
+        sku_id = asset.name
+        details = {"GpuCount": 1, "x_GpuClass": asset.gpu_class, "x_GpuModel": asset.gpu_model,
+                   "x_GpusPerNode": asset.gpus_per_node}
+        tags = {f"{TAG_PREFIX}asset-profile": asset.name, f"{TAG_PREFIX}gpu-class": asset.gpu_class}
+    return Sku(sku_id, f"{sku_id}/gpu-hour", details, tags)
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _method_details(ratio: Decimal, gpu_hours: Decimal) -> str:
+    # written by hand so that the decimals stay exact JSON numbers
+    return ('{"Elements":[{"AllocatedRatio":' + _number(ratio) + ',"UsageQuantity":' + _number(gpu_hours)
+            + ',"UsageUnit":"' + PRICING_UNIT + '"}]}')
+
+
+def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_end: datetime,
+               config: Config | None = None) -> list[dict[str, str | None]]:
+    """FOCUS rows (column -> text, None for null) from the per-node, per-day shares."""
+    origins: dict[tuple, list[NodeDayShare]] = {}
+    for share in shares:
+        origins.setdefault((share.day, share.resource, share.gpu_class), []).append(share)
+    rows = []
+    for (day, resource, gpu_class), group in origins.items():
+        sku = sku_of(config, resource, gpu_class)
+        weights = [s.cost_usd for s in group] if sum(s.cost_usd for s in group) else [s.allocated_gpu_ms
+                                                                                     for s in group]
+        for share, ratio in zip(group, allocated_ratios(weights)):
+            cost = _number(share.cost_usd)
+            hours = _gpu_hours(share.allocated_gpu_ms)
+            idle = share.workload == IDLE_WORKLOAD
+            allocated_tags = {"workload": share.workload, **({"team": share.team} if share.team else {})}
+            rows.append({
+                "BilledCost": cost, "BillingAccountId": BILLING_ACCOUNT_ID, "BillingAccountName": BILLING_ACCOUNT_NAME,
+                "BillingCurrency": "USD", "BillingPeriodEnd": focus_time(billing_end),
+                "BillingPeriodStart": focus_time(billing_start), "ChargeCategory": "Usage", "ChargeClass": None,
+                "ChargeDescription": f"{gpu_class} GPU-hours of owned node {resource}: amortized purchase, "
+                                     f"energy and upkeep",
+                "ChargePeriodEnd": focus_time(day + timedelta(days=1)), "ChargePeriodStart": focus_time(day),
+                "ContractedCost": cost, "EffectiveCost": cost, "InvoiceIssuerName": ORGANIZATION, "ListCost": cost,
+                "PricingQuantity": _number(hours), "PricingUnit": PRICING_UNIT, "ProviderName": ORGANIZATION,
+                "PublisherName": ORGANIZATION, "ServiceCategory": "Compute", "ServiceName": SERVICE_NAME,
+                "ChargeFrequency": "Usage-Based", "ConsumedQuantity": _number(hours), "ConsumedUnit": PRICING_UNIT,
+                "InvoiceId": None, "PricingCategory": "Standard", "ResourceId": resource, "ResourceName": resource,
+                "ResourceType": RESOURCE_TYPE, "ServiceSubcategory": "Virtual Machines", "SkuId": sku.sku_id,
+                "SkuPriceId": sku.sku_price_id, "SkuPriceDetails": _json(sku.details), "Tags": _json(sku.tags),
+                "HostProviderName": ORGANIZATION, "ServiceProviderName": ORGANIZATION,
+                "AllocatedMethodId": ALLOCATED_METHOD_ID, "AllocatedMethodDetails": _method_details(ratio, hours),
+                "AllocatedResourceId": None if idle else share.workload,
+                "AllocatedResourceName": None if idle else share.workload,
+                "AllocatedTags": None if idle else _json(allocated_tags),
+                "x_Workload": share.workload, "x_Team": share.team, "x_GpuClass": gpu_class,
+                "x_BusyGpuHours": _number(_gpu_hours(share.busy_gpu_ms)), "x_AllocatedGpuHours": _number(hours),
+                "x_EnergyKwh": _number((Decimal(share.energy_mj) / MJ_PER_KWH).quantize(QUANTITY)),
+            })
+    return rows
+
+
+def render_csv(rows: list[dict[str, str | None]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+    return out.getvalue()
+
+
+def render_focus(conn, start: datetime, end: datetime, config: Config | None = None) -> str:
+    """The FOCUS CSV of the on-prem costs of the billing period [start, end)."""
+    return render_csv(focus_rows(onprem_node_day_shares(conn, start, end), start, end, config))
