@@ -18,6 +18,7 @@ KIND_TITLES = {
     "repatriate_buy_capacity": "Repatriate (buy capacity)",
     "repatriate_fill_idle": "Repatriate (fill idle capacity)",
     "stay": "Stay: earlier recommendation withdrawn",
+    "trending_repatriation": "Trending toward repatriation",
 }
 
 
@@ -39,13 +40,37 @@ def _pct(ratio: Decimal) -> str:
     return f"{ratio * 100:.0f}%"
 
 
+def _range(d: BreakevenDecision) -> str:
+    """The savings range as ' ($low to $high)', or '' for events written before ranges existed."""
+    if d.monthly_savings_low_usd is None or d.monthly_savings_high_usd is None:
+        return ""
+    return f" ({_usd(d.monthly_savings_low_usd)} to {_usd(d.monthly_savings_high_usd)})"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _order(d: BreakevenDecision) -> str:
+    """What would be ordered: GPUs, and the whole nodes or instances they come in."""
+    if d.nodes_needed is not None:
+        return f"{d.gpus_needed} ({_plural(d.nodes_needed, 'node')})"
+    if d.instances_needed is not None:
+        return f"{d.gpus_needed} ({_plural(d.instances_needed, 'instance')})"
+    return str(d.gpus_needed)
+
+
+def _evidence(d: BreakevenDecision) -> str:
+    return "" if d.evidence_hours is None else f", {d.evidence_hours.normalize():f} h of evidence"
+
+
 def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> dict:
     """A Slack message (``text`` fallback + ``blocks``) for one decision."""
     title = KIND_TITLES.get(d.kind, d.kind)
     move = f"{ENV_NAMES[d.from_env]} → {ENV_NAMES[d.to_env]}" if d.from_env != d.to_env else ENV_NAMES[d.from_env]
     workload = escape(d.workload)
     text = (
-        f"{title}: {workload} ({move}), saves about {_usd(d.monthly_savings_usd, '/month')} — "
+        f"{title}: {workload} ({move}), saves about {_usd(d.monthly_savings_usd, '/month')}{_range(d)} — "
         f"{_usd(d.current_usd_per_busy_gpu_hour)} vs {_usd(d.alternative_usd_per_busy_gpu_hour)} "
         f"per busy GPU-hour at {_pct(d.utilization)} utilization"
     )
@@ -57,9 +82,9 @@ def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> 
         (f"Now ({ENV_NAMES[d.from_env]})", f"{_usd(d.current_usd_per_busy_gpu_hour)} per busy GPU-hour"),
         ("Alternative", f"{_usd(d.alternative_usd_per_busy_gpu_hour)} per busy GPU-hour\n{escape(d.alternative_label)}"),
         ("Utilization", _pct(d.utilization)),
-        ("Est. savings", _usd(d.monthly_savings_usd, " / month")),
-        ("Confidence", f"{_pct(d.confidence)} ({d.basis})"),
-        ("GPUs needed", str(d.gpus_needed)),
+        ("Est. savings", _usd(d.monthly_savings_usd, " / month") + _range(d)),
+        ("Confidence", f"{_pct(d.confidence)} ({d.basis}){_evidence(d)}"),
+        ("GPUs needed", _order(d)),
     ]
     blocks: list[dict] = [
         {"type": "header", "text": {"type": "plain_text", "text": plain(f"{title}: {d.workload}")[:150], "emoji": False}},

@@ -78,7 +78,9 @@ def run(bootstrap: str, profile, dsn: str, quick: bool, say=print) -> dict:
         data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
         data["state_dir"] = str(tmp)
         data["kafka"] = {"topic_prefix": f"bencha{int(time.time())}.", "topic_partitions": 4}
-        data["thresholds"] = {"window_seconds": WINDOW_MS // 1000, "grace_seconds": 0, "dwell_windows": 3}
+        # the latency of a crossing to its alert: migrations on the dwell alone (24 h of evidence by default)
+        data["thresholds"] = {"window_seconds": WINDOW_MS // 1000, "grace_seconds": 0, "dwell_windows": 3,
+                              "evidence_hours": {"migrate_to_cloud": 0}}
         data["alerts"] = {"routes": [{"name": "platform", "audience": "platform",
                                       "slack_webhook_url": {"env": "HYBRIDSPEND_BENCH_WEBHOOK"}}]}
         config_path = tmp / "config.yaml"

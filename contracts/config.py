@@ -18,7 +18,17 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from costmodel import CloudOffer, Market, OnPremGpuCost, Thresholds
+from costmodel import (
+    DEFAULT_BUY_TARGET_UTILIZATION,
+    DEFAULT_EVIDENCE_HOURS,
+    MIGRATE_TO_CLOUD,
+    REPATRIATE_BUY,
+    REPATRIATE_FILL_IDLE,
+    CloudOffer,
+    Market,
+    OnPremGpuCost,
+    Thresholds,
+)
 from costmodel.rates import PURCHASE_OPTIONS
 
 ENV_PREFIX = "HYBRIDSPEND__"
@@ -218,15 +228,46 @@ class GpuInstanceTypeConfig(_Strict):
     gpu_memory_gib: int = Field(gt=0)
 
 
+MAX_EVIDENCE_WINDOWS = 20_000  # windows a stream keeps per workload for the longest evidence horizon
+
+
+class EvidenceHours(_Strict):
+    """Hours of consecutive windows a crossing must hold before each kind of decision (and at least the
+    dwell); a withdrawal ("stay") needs as long as the recommendation it withdraws."""
+
+    repatriate_fill_idle: Decimal = Field(
+        default=DEFAULT_EVIDENCE_HOURS[REPATRIATE_FILL_IDLE], ge=0,
+        description="filling idle owned GPUs is cheap to reverse: the dwell alone")
+    migrate_to_cloud: Decimal = Field(default=DEFAULT_EVIDENCE_HOURS[MIGRATE_TO_CLOUD], ge=0)
+    repatriate_buy_capacity: Decimal = Field(
+        default=DEFAULT_EVIDENCE_HOURS[REPATRIATE_BUY], ge=0,
+        description="buying hardware is a multi-year commitment: a week by default")
+
+
 class ThresholdsConfig(_Strict):
     margin_pct: Decimal = Field(default=Decimal(10), ge=0, lt=1000)
     dwell_windows: int = Field(default=3, ge=1)
     window_seconds: int = Field(default=900, ge=1)
     grace_seconds: int = Field(default=60, ge=0)
     migration_purchase_options: list[PurchaseOption] = ["on_demand"]
+    evidence_hours: EvidenceHours = EvidenceHours()
+    buy_target_utilization_pct: Decimal = Field(
+        default=DEFAULT_BUY_TARGET_UTILIZATION * 100, gt=0, le=100,
+        description="how busy bought GPUs should run: capacity to buy = busy GPUs / this, in whole nodes")
+
+    @model_validator(mode="after")
+    def _bounded_evidence(self) -> "ThresholdsConfig":
+        for kind, hours in self.evidence_hours.model_dump().items():
+            windows = hours * 3600 / self.window_seconds
+            if windows > MAX_EVIDENCE_WINDOWS:
+                raise ValueError(
+                    f"evidence_hours.{kind} ({hours} h) is {windows:.0f} windows of {self.window_seconds} s; "
+                    f"at most {MAX_EVIDENCE_WINDOWS} are kept per workload: raise window_seconds or lower it")
+        return self
 
     def domain(self) -> Thresholds:
-        return Thresholds(margin=self.margin_pct / 100, dwell_windows=self.dwell_windows)
+        return Thresholds(margin=self.margin_pct / 100, dwell_windows=self.dwell_windows,
+                          evidence_hours=self.evidence_hours.model_dump())
 
 
 class AlertRoute(_Strict):
@@ -312,8 +353,35 @@ class GcpCollectorConfig(_Strict):
     poll_seconds: float = Field(default=300, gt=0)
 
 
+class DcgmCollectorConfig(_Strict):
+    urls: list[str] = Field(default_factory=list, description="dcgm-exporter endpoints, e.g. http://node-1:9400/metrics")
+    urls_file: Path | None = Field(default=None, description="file of endpoints, one a line; re-read when it changes")
+    interval_seconds: float = Field(default=30, gt=0, description="dcgm-exporter collects every 30 s by default")
+    timeout_seconds: float = Field(default=10, gt=0)
+
+
+class PrometheusCollectorConfig(_Strict):
+    url: str | None = Field(default=None, description="Prometheus base URL, e.g. http://prometheus:9090")
+    step_seconds: float = Field(default=30, gt=0, description="sample interval read back from Prometheus")
+    lookback_seconds: float = Field(default=3600, gt=0, description="how far back the first run starts")
+    delay_seconds: float = Field(default=60, ge=0, description="leave the newest data to finish arriving")
+    poll_seconds: float = Field(default=60, gt=0)
+    timeout_seconds: float = Field(default=30, gt=0)
+    match: str = Field(default="", description="extra label matchers for every query, e.g. 'cluster=\"prod\"'")
+
+
+class KubernetesConfig(_Strict):
+    enabled: bool = Field(default=False, description="enrich pod labels from the Kubernetes API (collect dcgm, "
+                          "collect prometheus): namespace, pod labels as k8s_label_<key>, owner")
+    api_url: str | None = Field(default=None, description="API server URL; default: in-cluster, else kubeconfig")
+    watch_timeout_seconds: int = Field(default=300, gt=0)
+
+
 class CollectorsConfig(_Strict):
     nvml: NvmlCollectorConfig = NvmlCollectorConfig()
+    dcgm: DcgmCollectorConfig = DcgmCollectorConfig()
+    prometheus: PrometheusCollectorConfig = PrometheusCollectorConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     aws: AwsCollectorConfig = AwsCollectorConfig()
     gcp: GcpCollectorConfig = GcpCollectorConfig()
 
@@ -374,13 +442,17 @@ class Config(_Strict):
 
     def market(self) -> Market:
         onprem: dict[str, OnPremGpuCost] = {}
+        gpus_per_node: dict[str, int] = {}
         for asset in self.onprem_assets:
             onprem.setdefault(asset.gpu_class, asset.gpu_cost())
+            gpus_per_node.setdefault(asset.gpu_class, asset.gpus_per_node)
         return Market(
             onprem=onprem,
             offers=tuple(o.offer() for o in self.cloud_offers),
             throughput=dict(self.gpu_throughput),
             purchase_options=tuple(self.thresholds.migration_purchase_options),
+            gpus_per_node=gpus_per_node,
+            buy_target_utilization=self.thresholds.buy_target_utilization_pct / 100,
         )
 
     def resolve_workload(self, labels: Mapping[str, str]) -> tuple[str, str, bool] | None:

@@ -159,6 +159,11 @@ class WorkloadShare:
     workload: str
     team: str = ""
     allow_spot: bool = False
+    utilization_pct: float | None = None  # its measured share of the GPU's work (per-process), when known
+
+
+def _is_pct(v: Any) -> bool:
+    return type(v) in (float, int) and 0 <= v <= 100
 
 
 @dataclass(slots=True)
@@ -170,8 +175,12 @@ class GpuReading:
     utilization_pct: float
     memory_used_mib: int
     memory_total_mib: int
-    power_mw: int | None
+    power_mw: int | None  # of the physical GPU (a MIG instance carries its GPU's)
     workloads: list[WorkloadShare] = field(default_factory=list)  # empty: the GPU is idle
+    energy_mj: int | None = None  # of the physical GPU over the interval, from an energy counter, when known
+    parent_uuid: str = ""  # a MIG instance: the physical GPU's UUID ("" for a whole GPU)
+    mig_profile: str = ""  # a MIG instance: its GPU instance profile, e.g. "3g.40gb"
+    compute_fraction: float = 1.0  # a MIG instance: its share of the GPU's compute, slices / 7 on A100/H100
 
 
 @dataclass(slots=True)
@@ -201,6 +210,9 @@ class GpuSample(_Record):
         if len(gpus_raw) > 64:
             raise EventError(f"{w}: 'gpus' has {len(gpus_raw)} entries, at most 64 per resource")
         gpus = [_gpu_fast(g) or _gpu_checked(g, f"{w}: gpus[{i}]") for i, g in enumerate(gpus_raw)]
+        parents = {g.parent_uuid for g in gpus if g.parent_uuid}
+        if parents and (twice := parents & {g.uuid for g in gpus if not g.parent_uuid}):
+            raise EventError(f"{w}: GPU {sorted(twice)[0]!r} is read whole and as MIG instances in one sample")
         return cls(
             event_id=_label(d, "event_id", w),
             ts_ms=_int(d, "ts_ms", w, minimum=1),  # type: ignore[arg-type]
@@ -240,11 +252,19 @@ def _gpu_fast(g: Any) -> "GpuReading | None":
     for share in raw_shares or ():
         if type(share) is not dict:
             return None
-        name, team = share.get("workload"), share.get("team")
-        if not (_is_label(name) and name and (team is None or _is_label(team))):
+        name, team, measured = share.get("workload"), share.get("team"), share.get("utilization_pct")
+        if not (_is_label(name) and name and (team is None or _is_label(team))
+                and (measured is None or _is_pct(measured))):
             return None
-        shares.append(WorkloadShare(name, team or "", share.get("allow_spot") is True))
-    return GpuReading(uuid, index, model, gpu_class, float(util), used, total, power, shares)
+        shares.append(WorkloadShare(name, team or "", share.get("allow_spot") is True,
+                                    None if measured is None else float(measured)))
+    energy, parent, profile, fraction = g.get("energy_mj"), g.get("parent_uuid", ""), g.get("mig_profile", ""), \
+        g.get("compute_fraction", 1.0)
+    if not ((energy is None or (type(energy) is int and energy >= 0)) and _is_label(parent) and _is_label(profile)
+            and type(fraction) in (float, int) and 0 < fraction <= 1):
+        return None
+    return GpuReading(uuid, index, model, gpu_class, float(util), used, total, power, shares, energy, parent, profile,
+                      float(fraction))
 
 
 def _gpu_checked(g: Any, gw: str) -> "GpuReading":
@@ -262,7 +282,11 @@ def _gpu_checked(g: Any, gw: str) -> "GpuReading":
         name = _label(s, "workload", sw)
         if not name:
             raise EventError(f"{sw}: 'workload' must not be empty")
-        shares.append(WorkloadShare(name, _label(s, "team", sw, optional=True), s.get("allow_spot") is True))
+        measured = _num(s, "utilization_pct", sw, 0, 100) if s.get("utilization_pct") is not None else None
+        shares.append(WorkloadShare(name, _label(s, "team", sw, optional=True), s.get("allow_spot") is True, measured))
+    fraction = _num(g, "compute_fraction", gw, 0, 1) if "compute_fraction" in g else 1.0
+    if fraction <= 0:
+        raise EventError(f"{gw}: 'compute_fraction' must be > 0, got {fraction}")
     return GpuReading(
         uuid=_label(g, "uuid", gw),
         index=_int(g, "index", gw, minimum=0),  # type: ignore[arg-type]
@@ -273,6 +297,10 @@ def _gpu_checked(g: Any, gw: str) -> "GpuReading":
         memory_total_mib=_int(g, "memory_total_mib", gw, minimum=0),  # type: ignore[arg-type]
         power_mw=_int(g, "power_mw", gw, minimum=0, optional=True),
         workloads=shares,
+        energy_mj=_int(g, "energy_mj", gw, minimum=0, optional=True),
+        parent_uuid=_label(g, "parent_uuid", gw, optional=True),
+        mig_profile=_label(g, "mig_profile", gw, optional=True),
+        compute_fraction=fraction,
     )
 
 
@@ -328,7 +356,8 @@ class CostWindow(_Record):
 
 @dataclass(slots=True)
 class BreakevenDecision(_Record):
-    """A crossing that persisted for the dwell: move (or stay again). Key: workload."""
+    """A crossing that held for its kind's evidence horizon: move (or stay again); or, with kind
+    ``trending_repatriation``, the platform notice that half a purchase's horizon has passed. Key: workload."""
 
     SCHEMA: ClassVar[str] = "decision.v1"
     event_id: str
@@ -350,6 +379,13 @@ class BreakevenDecision(_Record):
     reason: str
     basis: str = "estimated"
     payback_months: Decimal | None = None  # buy capacity: capex / (monthly cloud - monthly on-prem opex)
+    # the spread of the windows in the evidence (25th / 75th percentile, holding the point estimate);
+    # None in events written before ranges existed
+    monthly_savings_low_usd: Decimal | None = None
+    monthly_savings_high_usd: Decimal | None = None
+    evidence_hours: Decimal | None = None  # hours of consecutive windows the crossing held
+    nodes_needed: int | None = None  # buy capacity: whole nodes of the owned profile (gpus_needed GPUs)
+    instances_needed: int | None = None  # migration: whole instances of the chosen instance type
 
     @classmethod
     def decode(cls, payload: bytes | str) -> "BreakevenDecision":
@@ -375,6 +411,11 @@ class BreakevenDecision(_Record):
             reason=str(_get(d, "reason", w))[:2000],
             basis=_label(d, "basis", w, optional=True) or "estimated",
             payback_months=_money(d, "payback_months", w, optional=True),
+            monthly_savings_low_usd=_money(d, "monthly_savings_low_usd", w, optional=True),
+            monthly_savings_high_usd=_money(d, "monthly_savings_high_usd", w, optional=True),
+            evidence_hours=_money(d, "evidence_hours", w, optional=True),
+            nodes_needed=_int(d, "nodes_needed", w, minimum=0, optional=True),
+            instances_needed=_int(d, "instances_needed", w, minimum=0, optional=True),
         )
 
 
@@ -579,7 +620,9 @@ class Watermark(_Record):
     Sent to every partition of a topic.  On the input topics, collectors and the simulator send
     them so that partitions without traffic still advance; on ``cost-windows`` the usage agent
     sends one per input partition it owns, with the owned GPU capacity that sat idle in the
-    windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]).
+    windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]) and whether
+    that partition still had input to read (``pending``: then the decision agent waits for it
+    however long it is silent).
     """
 
     SCHEMA: ClassVar[str] = WATERMARK_SCHEMA
@@ -587,6 +630,7 @@ class Watermark(_Record):
     source: str
     ts_ms: int
     idle: list = field(default_factory=list)
+    pending: bool = False
 
     @classmethod
     def decode(cls, payload: bytes | str) -> "Watermark":
@@ -604,7 +648,15 @@ class Watermark(_Record):
             source=_label(d, "source", w),
             ts_ms=_int(d, "ts_ms", w, minimum=0),  # type: ignore[arg-type]
             idle=idle,
+            pending=_pending(d, w),
         )
+
+
+def _pending(d: dict, schema: str) -> bool:
+    pending = d.get("pending", False)
+    if not isinstance(pending, bool):
+        raise EventError(f"{schema}: 'pending' must be true or false, got {pending!r:.40}")
+    return pending
 
 
 @dataclass(slots=True)

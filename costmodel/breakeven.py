@@ -1,9 +1,17 @@
 """Pricing of usage windows, the counterfactual in the other environment, and breakeven decisions.
 
-DESIGN.md §2: a crossing is a sign change of ``current - alternative`` that exceeds a margin
-and persists for a dwell time (consecutive windows).  Once a move is recommended the
-recommendation only flips back when the current environment wins by the margin for the same
-dwell, so a workload hovering around breakeven produces at most one decision.
+docs/design.md, "Domain model": a crossing is a sign change of ``current - alternative`` that exceeds a margin
+and persists.  How long it must persist depends on what the decision commits to: filling idle
+owned GPUs is cheap to reverse and needs only the dwell; a migration needs a day of evidence and
+buying hardware a week by default (``Thresholds.evidence_hours``).  Once a move is recommended
+the recommendation only flips back ("stay") when the current environment wins by the margin for
+as long as the recommendation it withdraws needed, so a workload hovering around breakeven
+produces at most one decision.
+
+Every decision carries a range beside its point estimate: the 25th and 75th percentile of the
+monthly savings of the windows in its evidence, each window priced as the decision is.  What it
+recommends can be ordered as written: whole nodes of the owned GPU profile, sized for a target
+utilization, and a whole number of cloud instances.
 """
 
 from __future__ import annotations
@@ -11,10 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
-from .money import HOURS_PER_MONTH, ZERO
+from .money import HOURS_PER_MONTH, MICRO, ZERO
 from .rates import CloudOffer, OnPremGpuCost, throughput_factor
+from .tco import payback_months as _payback_months
 from .usage import MS_PER_HOUR, Usage
 
 ONPREM = "onprem"
@@ -24,6 +33,11 @@ MIGRATE_TO_CLOUD = "migrate_to_cloud"
 REPATRIATE_BUY = "repatriate_buy_capacity"
 REPATRIATE_FILL_IDLE = "repatriate_fill_idle"
 STAY = "stay"  # a previous recommendation is withdrawn: the current environment wins again
+# not a decision: half of a purchase's evidence horizon has passed with owning cheaper (platform notice)
+TRENDING_REPATRIATION = "trending_repatriation"
+
+DEFAULT_EVIDENCE_HOURS = {REPATRIATE_FILL_IDLE: Decimal(0), MIGRATE_TO_CLOUD: Decimal(24), REPATRIATE_BUY: Decimal(168)}
+DEFAULT_BUY_TARGET_UTILIZATION = Decimal("0.8")
 
 
 def price_onprem_usage(usage: Usage, gpu: OnPremGpuCost, at: datetime) -> Decimal:
@@ -41,6 +55,27 @@ def price_onprem_usage(usage: Usage, gpu: OnPremGpuCost, at: datetime) -> Decima
 def price_cloud_usage(usage: Usage, usd_per_gpu_hour: Decimal) -> Decimal:
     """Rented GPU-time costs its price for every allocated hour, busy or not."""
     return usage.allocated_gpu_hours * usd_per_gpu_hour
+
+
+def percentile(values: list[Decimal], q: Decimal) -> Decimal:
+    """The ``q`` quantile (0..1) of ``values``, interpolating linearly between the closest ranks.
+
+    With [1, 2, 3, 4] the 25th percentile is at rank (4 - 1) * 0.25 = 0.75: 1 + 0.75 * (2 - 1) = 1.75.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    if low + 1 >= len(ordered):
+        return ordered[-1]
+    return ordered[low] + (ordered[low + 1] - ordered[low]) * (rank - low)
+
+
+def whole_units(gpus: Decimal | int, gpus_per_unit: int) -> int:
+    """GPUs rounded up to whole units (nodes or instances) of ``gpus_per_unit``, in GPUs; at least one unit."""
+    units = max(1, math.ceil(Decimal(gpus) / gpus_per_unit))
+    return units * gpus_per_unit
 
 
 @dataclass(frozen=True)
@@ -73,32 +108,62 @@ class WorkloadWindow:
 
 @dataclass(frozen=True)
 class Alternative:
+    """The cheapest way to run one window's work in the other environment.
+
+    ``gpus_needed`` is in ``gpus_per_unit`` steps for what is ordered in units: whole nodes to buy
+    (``unit`` "node"), whole instances to rent (``unit`` "instance"); idle owned GPUs are counted
+    one by one (``unit`` "GPU").
+    """
+
     environment: str
     kind: str
     cost_usd: Decimal
     usd_per_gpu_hour: Decimal  # price of one GPU-hour of the alternative's own class
     label: str
     gpus_needed: int
-    capex_usd: Decimal = ZERO  # GPUs to buy (buy capacity only)
-    opex_usd_per_hour: Decimal = ZERO  # what those GPUs cost to run once bought (energy + upkeep)
+    capex_usd_per_gpu: Decimal = ZERO  # purchase price of one GPU (buy capacity only)
+    opex_usd_per_gpu_hour: Decimal = ZERO  # what one bought GPU costs to run (energy + upkeep)
+    unit: str = "GPU"
+    unit_name: str = ""  # what one unit is called when ordered: "p5.48xlarge", "A100 node"
+    gpus_per_unit: int = 1
 
-    def payback_months(self, current_usd_per_hour: Decimal) -> Decimal | None:
-        """months_to_breakeven = capex needed / (monthly cloud - monthly on-prem opex), DESIGN.md §2."""
+    @property
+    def capex_usd(self) -> Decimal:
+        return self.capex_usd_per_gpu * self.gpus_needed
+
+    @property
+    def opex_usd_per_hour(self) -> Decimal:
+        return self.opex_usd_per_gpu_hour * self.gpus_needed
+
+    def units(self, gpus: int) -> int:
+        return math.ceil(Decimal(gpus) / self.gpus_per_unit)
+
+    def payback_months(self, current_usd_per_hour: Decimal, gpus: int | None = None) -> Decimal | None:
+        """months_to_breakeven = capex needed / (monthly cloud - monthly on-prem opex)
+        (docs/design.md, "Domain model"), for ``gpus`` bought (default: this window's ``gpus_needed``)."""
         if self.kind != REPATRIATE_BUY:
             return None
-        margin = (current_usd_per_hour - self.opex_usd_per_hour) * HOURS_PER_MONTH
-        return self.capex_usd / margin if margin > 0 else None
+        n = self.gpus_needed if gpus is None else gpus
+        return _payback_months(self.capex_usd_per_gpu * n, current_usd_per_hour * HOURS_PER_MONTH,
+                               self.opex_usd_per_gpu_hour * n * HOURS_PER_MONTH)
 
 
 @dataclass(frozen=True)
 class Market:
-    """What each GPU class costs in each environment (pure data)."""
+    """What each GPU class costs in each environment (pure data).
+
+    ``gpus_per_node``: GPUs in one node of the owned profile of each class (bought in whole nodes;
+    1 when not given).  ``buy_target_utilization``: how busy bought GPUs should run; capacity to buy
+    is the work's busy GPUs divided by it (0.8: 25 % headroom).
+    """
 
     onprem: dict[str, OnPremGpuCost]  # by GPU class
     offers: tuple[CloudOffer, ...]
     throughput: dict[str, Decimal]
     purchase_options: tuple[str, ...] = ("on_demand",)
     fill_idle_includes_upkeep: bool = False  # marginal cost of idle owned GPUs: energy (+ upkeep)
+    gpus_per_node: dict[str, int] = field(default_factory=dict)
+    buy_target_utilization: Decimal = DEFAULT_BUY_TARGET_UTILIZATION
 
     def cheapest_cloud(
         self, gpu_class: str, allow_spot: bool
@@ -148,7 +213,7 @@ class Market:
             if found is None:
                 return None
             offer, option, price, factor = found
-            # the cloud is rented only for the busy hours (DESIGN.md §2, `tco`)
+            # the cloud is rented only for the busy hours (docs/design.md, "Domain model"; `tco`)
             cost = window.busy_gpu_hours * factor * price
             gpus = math.ceil(window.allocated_gpu_ms * factor / window.window_ms) if window.window_ms else 0
             return Alternative(
@@ -158,6 +223,9 @@ class Market:
                 usd_per_gpu_hour=price,
                 label=f"{offer.provider} {offer.region} {offer.instance_type} {option}",
                 gpus_needed=gpus,
+                unit="instance",
+                unit_name=offer.instance_type,
+                gpus_per_unit=offer.gpus_per_instance,
             )
         return self._fill_idle(window, idle_gpus or {}) or self._buy(window)
 
@@ -188,9 +256,12 @@ class Market:
         if found_onprem is None:
             return None
         gpu, factor = found_onprem
-        # owned GPUs cost every hour of the window, however long the instance ran in it;
-        # new capacity is not depreciated, so its capex is charged (rate at no date)
-        gpus = max(1, math.ceil(window.allocated_gpu_ms * factor / window.window_ms))
+        # bought GPUs are sized for the work (busy GPU-equivalents) at the target utilization and come
+        # in whole nodes; they cost every hour of the window; new capacity is not depreciated, so its
+        # capex is charged (rate at no date)
+        per_node = self.gpus_per_node.get(gpu.gpu_class, 1)
+        busy_gpus = Decimal(window.busy_gpu_ms) * factor / window.window_ms if window.window_ms else ZERO
+        gpus = whole_units(busy_gpus / self.buy_target_utilization, per_node)
         rate = gpu.rate()
         return Alternative(
             environment=ONPREM,
@@ -199,8 +270,11 @@ class Market:
             usd_per_gpu_hour=rate.usd_per_gpu_hour,
             label=f"on-prem {gpu.gpu_class}",
             gpus_needed=gpus,
-            capex_usd=gpu.purchase_price_usd_per_gpu * gpus,
-            opex_usd_per_hour=rate.opex_usd_per_gpu_hour * gpus,
+            capex_usd_per_gpu=gpu.purchase_price_usd_per_gpu,
+            opex_usd_per_gpu_hour=rate.opex_usd_per_gpu_hour,
+            unit="node",
+            unit_name=f"{gpu.gpu_class} node",
+            gpus_per_unit=per_node,
         )
 
 
@@ -223,6 +297,11 @@ class Decision:
     gpus_needed: int
     reason: str
     payback_months: Decimal | None = None
+    monthly_savings_low_usd: Decimal | None = None  # 25th percentile of the evidence's windows (or the point)
+    monthly_savings_high_usd: Decimal | None = None  # 75th percentile (or the point)
+    evidence_hours: Decimal = ZERO  # hours of consecutive windows the crossing held
+    nodes_needed: int | None = None  # buy capacity: whole nodes of the owned profile
+    instances_needed: int | None = None  # migration: whole instances of the chosen type
 
     @property
     def decision_id(self) -> str:
@@ -231,25 +310,50 @@ class Decision:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """When a crossing becomes a decision.
+
+    ``evidence_hours``: per decision kind, how many hours of consecutive windows the crossing
+    must hold (and at least ``dwell_windows`` of them); a kind not listed needs the dwell alone.
+    A withdrawal ("stay") needs what the recommendation it withdraws needed.
+    """
+
     margin: Decimal = Decimal("0.10")
     dwell_windows: int = 3
+    evidence_hours: dict[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_EVIDENCE_HOURS))
+
+    def evidence_ms(self, kind: str) -> int:
+        return int(self.evidence_hours.get(kind, ZERO) * MS_PER_HOUR)
+
+    def max_windows(self, window_ms: int) -> int:
+        """The most windows any decision needs: what a stream keeps per workload."""
+        longest = max((self.evidence_ms(k) for k in self.evidence_hours), default=0)
+        return max(self.dwell_windows, -(-longest // window_ms) if window_ms else 0)
 
 
 @dataclass
 class CrossingState:
-    """Per (workload, environment) hysteresis state, small enough for a table value."""
+    """Per (workload, environment) hysteresis state, small enough for a table value.
+
+    ``recent`` holds the consecutive windows on the current streak, at most what the longest
+    evidence horizon needs: ``[cost_umicro, alternative_cost_umicro, busy_gpu_ms, allocated_gpu_ms,
+    window_ms, coverage_umicro, gpus_needed]`` each (amounts in micro-dollars, the storage precision).
+    Before a move is recommended the streak is of one alternative kind (``streak_kind``).
+    """
 
     moved: bool = False  # a move to the other environment is currently recommended
-    recent: list[tuple[str, str, int, int, int]] = field(default_factory=list)
-    # last comparisons on the streak: (cost_usd, alternative_cost_usd, busy_gpu_ms, allocated_gpu_ms, window_ms)
-    recent_coverage: list[str] = field(default_factory=list)
+    moved_kind: str = ""  # the kind of that recommendation (what a "stay" withdraws)
+    streak_kind: str = ""
+    recent: list[list[int]] = field(default_factory=list)
+    trend_sent: bool = False  # the trending notice of the current streak was emitted
     last_window_start_ms: int = -1
 
     def to_dict(self) -> dict:
         return {
             "moved": self.moved,
+            "moved_kind": self.moved_kind,
+            "streak_kind": self.streak_kind,
             "recent": self.recent,
-            "recent_coverage": self.recent_coverage,
+            "trend_sent": self.trend_sent,
             "last_window_start_ms": self.last_window_start_ms,
         }
 
@@ -257,16 +361,57 @@ class CrossingState:
     def from_dict(cls, data: dict | None) -> "CrossingState":
         if not data:
             return cls()
+        if "streak_kind" not in data:  # an older table value: keep the recommendation, restart the streak
+            return cls(moved=bool(data["moved"]), last_window_start_ms=int(data["last_window_start_ms"]))
         return cls(
             moved=bool(data["moved"]),
-            recent=[tuple(r) for r in data["recent"]],
-            recent_coverage=list(data["recent_coverage"]),
+            moved_kind=str(data["moved_kind"]),
+            streak_kind=str(data["streak_kind"]),
+            recent=[list(map(int, r)) for r in data["recent"]],
+            trend_sent=bool(data["trend_sent"]),
             last_window_start_ms=int(data["last_window_start_ms"]),
         )
+
+    def reset_streak(self, kind: str = "") -> None:
+        self.recent.clear()
+        self.streak_kind = kind
+        self.trend_sent = False
 
 
 def _fmt_usd(amount: Decimal | None) -> str:
     return "n/a" if amount is None else f"${amount:,.2f}"
+
+
+def _hours(ms: int) -> Decimal:
+    return Decimal(ms) / MS_PER_HOUR
+
+
+def _fmt_range(low: Decimal, high: Decimal) -> str:
+    if low == high:
+        return "the same savings in every window"
+    return f"savings {_fmt_usd(low)} to {_fmt_usd(high)} a month across the windows"
+
+
+def _fmt_hours(hours: Decimal) -> str:
+    return f"{hours.quantize(Decimal('0.01')).normalize():f} h"
+
+
+def _umicro(amount: Decimal) -> int:
+    return int((amount / MICRO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def _usd(umicro: int) -> Decimal:
+    return Decimal(umicro) * MICRO
+
+
+def _evidence(recent: list[list[int]], dwell_windows: int, evidence_ms: int) -> list[list[int]] | None:
+    """The fewest trailing windows that make at least the dwell and span the horizon, or None."""
+    span_ms = 0
+    for n, entry in enumerate(reversed(recent), start=1):
+        span_ms += entry[4]
+        if n >= dwell_windows and span_ms >= evidence_ms:
+            return recent[-n:]
+    return None
 
 
 def evaluate(
@@ -275,100 +420,200 @@ def evaluate(
     alternative: Alternative | None,
     thresholds: Thresholds,
 ) -> Decision | None:
-    """Feed one closed window; return a decision when a crossing has persisted for the dwell.
+    """Feed one closed window; return a decision when a crossing has held for its evidence horizon.
 
     Windows must arrive in event-time order; an older or repeated window is ignored, which
-    makes replays harmless.
+    makes replays harmless.  Before a purchase is recommended, a trending notice (kind
+    ``TRENDING_REPATRIATION``) is returned once per streak when half its horizon has passed.
     """
     if window.window_start_ms <= state.last_window_start_ms:
         return None
     if window.window_start_ms != state.last_window_start_ms + window.window_ms:
         # a gap (no usage in between) breaks the streak: "consecutive" means consecutive
-        state.recent.clear()
-        state.recent_coverage.clear()
+        state.reset_streak()
     state.last_window_start_ms = window.window_start_ms
     if alternative is None or window.allocated_gpu_ms == 0:
-        state.recent.clear()
-        state.recent_coverage.clear()
+        state.reset_streak()
         return None
     current, alt = window.cost_usd, alternative.cost_usd
     one_plus = 1 + thresholds.margin
     if not state.moved:
         crossing = current > alt * one_plus  # the other environment is cheaper by the margin
+        if alternative.kind != state.streak_kind:
+            state.reset_streak(alternative.kind)  # evidence for one kind of move is not evidence for another
     else:
         crossing = alt > current * one_plus  # the current environment is cheaper again
     if not crossing:
-        state.recent.clear()
-        state.recent_coverage.clear()
+        state.reset_streak(state.streak_kind)
         return None
-    state.recent.append(
-        (str(current), str(alt), window.busy_gpu_ms, window.allocated_gpu_ms, window.window_ms)
+    state.recent.append([_umicro(current), _umicro(alt), window.busy_gpu_ms, window.allocated_gpu_ms,
+                         window.window_ms, _umicro(window.coverage), alternative.gpus_needed])
+    del state.recent[:-thresholds.max_windows(window.window_ms)]
+
+    if state.moved:
+        kind = state.moved_kind or alternative.kind
+        evidence = _evidence(state.recent, thresholds.dwell_windows, thresholds.evidence_ms(kind))
+        if evidence is None:
+            return None
+        return _withdrawal(state, window, alternative, thresholds, evidence)
+
+    kind = alternative.kind
+    evidence_ms = thresholds.evidence_ms(kind)
+    evidence = _evidence(state.recent, thresholds.dwell_windows, evidence_ms)
+    if evidence is not None:
+        decision = _recommendation(window, alternative, thresholds, evidence, kind)
+        if decision is not None:
+            state.moved, state.moved_kind = True, kind
+            state.reset_streak()
+        return decision
+    if kind == REPATRIATE_BUY and not state.trend_sent and evidence_ms > 0:
+        half = _evidence(state.recent, thresholds.dwell_windows, evidence_ms // 2)
+        if half is not None:
+            notice = _recommendation(window, alternative, thresholds, half, TRENDING_REPATRIATION)
+            if notice is not None:
+                state.trend_sent = True
+            return notice
+    return None
+
+
+@dataclass(frozen=True)
+class _Totals:
+    current_usd: Decimal
+    alternative_usd: Decimal
+    busy_gpu_ms: int
+    allocated_gpu_ms: int
+    span_ms: int
+    confidence: Decimal
+    gpus_needed: int
+
+    @classmethod
+    def of(cls, evidence: list[list[int]]) -> "_Totals":
+        return cls(
+            current_usd=_usd(sum(e[0] for e in evidence)),
+            alternative_usd=_usd(sum(e[1] for e in evidence)),
+            busy_gpu_ms=sum(e[2] for e in evidence),
+            allocated_gpu_ms=sum(e[3] for e in evidence),
+            span_ms=sum(e[4] for e in evidence),
+            confidence=_usd(sum(e[5] for e in evidence)) / len(evidence),
+            gpus_needed=max(e[6] for e in evidence),
+        )
+
+    @property
+    def utilization(self) -> Decimal:
+        return Decimal(self.busy_gpu_ms) / Decimal(self.allocated_gpu_ms) if self.allocated_gpu_ms else ZERO
+
+    def per_busy_hour(self, usd: Decimal) -> Decimal | None:
+        return usd / _hours(self.busy_gpu_ms) if self.busy_gpu_ms else None
+
+
+def _monthly(usd: Decimal, ms: int) -> Decimal:
+    return usd / _hours(ms) * HOURS_PER_MONTH
+
+
+def _savings_range(per_window: list[Decimal], point: Decimal) -> tuple[Decimal, Decimal]:
+    """25th and 75th percentile of the windows' monthly savings, widened to hold the point estimate
+    (a skewed spread can put the mean outside the quartiles)."""
+    low, high = percentile(per_window, Decimal("0.25")), percentile(per_window, Decimal("0.75"))
+    return min(low, point), max(high, point)
+
+
+def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
+                    evidence: list[list[int]], kind: str) -> Decision | None:
+    t = _Totals.of(evidence)
+    gpus = t.gpus_needed
+    alt_total = t.alternative_usd
+    per_window_alt = [_usd(e[1]) for e in evidence]
+    if alternative.kind == REPATRIATE_BUY:
+        # what would really be bought: enough whole nodes for the busiest window, owned every hour
+        per_window_alt = [gpus * _hours(e[4]) * alternative.usd_per_gpu_hour for e in evidence]
+        alt_total = gpus * _hours(t.span_ms) * alternative.usd_per_gpu_hour
+        if not t.current_usd > alt_total * (1 + thresholds.margin):
+            return None  # the windows crossed one by one, but not against buying for the busiest of them
+    monthly_savings = _monthly(t.current_usd - alt_total, t.span_ms)
+    low, high = _savings_range(
+        [_monthly(_usd(e[0]) - a, e[4]) for e, a in zip(evidence, per_window_alt)], monthly_savings)
+    payback = alternative.payback_months(t.current_usd / _hours(t.span_ms), gpus)
+    units = alternative.units(gpus)
+    order = {
+        MIGRATE_TO_CLOUD: f"renting {units} × {alternative.unit_name} ({alternative.gpus_per_unit} GPUs each)",
+        REPATRIATE_FILL_IDLE: f"running it on {gpus} owned GPU{' that sits' if gpus == 1 else 's that sit'} idle "
+                              f"(energy only: their capex is sunk)",
+        REPATRIATE_BUY: f"buying {units} {alternative.unit_name}{'s' if units != 1 else ''} ({gpus} GPUs)"
+                        + (f", payback {payback:.1f} months," if payback is not None else ""),
+    }.get(alternative.kind, "the other environment")
+    hours = _hours(t.span_ms)
+    cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(alt_total)
+    observed = (
+        f"{window.workload} ran at {t.utilization:.0%} utilization on {window.environment} {window.gpu_class} "
+        f"for {_fmt_hours(hours)} ({len(evidence)} windows); a busy GPU-hour cost {_fmt_usd(cur_rate)} there against "
+        f"{_fmt_usd(alt_rate)} with {alternative.label}, so {order} is cheaper by more than the "
+        f"{thresholds.margin:.0%} margin ({_fmt_range(low, high)})."
     )
-    state.recent_coverage.append(str(window.coverage))
-    if len(state.recent) < thresholds.dwell_windows:
-        return None
-
-    total_current = sum((Decimal(r[0]) for r in state.recent), ZERO)
-    total_alt = sum((Decimal(r[1]) for r in state.recent), ZERO)
-    busy_ms = sum(r[2] for r in state.recent)
-    alloc_ms = sum(r[3] for r in state.recent)
-    span_ms = sum(r[4] for r in state.recent)
-    busy_h = Decimal(busy_ms) / MS_PER_HOUR
-    span_h = Decimal(span_ms) / MS_PER_HOUR
-    utilization = Decimal(busy_ms) / Decimal(alloc_ms) if alloc_ms else ZERO
-    confidence = sum((Decimal(c) for c in state.recent_coverage), ZERO) / len(state.recent_coverage)
-    n = len(state.recent)
-    first_start = window.window_start_ms - (n - 1) * window.window_ms
-    state.recent.clear()
-    state.recent_coverage.clear()
-    cur_rate = total_current / busy_h if busy_h else None
-    alt_rate = total_alt / busy_h if busy_h else None
-
-    if not state.moved:
-        state.moved = True
-        monthly_savings = (total_current - total_alt) / span_h * HOURS_PER_MONTH
-        kind, from_env, to_env = alternative.kind, window.environment, alternative.environment
-        payback = alternative.payback_months(total_current / span_h)
-        cheaper = {
-            MIGRATE_TO_CLOUD: "renting in the cloud",
-            REPATRIATE_FILL_IDLE: "running it on owned GPUs that sit idle (energy only: their capex is sunk)",
-            REPATRIATE_BUY: f"buying {alternative.gpus_needed} GPUs"
-            + (f" (payback {payback:.1f} months)" if payback is not None else ""),
-        }.get(kind, "the other environment")
-        reason = (
-            f"{window.workload} ran at {utilization:.0%} utilization on {window.environment} "
-            f"{window.gpu_class} for {n} windows; a busy GPU-hour cost {_fmt_usd(cur_rate)} there "
-            f"against {_fmt_usd(alt_rate)} with {alternative.label}, so {cheaper} is cheaper "
-            f"by more than the {thresholds.margin:.0%} margin."
-        )
-    else:
-        state.moved = False
-        monthly_savings = (total_alt - total_current) / span_h * HOURS_PER_MONTH
-        kind, from_env, to_env = STAY, window.environment, window.environment
-        payback = None
-        reason = (
-            f"{window.workload} is back at {utilization:.0%} utilization; staying on "
-            f"{window.environment} ({_fmt_usd(cur_rate)} per busy GPU-hour) is cheaper than "
-            f"{alternative.label} ({_fmt_usd(alt_rate)}) again: the earlier recommendation is withdrawn."
-        )
+    if kind == TRENDING_REPATRIATION:
+        required = _hours(thresholds.evidence_ms(REPATRIATE_BUY))
+        observed += f" Trending toward repatriation: a purchase is recommended once this holds for {_fmt_hours(required)}."
     return Decision(
         workload=window.workload,
         team=window.team,
-        from_env=from_env,
-        to_env=to_env,
+        from_env=window.environment,
+        to_env=alternative.environment,
         kind=kind,
-        window_start_ms=first_start,
+        window_start_ms=window.window_start_ms + window.window_ms - t.span_ms,
         window_end_ms=window.window_start_ms + window.window_ms,
         current_usd_per_busy_gpu_hour=cur_rate,
         alternative_usd_per_busy_gpu_hour=alt_rate,
-        utilization=utilization,
+        utilization=t.utilization,
         monthly_savings_usd=monthly_savings,
-        confidence=confidence,
+        confidence=t.confidence,
+        gpu_class=window.gpu_class,
+        alternative_label=alternative.label,
+        gpus_needed=gpus,
+        reason=observed,
+        payback_months=payback,
+        monthly_savings_low_usd=low,
+        monthly_savings_high_usd=high,
+        evidence_hours=hours,
+        nodes_needed=units if alternative.kind == REPATRIATE_BUY else None,
+        instances_needed=units if alternative.kind == MIGRATE_TO_CLOUD else None,
+    )
+
+
+def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
+                evidence: list[list[int]]) -> Decision:
+    t = _Totals.of(evidence)
+    withdrawn = state.moved_kind or alternative.kind
+    state.moved, state.moved_kind = False, ""
+    state.reset_streak()
+    monthly_savings = _monthly(t.alternative_usd - t.current_usd, t.span_ms)
+    low, high = _savings_range([_monthly(_usd(e[1] - e[0]), e[4]) for e in evidence], monthly_savings)
+    cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(t.alternative_usd)
+    hours = _hours(t.span_ms)
+    reason = (
+        f"{window.workload} is back at {t.utilization:.0%} utilization for {_fmt_hours(hours)}; staying on "
+        f"{window.environment} ({_fmt_usd(cur_rate)} per busy GPU-hour) is cheaper than "
+        f"{alternative.label} ({_fmt_usd(alt_rate)}) again: the earlier recommendation "
+        f"({withdrawn.replace('_', ' ')}) is withdrawn."
+    )
+    return Decision(
+        workload=window.workload,
+        team=window.team,
+        from_env=window.environment,
+        to_env=window.environment,
+        kind=STAY,
+        window_start_ms=window.window_start_ms + window.window_ms - t.span_ms,
+        window_end_ms=window.window_start_ms + window.window_ms,
+        current_usd_per_busy_gpu_hour=cur_rate,
+        alternative_usd_per_busy_gpu_hour=alt_rate,
+        utilization=t.utilization,
+        monthly_savings_usd=monthly_savings,
+        confidence=t.confidence,
         gpu_class=window.gpu_class,
         alternative_label=alternative.label,
         gpus_needed=alternative.gpus_needed,
         reason=reason,
-        payback_months=payback,
+        monthly_savings_low_usd=low,
+        monthly_savings_high_usd=high,
+        evidence_hours=hours,
     )
 
 

@@ -2,10 +2,11 @@
 
 Each poll (at most ``max_records``) is COPYed into temporary staging tables and upserted on
 natural keys in one transaction, together with the refresh of the rollup buckets it touched (plain
-PostgreSQL; TimescaleDB's continuous aggregates refresh themselves).  Kafka offsets are committed
-only after that transaction commits, so a crash replays the batch and the upsert makes the replay
-change nothing.  While the database is down the sink holds the batch, polls nothing more (back
-pressure), waits and retries; nothing is lost.
+PostgreSQL; on TimescaleDB the real-time continuous aggregates read recent buckets from the raw
+rows, and the materialized buckets a batch restated are refreshed once it commits).  Kafka
+offsets are committed only after that transaction commits, so a crash replays the batch and the
+upsert makes the replay change nothing.  While the database is down the sink holds the batch,
+polls nothing more (back pressure), waits and retries; nothing is lost.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from contracts.events import (
     is_watermark,
 )
 
+from costmodel import TRENDING_REPATRIATION
+
 from .db import check_schema, connect, engine_of
-from .timeseries import POSTGRESQL, Partitions, apply_retention
+from .timeseries import POSTGRESQL, ROLLUPS, TIMESCALEDB, Partitions, apply_retention, refresh_materialized_rollups
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,15 @@ TABLES = {
     "decisions": TableSpec(
         ("decision_id", "decided_at", "window_start", "workload", "team", "from_env", "to_env", "kind", "gpu_class",
          "current_usd_per_busy_gpu_hour", "alternative_usd_per_busy_gpu_hour", "utilization", "monthly_savings_usd",
-         "confidence", "alternative_label", "gpus_needed", "reason", "basis", "payback_months"),
+         "confidence", "alternative_label", "gpus_needed", "reason", "basis", "payback_months",
+         "monthly_savings_low_usd", "monthly_savings_high_usd", "evidence_hours", "nodes_needed", "instances_needed"),
         ("decision_id",), False),
     "dead_letters": TableSpec(
         ("event_id", "received_at", "source_topic", "reason", "payload"), ("event_id",), False),
     "gpu_samples": TableSpec(
         ("ts", "resource", "gpu_uuid", "gpu_index", "gpu_model", "gpu_class", "environment", "interval_ms",
-         "utilization_pct", "memory_used_mib", "memory_total_mib", "power_mw", "workloads"),
+         "utilization_pct", "memory_used_mib", "memory_total_mib", "power_mw", "workloads", "parent_gpu_uuid",
+         "mig_profile", "compute_fraction", "energy_mj"),
         ("ts", "resource", "gpu_uuid"), False, "ts"),
     "cost_lines": TableSpec(
         ("charge_period_start", "event_id", "charge_period_end", "provider", "provider_name", "billing_account",
@@ -106,8 +111,14 @@ def decision_row(d: BreakevenDecision) -> tuple:
         d.event_id, _ts(d.window_end_ms), _ts(d.window_start_ms), d.workload, d.team, d.from_env, d.to_env, d.kind,
         d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
         d.monthly_savings_usd, d.confidence, d.alternative_label, d.gpus_needed, d.reason, d.basis,
-        d.payback_months,
+        d.payback_months, d.monthly_savings_low_usd, d.monthly_savings_high_usd, d.evidence_hours, d.nodes_needed,
+        d.instances_needed,
     )
+
+
+def decision_rows(d: BreakevenDecision) -> list[tuple[str, tuple]]:
+    """Decisions are stored; a trending notice is only an alert (the alerter keeps it in its outbox)."""
+    return [] if d.kind == TRENDING_REPATRIATION else [("decisions", decision_row(d))]
 
 
 def dead_letter_row(d: DeadLetter) -> tuple:
@@ -118,7 +129,8 @@ def gpu_sample_rows(s: GpuSample) -> list[tuple]:
     ts = _ts(s.ts_ms)
     return [
         (ts, s.resource, g.uuid, g.index, g.model, g.gpu_class, s.environment, s.interval_ms, g.utilization_pct,
-         g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads])
+         g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads],
+         g.parent_uuid or None, g.mig_profile or None, g.compute_fraction if g.parent_uuid else None, g.energy_mj)
         for g in s.gpus
     ]
 
@@ -207,17 +219,29 @@ def _rollup_sql(rollup: str, width: str) -> str:
     """
 
 
-ROLLUPS_SQL = (_rollup_sql("cost_hourly", "1 hour"), _rollup_sql("cost_daily", "1 day"))
+ROLLUPS_SQL = tuple(_rollup_sql(name, f"{int(width.total_seconds())} seconds") for name, width in ROLLUPS.items())
 
 
 def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions: Partitions) -> None:
-    """COPY into staging, upsert, refresh rollups: one transaction."""
+    """COPY into staging, upsert, refresh rollups: one transaction.  (On TimescaleDB the continuous
+    aggregates' materialized buckets the batch restated are refreshed right after it commits.)"""
     created: list[str] = []
     try:
         _write_batch(conn, batch, engine, partitions, created)
     except BaseException:
         partitions.known.difference_update(created)  # rolled back with the transaction
         raise
+    windows = batch.rows["cost_windows"]
+    if engine == TIMESCALEDB and windows:
+        index = TABLES["cost_windows"].columns.index("window_start")
+        starts = [row[index] for row in windows.values()]
+        try:
+            refresh_materialized_rollups(conn, min(starts), max(starts))
+        except psycopg.OperationalError:
+            raise  # the database went away: the batch is written again, and refreshed then
+        except psycopg.Error as exc:
+            log.warning("sink: continuous aggregates not refreshed (%s); their refresh policy will",
+                        str(exc).splitlines()[0])
 
 
 def _write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions: Partitions,
@@ -255,8 +279,9 @@ class Sink:
 
     def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, max_records: int = 5000,
                  say: Callable[[str], None] = log.warning,
-                 lag_probe: Callable[[], list[tuple[str, str, int, int]]] | None = None):
+                 lag_probe: Callable[[], list[tuple[str, str, int, int]]] | None = None, metrics=None):
         self.consumer = consumer
+        self.metrics = metrics  # a storage.metrics.SinkMetrics, or None
         self.dsn = dsn
         self.topics = topics
         self.retry_max_s = retry_max_s
@@ -274,7 +299,7 @@ class Sink:
         self._last_lag = 0.0
         self._decoders: dict[str, Callable[[bytes], list[tuple[str, tuple]]]] = {
             topics.cost_windows: lambda v: [("cost_windows", cost_window_row(CostWindow.decode(v)))],
-            topics.decisions: lambda v: [("decisions", decision_row(BreakevenDecision.decode(v)))],
+            topics.decisions: lambda v: decision_rows(BreakevenDecision.decode(v)),
             topics.dead_letter: lambda v: [("dead_letters", dead_letter_row(DeadLetter.decode(v)))],
             topics.gpu_samples: lambda v: [("gpu_samples", r) for r in gpu_sample_rows(GpuSample.decode(v))],
             topics.cost_lines: lambda v: [("cost_lines", cost_line_row(CostLine.decode(v)))],
@@ -389,10 +414,16 @@ class Sink:
                 # the group rebalanced while the database was down: the rows are durable and the
                 # new owner of the partitions re-reads them from the last commit; upserts absorb it
                 log.warning("sink: offsets not committed (%s); the batch will be replayed", exc)
+            if self.metrics is not None:
+                self.metrics.consumed(records)
+                self.metrics.stored(batch)
         if self.lag_probe is not None and time.monotonic() - self._last_lag > LAG_EVERY_S:
             self._last_lag = time.monotonic()
             try:
-                self.record_lag(self.lag_probe())
+                lag = self.lag_probe()
+                if self.metrics is not None:
+                    self.metrics.lag(lag)
+                self.record_lag(lag)
             except Exception as exc:  # health reporting must never stop the sink
                 log.warning("sink: consumer lag not recorded: %s", exc)
         if time.monotonic() - self._last_retention > RETENTION_EVERY_S:

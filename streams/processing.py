@@ -30,6 +30,8 @@ from costmodel import (
     price_onprem_usage,
 )
 from costmodel.money import micro
+from costmodel.sharing import SharingError, apportion_micro
+from costmodel.rates import discounted_usd_per_gpu_hour
 
 
 def _utc(ms: int) -> datetime:
@@ -101,8 +103,7 @@ class UsageProcessor:
             known = self.catalog.get(provider, instance_type)
             gpus = offer.gpus_per_instance if offer else (known.gpus if known else 0)
             if gpus:
-                discount = offer.discount_pct if offer else Decimal(0)
-                return live * (1 - discount / 100) / gpus
+                return discounted_usd_per_gpu_hour(live, offer.discount_pct if offer else Decimal(0), gpus)
         return offer.offer().usd_per_gpu_hour(option) if offer else None
 
     def _check_priceable(self, provider: str, region: str, instance_type: str, option: str, at_ms: int) -> None:
@@ -126,13 +127,16 @@ class UsageProcessor:
                 state.allow_spot[share.workload] = share.allow_spot
             readings.append(
                 GpuReading(gpu.gpu_class, gpu.utilization_pct, gpu.power_mw,
-                           tuple((s.workload, s.team) for s in gpu.workloads))
+                           tuple((s.workload, s.team) for s in gpu.workloads), gpu.parent_uuid,
+                           gpu.compute_fraction, gpu.energy_mj, tuple(s.utilization_pct for s in gpu.workloads))
             )
         try:
             return state.windows.add_sample(
                 ts_ms=sample.ts_ms, interval_ms=sample.interval_ms, window_ms=self.window_ms,
                 environment=sample.environment, resource=sample.resource, gpus=readings,
             )
+        except SharingError as exc:
+            raise EventError(f"{sample.resource}: {exc}") from None
         except LateSample as exc:
             raise EventError(str(exc)) from None
 
@@ -183,18 +187,29 @@ class UsageProcessor:
             workload, team, gpu_class = state.owner
             owner = UsageKey(0, workload, team, "cloud", gpu_class, resource)
             closed = add_rented_time(closed, state.rental.close(watermark_ms, self.window_ms), owner)
-        return [self.price(state, key, usage) for key, usage in closed]
+        # the rows of one window are the resource's GPUs split among workloads and idle: round them together,
+        # so that they add up to the resource's cost to the micro-dollar
+        exact = [self.exact_cost(state, key, usage) for key, usage in closed]
+        rows_of_window: dict[int, list[int]] = {}
+        for i, (key, _) in enumerate(closed):
+            rows_of_window.setdefault(key.window_start_ms, []).append(i)
+        costs = [Decimal(0)] * len(closed)
+        for rows in rows_of_window.values():
+            for i, cost in zip(rows, apportion_micro([exact[i] for i in rows])):
+                costs[i] = cost
+        return [self.cost_window(state, key, usage, cost) for (key, usage), cost in zip(closed, costs)]
 
-    def price(self, state: ResourceState, key: UsageKey, usage: Usage) -> CostWindow:
+    def exact_cost(self, state: ResourceState, key: UsageKey, usage: Usage) -> Decimal:
         if key.environment == "onprem":
             asset = self.config.asset_for_host(key.resource)
             assert asset is not None  # checked when the sample was added
-            cost = price_onprem_usage(usage, asset.gpu_cost(), _utc(key.window_start_ms))
-        else:
-            rate = self.cloud_usd_per_gpu_hour(state.provider, state.region, state.instance_type,
-                                               state.purchase_option or "on_demand", key.window_start_ms)
-            assert rate is not None  # checked when the sample or instance event was added
-            cost = price_cloud_usage(usage, rate)
+            return price_onprem_usage(usage, asset.gpu_cost(), _utc(key.window_start_ms))
+        rate = self.cloud_usd_per_gpu_hour(state.provider, state.region, state.instance_type,
+                                           state.purchase_option or "on_demand", key.window_start_ms)
+        assert rate is not None  # checked when the sample or instance event was added
+        return price_cloud_usage(usage, rate)
+
+    def cost_window(self, state: ResourceState, key: UsageKey, usage: Usage, cost_usd: Decimal) -> CostWindow:
         return CostWindow(
             event_id=CostWindow.make_id(key.resource, key.workload, key.environment, key.gpu_class, key.window_start_ms),
             workload=key.workload, team=key.team, allow_spot=state.allow_spot.get(key.workload, False),
@@ -202,7 +217,7 @@ class UsageProcessor:
             window_start_ms=key.window_start_ms, window_ms=self.window_ms,
             allocated_gpu_ms=usage.allocated_gpu_ms, busy_gpu_ms=usage.busy_gpu_ms,
             metered_gpu_ms=usage.metered_gpu_ms, energy_mj=usage.energy_mj, sample_count=usage.sample_count,
-            first_ms=usage.first_ms, last_ms=usage.last_ms, cost_usd=micro(cost),
+            first_ms=usage.first_ms, last_ms=usage.last_ms, cost_usd=cost_usd,
             provider=state.provider if key.environment == "cloud" else "",
             instance_type=state.instance_type if key.environment == "cloud" else "",
             purchase_option=state.purchase_option if key.environment == "cloud" else "",
@@ -211,7 +226,8 @@ class UsageProcessor:
 
 @dataclass
 class WorkloadState:
-    """Table value of the decision agent, one per workload: open windows and hysteresis states."""
+    """Table value of the decision agent, one per workload: open windows and hysteresis states (each with
+    the windows of its current streak, at most the longest evidence horizon)."""
 
     # "env|class|window_start" -> resource -> [allocated_ms, busy_ms, cost_usd, first_ms, last_ms, window_ms]
     open: dict[str, dict[str, list]] = field(default_factory=dict)
@@ -251,21 +267,26 @@ class PartitionClock:
     ``open`` lists the keys with open windows; ``idle`` (decision agent) the idle owned capacity
     the upstream partitions reported.  ``offsets`` is the next record expected from each input
     topic's partition: the tables, not the consumer's committed offsets, say what was applied.
+    ``pending`` (decision agent): the upstream sources whose latest watermark said they still had
+    input to read.
     """
 
     open: set[str] = field(default_factory=set)
     sources: dict[str, int] = field(default_factory=dict)  # upstream source (or input topic) -> its event time
     idle: dict[str, int] = field(default_factory=dict)  # "window_start|gpu_class|resource" -> idle GPU-ms
     offsets: dict[str, int] = field(default_factory=dict)  # input topic -> next offset to apply
+    pending: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict:
-        return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets}
+        return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets,
+                "pending": sorted(self.pending)}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PartitionClock":
         if not data:
             return cls()
-        return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})))
+        return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
+                   set(data.get("pending", ())))
 
     def take(self, topic: str, offset: int) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
@@ -283,6 +304,23 @@ class PartitionClock:
         self.sources[source] = ts_ms
         return True
 
+    def applied_through(self, topic: str, highwater: int | None) -> bool:
+        """Whether every record of ``topic`` (this partition) below ``highwater``, the end of its log
+        as last seen by the consumer (None: not known), has been applied.
+
+        Only such an input may be counted as stale: one with records still unread is silent
+        because the worker is (paused, rebalancing, starved of CPU), and closing windows past it
+        would make the totals depend on that timing.
+        """
+        return highwater is not None and self.offsets.get(topic, 0) >= highwater
+
+    def all_quiet(self, silent: set[str], caught_up: bool) -> bool:
+        """Whether the upstream sources may stop holding each other back (decision agent): every one
+        silent for a while, none with input left to read when it last reported, and every record
+        of this partition applied (``caught_up``): the end of the data, not a worker that is down,
+        rebalancing or slow, whose windows would then be left out of decisions already made.
+        """
+        return caught_up and bool(self.sources) and silent >= self.sources.keys() and not self.pending
 
     def watermark(self, expected_sources: int, stale: set[str] = frozenset(), waited_out: bool = False) -> int | None:
         """The event time before which every upstream source is complete (None: still waiting).
@@ -341,6 +379,7 @@ class DecisionProcessor:
     @staticmethod
     def on_watermark(clock: PartitionClock, wm: Watermark) -> None:
         clock.advance(wm.source, wm.ts_ms)
+        (clock.pending.add if wm.pending else clock.pending.discard)(wm.source)
         for ws, gpu_class, resource, idle_ms in wm.idle:
             clock.idle[f"{ws}|{gpu_class}|{resource}"] = idle_ms
 
@@ -399,6 +438,10 @@ class DecisionProcessor:
                         confidence=micro(decision.confidence), alternative_label=decision.alternative_label,
                         gpus_needed=decision.gpus_needed, reason=decision.reason,
                         payback_months=_opt_micro(decision.payback_months),
+                        monthly_savings_low_usd=_opt_micro(decision.monthly_savings_low_usd),
+                        monthly_savings_high_usd=_opt_micro(decision.monthly_savings_high_usd),
+                        evidence_hours=micro(decision.evidence_hours), nodes_needed=decision.nodes_needed,
+                        instances_needed=decision.instances_needed,
                     )
                 )
         return decisions
