@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11 with venv):
 #   make demo   create .venv, install hybridspend, run the demo on embedded defaults
-#   make test   create .venv, install hybridspend with its test extras, run the tests
+#   make test   create .venv, install hybridspend with its test extras (and, where node is
+#               installed, the TimescaleDB test server's packages with npm ci), run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean node-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +20,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hybridspend demo
 
-test: $(STAMP)
+# PGlite with TimescaleDB for tests/test_timescaledb.py, pinned in package-lock.json
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $(NODE_STAMP)
+
+node-packages:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(NODE_STAMP); \
+	else echo "node/npm not found: the TimescaleDB tests will be skipped"; fi
+
+test: $(STAMP) node-packages
 	$(VENV)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) .hybridspend
+	rm -rf $(VENV) .hybridspend node_modules

@@ -79,20 +79,30 @@ def engine_of(conn: psycopg.Connection) -> str:
     return row[0]
 
 
-def migrate(dsn: str) -> tuple[int, int, str]:
+def migrate(dsn: str, engine: str | None = None) -> tuple[int, int, str]:
     """Apply pending migrations; return (version before, version after, engine).
 
-    The engine is chosen the first time (TimescaleDB when the extension is available) and kept.
+    The engine is chosen the first time and kept: ``engine`` when given, else TimescaleDB when the
+    extension is available, else plain PostgreSQL.  Asking for another engine than the one a
+    database was built for is refused.
     """
+    if engine is not None and engine not in ENGINES:
+        raise SchemaError(f"unknown database engine {engine!r}; expected one of {', '.join(ENGINES)}")
     with connect(dsn, autocommit=True) as conn:
         # one migrator at a time
         conn.execute("SELECT pg_advisory_lock(727274)")
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS hybridspend_meta (key text PRIMARY KEY, value text NOT NULL)")
-            detected = TIMESCALEDB if timescaledb_available(conn) else POSTGRESQL
+            available = timescaledb_available(conn)
+            if engine == TIMESCALEDB and not available:
+                raise SchemaError("engine timescaledb was asked for, but this server has no TimescaleDB extension")
+            chosen = engine or (TIMESCALEDB if available else POSTGRESQL)
             conn.execute("INSERT INTO hybridspend_meta VALUES ('engine', %s) ON CONFLICT (key) DO NOTHING",
-                         (detected,))
-            engine = engine_of(conn)
+                         (chosen,))
+            built_for = engine_of(conn)
+            if engine is not None and built_for != engine:
+                raise SchemaError(f"the database was built for engine {built_for}, not {engine}")
+            engine = built_for
             if engine == TIMESCALEDB:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             known = migrations(engine)

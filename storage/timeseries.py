@@ -3,12 +3,16 @@
 One registry says, per table, its time column, chunk/partition size, compression and retention.
 With TimescaleDB the registry becomes hypertables with compression and retention policies.
 Without it, tables are created ``PARTITION BY RANGE`` on the time column, partitions are created
-on demand before rows are written (``ensure_partitions``), and retention drops whole partitions
+on demand before rows are written (``Partitions.ensure``), and retention drops whole partitions
 (``apply_retention``).  The engine is chosen when the database is first migrated and recorded.
+The rollups (``ROLLUPS``) are tables the sink refreshes on plain PostgreSQL and continuous
+aggregates on TimescaleDB, whose restated materialized buckets ``refresh_materialized_rollups``
+refreshes.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -17,6 +21,9 @@ from typing import Iterable
 import psycopg
 import psycopg.errors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+log = logging.getLogger(__name__)
 
 TIMESCALEDB = "timescaledb"
 POSTGRESQL = "postgresql"
@@ -46,6 +53,10 @@ TABLES = {
     )
 }
 
+# the rollups of cost windows and their bucket widths: tables the sink refreshes on plain PostgreSQL,
+# real-time continuous aggregates on TimescaleDB (migration 003)
+ROLLUPS = {"cost_hourly": timedelta(hours=1), "cost_daily": timedelta(days=1)}
+
 _PARTITION_BY = re.compile(r"/\*PARTITION_BY\((\w+)\)\*/")
 
 
@@ -74,6 +85,46 @@ def after_migration(conn: psycopg.Connection, version: int, engine: str) -> None
             conn.execute("SELECT add_compression_policy(%s, %s::interval)", (t.name, t.compress_after))
         if t.retention:
             conn.execute("SELECT add_retention_policy(%s, %s)", (t.name, t.retention))
+
+
+def refresh_materialized_rollups(conn: psycopg.Connection, first: datetime, last: datetime) -> list[str]:
+    """TimescaleDB: re-materialize the continuous-aggregate buckets holding window starts in
+    [first, last] that the refresh policy has already materialized; return the rollups refreshed.
+
+    A real-time continuous aggregate answers from its materialized buckets up to the policy's end
+    offset and from the raw rows after it, so a restated or late window landing in a materialized
+    bucket would otherwise show only after the policy's next run.  Call it once the rows are
+    committed (a refresh cannot run inside a transaction); inside an open transaction it does
+    nothing and leaves the buckets to the policy.
+    """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        log.debug("rollup refresh skipped: the connection is inside a transaction")
+        return []
+    refreshed = []
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        for view, width in ROLLUPS.items():
+            row = conn.execute(
+                "SELECT now() - (config->>'end_offset')::interval FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = %s",
+                (view,)).fetchone()
+            if row is None:
+                continue  # no refresh policy: nothing is materialized on its own
+            start = _floor(first, width)
+            end = min(_floor(last, width) + width, _floor(row[0], width))  # newer buckets: aggregated when read
+            if end - start >= width:
+                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
+                refreshed.append(view)
+    finally:
+        conn.autocommit = autocommit
+    return refreshed
+
+
+def _floor(ts: datetime, width: timedelta) -> datetime:
+    """The start of the bucket of ``width`` (dividing a day) holding ``ts``, in UTC."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return ts - (ts - epoch) % width
 
 
 def _bounds(ts: datetime, unit: str) -> tuple[datetime, datetime]:

@@ -1,5 +1,7 @@
 -- 003 (TimescaleDB): hourly and daily continuous aggregates of cost windows per workload and
--- environment, real-time (materialized_only = false) so they always equal the raw rows.
+-- environment, real-time (materialized_only = false): buckets after the refresh policy's end offset
+-- are aggregated from the raw rows when read, and the sink refreshes a materialized bucket right
+-- after it restates one (storage/timeseries.py), so they equal the raw rows.
 
 CREATE MATERIALIZED VIEW cost_hourly
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
