@@ -114,7 +114,8 @@ def breakeven() -> dict:
         _panel(1, "Last decision per workload", "table", """
             SELECT DISTINCT ON (workload) decided_at AS "time", workload, kind, from_env, to_env,
                    current_usd_per_busy_gpu_hour, alternative_usd_per_busy_gpu_hour, utilization,
-                   monthly_savings_usd, confidence, alerts_delivered, reason
+                   monthly_savings_usd, monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours,
+                   gpus_needed, nodes_needed, instances_needed, confidence, alerts_delivered, reason
               FROM decision_log WHERE workload IN ($workload)
              ORDER BY workload, decided_at DESC""", fmt="table", w=24, h=9,
                description="The panel Slack alerts link to, filtered to the alert's workload."),
@@ -125,7 +126,8 @@ def breakeven() -> dict:
              WHERE $__timeFilter(bucket) AND basis = 'estimated' AND workload <> 'idle' AND {FILTERS}
              GROUP BY 1, 2 ORDER BY 1""", unit="percent", w=12, y=9),
         _panel(3, "Decisions in range", "table", """
-            SELECT decided_at AS "time", workload, kind, from_env, to_env, monthly_savings_usd, confidence
+            SELECT decided_at AS "time", workload, kind, from_env, to_env, monthly_savings_low_usd,
+                   monthly_savings_usd, monthly_savings_high_usd, evidence_hours, confidence
               FROM decision_log WHERE $__timeFilter(decided_at) AND workload IN ($workload)
              ORDER BY decided_at DESC""", fmt="table", w=12, x=12, y=9),
     ], "Where each workload should run, and why.")

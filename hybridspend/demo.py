@@ -146,6 +146,11 @@ def _money(v) -> str:
     return "—" if v is None else f"${v:,.2f}"
 
 
+def _savings_range(d: dict) -> str:
+    low, high = d["monthly_savings_low_usd"], d["monthly_savings_high_usd"]
+    return "" if low is None or high is None else f"(range {_money(low)} to {_money(high)}) "
+
+
 def summary(conn, start: datetime, end: datetime, config: Config, services: Services, endpoints: Endpoints,
             elapsed_s: float) -> str:
     from storage.queries import cloud_cost_estimated_and_billed, counts, decisions_between, workload_summary
@@ -167,6 +172,7 @@ def summary(conn, start: datetime, end: datetime, config: Config, services: Serv
             f"  {d['decided_at']:%H:%M} {d['workload']}: {d['kind']} ({d['from_env']} -> {d['to_env']}) "
             f"{_money(d['current_usd_per_busy_gpu_hour'])} vs {_money(d['alternative_usd_per_busy_gpu_hour'])} "
             f"per busy GPU-hour at {d['utilization']:.0%} busy, saves {_money(d['monthly_savings_usd'])}/month "
+            f"{_savings_range(d)}after {d['evidence_hours'] or 0:g} h of evidence "
             f"[{d['alerts_delivered']} alert(s) delivered]"
         )
         lines.append(f"        {d['reason']}")
