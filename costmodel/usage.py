@@ -15,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from typing import Iterable, NamedTuple
 
+from .sharing import IDLE, Charge, GpuSlice, split_gpu
+
 MS_PER_HOUR = 3_600_000
-IDLE_WORKLOAD = "idle"
+IDLE_WORKLOAD = IDLE[0]
 
 
 class LateSample(ValueError):
@@ -87,12 +90,37 @@ class Usage:
 
 
 class GpuReading(NamedTuple):
-    """One GPU in one sample, already attributed to its workloads."""
+    """One GPU (or one MIG instance of it) in one sample, already attributed to its workloads."""
 
     gpu_class: str
     utilization_pct: float  # 0..100, average over the sample interval
-    power_mw: int | None  # measured draw in milliwatts, None when not supported
+    power_mw: int | None  # measured draw of the physical GPU in milliwatts, None when not supported
     workloads: tuple[tuple[str, str], ...]  # (workload, team) pairs sharing the GPU; empty = idle
+    gpu: str = ""  # the physical GPU of a MIG instance (its instances are split together); "" = a whole GPU
+    compute_fraction: Fraction | float = 1  # a MIG instance's share of the physical GPU's compute
+    energy_mj: int | None = None  # energy of the physical GPU over the interval, when metered (else power)
+    measured_pct: tuple[float | None, ...] = ()  # per workload, its measured share of the GPU's work
+
+
+def gpu_charges(interval_ms: int, gpus: Iterable[GpuReading]) -> list[tuple[str, Charge]]:
+    """Each physical GPU's charges, with its class: a whole GPU alone, a MIG GPU's instances together.
+
+    Energy is the metered ``energy_mj`` when present, else measured power over the interval.
+    Raise SharingError when the readings of one GPU cannot be split.
+    """
+    groups: dict[object, list[GpuReading]] = {}
+    for n, gpu in enumerate(gpus):
+        groups.setdefault(("mig", gpu.gpu) if gpu.gpu else n, []).append(gpu)
+    out: list[tuple[str, Charge]] = []
+    for readings in groups.values():
+        first = readings[0]
+        energy = next((r.energy_mj for r in readings if r.energy_mj is not None), None)
+        if energy is None:
+            power_mw = next((r.power_mw for r in readings if r.power_mw is not None), None)
+            energy = None if power_mw is None else power_mw * interval_ms // 1000
+        slices = [GpuSlice(r.compute_fraction, r.utilization_pct, r.workloads, r.measured_pct) for r in readings]
+        out += [(first.gpu_class, charge) for charge in split_gpu(interval_ms, slices, energy)]
+    return out
 
 
 def window_start_ms(ts_ms: int, window_ms: int) -> int:
@@ -130,26 +158,22 @@ class ResourceWindows:
             # its window was already emitted: adding to a fresh one would replace the emitted total downstream
             raise LateSample(f"late sample: the window ending {self.closed_through_ms} ms was closed before "
                              f"this sample for [{start_ms}, {ts_ms}) arrived (raise thresholds.grace_seconds)")
+        charges = gpu_charges(interval_ms, gpus)  # raises before anything is counted
         self.last_ts_ms, self.last_start_ms = ts_ms, start_ms
         ws = window_start_ms(start_ms, window_ms)
-        for gpu in gpus:
-            owners = gpu.workloads or ((IDLE_WORKLOAD, ""),)
-            share = len(owners)
-            alloc_ms = interval_ms // share
-            busy_ms = round(interval_ms * min(max(gpu.utilization_pct, 0.0), 100.0) / 100) // share
-            for workload, team in owners:
-                key = UsageKey(ws, workload, team, environment, gpu.gpu_class, resource)
-                usage = self.open.get(key)
-                if usage is None:
-                    usage = self.open[key] = Usage(first_ms=start_ms)
-                usage.allocated_gpu_ms += alloc_ms
-                # an idle GPU serves nobody: its busy time is zero by definition
-                usage.busy_gpu_ms += busy_ms if gpu.workloads else 0
-                if gpu.power_mw is not None:
-                    usage.metered_gpu_ms += alloc_ms
-                    usage.energy_mj += gpu.power_mw * alloc_ms // 1000
-                usage.sample_count += 1
-                usage.last_ms = max(usage.last_ms, ts_ms)
+        for gpu_class, charge in charges:
+            workload, team = charge.owner
+            key = UsageKey(ws, workload, team, environment, gpu_class, resource)
+            usage = self.open.get(key)
+            if usage is None:
+                usage = self.open[key] = Usage(first_ms=start_ms)
+            usage.allocated_gpu_ms += charge.allocated_gpu_ms
+            usage.busy_gpu_ms += charge.busy_gpu_ms
+            if charge.energy_mj is not None:
+                usage.metered_gpu_ms += charge.allocated_gpu_ms
+                usage.energy_mj += charge.energy_mj
+            usage.sample_count += 1
+            usage.last_ms = max(usage.last_ms, ts_ms)
         return True
 
     def close(self, watermark_ms: int, window_ms: int) -> list[tuple[UsageKey, Usage]]:

@@ -116,9 +116,18 @@ def cmd_worker(args) -> int:
 
     config = resolve_config(args.config, args.state_dir)
     bootstrap, _, profile = _endpoints(config)
+    _serve_metrics(args)
     sys.argv = [sys.argv[0]]  # Faust's worker reads the command line
-    run_worker(config, bootstrap, profile, loglevel=args.log_level)
+    run_worker(config, bootstrap, profile, loglevel=args.log_level, metrics=args.metrics_port is not None)
     return 0
+
+
+def _serve_metrics(args) -> None:
+    """Serve Prometheus metrics on ``--metrics-port`` (0: any free port, printed)."""
+    if args.metrics_port is not None:
+        from infra.metrics import serve
+
+        print(f"metrics: http://0.0.0.0:{serve(args.metrics_port)}/metrics", file=sys.stderr, flush=True)
 
 
 def _run_consumer_service(args, role: str, topic_names, build) -> int:
@@ -133,6 +142,7 @@ def _run_consumer_service(args, role: str, topic_names, build) -> int:
     topics = Topics.from_config(config.kafka)
     consumer = make_consumer(bootstrap, config.kafka, profile, topics.group(role), topic_names(topics))
     service = build(config, dsn, consumer, topics)
+    _serve_metrics(args)
     try:
         service.run(_stop_flag())
     finally:
@@ -148,62 +158,161 @@ def cmd_sink(args) -> int:
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
                          [topics.group(role) for role in ("worker", "sink", "alerter")])
-        return Sink(consumer, dsn, topics, lag_probe=probe)
+        from storage.metrics import SinkMetrics
+
+        return Sink(consumer, dsn, topics, lag_probe=probe,
+                    metrics=SinkMetrics() if args.metrics_port is not None else None)
 
     return _run_consumer_service(args, "sink", sink_topics, build)
 
 
 def cmd_alerter(args) -> int:
     from alerts.alerter import Alerter
+    from storage.metrics import AlerterMetrics
 
     return _run_consumer_service(
         args, "alerter", lambda t: [t.decisions],
-        lambda config, dsn, consumer, topics: Alerter(config, dsn, consumer, dry_run=args.dry_run,
-                                                      say=lambda m: print(m, flush=True)),
+        lambda config, dsn, consumer, topics: Alerter(
+            config, dsn, consumer, dry_run=args.dry_run, say=lambda m: print(m, flush=True),
+            metrics=AlerterMetrics(config) if args.metrics_port is not None else None),
     )
+
+
+def _run_collector(collector, once: bool) -> int:
+    """Wire a collector (``collectors.base.Collector``): one poll with ``--once``, else poll until SIGTERM/SIGINT.
+
+    ``--once`` prints its report and exits 1 when the poll failed and sent nothing; a running
+    collector writes each poll's report to stderr.
+    """
+    from collectors.base import run
+
+    if once:
+        report = collector.poll_once()
+        print(report.summary(), flush=True)
+        return 0 if report.ok else 1
+    run(collector, _stop_flag(), lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
 
 
 def cmd_collect_nvml(args) -> int:
     from collectors.nvml.collector import NvmlCollector, default_nvml, host_name
     from contracts.topics import Topics
-    from infra.broker import WATERMARK_EVERY_MS, make_producer, send_watermarks
+    from infra.broker import make_producer
+    from infra.publish import Publisher
 
     config = resolve_config(args.config, args.state_dir)
     bootstrap, _, _ = _endpoints(config)
-    topics = Topics.from_config(config.kafka)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         nvml = default_nvml()
-    collector = NvmlCollector(config, nvml, host=host_name(config),
-                              interval_s=args.interval or config.collectors.nvml.interval_seconds)
-    try:
-        collector.start()
-    except nvml.NVMLError as exc:
-        raise UsageError(f"NVML is not available on this machine: {exc}") from None
     producer = make_producer(bootstrap, config.kafka)
-    sent = {"n": 0}
-
-    last_mark = {"ms": 0}
-
-    def send(sample) -> None:
-        producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
-        sent["n"] += 1
-        if sample.ts_ms - last_mark["ms"] >= WATERMARK_EVERY_MS:  # keep quiet partitions moving
-            send_watermarks(producer, topics, f"nvml:{sample.resource}", sample.ts_ms, ("gpu-samples",))
-            last_mark["ms"] = sample.ts_ms
-        if args.once:
-            stopped["v"] = True
-
-    stopped = {"v": False}
-    stop_signal = _stop_flag()
+    collector = NvmlCollector(config, nvml, host=host_name(config),
+                              interval_s=args.interval or config.collectors.nvml.interval_seconds,
+                              publisher=Publisher(producer, Topics.from_config(config.kafka)))
     try:
-        collector.run(send, stop=lambda: stopped["v"] or stop_signal())
+        try:
+            collector.start()
+        except nvml.NVMLError as exc:
+            raise UsageError(f"NVML is not available on this machine: {exc}") from None
+        return _run_collector(collector, args.once)
     finally:
         producer.flush()
         producer.close()
         collector.stop()
-    print(f"sent {sent['n']} samples from {collector.host} ({collector.errors} GPU read errors)")
-    return 0
+
+
+class _PrintPublisher:
+    """``--dry-run``: each event it would publish, as one JSON line on stdout (the event's own encoding)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, logical_topic: str, key: str, event) -> None:
+        print(event.encode().decode(), flush=True)
+        self.sent += 1
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def _run_scraper(args, config: Config, source: str, make) -> int:
+    """Run a GPU-sample scraper made by ``make(publisher, watermark)``; ``--dry-run`` prints its events on stdout
+    and its reports on stderr, and needs no broker."""
+    from collectors.base import run
+    from infra.broker import WATERMARK_EVERY_MS, send_watermarks
+
+    from .publishing import publishing
+
+    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.dry_run:
+        collector = make(_PrintPublisher(), None)
+        if not args.once:
+            run(collector, _stop_flag(), err)
+            return 0
+        report = collector.poll_once()
+        err(report.summary())
+        return 0 if report.ok else 1
+    if not config.kafka.bootstrap_servers and not args.once:
+        raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once "
+                         "(or --dry-run)")
+    with publishing(config, ["gpu-samples"], say=err) as publisher:
+        marked = {"ms": -WATERMARK_EVERY_MS}
+
+        def watermark(ts_ms: int) -> None:  # keep the partitions that carry none of its nodes moving
+            if config.kafka.bootstrap_servers and ts_ms - marked["ms"] >= WATERMARK_EVERY_MS:
+                send_watermarks(publisher.producer, publisher.topics, source, ts_ms, ("gpu-samples",))
+                marked["ms"] = ts_ms
+
+        return _run_collector(make(publisher, watermark), args.once)
+
+
+def _workload_resolver(config: Config):
+    """The workload rules, over labels enriched from the Kubernetes API when ``collectors.kubernetes.enabled``."""
+    settings = config.collectors.kubernetes
+    if not settings.enabled:
+        return config.resolve_workload
+    from collectors.k8s import PodDirectory, api_client
+
+    try:
+        pods = PodDirectory(api_client(settings.api_url), watch_timeout_s=settings.watch_timeout_seconds)
+    except Exception as exc:
+        raise UsageError(f"collectors.kubernetes: no Kubernetes API: {exc}") from None
+    pods.start(lambda: False)  # a daemon thread: the watch ends with the command
+    pods.synced.wait(30)
+    return lambda labels: config.resolve_workload(pods.enrich(labels))
+
+
+def cmd_collect_dcgm(args) -> int:
+    from collectors.dcgm import DcgmCollector, UrlList
+
+    config = resolve_config(args.config, args.state_dir)
+    settings = config.collectors.dcgm
+    urls_file = Path(args.urls_file) if args.urls_file else settings.urls_file
+    urls = UrlList(args.url or settings.urls, urls_file)
+    if not urls.urls and urls_file is None:
+        raise UsageError("no dcgm-exporter endpoint: give --url (repeatable), --urls-file or collectors.dcgm.urls")
+    interval_s = args.interval or settings.interval_seconds
+    resolve = _workload_resolver(config)
+    return _run_scraper(args, config, "dcgm", lambda publisher, watermark: DcgmCollector(
+        urls, publisher, resolve, interval_s, settings.timeout_seconds, watermark=watermark))
+
+
+def cmd_collect_prometheus(args) -> int:
+    from collectors.prometheus import PrometheusCollector
+    from infra.checkpoint import Checkpoint
+
+    config = resolve_config(args.config, args.state_dir)
+    settings = config.collectors.prometheus
+    url = args.url or settings.url
+    if not url:
+        raise UsageError("no Prometheus: give --url (e.g. http://prometheus:9090) or collectors.prometheus.url")
+    checkpoint = Checkpoint(config.state_dir / "checkpoints" / ("prometheus-dry-run.json" if args.dry_run
+                                                               else "prometheus.json"))
+    return _run_scraper(args, config, "prometheus", lambda publisher, watermark: PrometheusCollector(
+        url, publisher, checkpoint, _workload_resolver(config), step_s=args.step or settings.step_seconds,
+        lookback_s=args.lookback or settings.lookback_seconds, delay_s=settings.delay_seconds,
+        interval_s=settings.poll_seconds, timeout_s=settings.timeout_seconds, match=settings.match,
+        watermark=watermark))
 
 
 def cmd_collect_aws(args) -> int:
@@ -220,54 +329,22 @@ def cmd_collect_aws(args) -> int:
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = Checkpoint(config.state_dir / "checkpoints" / "aws.json")
     with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
-        collector = AwsCollector(config, publisher, checkpoint)
-        if args.once:
-            report = collector.run_once()
-            print(f"aws: sent {report.sent or 'nothing new'}; {report.ce_calls} Cost Explorer call(s); "
-                  f"{len(report.errors)} problem(s)")
-            for error in report.errors[:50]:
-                print(f"  {error}")
-            return 0 if not report.errors or report.sent else 1
-        collector.run(_stop_flag(), say=err)
-    return 0
+        return _run_collector(AwsCollector(config, publisher, checkpoint), args.once)
 
 
-def cmd_collect_gcp(args, channel=None) -> int:
-    import glob
-    import time
-
-    from collectors import gcp
+def cmd_collect_gcp(args) -> int:
+    from collectors.gcp import GcpCollector
     from infra.checkpoint import Checkpoint
 
     from .publishing import publishing
 
     config = resolve_config(args.config, args.state_dir)
-    settings = config.collectors.gcp
     if not config.kafka.bootstrap_servers and not args.once:
         raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once")
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = Checkpoint(config.state_dir / "checkpoints" / "gcp.json")
-    stop = _stop_flag()
-    with publishing(config, ["prices", "cost-lines"], say=err) as publisher:
-        while True:
-            paths = [Path(p) for p in glob.glob(settings.billing_export_glob)] if settings.billing_export_glob else []
-            factory = (lambda: gcp.catalog_client(channel)) if settings.catalog else None
-            now_ms = int(time.time() * 1000)
-            inventory = None
-            if settings.projects:
-                def inventory(report, now_ms=now_ms):
-                    gcp.publish_inventory(gcp.authorized_session(), settings.compute_endpoint, settings.projects,
-                                          publisher, checkpoint, config.catalog(), config.resolve_workload,
-                                          report, now_ms)
-            report = gcp.run_once(factory, paths, publisher, checkpoint, config.catalog(), now_ms, inventory)
-            print(f"gcp: sent {report.sent or 'nothing new'}; {len(report.errors)} problem(s)", flush=True)
-            for error in report.errors[:50]:
-                print(f"  {error}", flush=True)
-            if args.once or stop():
-                return 0 if not report.errors or report.sent else 1
-            deadline = time.monotonic() + settings.poll_seconds
-            while not stop() and time.monotonic() < deadline:
-                time.sleep(0.5)
+    with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
+        return _run_collector(GcpCollector(config, publisher, checkpoint), args.once)
 
 
 def cmd_db_migrate(args) -> int:
@@ -363,9 +440,59 @@ def cmd_report_monthly(args) -> int:
         report = monthly.build(conn, config, args.month)
         if not report.workloads:
             err(f"no cost windows in {args.month}: run the pipeline (or `hybridspend demo`) first")
-        paths = monthly.write(conn, report, formats, Path(args.out), progress=err)
+        paths = monthly.write(conn, report, formats, Path(args.out), progress=err, config=config)
     for path in paths:
         print(path)
+    return 0
+
+
+# -- pricing (OpenCost) ------------------------------------------------------------------------------
+
+
+def _date_arg(text: str | None):
+    from datetime import date, datetime, timezone
+
+    if not text:
+        return datetime.now(timezone.utc).date()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at must be YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_pricing_export_opencost(args) -> int:
+    from reports import opencost
+
+    config = resolve_config(args.config, args.state_dir)
+    at = opencost.at_datetime(_date_arg(args.at))
+    try:
+        rows = opencost.export_rows(config, at, label=args.label, node_rows=not args.gpu_only)
+    except opencost.OpenCostError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(opencost.render_csv(rows))
+    for asset in config.onprem_assets:
+        rate = asset.gpu_cost().rate(at)
+        print(f"{asset.name}: ${rate.usd_per_gpu_hour:.6f} per GPU-hour (capex {rate.capex_usd_per_gpu_hour:.6f}"
+              f" + energy {rate.energy_usd_per_gpu_hour:.6f} + upkeep {rate.upkeep_usd_per_gpu_hour:.6f})")
+    print(f"wrote {out} ({len(rows)} rows); label each profile's nodes {args.label}=<profile name>")
+    return 0
+
+
+def cmd_pricing_import_opencost(args) -> int:
+    from reports import opencost
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        rows = opencost.parse_csv(text, args.file)
+        imported = opencost.import_profiles(rows, _date_arg(args.at), args.gpus_per_node, args.nodes)
+    except (opencost.OpenCostError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(opencost.profiles_yaml(imported, args.file, opencost.skipped_classes(rows)), end="")
     return 0
 
 
@@ -373,7 +500,8 @@ def cmd_bench(args) -> int:
     # a separate program: the benchmarks drive the entrypoints, never the reverse
     import subprocess
 
-    return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else [])])
+    return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else []),
+                            *(["--runs", str(args.runs)] if args.runs else [])])
 
 
 def cmd_demo(args) -> int:
@@ -392,6 +520,17 @@ def cmd_simulate(args) -> int:
                           state_dir=Path(args.state_dir) if args.state_dir else None, say=say)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
+
+
+def cmd_stress(args) -> int:
+    from collectors.scenario import load_scenario
+    from hybridspend.stress import stress
+
+    if args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    differed = stress(load_scenario(args.scenario), args.runs, seed=args.seed, cpu_load=args.cpu_load,
+                      max_workers=args.max_workers, say=lambda m: print(m, flush=True))
+    return 1 if differed else 0
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -461,6 +600,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="keep the run's database and logs here (default: a temporary directory)")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser(
+        "stress", help="run a scenario many times under faults and compare every run's cost windows with one worker's",
+        description="Runs the scenario once with one worker (the reference), then --runs times with faults drawn "
+        "from --seed: 1 to 3 Faust workers, a worker killed with SIGKILL and restarted, the sink killed and "
+        "restarted, a worker joining late (a rebalance mid-stream), and with --cpu-load a busy process on the "
+        "CPU. Every run's cost windows are compared row by row with the reference's and the first differing "
+        "rows are printed. Exits 1 when any run differed. Each run takes the time of a `simulate` run plus its "
+        "faults (about 20-40 s for contracts/examples/scenarios/stress-day.yaml).")
+    p.add_argument("scenario", help="the scenario YAML file")
+    p.add_argument("--runs", type=int, default=10, help="faulted runs after the reference (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run's faults; run k uses seed + k (default 0)")
+    p.add_argument("--cpu-load", action="store_true", help="in about half the runs, a busy process competes for the CPU")
+    p.add_argument("--max-workers", type=int, default=3, choices=range(1, 9), metavar="N",
+                   help="most workers a run starts with (default 3)")
+    p.set_defaults(func=cmd_stress)
+
     for name, func, text in (
         ("worker", cmd_worker, "run a Faust stream worker (scale out by starting more)"),
         ("sink", cmd_sink, "write samples, cost windows, cost lines, prices, decisions and dead letters to the database"),
@@ -470,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
         if name == "alerter":
             p.add_argument("--dry-run", action="store_true", help="print alerts instead of posting them")
+        p.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (0: any free port)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("collect", help="run a collector")
@@ -479,6 +636,33 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
     pn.add_argument("--once", action="store_true", help="send one sample and exit")
     pn.set_defaults(func=cmd_collect_nvml)
+    pd = colsub.add_parser(
+        "dcgm", help="on-prem GPUs read from the dcgm-exporter endpoints a cluster already runs",
+        description="Scrapes dcgm-exporter endpoints (Prometheus text format) every interval and publishes one "
+        "gpu_sample.v1 per node with all its GPUs and MIG instances, attributed to pods (pod/namespace/container "
+        "labels) or Slurm jobs (hpc_job) through the workload rules. A failing endpoint is reported; the others go "
+        "on. --dry-run prints each event as one JSON line on stdout and needs no broker.")
+    common(pd)
+    pd.add_argument("--url", action="append", metavar="URL",
+                    help="an exporter's metrics URL, e.g. http://node-1:9400/metrics (repeatable; default from config)")
+    pd.add_argument("--urls-file", metavar="FILE", help="file of URLs, one a line (# comments); re-read when it changes")
+    pd.add_argument("--interval", type=float, help="seconds between scrapes (default from config: 30)")
+    pd.add_argument("--once", action="store_true", help="scrape once and exit")
+    pd.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
+    pd.set_defaults(func=cmd_collect_dcgm)
+    pq = colsub.add_parser(
+        "prometheus", help="on-prem GPUs read back from a Prometheus that scrapes dcgm-exporter",
+        description="Reads the dcgm-exporter metrics from Prometheus's HTTP API (/api/v1/query_range) since the "
+        "checkpoint and publishes the same gpu_sample.v1 events as `collect dcgm`, one per node and step. The "
+        "first run reaches back collectors.prometheus.lookback_seconds. --dry-run prints the events as JSON lines "
+        "(with its own checkpoint, so a dry run never skips data for the real one).")
+    common(pq)
+    pq.add_argument("--url", help="Prometheus base URL, e.g. http://prometheus:9090 (default from config)")
+    pq.add_argument("--step", type=float, help="seconds between samples (default from config: 30)")
+    pq.add_argument("--lookback", type=float, help="seconds the first run reaches back (default from config: 3600)")
+    pq.add_argument("--once", action="store_true", help="one pass up to now, then exit")
+    pq.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
+    pq.set_defaults(func=cmd_collect_prometheus)
 
     p = sub.add_parser("ingest", help="ingest billing files")
     isub = p.add_subparsers(dest="ingest_command", metavar="FORMAT", required=True)
@@ -498,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Per workload: environment, busy and allocated GPU-hours, utilization, cost "
                          "(estimated and billed), effective $ per busy GPU-hour, the cost in the other environment, "
                          "the recommendation and annualized savings; idle cost; charts; every assumption; and the "
-                         "on-prem costs as FOCUS-shaped rows. Reads the configured database, else the local state "
+                         "on-prem costs as a FOCUS dataset. Reads the configured database, else the local state "
                          "that `hybridspend demo` left.")
     common(pr)
     pr.add_argument("--month", required=True, help="YYYY-MM")
@@ -524,9 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
     pb.set_defaults(func=cmd_dashboards_build)
 
     p = sub.add_parser("bench", help="run the benchmarks and write bench/results.json",
-                       description="Runs the benchmarks on an embedded broker and PostgreSQL, prints a table of "
-                       "figures and writes them to bench/results.json.")
-    p.add_argument("--quick", action="store_true", help="smaller inputs (seconds instead of a minute)")
+                       description="Runs every benchmark on an embedded broker and PostgreSQL, three times by "
+                       "default; prints each figure's median and spread and writes them, with the commit, cores and "
+                       "broker profile, to bench/results.json (--quick: a smoke test, to bench/results-quick.json).")
+    p.add_argument("--quick", action="store_true", help="smaller inputs, one run: a smoke test, never a result")
+    p.add_argument("--runs", type=int, default=None, help="how many passes (default 3 full, 1 quick)")
     p.set_defaults(func=cmd_bench)
 
     pa = colsub.add_parser("aws", help="AWS prices, GPU instances and events, Cost Explorer, billing exports",
@@ -538,10 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--once", action="store_true", help="one pass over every source, then exit")
     pa.set_defaults(func=cmd_collect_aws)
 
-    pg = colsub.add_parser("gcp", help="GCP GPU prices (Cloud Billing Catalog) and billing export rows",
-                           description="Publishes GPU and GPU-VM SKU prices from the Cloud Billing Catalog "
-                           "(Application Default Credentials) and the billing export's rows newer than the "
-                           "checkpoint (collectors.gcp.billing_export_glob).")
+    pg = colsub.add_parser("gcp", help="GCP GPU prices (Cloud Billing Catalog), GPU VMs and billing export rows",
+                           description="Publishes the GPU VMs of collectors.gcp.projects as instance events, GPU "
+                           "and GPU-VM SKU prices from the Cloud Billing Catalog (Application Default Credentials) "
+                           "and the billing export's rows newer than the checkpoint "
+                           "(collectors.gcp.billing_export_glob).")
     common(pg)
     pg.add_argument("--once", action="store_true", help="one pass, then exit")
     pg.set_defaults(func=cmd_collect_gcp)
@@ -551,6 +738,34 @@ def build_parser() -> argparse.ArgumentParser:
     pm = dsub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     common(pm)
     pm.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("pricing", help="hand prices to and from other tools (OpenCost)")
+    prsub = p.add_subparsers(dest="pricing_command", metavar="ACTION", required=True)
+    po = prsub.add_parser(
+        "export-opencost", help="write OpenCost's custom-pricing CSV with our fully loaded on-prem GPU price",
+        description="Writes OpenCost's custom-pricing CSV: per asset profile a 'gpu' row whose MarketPriceHourly is "
+        "the fully loaded $ per GPU-hour on the given day (capex while amortizing + energy + upkeep) and a $0 'node' "
+        "row, both matched on a node label whose value is the profile name (label the nodes, e.g. kubectl label "
+        "node dgx-a100-1 hybridspend.io/asset-profile=dgx-a100). EndTimestamp is the day capex ends, while it has "
+        "not yet. Point OpenCost at the file (CSV_PATH) and it shows the same on-prem GPU price.")
+    common(po)
+    po.add_argument("--out", required=True, metavar="FILE.csv", help="the CSV to write")
+    po.add_argument("--at", metavar="YYYY-MM-DD", help="price as of this day (default: today, UTC)")
+    po.add_argument("--label", default="hybridspend.io/asset-profile",
+                    help="node label holding the profile name (default hybridspend.io/asset-profile)")
+    po.add_argument("--gpu-only", action="store_true",
+                    help="only the gpu rows (when merging into a CSV that already prices the nodes)")
+    po.set_defaults(func=cmd_pricing_export_opencost)
+    pi = prsub.add_parser(
+        "import-opencost", help="print asset profiles (YAML) from an OpenCost pricing CSV's GPU rows",
+        description="Reads an OpenCost custom-pricing CSV and prints an onprem_assets section with one asset "
+        "profile per 'gpu' row. Each is a flat rate (MarketPriceHourly per GPU-hour carried as upkeep, no "
+        "capex, power or PUE), marked as such: a starting point to refine with the hardware's own figures.")
+    pi.add_argument("file", metavar="FILE.csv")
+    pi.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node of each profile (default 8)")
+    pi.add_argument("--nodes", type=int, default=1, help="nodes per profile (default 1)")
+    pi.add_argument("--at", metavar="YYYY-MM-DD", help="in-service date of the profiles (default: today, UTC)")
+    pi.set_defaults(func=cmd_pricing_import_opencost)
     return parser
 
 

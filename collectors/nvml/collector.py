@@ -136,7 +136,7 @@ class NvmlCollector:
     def _process_sm_util(self, handle) -> dict[int, float] | None:
         """Mean SM utilization (%) per process over the last interval; None when NVML has no per-process figures."""
         nv = self.nvml
-        since_us = int((time.time() - self.interval_s) * 1_000_000)
+        since_us = int((self.clock() - self.interval_s) * 1_000_000)
         try:
             samples = nv.nvmlDeviceGetProcessUtilization(handle, since_us)
         except nv.NVMLError:
