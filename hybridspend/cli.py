@@ -195,7 +195,8 @@ def _run_collector(collector, once: bool) -> int:
 
 
 def cmd_collect_nvml(args) -> int:
-    from collectors.nvml.collector import NvmlCollector, default_nvml, host_name
+    from collectors.k8s import KubernetesInspector
+    from collectors.nvml.collector import NvmlCollector, ProcessInspector, default_nvml, host_name
     from contracts.topics import Topics
     from infra.broker import make_producer
     from infra.publish import Publisher
@@ -205,10 +206,14 @@ def cmd_collect_nvml(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         nvml = default_nvml()
+    inspector = ProcessInspector()
+    pods = _pod_directory(config)
+    if pods is not None:  # a process's pod (from its cgroup) enriched with namespace, owner and pod labels
+        inspector = KubernetesInspector(inspector, pods)
     producer = make_producer(bootstrap, config.kafka)
     collector = NvmlCollector(config, nvml, host=host_name(config),
                               interval_s=args.interval or config.collectors.nvml.interval_seconds,
-                              publisher=Publisher(producer, Topics.from_config(config.kafka)))
+                              inspector=inspector, publisher=Publisher(producer, Topics.from_config(config.kafka)))
     try:
         try:
             collector.start()
@@ -266,11 +271,11 @@ def _run_scraper(args, config: Config, source: str, make) -> int:
         return _run_collector(make(publisher, watermark), args.once)
 
 
-def _workload_resolver(config: Config):
-    """The workload rules, over labels enriched from the Kubernetes API when ``collectors.kubernetes.enabled``."""
+def _pod_directory(config: Config):
+    """The cached pod watch when ``collectors.kubernetes.enabled``, else None."""
     settings = config.collectors.kubernetes
     if not settings.enabled:
-        return config.resolve_workload
+        return None
     from collectors.k8s import PodDirectory, api_client
 
     try:
@@ -279,6 +284,14 @@ def _workload_resolver(config: Config):
         raise UsageError(f"collectors.kubernetes: no Kubernetes API: {exc}") from None
     pods.start(lambda: False)  # a daemon thread: the watch ends with the command
     pods.synced.wait(30)
+    return pods
+
+
+def _workload_resolver(config: Config):
+    """The workload rules, over labels enriched from the Kubernetes API when ``collectors.kubernetes.enabled``."""
+    pods = _pod_directory(config)
+    if pods is None:
+        return config.resolve_workload
     return lambda labels: config.resolve_workload(pods.enrich(labels))
 
 
