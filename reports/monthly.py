@@ -1,18 +1,18 @@
 """The monthly repatriation / migration report for finance.
 
-Reads the month from the query layer (rollups, decision log), prices each workload's month in the
-other environment with the pure cost model, and writes Markdown, CSV, HTML (with SVG charts), PDF and a
-FOCUS-shaped CSV of the on-prem costs (custom columns prefixed ``x_``) that finance tools can load
-beside the cloud bill.  Every label from users' clusters is escaped in HTML.
+Reads the month through ``storage.report_queries``, prices each workload's month in the other
+environment with the pure cost model, and writes Markdown, CSV, HTML and PDF (one Jinja2 template
+renders the HTML; WeasyPrint turns that same HTML into the PDF, with fonts shipped by the project's
+dependencies so no character is lost) and a FOCUS-shaped CSV of the on-prem costs (custom columns
+prefixed ``x_``) that finance tools can load beside the cloud bill.  Every label from users' clusters
+is escaped in HTML.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,12 +21,25 @@ from typing import Callable
 import psycopg
 
 from contracts.config import Config
-from costmodel import MIGRATE_TO_CLOUD, REPATRIATE_BUY, STAY, Market, WorkloadWindow
-from costmodel.money import cents
+from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
+from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents
+from costmodel.tco import (
+    breakeven_band,
+    breakeven_utilization,
+    effective_usd_per_busy_gpu_hour,
+    share_of_month_usd,
+    usd_per_year,
+)
+from reports import charts, focus_export, pdf
+from storage import report_queries as q
 from storage.queries import WorkloadSummary
 
 MS_PER_HOUR = 3_600_000
 FORMATS = ("md", "csv", "html", "pdf", "focus")
+TEMPLATE = "monthly.html.j2"
+NAME_CHARS = 28  # longer workload names are truncated in the table (the HTML keeps them whole in `title`)
+SUMMARY_MOVES = 6  # recommended moves listed on page 1, largest savings first
+UTILIZATION_PANELS = 6  # recommended workloads drawn in Figure 3, largest savings first
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,41 @@ class WorkloadMonth(WorkloadSummary):  # cost_usd: estimated from live samples
     recommendation: str
     annualized_savings_usd: Decimal
     confidence: str
+    days_with_data: int = 0
+    kind: str = STAY  # the decision the month bears out (STAY when none does)
+    decision_confidence: Decimal | None = None
+    annualized_savings_low_usd: Decimal | None = None  # the decision's savings range, where it carries one
+    annualized_savings_high_usd: Decimal | None = None
+    payback_months: Decimal | None = None
+
+    @property
+    def recommended(self) -> bool:
+        return self.kind != STAY and self.annualized_savings_usd > 0
+
+    @property
+    def basis(self) -> str:
+        return "billed" if self.billed_usd is not None else "estimated"
+
+
+@dataclass(frozen=True)
+class MonthOverview:
+    month: str
+    spend_by_env: dict[str, Decimal]  # idle owned capacity included
+    idle_usd: Decimal
+    workloads: set[str]
+    decisions: int
+
+    @property
+    def total_usd(self) -> Decimal:
+        return sum(self.spend_by_env.values(), Decimal(0))
+
+
+@dataclass(frozen=True)
+class BreakevenFigures:
+    owned_usd_per_gpu_hour: dict[str, Decimal]  # by GPU class, fully loaded
+    cloud_usd_per_gpu_hour: list[tuple[str, str, Decimal]]  # (offer and option, GPU class, price per GPU-hour)
+    breakeven: dict[str, Decimal]  # GPU class -> u* against the cheapest cloud option of that class
+    margin: Decimal
 
 
 @dataclass(frozen=True)
@@ -50,6 +98,27 @@ class MonthlyReport:
     assumptions: list[tuple[str, str]]
     daily: list[tuple[datetime, str, Decimal, Decimal]]  # day, environment, cost, busy GPU-hours
     days_with_data: int
+    overview: MonthOverview | None = None
+    previous: MonthOverview | None = None
+    idle_daily: list[tuple[datetime, str, Decimal, Decimal]] = field(default_factory=list)  # day, class, h, $
+    cloud_daily: list[tuple[datetime, Decimal | None, Decimal | None]] = field(default_factory=list)  # est., billed
+    utilization_daily: dict[tuple[str, str], list[tuple[datetime, Decimal | None]]] = field(default_factory=dict)
+    bands: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]] = field(default_factory=dict)  # low, u*, high
+    breakeven: BreakevenFigures | None = None
+    daily_budget_usd: Decimal | None = None
+
+    @property
+    def recommended(self) -> list[WorkloadMonth]:
+        return sorted((w for w in self.workloads if w.recommended), key=lambda w: -w.annualized_savings_usd)
+
+    @property
+    def savings_usd(self) -> Decimal:
+        return sum((w.annualized_savings_usd for w in self.workloads), Decimal(0))
+
+    @property
+    def billed_cloud_usd(self) -> Decimal | None:
+        billed = [b for _, _, b in self.cloud_daily if b is not None]
+        return sum(billed, Decimal(0)) if billed else None
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -61,104 +130,147 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _recommend(row: dict, decision: dict | None, market: Market, observed_ms: int) -> tuple:
-    """(alternative $, label, recommendation, annualized savings $) for one workload's month.
+def _recommend(row: dict, decision: dict | None, market: Market, observed_hours: Decimal) -> tuple:
+    """(alternative $, label, recommendation, annualized savings $, kind, payback months) for one workload.
 
     The other environment is priced over the hours the month has data for (owned GPUs cost every
-    one of them); savings are annualized from those hours (8760 a year).
+    one of them); savings are annualized from those hours.
     """
     window = WorkloadWindow(
         workload=row["workload"], team=row["team"], environment=row["environment"], gpu_class=row["gpu_class"],
-        window_start_ms=0, window_ms=observed_ms, allocated_gpu_ms=row["allocated_gpu_ms"],
+        window_start_ms=0, window_ms=int(observed_hours * MS_PER_HOUR), allocated_gpu_ms=row["allocated_gpu_ms"],
         busy_gpu_ms=row["busy_gpu_ms"], cost_usd=row["estimated_usd"], coverage=Decimal(1))
     alternative = market.alternative(window, allow_spot=False)
     if alternative is None:
-        return None, "no matching offer or asset", "stay", Decimal(0)
-    savings = (row["estimated_usd"] - alternative.cost_usd) * Decimal(8760 * MS_PER_HOUR) / observed_ms
+        return None, "no matching offer or asset", "stay", Decimal(0), STAY, None
+    savings = usd_per_year(row["estimated_usd"] - alternative.cost_usd, observed_hours)
     kind = decision["kind"] if decision is not None else STAY
     if kind != STAY and savings <= 0:
         return (alternative.cost_usd, alternative.label,
-                f"stay (the in-month {kind.replace('_', ' ')} decision does not hold over the month)", Decimal(0))
+                f"stay (the in-month {kind.replace('_', ' ')} decision does not hold over the month)", Decimal(0),
+                STAY, None)
+    payback = None
     if kind == MIGRATE_TO_CLOUD:
         text = f"migrate to cloud ({alternative.label})"
-    elif kind == REPATRIATE_BUY:
-        months = _payback_months(alternative, row, market, observed_ms)
+    elif kind == REPATRIATE_BUY and alternative.kind == REPATRIATE_BUY:
+        payback = alternative.payback_months(row["estimated_usd"] / observed_hours)
         text = f"repatriate by buying {alternative.gpus_needed} {alternative.label.removeprefix('on-prem ')} GPUs" + (
-            f" (payback {months:.1f} months)" if months is not None else "")
-    elif kind == "repatriate_fill_idle":
+            f" (payback {payback:.1f} months)" if payback is not None else "")
+    elif kind == REPATRIATE_FILL_IDLE:
         text = "repatriate by filling idle capacity"
     else:
-        text = "stay"
-        savings = Decimal(0)
-    return alternative.cost_usd, alternative.label, text, savings
+        return alternative.cost_usd, alternative.label, "stay", Decimal(0), STAY, None
+    return alternative.cost_usd, alternative.label, text, savings, kind, payback
 
 
-def _payback_months(alternative, row, market: Market, observed_ms: int) -> Decimal | None:
-    """months_to_breakeven = capex needed / (monthly cloud - monthly on-prem opex), DESIGN.md §2."""
-    gpu = market.onprem.get(alternative.label.removeprefix("on-prem "))
-    if gpu is None:
+def _breakeven(market: Market, margin: Decimal) -> BreakevenFigures:
+    owned = {gpu_class: gpu.rate().usd_per_gpu_hour for gpu_class, gpu in sorted(market.onprem.items())}
+    cloud = []
+    for offer in market.offers:
+        for option in market.purchase_options:
+            price = offer.usd_per_gpu_hour(option)
+            if price is not None:
+                cloud.append((f"{offer.provider} {offer.instance_type} {option.replace('_', '-')}", offer.gpu_class,
+                              price))
+    crossings = {}
+    for gpu_class, rate in owned.items():
+        same_class = [price for _, c, price in cloud if c == gpu_class]
+        if same_class:
+            crossings[gpu_class] = breakeven_utilization(rate, min(same_class))
+    return BreakevenFigures(owned, cloud, crossings, margin)
+
+
+def _band(market: Market, w: WorkloadMonth, margin: Decimal) -> tuple[Decimal, Decimal, Decimal] | None:
+    """(low, u*, high) for one workload: what its GPU-hour cost this month against the cheapest option in
+    the other environment (normalized to its GPU class's throughput)."""
+    if not w.allocated_gpu_hours:
         return None
-    monthly_cloud = row["estimated_usd"] * 730 * MS_PER_HOUR / observed_ms
-    monthly_opex = gpu.rate().opex_usd_per_gpu_hour * 730 * alternative.gpus_needed
-    margin = monthly_cloud - monthly_opex
-    capex = gpu.purchase_price_usd_per_gpu * alternative.gpus_needed
-    return capex / margin if margin > 0 else None
+    own_usd_per_gpu_hour = w.cost_usd / w.allocated_gpu_hours
+    if w.environment == ONPREM:
+        cloud = market.cheapest_cloud(w.gpu_class, allow_spot=False)
+        if cloud is None:
+            return None
+        _, _, price, factor = cloud
+        u_star = breakeven_utilization(own_usd_per_gpu_hour, price * factor)
+    else:
+        owned = market.cheapest_onprem(w.gpu_class)
+        if owned is None:
+            return None
+        gpu, factor = owned
+        u_star = breakeven_utilization(gpu.rate().usd_per_gpu_hour * factor, own_usd_per_gpu_hour)
+    low, high = breakeven_band(u_star, margin)
+    return low, u_star, high
+
+
+def overview(conn: psycopg.Connection, month: str) -> MonthOverview:
+    start, end = month_bounds(month)
+    spend = q.spend_by_environment(conn, start, end)
+    idle = sum((usd for _, _, _, usd in q.idle_daily(conn, start, end)), Decimal(0))
+    return MonthOverview(month, spend, idle, q.workload_names(conn, start, end), q.decision_count(conn, start, end))
 
 
 def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport:
     start, end = month_bounds(month)
     market = config.market()
-    days = conn.execute("SELECT count(DISTINCT bucket) FROM cost_daily WHERE bucket >= %s AND bucket < %s",
-                        (start, end)).fetchone()[0]
-    observed_ms = max(1, days) * 24 * MS_PER_HOUR
-    cur = conn.execute(
-        """
-        WITH billed AS (
-            SELECT workload, environment, sum(billed_usd) AS billed_usd FROM estimate_vs_billed_daily
-             WHERE day >= %(start)s AND day < %(end)s GROUP BY 1, 2
-        )
-        SELECT c.workload, max(c.team) AS team, c.environment, c.gpu_class,
-               sum(c.allocated_gpu_ms) AS allocated_gpu_ms, sum(c.busy_gpu_ms) AS busy_gpu_ms,
-               coalesce(sum(c.cost_usd), 0) AS estimated_usd, max(b.billed_usd) AS billed_usd
-          FROM cost_daily c
-          LEFT JOIN billed b ON b.workload = c.workload AND b.environment = c.environment
-         WHERE c.basis = 'estimated' AND c.bucket >= %(start)s AND c.bucket < %(end)s AND c.workload <> 'idle'
-         GROUP BY c.workload, c.environment, c.gpu_class
-         ORDER BY estimated_usd DESC, c.workload
-        """, {"start": start, "end": end})
-    names = [c.name for c in cur.description]
-    rows = [dict(zip(names, r)) for r in cur.fetchall()]
-    decisions = {
-        (r[0], r[1]): {"kind": r[2], "confidence": r[3]}
-        for r in conn.execute(
-            """SELECT DISTINCT ON (workload, from_env) workload, from_env, kind, confidence FROM decision_log
-                WHERE decided_at >= %s AND decided_at < %s ORDER BY workload, from_env, decided_at DESC""",
-            (start, end))
-    }
+    margin = config.thresholds.domain().margin
+    days = q.days_with_data(conn, start, end)
+    observed_hours = Decimal(max(1, days) * 24)
+    vs_billed = q.cloud_estimate_vs_billed(conn, start, end)
+    billed_by_workload: dict[str, Decimal] = {}
+    per_day: dict[datetime, list] = {}
+    for r in vs_billed:
+        if r["billed_usd"] is not None:
+            billed_by_workload[r["workload"]] = billed_by_workload.get(r["workload"], Decimal(0)) + r["billed_usd"]
+        day = per_day.setdefault(r["day"], [None, None])
+        for i, key in ((0, "estimated_usd"), (1, "billed_usd")):
+            if r[key] is not None:
+                day[i] = (day[i] or Decimal(0)) + r[key]
+    decisions = {(d["workload"], d["from_env"]): d for d in q.latest_decisions(conn, start, end)}
     workloads = []
-    for row in rows:
-        row["allocated_gpu_ms"] = int(row["allocated_gpu_ms"] or 0)
-        row["busy_gpu_ms"] = int(row["busy_gpu_ms"] or 0)
+    for row in q.workload_month(conn, start, end):
         decision = decisions.get((row["workload"], row["environment"]))
-        alt, label, text, savings = _recommend(row, decision, market, observed_ms)
-        confidence = "billed" if row["billed_usd"] is not None else "estimated"
+        alt, label, text, savings, kind, payback = _recommend(row, decision, market, observed_hours)
+        billed = billed_by_workload.get(row["workload"]) if row["environment"] == "cloud" else None
+        confidence = "billed" if billed is not None else "estimated"
+        decision_confidence = None
+        low = high = None
         if decision is not None:
-            confidence += f", decision confidence {Decimal(decision['confidence']):.0%}"
+            decision_confidence = Decimal(decision["confidence"])
+            confidence += f", decision confidence {decision_confidence:.0%}"
+            if kind != STAY and decision["monthly_savings_low_usd"] is not None:
+                low = usd_per_year(decision["monthly_savings_low_usd"], HOURS_PER_MONTH)
+                high = usd_per_year(decision["monthly_savings_high_usd"], HOURS_PER_MONTH)
         workloads.append(WorkloadMonth(
             workload=row["workload"], team=row["team"], environment=row["environment"], gpu_class=row["gpu_class"],
             allocated_gpu_hours=Decimal(row["allocated_gpu_ms"]) / MS_PER_HOUR,
             busy_gpu_hours=Decimal(row["busy_gpu_ms"]) / MS_PER_HOUR, cost_usd=row["estimated_usd"],
-            billed_usd=row["billed_usd"], alternative_usd=alt, alternative_label=label, recommendation=text,
-            annualized_savings_usd=savings, confidence=confidence))
-    idle_hours, idle_usd = conn.execute(
-        "SELECT coalesce(sum(idle_gpu_hours), 0), coalesce(sum(idle_cost_usd), 0) FROM idle_cost_daily"
-        " WHERE day >= %s AND day < %s", (start, end)).fetchone()
-    daily = conn.execute(
-        """SELECT bucket, environment, sum(cost_usd), sum(busy_gpu_ms) / 3600000.0 FROM cost_daily
-            WHERE basis = 'estimated' AND workload <> 'idle' AND bucket >= %s AND bucket < %s
-            GROUP BY 1, 2 ORDER BY 1, 2""", (start, end)).fetchall()
-    return MonthlyReport(month, start, end, workloads, Decimal(idle_hours), Decimal(idle_usd),
-                         assumptions(config), daily, days)
+            billed_usd=billed, alternative_usd=alt, alternative_label=label, recommendation=text,
+            annualized_savings_usd=savings, confidence=confidence, days_with_data=row["days_with_data"], kind=kind,
+            decision_confidence=decision_confidence, annualized_savings_low_usd=low,
+            annualized_savings_high_usd=high, payback_months=payback))
+    idle_daily = q.idle_daily(conn, start, end)
+    movers = sorted((w for w in workloads if w.recommended), key=lambda w: -w.annualized_savings_usd)
+    panels = [(w.workload, w.environment) for w in movers[:UTILIZATION_PANELS]]
+    utilization_daily: dict[tuple[str, str], list] = {key: [] for key in panels}
+    for day, workload, env, utilization in q.workload_daily_utilization(conn, start, end, panels):
+        utilization_daily[(workload, env)].append((day, utilization))
+    bands = {}
+    for w in movers[:UTILIZATION_PANELS]:
+        band = _band(market, w, margin)
+        if band is not None:
+            bands[(w.workload, w.environment)] = band
+    budget = sum(config.budgets.values(), Decimal(0))
+    daily_budget = share_of_month_usd(budget, Decimal(24), calendar_month_hours(start)) if budget else None
+    previous_month = (start - timedelta(days=1)).strftime("%Y-%m")
+    return MonthlyReport(
+        month, start, end, workloads,
+        idle_gpu_hours=sum((h for _, _, h, _ in idle_daily), Decimal(0)),
+        idle_usd=sum((usd for _, _, _, usd in idle_daily), Decimal(0)),
+        assumptions=assumptions(config), daily=q.spend_daily(conn, start, end), days_with_data=days,
+        overview=overview(conn, month), previous=overview(conn, previous_month), idle_daily=idle_daily,
+        cloud_daily=[(day, est, billed) for day, (est, billed) in sorted(per_day.items())],
+        utilization_daily=utilization_daily, bands=bands, breakeven=_breakeven(market, margin),
+        daily_budget_usd=daily_budget)
 
 
 def assumptions(config: Config) -> list[tuple[str, str]]:
@@ -179,34 +291,92 @@ def assumptions(config: Config) -> list[tuple[str, str]]:
     out.append(("breakeven rules", f"margin {t.margin_pct}%, dwell {t.dwell_windows} windows of {t.window_seconds} s; "
                                    f"migration priced at {', '.join(t.migration_purchase_options)}"))
     out.append(("GPU throughput", ", ".join(f"{k} {v}" for k, v in sorted(config.gpu_throughput.items())) or "none"))
-    out.append(("calendar", "730 hours a month, 8760 a year; the other environment is priced over the days of "
-                             "the month that have data, and savings are annualized from them"))
+    budgets = ", ".join(f"{team} ${usd:,}" for team, usd in sorted(config.budgets.items()))
+    out.append(("budgets", f"{budgets} a month (Figure 2 draws their daily share)" if budgets else "none configured"))
+    out.append(("calendar", f"{HOURS_PER_MONTH} hours a month, {HOURS_PER_YEAR} a year; the other environment is "
+                            "priced over the days of the month that have data, and savings are annualized from them"))
     return out
 
 
-# -- renderers --------------------------------------------------------------------------------------
+# -- presentation ---------------------------------------------------------------------------------
 
 
 def _usd(v: Decimal | None) -> str:
     return "—" if v is None else f"${v:,.2f}"
 
 
+def _usd0(v: Decimal | None) -> str:
+    return "—" if v is None else f"${v:,.0f}"
+
+
 def _pct(v: Decimal | None) -> str:
     return "—" if v is None else f"{v:.0%}"
 
 
+def _savings_range(w: WorkloadMonth) -> str:
+    """The decision's savings range, annualized, where it carries one ("" otherwise)."""
+    if w.annualized_savings_low_usd is None or not w.recommended:
+        return ""
+    return f"decision: {_usd0(w.annualized_savings_low_usd)}–{_usd0(w.annualized_savings_high_usd)}"
+
+
+def _evidence(w: WorkloadMonth) -> str:
+    parts = [f"{w.days_with_data} day{'s' if w.days_with_data != 1 else ''} of data", w.basis]
+    if w.decision_confidence is not None:
+        parts.append(f"decision confidence {w.decision_confidence:.0%}")
+    return ", ".join(parts)
+
+
+def _env(env: str) -> str:
+    return charts.ENV_NAMES.get(env, env)
+
+
+def changes(report: MonthlyReport) -> list[str]:
+    """What changed since the month before, one sentence each."""
+    now, before = report.overview, report.previous
+    if now is None:
+        return []
+    if before is None or (not before.spend_by_env and not before.workloads):
+        return [f"No data for {before.month if before else 'the month before'}: nothing to compare with yet."]
+
+    def delta(a: Decimal, b: Decimal) -> str:
+        if b == 0:
+            return "new this month" if a else "unchanged"
+        change = (a - b) / b
+        return f"{'up' if change > 0 else 'down'} {abs(change):.0%} from {_usd0(b)}" if change else "unchanged"
+
+    out = [f"GPU spend {_usd0(now.total_usd)}, {delta(now.total_usd, before.total_usd)} in {before.month}."]
+    for env in sorted(set(now.spend_by_env) | set(before.spend_by_env)):
+        a, b = now.spend_by_env.get(env, Decimal(0)), before.spend_by_env.get(env, Decimal(0))
+        out.append(f"{_env(env).capitalize()} {_usd0(a)}, {delta(a, b)}.")
+    out.append(f"Idle owned capacity {_usd0(now.idle_usd)}, {delta(now.idle_usd, before.idle_usd)}.")
+    new, gone = sorted(now.workloads - before.workloads), sorted(before.workloads - now.workloads)
+    if new:
+        out.append(f"{len(new)} new workload(s): {', '.join(charts.short(n, 24) for n in new[:5])}"
+                   + (f" and {len(new) - 5} more." if len(new) > 5 else "."))
+    if gone:
+        out.append(f"{len(gone)} workload(s) no longer running: {', '.join(charts.short(n, 24) for n in gone[:5])}"
+                   + (f" and {len(gone) - 5} more." if len(gone) > 5 else "."))
+    out.append(f"{now.decisions} breakeven decision(s) this month against {before.decisions} in {before.month}.")
+    return out
+
+
 COLUMNS = ("workload", "team", "environment", "gpu_class", "allocated_gpu_hours", "busy_gpu_hours", "utilization",
            "estimated_usd", "billed_usd", "usd_per_busy_gpu_hour", "alternative_usd", "alternative",
-           "recommendation", "annualized_savings_usd", "confidence")
+           "recommendation", "annualized_savings_usd", "annualized_savings_low_usd", "annualized_savings_high_usd",
+           "days_with_data", "confidence")
+
+
+def _opt(v: Decimal | None, places: str) -> str:
+    return "" if v is None else f"{v:{places}}"
 
 
 def _row(w: WorkloadMonth) -> list:
     return [w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
-            "" if w.utilization is None else f"{w.utilization:.4f}", f"{w.cost_usd:.2f}",
-            "" if w.billed_usd is None else f"{w.billed_usd:.2f}",
-            "" if w.usd_per_busy_gpu_hour is None else f"{w.usd_per_busy_gpu_hour:.4f}",
-            "" if w.alternative_usd is None else f"{w.alternative_usd:.2f}", w.alternative_label, w.recommendation,
-            f"{w.annualized_savings_usd:.2f}", w.confidence]
+            _opt(w.utilization, ".4f"), f"{w.cost_usd:.2f}", _opt(w.billed_usd, ".2f"),
+            _opt(w.usd_per_busy_gpu_hour, ".4f"), _opt(w.alternative_usd, ".2f"), w.alternative_label,
+            w.recommendation, f"{w.annualized_savings_usd:.2f}", _opt(w.annualized_savings_low_usd, ".2f"),
+            _opt(w.annualized_savings_high_usd, ".2f"), w.days_with_data, w.confidence]
 
 
 def render_csv(report: MonthlyReport) -> str:
@@ -224,218 +394,154 @@ def _md_cell(text: str) -> str:
 
 def render_md(report: MonthlyReport) -> str:
     total = sum((w.cost_usd for w in report.workloads), Decimal(0))
-    savings = sum((w.annualized_savings_usd for w in report.workloads), Decimal(0))
     lines = [f"# GPU spend and placement — {report.month}", "",
              f"Total estimated GPU spend {_usd(total)}; idle on-prem capacity {report.idle_gpu_hours:,.1f} GPU-hours "
-             f"costing {_usd(report.idle_usd)}; recommended moves save {_usd(savings)} a year "
+             f"costing {_usd(report.idle_usd)}; recommended moves save {_usd(report.savings_usd)} a year "
              f"(from {report.days_with_data} day(s) of data).", "",
-             "## Workloads", "",
-             "| workload | team | where | GPU | GPU-h | busy | cost | billed | $/busy GPU-h | other env | recommendation | savings/yr | confidence |",
+             "## What changed since last month", ""] + [f"- {_md_cell(c)}" for c in changes(report)] + [
+             "", "## Workloads", "",
+             "| workload | team | where | GPU | GPU-h | busy | cost | billed | $/busy GPU-h | other env "
+             "| recommendation | savings/yr | evidence |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for w in report.workloads:
         lines.append("| " + " | ".join(_md_cell(x) for x in (
             w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
             _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
-            w.recommendation, _usd(w.annualized_savings_usd), w.confidence)) + " |")
-    movers = sorted(report.workloads, key=lambda w: w.annualized_savings_usd, reverse=True)[:5]
+            w.recommendation, _usd(w.annualized_savings_usd), _evidence(w))) + " |")
     lines += ["", "## Top movers", ""] + [f"- {_md_cell(w.workload)}: {w.recommendation}, "
-                                          f"{_usd(w.annualized_savings_usd)} a year" for w in movers
-                                          if w.annualized_savings_usd > 0]
-    lines += ["", "## Utilization distribution", ""] + [f"- {band}: {n} workload(s)" for band, n in _bands(report)]
+                                          f"{_usd(w.annualized_savings_usd)} a year" for w in report.recommended[:5]]
     lines += ["", "## Assumptions", ""] + [f"- **{k}**: {v}" for k, v in report.assumptions]
     return "\n".join(lines) + "\n"
 
 
-def _bands(report: MonthlyReport) -> list[tuple[str, int]]:
-    labels = ("below 25 %", "25–50 %", "50–75 %", "75 % and above")
-    counts = [0, 0, 0, 0]
-    for w in report.workloads:
-        if w.utilization is not None:
-            counts[min(3, int(w.utilization * 4))] += 1
-    return list(zip(labels, counts))
+def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
+    """The five figures as (title, SVG, caption), numbered in this order in the HTML and the PDF."""
+    label = report.start.strftime("%B %Y")
+    be = report.breakeven
+    points = [(w.workload, w.environment, w.gpu_class, float(w.utilization), float(w.usd_per_busy_gpu_hour),
+               w.recommended) for w in report.workloads if w.utilization and w.usd_per_busy_gpu_hour is not None]
+    steps = [Decimal(i) / 100 for i in range(4, 101)]
+    curves = [(c, [float(u) for u in steps], [float(effective_usd_per_busy_gpu_hour(rate, u)) for u in steps])
+              for c, rate in be.owned_usd_per_gpu_hour.items()] if be else []
+    breakeven_svg = charts.breakeven(
+        curves, [(lbl, c, float(p)) for lbl, c, p in be.cloud_usd_per_gpu_hour] if be else [],
+        [(c, float(u)) for c, u in be.breakeven.items()] if be else [], points)
+    crossings = ", ".join(f"{c} at {u:.0%}" for c, u in be.breakeven.items()) if be and be.breakeven else "none"
+
+    days = sorted({d for d, _, _, _ in report.daily})
+    by_env: dict[str, list[float]] = {}
+    for day, env, cost, _ in report.daily:
+        by_env.setdefault(env, [0.0] * len(days))[days.index(day)] = float(cost)
+    spend_svg = charts.daily_spend(days, by_env, charts.as_float(report.daily_budget_usd), label)
+
+    series = []
+    for w in report.recommended[:UTILIZATION_PANELS]:
+        points_w = report.utilization_daily.get((w.workload, w.environment), [])
+        band = report.bands.get((w.workload, w.environment))
+        series.append((f"{charts.short(w.workload, 26)} ({_env(w.environment)} {w.gpu_class})",
+                       [d for d, _ in points_w], [charts.as_float(u) for _, u in points_w],
+                       tuple(float(b) for b in band) if band else None))
+    bands_svg = charts.utilization_bands(series, label)
+
+    idle_days = sorted({d for d, _, _, _ in report.idle_daily})
+    by_class: dict[str, list[float]] = {}
+    for day, gpu_class, _, usd in report.idle_daily:
+        by_class.setdefault(gpu_class, [0.0] * len(idle_days))[idle_days.index(day)] += float(usd)
+    idle_svg = charts.idle_cost(idle_days, by_class, label)
+
+    cloud_days = [d for d, _, _ in report.cloud_daily]
+    billed_svg = charts.estimated_vs_billed(cloud_days, [charts.as_float(e) for _, e, _ in report.cloud_daily],
+                                            [charts.as_float(b) for _, _, b in report.cloud_daily], label)
+    estimated = sum((e for _, e, b in report.cloud_daily if e is not None and b is not None), Decimal(0))
+    billed = report.billed_cloud_usd
+    gap = (f"on the days billed so far the live estimate was {_usd0(estimated)} against {_usd0(billed)} billed"
+           if billed is not None else "no bill has arrived for this month yet")
+    return [
+        ("What does a useful GPU-hour cost, owned or rented?", breakeven_svg,
+         f"Each owned GPU class costs its hourly rate divided by utilization (solid curves); renting busy hours costs "
+         f"the cloud price (dashed lines). Owning wins to the right of the dotted breakeven utilization ({crossings}). "
+         f"Dots (on-prem) and squares (cloud) are workloads at their measured utilization; outlined ones are "
+         f"recommended to move."),
+        ("Daily spend by environment against the budget", spend_svg,
+         "Estimated spend of the workloads per day, on-prem and cloud stacked"
+         + (", with the daily share of the monthly budgets." if report.daily_budget_usd is not None
+            else "; no budget is configured.")),
+        ("Do the recommended workloads stay outside their breakeven band?", bands_svg,
+         f"Daily utilization of the recommended workloads with the largest savings (up to {UTILIZATION_PANELS}); "
+         f"the grey band is the breakeven utilization ± the {be.margin if be else 0:.0%} margin, within which no "
+         f"move is acted on."),
+        ("What does idle owned capacity cost each day?", idle_svg,
+         f"Owned GPUs allocated to no workload, per GPU class: {report.idle_gpu_hours:,.0f} GPU-hours costing "
+         f"{_usd0(report.idle_usd)} this month."),
+        ("Cloud cost estimated live against billed", billed_svg,
+         f"Cloud cost per day as estimated within seconds from instance events and prices, and as billed hours "
+         f"later; {gap}."),
+    ]
 
 
-def _svg_bars(title: str, items: list[tuple[str, Decimal]], unit: str) -> str:
-    if not items:
-        return ""
-    width, bar_h = 640, 18
-    top = max((v for _, v in items), default=Decimal(1)) or Decimal(1)
-    rows = []
-    for i, (label, value) in enumerate(items):
-        w = int(Decimal(360) * value / top) if top > 0 else 0
-        y = 24 + i * (bar_h + 6)
-        rows.append(f'<text x="0" y="{y + 13}" font-size="12">{html.escape(label[:40])}</text>'
-                    f'<rect x="250" y="{y}" width="{max(w, 1)}" height="{bar_h}" fill="#4c78a8"/>'
-                    f'<text x="{255 + w}" y="{y + 13}" font-size="12">{html.escape(unit.format(value))}</text>')
-    height = 30 + len(items) * (bar_h + 6)
-    return (f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="{html.escape(title)}"><text x="0" y="14" font-size="14" font-weight="bold">'
-            f'{html.escape(title)}</text>{"".join(rows)}</svg></figure>')
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(usd=_usd, usd0=_usd0, pct=_pct, savings_range=_savings_range, evidence=_evidence, env=_env,
+                       short=charts.short)
+    return env
 
 
 def render_html(report: MonthlyReport) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in ("workload", "team", "where", "GPU", "GPU-h", "busy", "cost", "billed",
-                                                 "$/busy GPU-h", "other env", "recommendation", "savings/yr",
-                                                 "confidence"))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in (
-            w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
-            _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
-            w.recommendation, _usd(w.annualized_savings_usd), w.confidence)) + "</tr>"
-        for w in report.workloads)
-    per_env: dict[str, list[Decimal]] = {}
-    for _, env, cost, busy in report.daily:
-        per_env.setdefault(env, [Decimal(0), Decimal(0)])
-        per_env[env][0] += Decimal(cost)
-        per_env[env][1] += Decimal(busy)
-    env_chart = _svg_bars("Cost per busy GPU-hour by environment, this month",
-                          [(env, c / b) for env, (c, b) in sorted(per_env.items()) if b], "${:,.2f}")
-    util_chart = _svg_bars("Utilization per workload", [(f"{w.workload} ({w.environment})", w.utilization * 100)
-                                                        for w in report.workloads if w.utilization is not None],
-                           "{:.0f} %")
-    assumptions = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in report.assumptions)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>GPU spend {e(report.month)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
-            f"<h1>GPU spend and placement — {e(report.month)}</h1>"
-            f"<p>Idle on-prem capacity: {report.idle_gpu_hours:,.1f} GPU-hours costing {e(_usd(report.idle_usd))}.</p>"
-            f"<h2>Workloads</h2><table><tr>{head}</tr>{body}</table>"
-            f"<h2>Charts</h2>{env_chart}{util_chart}<h2>Assumptions</h2><ul>{assumptions}</ul></body></html>")
+    from markupsafe import Markup
+
+    total = report.overview.total_usd if report.overview else sum((w.cost_usd for w in report.workloads), Decimal(0))
+    return _environment().get_template(TEMPLATE).render(
+        r=report, total_usd=total, spend_by_env=report.overview.spend_by_env if report.overview else {},
+        changes=changes(report), name_chars=NAME_CHARS, summary_moves=SUMMARY_MOVES,
+        figures=[(title, Markup(svg), text) for title, svg, text in figures(report)],
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-FOCUS_COLUMNS = ("BillingAccountId", "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory",
-                 "ChargePeriodStart", "ChargePeriodEnd", "BilledCost", "EffectiveCost", "ProviderName",
-                 "ServiceName", "ResourceType", "ConsumedQuantity", "ConsumedUnit", "Tags",
-                 "x_Workload", "x_Team", "x_GpuClass", "x_BusyGpuHours", "x_AllocatedGpuHours")
+def render_pdf(report: MonthlyReport, html_text: str | None = None) -> bytes:
+    """The same HTML as `render_html`, laid out on A4 pages by WeasyPrint with the project's fonts."""
+    return pdf.pdf_from_html(html_text if html_text is not None else render_html(report))
 
 
-def render_focus(conn: psycopg.Connection, report: MonthlyReport) -> str:
-    """On-prem cost per workload and day as FOCUS-shaped rows (custom columns prefixed x_)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(FOCUS_COLUMNS)
-    rows = conn.execute(
-        """SELECT bucket, workload, team, gpu_class, cost_usd, allocated_gpu_ms, busy_gpu_ms FROM cost_daily
-            WHERE environment = 'onprem' AND basis = 'estimated' AND bucket >= %s AND bucket < %s
-            ORDER BY bucket, workload, gpu_class""", (report.start, report.end)).fetchall()
-    fmt = "%Y-%m-%d %H:%M:%S"
-    for day, workload, team, gpu_class, cost, alloc_ms, busy_ms in rows:
-        day_end = day + timedelta(days=1)
-        writer.writerow([
-            "on-prem", "USD", report.start.strftime(fmt), report.end.strftime(fmt), "Usage", day.strftime(fmt),
-            day_end.strftime(fmt), f"{cost:.6f}", f"{cost:.6f}", "On-premises", "GPU compute", "GPU",
-            f"{Decimal(alloc_ms) / MS_PER_HOUR:.6f}", "GPU-Hours",
-            json.dumps({"workload": workload, "team": team}),
-            workload, team, gpu_class, f"{Decimal(busy_ms) / MS_PER_HOUR:.6f}", f"{Decimal(alloc_ms) / MS_PER_HOUR:.6f}",
-        ])
-    return out.getvalue()
-
-
-
-def _latin1(text: str) -> str:
-    """The PDF's core fonts are Latin-1: dashes become hyphens, anything else outside it a '?'."""
-    text = text.replace("—", "-").replace("–", "-").replace("‹", "<").replace("›", ">")
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-def render_pdf(report: MonthlyReport) -> bytes:
-    """The report as PDF: summary, workloads, charts, assumptions (each section starts a page)."""
-    from fpdf import FPDF
-
-    pdf = FPDF(orientation="landscape", format="A4")
-    pdf.set_auto_page_break(auto=True, margin=12)
-    pdf.set_title(_latin1(f"GPU spend and placement {report.month}"))
-
-    def heading(text: str) -> None:
-        pdf.add_page()
-        pdf.set_font("Helvetica", "B", 16)
-        pdf.cell(0, 10, _latin1(text), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", size=10)
-
-    def para(text: str) -> None:
-        pdf.multi_cell(0, 5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
-
-    total = sum((w.cost_usd for w in report.workloads), Decimal(0))
-    savings = sum((w.annualized_savings_usd for w in report.workloads), Decimal(0))
-    heading(f"GPU spend and placement - {report.month}")
-    para(f"Total estimated GPU spend {_usd(total)}; idle on-prem capacity {report.idle_gpu_hours:,.1f} GPU-hours "
-         f"costing {_usd(report.idle_usd)}; recommended moves save {_usd(savings)} a year (from "
-         f"{report.days_with_data} day(s) of data).")
-    pdf.ln(3)
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Top movers", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=10)
-    for w in sorted(report.workloads, key=lambda w: w.annualized_savings_usd, reverse=True)[:5]:
-        if w.annualized_savings_usd > 0:
-            para(f"- {w.workload}: {w.recommendation}, {_usd(w.annualized_savings_usd)} a year")
-    pdf.ln(3)
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Utilization distribution", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=10)
-    for band, n in _bands(report):
-        para(f"- {band}: {n} workload(s)")
-
-    heading("Workloads")
-    pdf.set_font("Helvetica", size=7)
-    widths = (40, 22, 14, 12, 17, 11, 20, 20, 17, 20, 52, 20, 27)
-    with pdf.table(col_widths=widths, text_align="LEFT", line_height=4) as table:
-        table.row(["workload", "team", "where", "GPU", "GPU-h", "busy", "cost", "billed", "$/busy GPU-h",
-                   "other env", "recommendation", "savings/yr", "confidence"])
-        for w in report.workloads:
-            table.row([_latin1(str(x)) for x in (
-                w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:,.1f}", _pct(w.utilization),
-                _usd(w.cost_usd), _usd(w.billed_usd), _usd(w.usd_per_busy_gpu_hour), _usd(w.alternative_usd),
-                w.recommendation, _usd(w.annualized_savings_usd), w.confidence)])
-
-    heading("Charts")
-    per_env: dict[str, list[Decimal]] = {}
-    for _, env, cost, busy in report.daily:
-        acc = per_env.setdefault(env, [Decimal(0), Decimal(0)])
-        acc[0] += Decimal(cost)
-        acc[1] += Decimal(busy)
-    charts = [("Cost per busy GPU-hour by environment, this month",
-               [(env, c / b) for env, (c, b) in sorted(per_env.items()) if b], "${:,.2f}"),
-              ("Utilization per workload", [(f"{w.workload} ({w.environment})", w.utilization * 100)
-                                            for w in report.workloads if w.utilization is not None][:30], "{:.0f} %")]
-    for title, items, unit in charts:
-        pdf.set_font("Helvetica", "B", 11)
-        pdf.cell(0, 8, _latin1(title), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", size=8)
-        top = max((v for _, v in items), default=Decimal(1)) or Decimal(1)
-        for label, value in items:
-            y = pdf.get_y()
-            pdf.cell(80, 5, _latin1(label[:48]))
-            width = float(Decimal(150) * value / top) if top > 0 else 0.0
-            pdf.set_fill_color(76, 120, 168)
-            pdf.rect(pdf.l_margin + 82, y + 0.8, max(width, 0.3), 3.4, style="F")
-            pdf.set_xy(pdf.l_margin + 84 + width, y)
-            pdf.cell(30, 5, _latin1(unit.format(value)), new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(4)
-
-    heading("Assumptions")
-    for key, value in report.assumptions:
-        para(f"{key}: {value}")
-    return bytes(pdf.output())
+def render_focus(conn: psycopg.Connection, report: MonthlyReport, config: Config | None = None) -> str:
+    """The month's on-prem costs as a FOCUS dataset (``reports/focus_export.py``)."""
+    return focus_export.render_focus(conn, report.start, report.end, config)
 
 
 def write(conn: psycopg.Connection, report: MonthlyReport, formats: list[str], out_dir: Path,
-          progress: Callable[[str], None] = lambda m: None) -> list[Path]:
+          progress: Callable[[str], None] = lambda m: None, config: Config | None = None) -> list[Path]:
+    """Write each format.  The PDF is laid out from the very HTML written, by a second process, while
+    the other formats are written: laying out pages is the slowest step and runs on one core."""
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     names = {"md": "gpu-spend-{}.md", "csv": "gpu-spend-{}.csv", "html": "gpu-spend-{}.html",
              "pdf": "gpu-spend-{}.pdf", "focus": "onprem-focus-{}.csv"}
-    for i, fmt in enumerate(formats, start=1):
-        if fmt not in names:
-            raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-        filled = 20 * (i - 1) // len(formats)
-        progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {i - 1}/{len(formats)} writing {fmt}")
-        path = out_dir / names[fmt].format(report.month)
-        if fmt == "pdf":
-            path.write_bytes(render_pdf(report))
-        else:
-            path.write_text({"md": render_md, "csv": render_csv, "html": render_html}[fmt](report)
-                            if fmt != "focus" else render_focus(conn, report))
-        written.append(path)
+    paths = {fmt: out_dir / names[fmt].format(report.month) for fmt in formats}
+    job = pdf.PdfJob(paths["pdf"]) if "pdf" in formats else None
+    try:
+        html_text = render_html(report) if "html" in formats or job is not None else ""
+        if job is not None:
+            job.send(html_text)
+        order = [f for f in formats if f == "html"] + [f for f in formats if f not in ("html", "pdf")] + (
+            ["pdf"] if job is not None else [])  # the PDF last: it is being laid out meanwhile
+        for done, fmt in enumerate(order):
+            filled = 20 * done // len(formats)
+            progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{len(formats)} writing {fmt}")
+            if fmt == "html":
+                paths[fmt].write_text(html_text)
+            elif fmt == "pdf":
+                job.wait()
+            elif fmt == "focus":
+                paths[fmt].write_text(render_focus(conn, report, config))
+            else:
+                paths[fmt].write_text({"md": render_md, "csv": render_csv}[fmt](report))
+    finally:
+        if job is not None:
+            job.cancel()
     progress(f"  [{'#' * 20}] {len(formats)}/{len(formats)} done")
-    return written
+    return [paths[fmt] for fmt in formats]

@@ -1,29 +1,39 @@
-"""The monthly report from a seeded month in a real PostgreSQL, against hand computations."""
+"""The monthly report from a seeded month in a real PostgreSQL, against hand computations; the PDF read
+back as a reader would get it (text, figures, every page drawn)."""
 
 from __future__ import annotations
 
 import csv
+import html
+import re
+import shutil
 import subprocess
 import sys
+import uuid
 from decimal import Decimal as D
 from pathlib import Path
 
 import psycopg
+import pytest
 import yaml
 
 from collectors.focus import FocusSummary, read_files
 from contracts.catalog import Catalog
 from contracts.config import load_config
-from contracts.events import BreakevenDecision, CostWindow
+from contracts.events import BreakevenDecision, CostLine, CostWindow
 from reports import monthly
 from storage.db import migrate
-from storage.sink import Batch, cost_window_row, decision_row, write_batch
+from storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
 from storage.timeseries import POSTGRESQL, Partitions
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000
 OCT1_MS = 1_790_812_800_000  # 2026-10-01 00:00 UTC
 EVIL = "<b>evil</b> <!channel> & co"
+UNI = "研究-<b>Ünï</b>"
+LONG = "research-embedding-refresh-nightly-batch-0123456789"  # 51 characters: truncated in the table
 
 # Per GPU-hour on-prem: capex 26280/(36*730) = 1.00, upkeep 876/8760 = 0.10, energy 0.5 kW * 1.0 * 0.10 = 0.05
 CONFIG = {
@@ -33,6 +43,7 @@ CONFIG = {
                        "support_usd_per_year_per_node": 876}],
     "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge", "gpu_model": "A100",
                       "gpu_class": "A100", "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 24}}],
+    "budgets": {"ml": 2000, "search": 1100},  # 3100 a month of 31 days: 100.00 a day
 }
 
 
@@ -40,12 +51,20 @@ def window(workload, team, env, resource, day, alloc_h, busy_h, cost) -> CostWin
     start = OCT1_MS + day * DAY_MS
     return CostWindow(CostWindow.make_id(resource, workload, env, "A100", start), workload, team, False, env, "A100",
                       resource, start, DAY_MS, int(D(alloc_h) * 3_600_000), int(D(busy_h) * 3_600_000), 0, 0, 96, start,
-                      start + DAY_MS, D(cost))
+                      start + DAY_MS, D(cost), provider="aws" if env == "cloud" else "")
 
 
-def decision(workload, from_env, to_env, kind) -> BreakevenDecision:
+def decision(workload, from_env, to_env, kind, low=None, high=None) -> BreakevenDecision:
     return BreakevenDecision(f"{workload}|{kind}", workload, "t", from_env, to_env, kind, "A100", OCT1_MS,
-                             OCT1_MS + DAY_MS, D(1), D(1), D("0.5"), D(100), D("0.9"), "x", 1, "r")
+                             OCT1_MS + DAY_MS, D(1), D(1), D("0.5"), D(100), D("0.9"), "x", 1, "r",
+                             monthly_savings_low_usd=low, monthly_savings_high_usd=high)
+
+
+def billed_line(resource, day, usd) -> CostLine:
+    start = OCT1_MS + day * DAY_MS
+    return CostLine(f"bill-{resource}-{day}", "aws", "AWS", "acct", OCT1_MS,
+                    f"arn:aws:ec2:us-east-1:1:instance/{resource}", start, start + 3_600_000, "Usage", D(usd), D(usd),
+                    "AmazonEC2", "sku", "us-east-1", "p4d.24xlarge", "A100", 8, "aws-cur", "2026-10-02T00:00:00Z|1")
 
 
 def seed(dsn: str) -> None:
@@ -55,26 +74,47 @@ def seed(dsn: str) -> None:
         batch.add("cost_windows", cost_window_row(window("train", "ml", "onprem", "n1", day, 24, "4.8", "27.60")))
         batch.add("cost_windows", cost_window_row(window(EVIL, "search", "cloud", "i-1", day, 80, 72, "240.00")))
         batch.add("cost_windows", cost_window_row(window("idle", "", "onprem", "n2", day, 24, 0, "27.60")))
+        batch.add("cost_windows", cost_window_row(window(UNI, "研究", "onprem", "n3", day, 24, "2.4", "27.60")))
+    batch.add("cost_windows", cost_window_row(window(LONG, "research", "onprem", "n4", 0, 24, 20, "27.60")))
+    batch.add("cost_windows", cost_window_row(window("train", "ml", "onprem", "n1", -1, 24, 12, "27.60")))  # Sep 30
+    batch.add("cost_lines", cost_line_row(billed_line("i-1", 0, "230.00")))  # day 1 is not billed yet
     batch.add("decisions", decision_row(decision("train", "onprem", "cloud", "migrate_to_cloud")))
-    batch.add("decisions", decision_row(decision(EVIL, "cloud", "onprem", "repatriate_buy_capacity")))
+    batch.add("decisions", decision_row(decision(EVIL, "cloud", "onprem", "repatriate_buy_capacity", D(2000),
+                                                 D(5000))))
+    batch.add("decisions", decision_row(decision(UNI, "onprem", "cloud", "migrate_to_cloud")))
     with psycopg.connect(dsn) as conn:
         write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
 
 
-def test_monthly_report_figures_equal_hand_computations(tmp_path, database):
-    seed(database)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+@pytest.fixture(scope="module")
+def written(postgres_server, tmp_path_factory):
+    """The seeded month's report in every format, written once for the tests of this module."""
+    admin_dsn, _ = postgres_server
+    name = f"t_report_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    tmp_path = tmp_path_factory.mktemp("report")
+    seed(dsn)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG, allow_unicode=True))
     config = load_config(tmp_path / "c.yaml", {})
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(dsn) as conn:
         report = monthly.build(conn, config, "2026-10")
         paths = monthly.write(conn, report, list(monthly.FORMATS), tmp_path / "out")
+    yield report, {p.name: p for p in paths}
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_monthly_report_figures_equal_hand_computations(written):
+    report, by_name = written
     rows = {w.workload: w for w in report.workloads}
     assert report.days_with_data == 2 and report.idle_usd == D("55.20") and report.idle_gpu_hours == 48
 
     train = rows["train"]  # 48 GPU-hours at 20 % busy: 55.20 on-prem; cloud for the 9.6 busy hours 9.6 * 3 = 28.80
     assert (train.allocated_gpu_hours, train.busy_gpu_hours, train.cost_usd) == (48, D("9.6"), D("55.20"))
     assert train.usd_per_busy_gpu_hour == D("5.75") and train.alternative_usd == D("28.80")
-    assert train.recommendation.startswith("migrate to cloud")
+    assert train.recommendation.startswith("migrate to cloud") and train.days_with_data == 2
     assert train.annualized_savings_usd == D("4818")  # (55.20 - 28.80) * 8760 / 48
 
     evil = rows[EVIL]  # 160 GPU-hours in the cloud, 480.00; owned: ceil(160/48) = 4 GPUs * 48 h * 1.15 = 220.80
@@ -82,32 +122,99 @@ def test_monthly_report_figures_equal_hand_computations(tmp_path, database):
     assert evil.annualized_savings_usd == D("47304")  # (480 - 220.80) * 182.5
     # payback: 4 * 26280 = 105120 / (480 * 730/48 - 4 * 0.15 * 730) = 105120 / 6862 = 15.3 months
     assert evil.recommendation == "repatriate by buying 4 A100 GPUs (payback 15.3 months)"
+    # the decision's monthly range 2000..5000, a year of 8760 / 730 = 12 months
+    assert (evil.annualized_savings_low_usd, evil.annualized_savings_high_usd) == (D(24000), D(60000))
+    assert evil.billed_usd == D("230.00") and evil.basis == "billed"  # day 0 billed, day 1 not yet
 
-    by_name = {p.name: p for p in paths}
-    page = by_name["gpu-spend-2026-10.html"].read_text()
-    assert EVIL not in page and "&lt;b&gt;evil&lt;/b&gt; &lt;!channel&gt; &amp; co" in page and "<svg" in page
+    uni = rows[UNI]  # 48 h at 10 % busy, 55.20; cloud 4.8 busy h * 3 = 14.40; (55.20 - 14.40) * 182.5 = 7446
+    assert uni.annualized_savings_usd == D("7446") and uni.recommended
+    assert [w.workload for w in report.recommended] == [EVIL, UNI, "train"]
+    assert rows[LONG].recommendation == "stay" and rows[LONG].days_with_data == 1
+
+    # u* = 1.15 / (24 / 8) = 0.3833; the band is u* / 1.1 .. u* * 1.1 (10 % margin)
+    u_star = D("1.15") / 3
+    assert report.breakeven.breakeven == {"A100": u_star}
+    assert report.bands[("train", "onprem")] == (u_star / D("1.1"), u_star, u_star * D("1.1"))
+    assert report.daily_budget_usd == 100  # 3100 * 24 / (31 * 24)
+    # day 0: estimated 240 against 230 billed; day 1: 240, not billed yet
+    assert [(d.day, e, b) for d, e, b in report.cloud_daily] == [(1, D("240.00"), D("230.00")), (2, D("240.00"), None)]
+    # October: on-prem 55.20 (train) + 55.20 (idle) + 55.20 (UNI) + 27.60 (LONG) = 193.20, cloud 480; September 27.60
+    assert report.overview.spend_by_env == {"onprem": D("193.20"), "cloud": D("480.00")}
+    changes = monthly.changes(report)
+    assert changes[0] == "GPU spend $673, up 2339% from $28 in 2026-09."  # 673.20 / 27.60 - 1 = 23.39
+    assert any(c.startswith("3 new workload(s)") for c in changes)
+
     with by_name["gpu-spend-2026-10.csv"].open() as f:
-        assert {r["workload"]: r["annualized_savings_usd"] for r in csv.DictReader(f)}["train"] == "4818.00"
+        table = {r["workload"]: r for r in csv.DictReader(f)}
+    assert table["train"]["annualized_savings_usd"] == "4818.00"
+    assert table[EVIL]["annualized_savings_low_usd"] == "24000.00"
     md = by_name["gpu-spend-2026-10.md"].read_text()
     assert "## Assumptions" in md and "$1.15 per GPU-hour fully loaded" in md
-
-    # the PDF opens, with its four sections on their own pages, the figures and the hostile name as text
-    from pypdf import PdfReader
-
-    pdf = PdfReader(by_name["gpu-spend-2026-10.pdf"])
-    pages = [page.extract_text() for page in pdf.pages]
-    assert len(pages) == 4
-    assert pages[0].startswith("GPU spend and placement - 2026-10") and "$4,818.00 a year" in pages[0]
-    assert pages[1].startswith("Workloads") and "$5.75" in pages[1] and "<b>evil</b> <!channel> & co" in pages[1]
-    assert pages[2].startswith("Charts") and "Utilization per workload" in pages[2]
-    assert pages[3].startswith("Assumptions") and "$1.15 per GPU-hour fully loaded" in pages[3]
 
     # the on-prem FOCUS rows load back through the FOCUS reader with the same money
     summary = FocusSummary()
     lines = list(read_files([by_name["onprem-focus-2026-10.csv"]], Catalog(), "v", summary))
-    assert summary.rows_rejected == 0 and len(lines) == 4  # train and idle, two days each
-    assert sum(line.billed_cost_usd for line in lines) == D("110.40")
-    assert {line.extra["x_Workload"] for line in lines} == {"train", "idle"}
+    assert summary.rows_rejected == 0
+    assert sum(line.billed_cost_usd for line in lines) == D("193.20")
+
+
+def _pdf_pages(path: Path) -> list[str]:
+    from pypdf import PdfReader
+
+    return [page.extract_text() for page in PdfReader(path).pages]
+
+
+def test_html_and_pdf_come_from_one_template_and_keep_every_character(written):
+    report, by_name = written
+    page = by_name["gpu-spend-2026-10.html"].read_text()
+    assert EVIL not in page and "&lt;b&gt;evil&lt;/b&gt; &lt;!channel&gt; &amp; co" in page and "<svg" in page
+    assert "研究-&lt;b&gt;Ünï&lt;/b&gt;" in page
+    # a long name is cut in the table, whole in the title attribute
+    cut = LONG[:monthly.NAME_CHARS - 1] + "…"
+    assert f'title="{LONG}"' in page and f">{cut}</td>" in page
+    assert '<td class="num">$5.75</td>' in page  # numbers are right-aligned cells
+
+    pages = _pdf_pages(by_name["gpu-spend-2026-10.pdf"])
+    text = "\n".join(pages)
+    assert UNI in text and "<!channel>" in text and EVIL in text and "研究" in text
+    assert cut in text and LONG not in text
+    # page 1 is the executive summary: spend, idle, the moves with their evidence, what changed
+    first = " ".join(pages[0].split())  # cells wrap: compare words
+    for part in ("GPU spend and placement — 2026-10", "Total GPU spend", "$673", "Idle owned capacity", "$55",
+                 "Recommended moves", "$47,304 decision: $24,000–$60,000",
+                 "2 days of data, billed, decision confidence 90%",
+                 "What changed since last month", "up 2339% from $28 in 2026-09"):
+        assert part in first, part
+    # every page has the header (month) and the footer (page numbers)
+    for n, body in enumerate(pages, start=1):
+        assert "2026-10" in body and f"page {n} of {len(pages)}" in body
+    # five figures, numbered in order, with the same titles as in the HTML
+    html_titles = [html.unescape(t) for t in re.findall(r"<figcaption>(.*?)</figcaption>", page)]
+    assert [t.split(":")[0] for t in html_titles] == [f"Figure {n}" for n in range(1, 6)]
+    assert [t for t in html_titles if t in text] == html_titles
+    assert re.findall(r"Figure \d:", text) == [f"Figure {n}:" for n in range(1, 6)]
+    assert "Figure 1: What does a useful GPU-hour cost" in pages[1]  # the why, on page 2
+    assert "$240 against $230 billed" in text
+    # the same table rows: every workload's name as the table shows it
+    shown = [html.unescape(n) for n in re.findall(r'<td class="name" title="[^"]*">(.*?)</td>', page)]
+    assert len(shown) == len(report.workloads) + len(report.recommended)  # the summary's moves, then the table
+    assert all(name in text for name in shown)
+
+
+def test_no_pdf_page_is_blank(written, tmp_path):
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm is not installed (Debian's poppler-utils; .ci/run installs it)")
+    from PIL import Image
+
+    _, by_name = written
+    pdf = by_name["gpu-spend-2026-10.pdf"]
+    subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    images = sorted(tmp_path.glob("page-*.png"))
+    assert len(images) == len(_pdf_pages(pdf)) >= 5
+    for image in images:
+        gray = Image.open(image).convert("L")
+        inked = sum(gray.histogram()[:200])  # pixels clearly darker than the white page
+        assert inked > gray.width * gray.height * 0.01, f"{image.name} is (nearly) blank"
 
 
 def test_report_command_reads_the_embedded_database_and_rejects_bad_input(tmp_path):
