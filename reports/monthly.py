@@ -290,6 +290,9 @@ def assumptions(config: Config) -> list[tuple[str, str]]:
     t = config.thresholds
     out.append(("breakeven rules", f"margin {t.margin_pct}%, dwell {t.dwell_windows} windows of {t.window_seconds} s; "
                                    f"migration priced at {', '.join(t.migration_purchase_options)}"))
+    evidence = ", ".join(f"{kind.replace('_', ' ')} {hours:g} h" for kind, hours in t.evidence_hours.model_dump().items())
+    out.append(("evidence before a decision", f"{evidence} (at least the dwell); capacity is bought in whole nodes "
+                                              f"for {t.buy_target_utilization_pct}% utilization of the GPUs bought"))
     out.append(("GPU throughput", ", ".join(f"{k} {v}" for k, v in sorted(config.gpu_throughput.items())) or "none"))
     budgets = ", ".join(f"{team} ${usd:,}" for team, usd in sorted(config.budgets.items()))
     out.append(("budgets", f"{budgets} a month (Figure 2 draws their daily share)" if budgets else "none configured"))
