@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from .money import HOURS_PER_MONTH, MICRO, ZERO
 from .rates import CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
+from .tco import usd_per_month
 from .usage import MS_PER_HOUR, Usage
 
 ONPREM = "onprem"
@@ -507,7 +508,7 @@ class _Totals:
 
 
 def _monthly(usd: Decimal, ms: int) -> Decimal:
-    return usd / _hours(ms) * HOURS_PER_MONTH
+    return usd_per_month(usd, _hours(ms))
 
 
 def _savings_range(per_window: list[Decimal], point: Decimal) -> tuple[Decimal, Decimal]:
