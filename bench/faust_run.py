@@ -21,7 +21,8 @@ import faust
 
 from contracts.config import load_config
 from contracts.topics import Topics
-from infra.broker import LOCAL_PROFILE, apply_fetch_wait_to_faust
+from infra.broker import LOCAL_PROFILE
+from streams.faust_compat import apply_broker_profile
 from streams.topology import BATCH_MAX, BATCH_WITHIN_S, STREAM_BUFFER
 from streams.worker import quiet_worker
 
@@ -39,12 +40,15 @@ def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path
         progress["last"] = now
 
     if mode == "noop":
-        app = faust.App(f"bench-noop-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
+        app_id = f"bench-noop-{uuid.uuid4().hex[:6]}"
+        (config.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+        app = faust.App(app_id, broker=f"kafka://{bootstrap}", store="memory://",
                         key_serializer="raw", value_serializer="raw", topic_partitions=topics.partitions,
                         consumer_auto_offset_reset="earliest", web_enabled=False,
+                        datadir=str(config.state_dir / "faust" / app_id),
                         stream_buffer_maxsize=STREAM_BUFFER, consumer_max_fetch_size=4 * 1024**2,
                         **LOCAL_PROFILE.faust_settings)
-        apply_fetch_wait_to_faust(LOCAL_PROFILE)
+        apply_broker_profile(app, LOCAL_PROFILE)
         source = app.topic(topics.gpu_samples, key_type=bytes, value_type=bytes, partitions=topics.partitions)
 
         @app.agent(source)

@@ -29,7 +29,7 @@ from infra.services import Services
 def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hours: float | None = None,
                  state_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
                  on_tick: Callable[[int, Services, Any], None] | None = None,
-                 on_settled: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                 on_settled: Callable[[Any], None] | None = None, settle_timeout_s: float = 300) -> dict[str, Any]:
     """Run the scenario; return the decisions, reconciliation and totals as plain data.
 
     ``on_tick(ts_ms, services, producer)`` runs after each published tick (fault injection:
@@ -110,7 +110,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
             return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
                     and not any(behind for *_, behind in lag()))
 
-        _wait_until_settled(conn, services, expected_cost_lines=len(bill), caught_up=caught_up)
+        _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,
+                            caught_up=caught_up)
         if on_settled is not None:
             on_settled(conn)
         return results(conn, scenario)

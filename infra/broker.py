@@ -1,7 +1,7 @@
 """Kafka topics, the broker profile, and kafka-python clients built from the configuration.
 
 The *broker profile* is the one place that knows how the embedded local broker (Tansu) differs
-from Apache Kafka (DESIGN.md §5): short consumer-group timeouts so that a group forms in seconds,
+from Apache Kafka (docs/design.md, "Broker profiles"): short consumer-group timeouts so that a group forms in seconds,
 and unbatched production for Faust changelogs because Tansu reports a too-low end offset after a
 batched produce, which would make Faust's table recovery stop early and lose state.
 """
@@ -29,6 +29,7 @@ class BrokerProfile:
     # how long a fetch may wait for data; Tansu answers a waiting fetch only when this runs out,
     # even when data arrives meanwhile (a message produced 0.3 s into a 1.5 s wait arrived 0.45 s
     # later here), so every idle consumer hop adds up to this much latency on the local broker
+    # (Faust has no setting for it: streams.faust_compat.apply_broker_profile sets it per app)
     fetch_max_wait_ms: int = 500
 
     @property
@@ -43,27 +44,6 @@ class BrokerProfile:
 LOCAL_PROFILE = BrokerProfile("local", session_timeout_ms=2000, heartbeat_interval_ms=500, faust_producer_max_batch_size=1,
                               fetch_max_wait_ms=100)
 KAFKA_PROFILE = BrokerProfile("kafka", session_timeout_ms=30000, heartbeat_interval_ms=3000, faust_producer_max_batch_size=16384)
-
-
-def apply_fetch_wait_to_faust(profile: BrokerProfile) -> None:
-    """Faust creates its aiokafka consumers with ``fetch_max_wait_ms=1500`` fixed; use the profile's.
-
-    The only setting Faust does not expose; on Kafka (which answers a fetch as soon as data
-    arrives) it matters little, on the local broker it is most of the alert latency.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    original = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "hybridspend_patched", False):
-        return
-
-    def create(self, transport):
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = profile.fetch_max_wait_ms  # read when the fetcher starts
-        return consumer
-
-    create.hybridspend_patched = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create
 
 
 def profile_named(name: str) -> BrokerProfile:
@@ -232,6 +212,13 @@ class LagProbe:
                 if meta.offset >= 0:
                     rows.append((group, tp.topic, tp.partition, max(0, ends.get(tp, meta.offset) - meta.offset)))
         return rows
+
+    def committed_total(self, group: str, topics: set[str]) -> int:
+        """The sum of ``group``'s committed offsets over every partition of ``topics``: on fresh topics,
+        the number of their records the group has finished with (exact, unlike the broker's end
+        offsets on the local broker: DESIGN.md §5)."""
+        return sum(meta.offset for tp, meta in self._committed(group).items()
+                   if tp.topic in topics and meta.offset > 0)
 
     def _committed(self, group: str) -> dict:
         if hasattr(self.admin, "list_group_offsets"):  # kafka-python 3

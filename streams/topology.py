@@ -23,7 +23,7 @@
   the dwell.
 
 Both agents take batches and write each table key once per batch, because every table update
-is a changelog write (DESIGN.md §4).  Outputs are acknowledged by the broker before the tables
+is a changelog write (docs/design.md, "Throughput").  Outputs are acknowledged by the broker before the tables
 move on, and the tables' changelog before the batch's offsets can be committed, so a worker
 killed at any point replays into the same results.  Per-partition
 progress lives in the tables too (``~clock|N`` keys: event time and the next offset of each
@@ -35,11 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import defaultdict
 
 import faust
-from faust.streams import _current_event
 
 from contracts.config import Config
 from contracts.events import (
@@ -55,8 +53,17 @@ from contracts.events import (
 )
 from contracts.topics import Topics
 from costmodel import IDLE_WORKLOAD, PriceBook
-from infra.broker import BrokerProfile, apply_fetch_wait_to_faust, client_security
+from infra.broker import BrokerProfile, client_security
 
+from .faust_compat import (
+    DurableTable,
+    apply_broker_profile,
+    check_internals,
+    highwater,
+    keep_fetched_records,
+    on_behalf_of,
+    read_again_from,
+)
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,9 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.2
 STREAM_BUFFER = 4 * BATCH_MAX
+REWIND_PATIENCE = 4 * STREAM_BUFFER  # records skipped past a gap before it is taken as real (not in the log)
+REWIND_AGAIN_S = 5.0  # a gap still there this long after a seek: seek again
+STALL_S = 60.0  # a partition's table behind its log, without progress, this long: read again
 IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
 
 
@@ -92,11 +102,13 @@ def _credentials(config: Config):
     return faust.SSLCredentials(_ssl_context(config))
 
 
-async def follow_prices(config: Config, bootstrap: str, topic: str, book: PriceBook, ready: asyncio.Event) -> None:
+async def follow_prices(config: Config, bootstrap: str, topic: str, partitions: int, book: PriceBook,
+                        ready: asyncio.Event) -> None:
     """Read every partition of the price topic into ``book`` (each worker keeps all prices).
 
     ``ready`` is set once the topic has been read to its end, so windows are not priced from
-    the configuration while live prices are still being loaded.
+    the configuration while live prices are still being loaded.  The topic has the configured
+    partition count (``ensure_topics`` creates and checks every topic before a worker starts).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -110,8 +122,8 @@ async def follow_prices(config: Config, bootstrap: str, topic: str, book: PriceB
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or
-                                                              await _wait_partitions(consumer, topic))]
+        await _wait_for_topic(consumer, topic)
+        partitions = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
@@ -133,65 +145,19 @@ async def follow_prices(config: Config, bootstrap: str, topic: str, book: PriceB
         await consumer.stop()
 
 
-async def _wait_partitions(consumer, topic: str) -> set[int]:
-    for _ in range(100):
-        await consumer._client.force_metadata_update()
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return found
+async def _wait_for_topic(consumer, topic: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while topic not in await consumer.topics():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} does not exist after {timeout_s:.0f} s "
+                               "(the commands that start the pipeline create every topic first)")
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions")
-
-
-class DurableTable(faust.Table):
-    """A table whose changelog writes can be awaited.
-
-    Faust buffers them, and flushing its producer gives up after 0.1 s without progress, so a
-    write could still be in that buffer when the batch's offsets are committed: a worker killed
-    then would recover a table older than its offsets and lose the events in between.
-    """
-
-    def send_changelog(self, *args, **kwargs):
-        fut = super().send_changelog(*args, **kwargs)
-        self.__dict__.setdefault("_unacknowledged", []).append(fut)
-        return fut
-
-    async def changelog_written(self) -> None:
-        """Until the broker has every changelog write made so far."""
-        futures = self.__dict__.pop("_unacknowledged", [])
-        if futures:
-            await asyncio.gather(*futures)
-
-
-def _keep_fetched_records(app: faust.App) -> None:
-    """Faust clears the stream queues whenever flow control resumes, even when it was not suspended.
-
-    After a rebalance (a restarted worker, a second worker) it resumes the stream partitions,
-    seeks them to the committed offsets, then resumes flow control once more: records fetched in
-    between were cleared while the consumer counted them as read, and were never delivered (seen
-    with SIGKILL: hours of samples lost).  Queues are cleared only when flow really resumes.
-    """
-    flow_control = app.flow_control
-    resume = flow_control.resume
-
-    def resume_if_suspended() -> None:
-        if not flow_control.is_active():
-            resume()
-
-    flow_control.resume = resume_if_suspended  # type: ignore[method-assign]
 
 
 def _table_set(table, key: str, value: dict, event) -> None:
-    """Write a table key on behalf of ``event`` (batched agents have no current event).
-
-    Faust sends the changelog record to the partition of the current event; setting it to an
-    event of the key's own partition keeps the table co-partitioned with its source topic.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
+    """Write a table key on behalf of ``event``, an event of the key's partition (see ``on_behalf_of``)."""
+    with on_behalf_of(event):
         table[key] = value
-    finally:
-        _current_event.reset(token)
 
 
 def _clock_key(partition: int) -> str:
@@ -202,7 +168,9 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     topics = Topics.from_config(config.kafka)
     app_id = app_id or topics.group("worker")  # also names the tables' changelog topics
     partitions = topics.partitions
-    apply_fetch_wait_to_faust(profile)
+    check_internals()
+    faust_dir = config.state_dir / "faust"  # Faust's own files (it creates only the last level)
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
@@ -214,6 +182,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         topic_replication_factor=topics.replication_factor,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        datadir=str(faust_dir / app_id),  # never the working directory
         table_cleanup_interval=3600.0,
         # a batch must fit in the stream buffer: with Faust's default 4096 a batch of BATCH_MAX never
         # fills and every take waits its full `within`
@@ -223,7 +192,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         **profile.faust_settings,
     )
 
-    _keep_fetched_records(app)
+    apply_broker_profile(app, profile)
+    keep_fetched_records(app)
 
     def topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -251,7 +221,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
 
     @app.task
     async def load_prices() -> None:
-        await follow_prices(config, bootstrap, topics.prices, prices, prices_ready)
+        await follow_prices(config, bootstrap, topics.prices, partitions, prices, prices_ready)
 
     async def reject(event, exc: Exception) -> None:
         """Bad input, or a bug on one event: keep the event in the dead-letter topic with the reason."""
@@ -271,20 +241,75 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         futures = [await s for s in sends]
         await asyncio.gather(*futures)
 
+    rewinding: dict[tuple[str, int], list] = {}  # (topic, partition) -> [table's next offset, last seek, skipped]
+
     def in_order(clock: PartitionClock, event) -> bool:
-        """Apply each record once: the partition's clock (in the table) knows the next offset.
+        """Apply each record once and in offset order: the partition's clock (in the table) knows the next one.
 
         A restarted worker replays from the committed offsets, which may be behind the tables:
-        those records are skipped here.  Records missing before the one delivered would mean the
-        consumer lost some (see ``_keep_fetched_records``): that is logged as an error, loudly.
+        those records are skipped here.  After some rebalances the consumer starts past records
+        the tables never applied: the records after the gap are skipped and the consumer is sent
+        back to the table's position (``rewind``), so none is lost.  Only records that are not
+        in the log at all (after ``REWIND_PATIENCE`` skipped, e.g. deleted by retention) leave the
+        gap for good, logged as an error.
         """
         msg = event.message
         place = clock.take(msg.topic, msg.offset)
         if place == "gap":
-            log.error("%s[%d]: offset %d delivered, but the records before it from %d never were", msg.topic,
-                      msg.partition, msg.offset, clock.offsets[msg.topic])
+            expected = clock.offsets[msg.topic]
+            state = rewinding.get((msg.topic, msg.partition))
+            if state is None or state[0] != expected:
+                state = rewinding[(msg.topic, msg.partition)] = [expected, None, 0]
+            state[2] += 1
+            if state[2] <= REWIND_PATIENCE:
+                return False
+            log.error("%s[%d]: offset %d delivered, but the records before it from %d are not in the log", msg.topic,
+                      msg.partition, msg.offset, expected)
             clock.offsets[msg.topic] = msg.offset + 1
-        return place != "applied"
+            place = "next"
+        if place == "next":
+            rewinding.pop((msg.topic, msg.partition), None)
+        return place == "next"
+
+    async def rewind() -> None:
+        """Send the consumer back to the tables' position where records were skipped (again if it did not take)."""
+        now = time.monotonic()
+        for (topic, part), state in list(rewinding.items()):
+            if state[1] is None or now - state[1] > REWIND_AGAIN_S:
+                log.warning("%s[%d]: the consumer is past offset %d, which the tables have not applied: "
+                            "reading again from there", topic, part, state[0])
+                state[1] = now
+                if not await read_again_from(app, topic, part, state[0]):
+                    del rewinding[(topic, part)]  # no longer ours: its new owner starts from the tables
+
+    stalled_since: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (table's offset, since)
+
+    @app.timer(REWIND_AGAIN_S)
+    async def read_what_never_came() -> None:
+        """Records in the log that the agents never got, with nothing after them to show the gap
+        (``in_order``): when a partition's table has stayed behind its log for ``STALL_S``, the
+        consumer reads again from the table's position (a busy agent only skips them as replays)."""
+        if not app.flow_control.is_active():
+            return  # a rebalance or recovery is under way
+        now = time.monotonic()
+        for tp in app.consumer.assignment():
+            table = resource_windows if tp.topic in input_topics else (
+                workload_windows if tp.topic == topics.cost_windows else None)
+            if table is None:
+                continue
+            expected = PartitionClock.from_dict(table.get(_clock_key(tp.partition))).offsets.get(tp.topic, 0)
+            end = highwater(app, tp.topic, tp.partition)
+            if end is None or expected >= end:
+                stalled_since.pop((tp.topic, tp.partition), None)
+                continue
+            since = stalled_since.get((tp.topic, tp.partition))
+            if since is None or since[0] != expected:
+                stalled_since[(tp.topic, tp.partition)] = (expected, now)
+            elif now - since[1] > STALL_S:
+                log.warning("%s[%d]: the tables stopped at offset %d of %d for %.0f s: reading again from there",
+                            tp.topic, tp.partition, expected, end, now - since[1])
+                stalled_since[(tp.topic, tp.partition)] = (expected, now)
+                await read_again_from(app, tp.topic, tp.partition, expected)
 
     @app.agent(inputs)
     async def account_usage(stream):
@@ -305,11 +330,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         clock.sources.setdefault(topic, 0)
                 if not in_order(clock, event):
                     continue
+                partition_event[part] = event  # its clock moved on, even if the event is dead-lettered
                 try:
                     if is_watermark(event.value):
                         if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):
                             input_advanced_at[(part, event.message.topic)] = now
-                        partition_event[part] = event
                         continue
                     if event.message.topic == topics.instance_events:
                         ev = InstanceEvent.decode(event.value)
@@ -330,7 +355,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 except Exception as exc:
                     await reject(event, exc)
                     continue
-                key_event[resource] = partition_event[part] = event
+                key_event[resource] = event
                 if clock.advance(event.message.topic, ts_ms):
                     input_advanced_at[(part, event.message.topic)] = now
                 clock.open.add(resource)
@@ -340,8 +365,10 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             for part, part_event in partition_event.items():
                 clock = clocks[part]
                 # the input topics are not ordered among themselves: the partition is as far as the slower
-                # one, unless that one has been silent for a while (no cloud collector marking it)
-                stale = {t for t in clock.sources if now - input_advanced_at.setdefault((part, t), now) > IDLE_SOURCE_S}
+                # one, unless that one has been silent for a while (no cloud collector marking it) with
+                # nothing of it left unread
+                stale = {t for t in clock.sources if now - input_advanced_at.setdefault((part, t), now) > IDLE_SOURCE_S
+                         and clock.applied_through(t, highwater(app, t, part))}
                 marks[part] = clock.watermark(1, stale) or 0
                 watermark = marks[part] - grace_ms
                 boundary = watermark - watermark % window_ms
@@ -367,9 +394,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             sends = [cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
             sends.extend(live_spend.send(key=ls.instance_id.encode(), value=ls.encode()) for ls in live)
             for part in partition_event:
+                pending = not all(clocks[part].applied_through(t, highwater(app, t, part)) for t in input_topics)
                 mark = Watermark(f"usage|{part}|{marks[part]}", f"usage|{part}", max(0, marks[part] - grace_ms),
-                                 idle[part]).encode()
+                                 idle[part], pending=pending).encode()
                 sends.extend(cost_windows.send(key=None, value=mark, partition=q) for q in range(partitions))
+            await rewind()
             await deliver(sends)
             for resource, state in states.items():
                 _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
@@ -410,8 +439,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             out = []
             for part, part_event in partition_event.items():
                 clock = clocks[part]
-                stale = {s for s in clock.sources if now - source_advanced_at.setdefault((part, s), now) > IDLE_SOURCE_S}
-                waited_out = now - source_advanced_at.setdefault((part, "*"), now) > IDLE_SOURCE_S
+                # the upstream partitions stop holding each other back only at the end of the data (see all_quiet)
+                caught_up = clock.applied_through(topics.cost_windows, highwater(app, topics.cost_windows, part))
+                silent = {s for s in clock.sources if now - source_advanced_at.setdefault((part, s), now) > IDLE_SOURCE_S}
+                stale = set(clock.sources) if clock.all_quiet(silent, caught_up) else set()
+                waited_out = caught_up and now - source_advanced_at.setdefault((part, "*"), now) > IDLE_SOURCE_S
                 watermark = clock.watermark(partitions, stale, waited_out)
                 if watermark is None:
                     continue
@@ -424,6 +456,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     if not state.open:
                         clock.open.discard(workload)
                 decider.forget_idle(clock, watermark)
+            await rewind()
             await deliver([decisions.send(key=d.workload.encode(), value=d.encode()) for d in out])
             for workload, state in states.items():
                 _table_set(workload_windows, workload, state.to_dict(), key_event[workload])

@@ -1,0 +1,314 @@
+"""Every place the worker relies on a private internal of Faust, mode or aiokafka, in one module.
+
+Each workaround below names the upstream issue it works around.  ``check_internals()`` runs
+before a worker builds its app: every internal patched or called here must still exist with the
+parameters it was verified with, or the worker refuses to start with a message naming what
+changed and the versions it was verified against, instead of silently changing results after an
+upgrade.  ``pyproject.toml`` bounds the three libraries at the versions verified
+(``VERIFIED_VERSIONS``).
+
+What is patched, and why:
+
+* ``apply_broker_profile``: Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500``
+  fixed (``AIOKafkaConsumerThread._create_worker_consumer``); the consumer's wait is set per app
+  from the broker profile.
+* ``keep_fetched_records``: mode's ``FlowControlEvent.resume`` clears Faust's stream queues even
+  when flow was not suspended, dropping records already fetched after a rebalance.
+* ``on_behalf_of``: a batched agent has no current event (``faust.streams._current_event``),
+  which Faust needs to pick a table write's changelog partition.
+* ``DurableTable``: ``Collection.send_changelog``'s futures are kept so that an agent can wait
+  for its changelog writes.
+* ``highwater``: how far each input partition's log goes, from Faust's consumer (a public
+  method, checked too, because the idle rule of the agents rests on it).
+* ``read_again_from``: Faust's ``Consumer.seek_wait``, which must also reset Faust's own read
+  offset, or the records read again are dropped as already read.
+
+The price reader (``streams.topology.follow_prices``) once forced aiokafka's metadata through its
+private client (``_client.force_metadata_update()``); it now uses only public aiokafka API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import inspect
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import faust
+
+from infra.broker import BrokerProfile
+
+# the versions every internal below was read and tested against (upper bounds in pyproject.toml)
+VERIFIED_VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+class IncompatibleFramework(RuntimeError):
+    """An internal the worker patches is missing or has changed (the libraries were upgraded)."""
+
+
+@dataclass(frozen=True)
+class Internal:
+    """A private attribute of a library that this module relies on, and how it must look."""
+
+    name: str  # dotted path, as shown in the error
+    resolve: Callable[[], Any]  # returns the attribute (raises AttributeError/ImportError when gone)
+    parameters: tuple[str, ...] | None  # expected parameter names of a callable (None: not a callable)
+    used_by: str  # the workaround here that needs it
+    source_mentions: str = ""  # a name its source must still use (an attribute set from outside)
+
+
+def _driver():
+    from faust.transport.drivers import aiokafka as driver
+
+    return driver
+
+
+def _flow_control_event():
+    from mode.utils.queues import FlowControlEvent
+
+    return FlowControlEvent
+
+
+def _aiokafka_consumer():
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer
+
+
+def _current_event_var():
+    from faust import streams
+
+    return streams._current_event
+
+
+INTERNALS: tuple[Internal, ...] = (
+    Internal("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer",
+             lambda: _driver().AIOKafkaConsumerThread._create_worker_consumer, ("self", "transport"),
+             "apply_broker_profile"),
+    Internal("aiokafka.AIOKafkaConsumer.start", lambda: _aiokafka_consumer().start, ("self",),
+             "apply_broker_profile", source_mentions="self._fetch_max_wait_ms"),
+    Internal("mode.utils.queues.FlowControlEvent.resume", lambda: _flow_control_event().resume, ("self",),
+             "keep_fetched_records"),
+    Internal("mode.utils.queues.FlowControlEvent.is_active", lambda: _flow_control_event().is_active, ("self",),
+             "keep_fetched_records"),
+    Internal("faust.streams._current_event", _current_event_var, None, "on_behalf_of"),
+    Internal("faust.tables.base.Collection.send_changelog", lambda: faust.Table.send_changelog,
+             ("self", "partition", "key", "value", "key_serializer", "value_serializer"), "DurableTable"),
+    Internal("faust.transport.consumer.Consumer.highwater",
+             lambda: _driver().Consumer.highwater, ("self", "tp"), "highwater"),
+    Internal("faust.transport.consumer.Consumer.assignment",
+             lambda: _driver().Consumer.assignment, ("self",), "read_again_from"),
+    Internal("faust.transport.consumer.Consumer.seek_wait",
+             lambda: _driver().Consumer.seek_wait, ("self", "partitions"), "read_again_from"),
+    Internal("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._seek_wait",
+             lambda: _driver().AIOKafkaConsumerThread._seek_wait, ("self", "consumer", "partitions"),
+             "read_again_from", source_mentions="_read_offset[tp] = offset"),
+)
+
+
+def _installed(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _problem(internal: Internal) -> str | None:
+    try:
+        found = internal.resolve()
+    except (AttributeError, ImportError) as exc:
+        return f"{internal.name} is gone ({exc})"
+    if internal.parameters is None:
+        return None
+    try:
+        names = tuple(inspect.signature(found).parameters)
+    except (TypeError, ValueError):
+        return f"{internal.name} is no longer a function with a signature"
+    if names != internal.parameters:
+        return f"{internal.name} takes ({', '.join(names)}), expected ({', '.join(internal.parameters)})"
+    if internal.source_mentions:
+        try:
+            source = inspect.getsource(found)
+        except (OSError, TypeError):
+            return f"{internal.name}: its source cannot be read to find {internal.source_mentions}"
+        if internal.source_mentions not in source:
+            return f"{internal.name} no longer uses {internal.source_mentions}"
+    return None
+
+
+def check_internals(internals: tuple[Internal, ...] = INTERNALS) -> None:
+    """Raise ``IncompatibleFramework`` naming every patched internal that is missing or changed.
+
+    A Faust, mode or aiokafka release may rename or reshape them; the workarounds would then do
+    nothing, or the wrong thing, and the worker's results would change without an error.
+    """
+    problems = [(internal, p) for internal in internals if (p := _problem(internal)) is not None]
+    if not problems:
+        _check_current_event()
+        return
+    versions = ", ".join(f"{pkg} {_installed(pkg)} (verified: {VERIFIED_VERSIONS[pkg]})" for pkg in VERIFIED_VERSIONS)
+    lines = "\n".join(f"  - {problem} (needed by streams.faust_compat.{internal.used_by})"
+                      for internal, problem in problems)
+    raise IncompatibleFramework(
+        f"the stream worker relies on library internals that changed:\n{lines}\n"
+        f"installed: {versions}.\nInstall the verified versions (pyproject.toml), or re-verify each workaround in "
+        "streams/faust_compat.py against the new release and update VERIFIED_VERSIONS.")
+
+
+def _check_current_event() -> None:
+    """``faust.current_event()`` must return what ``on_behalf_of`` sets, or table writes go to the wrong partition."""
+    marker = _Marker()
+    with on_behalf_of(marker):
+        if faust.current_event() is not marker:
+            raise IncompatibleFramework(
+                "faust.current_event() no longer reads faust.streams._current_event: batched table writes would "
+                f"pick the wrong changelog partition (installed faust-streaming {_installed('faust-streaming')}, "
+                f"verified {VERIFIED_VERSIONS['faust-streaming']})")
+
+
+class _Marker:
+    pass
+
+
+# -- fetch wait (broker profile) -------------------------------------------------------------------
+
+_fetch_max_wait_ms: "weakref.WeakKeyDictionary[faust.App, int]" = weakref.WeakKeyDictionary()
+_original_create_worker_consumer: Callable | None = None
+
+
+def apply_broker_profile(app: faust.App, profile: BrokerProfile) -> None:
+    """Give ``app``'s aiokafka consumer the profile's fetch wait (Faust fixes it at 1,500 ms).
+
+    Faust exposes every other consumer setting but not this one, and no upstream issue asks for
+    it (none found in faust-streaming/faust).  On Kafka, which answers a fetch as soon as data
+    arrives, it matters little; Tansu holds a waiting fetch to its end, so on the local broker it
+    is most of the alert latency.  The profile is kept per app: two apps in one process (tests,
+    benchmarks) each get their own; an app without a profile keeps Faust's value.  The other
+    profile settings are ordinary Faust settings (``BrokerProfile.faust_settings``).
+    """
+    global _original_create_worker_consumer
+    driver = _driver()
+    if _original_create_worker_consumer is None:
+        _original_create_worker_consumer = driver.AIOKafkaConsumerThread._create_worker_consumer
+        original = _original_create_worker_consumer
+
+        def _create_worker_consumer(self, transport):
+            consumer = original(self, transport)
+            wait_ms = _fetch_max_wait_ms.get(self.app)
+            if wait_ms is not None:
+                consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+            return consumer
+
+        driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    _fetch_max_wait_ms[app] = profile.fetch_max_wait_ms
+
+
+def fetch_max_wait_ms(app: faust.App) -> int | None:
+    """The fetch wait ``apply_broker_profile`` set for ``app`` (None: Faust's own)."""
+    return _fetch_max_wait_ms.get(app)
+
+
+# -- flow control ----------------------------------------------------------------------------------
+
+
+def keep_fetched_records(app: faust.App) -> None:
+    """Clear Faust's stream queues only when flow control really resumes from a suspension.
+
+    mode's ``FlowControlEvent.resume`` always clears the queues.  After a rebalance (a restarted
+    worker, a second worker) Faust resumes the stream partitions, seeks them to the committed
+    offsets, then resumes flow control once more: records fetched in between were cleared while
+    the consumer counted them as read, and were never delivered (seen with SIGKILL: hours of
+    samples lost).  Upstream, faust-streaming/faust#216 (fixed by #217) and #253 reordered
+    recovery around this clearing ("when the app flow_control resumes it clears all queues",
+    #253); no upstream issue reports the clearing on a resume without a suspension.
+    """
+    flow_control = app.flow_control
+    resume = flow_control.resume
+
+    def resume_if_suspended() -> None:
+        if not flow_control.is_active():
+            resume()
+
+    flow_control.resume = resume_if_suspended  # type: ignore[method-assign]
+
+
+# -- table writes from batched agents --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_behalf_of(event) -> Iterator[None]:
+    """Make ``event`` Faust's current event while writing a table key.
+
+    Faust sends a table's changelog record to the partition of the current event, and an agent
+    that takes batches (``take_events``) has none: faust-streaming/faust#497 ("Writing into Table
+    with Stream.take() not allowed", open) and #300.  Setting it to an event of the key's own
+    partition keeps the table co-partitioned with its source topic.
+    """
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class DurableTable(faust.Table):
+    """A table whose changelog writes can be awaited.
+
+    Faust buffers them, and flushing its producer before a commit (faust-streaming/faust#273)
+    gives up after 0.1 s without progress, so a write could still be in that buffer when the
+    batch's offsets are committed: a worker killed then would recover a table older than its
+    offsets and lose the events in between.  No upstream issue reports the give-up; the agents
+    wait on the futures of their own writes instead.
+    """
+
+    def send_changelog(self, *args, **kwargs):
+        fut = super().send_changelog(*args, **kwargs)
+        self.__dict__.setdefault("_unacknowledged", []).append(fut)
+        return fut
+
+    async def changelog_written(self) -> None:
+        """Until the broker has every changelog write made so far."""
+        futures = self.__dict__.pop("_unacknowledged", [])
+        if futures:
+            await asyncio.gather(*futures)
+
+
+# -- how far the log goes --------------------------------------------------------------------------
+
+
+def highwater(app: faust.App, topic: str, partition: int) -> int | None:
+    """The next offset the broker will give ``topic``'s ``partition``, as of the consumer's last fetch.
+
+    None when unknown (not fetched yet, or no longer assigned after a rebalance).
+    """
+    from faust.types import TP
+
+    try:
+        return app.consumer.highwater(TP(topic, partition))
+    except (AssertionError, KeyError, AttributeError):
+        return None
+
+
+async def read_again_from(app: faust.App, topic: str, partition: int, offset: int) -> bool:
+    """Send ``app``'s consumer back to ``offset`` of ``topic``'s ``partition``; False when it is not assigned.
+
+    After some rebalances the consumer starts past records the tables never applied: Faust's
+    seek to the committed offsets fails while the assignment changes again ("exception
+    performing seek when flow not active"), its fetcher goes on from where it was, and Faust
+    counts the offsets it jumped over as done (its gap tracking, faust-streaming/faust#216,
+    #221 and #253 are in this area; none reports this case).  ``seek_wait`` runs the seek in the
+    consumer's own thread and resets Faust's read offset, so the records come again.
+    """
+    from aiokafka.errors import IllegalStateError
+    from faust.types import TP
+
+    try:
+        await app.consumer.seek_wait({TP(topic, partition): offset})
+    except (IllegalStateError, AssertionError, KeyError, asyncio.TimeoutError):
+        return False
+    return True
