@@ -1,8 +1,9 @@
 """Sink throughput: GPU-sample rows from Kafka into PostgreSQL, beside a raw COPY of the same rows.
 
 Both write into the same (partitioned) ``gpu_samples`` table of a fresh database on the same
-embedded PostgreSQL.  The sink figure includes everything it does in production: consume,
-decode, dedupe, COPY into staging, upsert, commit offsets.
+embedded PostgreSQL, with the same binary COPY.  The sink figure includes everything it does in
+production: consume, decode and validate, build the rows, COPY them, store its offsets in the
+same transaction, commit the Kafka offsets.  The raw COPY gets the rows ready-made.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contracts.config import KafkaConfig
 from contracts.topics import Topics
 from infra.broker import ensure_topics, make_consumer, make_producer
 from storage.db import migrate
-from storage.sink import Sink, gpu_sample_rows
+from storage.sink import Sink, copy_rows, gpu_sample_rows
 from storage.timeseries import POSTGRESQL, Partitions
 
 
@@ -55,12 +56,7 @@ def run(bootstrap: str, profile, admin_dsn: str, quick: bool, say=print) -> dict
         if label == "raw_copy":
             with psycopg.connect(dsn) as conn:
                 start = time.perf_counter()
-                with conn.cursor().copy(
-                    "COPY gpu_samples (ts, resource, gpu_uuid, gpu_index, gpu_model, gpu_class, environment,"
-                    " interval_ms, utilization_pct, memory_used_mib, memory_total_mib, power_mw, workloads)"
-                    " FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                copy_rows(conn, "gpu_samples", "gpu_samples", rows)
                 conn.commit()
                 elapsed = time.perf_counter() - start
         else:

@@ -73,33 +73,3 @@ def test_decision_message_carries_both_rates_utilization_and_savings():
     text = decision_message(decision())["text"]
     assert text == ("Migrate to cloud: team-a (on-prem → cloud), saves about $401.50/month — "
                     "$5.75 vs $3.00 per busy GPU-hour at 20% utilization")
-
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from contracts.events import _gpu_checked, _gpu_fast  # noqa: E402
-
-_any = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=True),
-                 st.text(max_size=300), st.lists(st.integers(), max_size=2))
-_share = st.one_of(_any, st.fixed_dictionaries(
-    {"workload": st.one_of(_any, st.text(max_size=20))},
-    optional={"team": _any, "allow_spot": _any}))
-_gpu = st.one_of(_any, st.fixed_dictionaries(
-    {"uuid": st.one_of(st.text(max_size=40), _any), "index": st.one_of(st.integers(-1, 64), _any),
-     "model": st.text(max_size=30), "gpu_class": st.one_of(st.sampled_from(["A100", "H100"]), _any),
-     "utilization_pct": st.one_of(st.floats(-1, 101), st.integers(-1, 101), _any),
-     "memory_used_mib": st.one_of(st.integers(-1, 10**6), _any), "memory_total_mib": st.integers(0, 10**6)},
-    optional={"power_mw": st.one_of(st.integers(-1, 10**6), _any), "workloads": st.one_of(st.lists(_share, max_size=3), _any)}))
-
-
-@settings(max_examples=1500, deadline=None)
-@given(_gpu)
-def test_fast_gpu_decoding_accepts_nothing_the_checked_path_rejects(g):
-    fast = _gpu_fast(g)
-    try:
-        checked = _gpu_checked(g, "gpus[0]")
-    except EventError:
-        assert fast is None
-        return
-    assert fast is None or fast == checked
