@@ -24,8 +24,10 @@
 
 Both agents take batches and write each table key once per batch, because every table update
 is a changelog write (docs/design.md, "Throughput").  Outputs are acknowledged by the broker before the tables
-move on, and the tables' changelog before the batch's offsets can be committed, so a worker
-killed at any point replays into the same results.  Per-partition
+move on, and the tables' changelog before the batch's offsets can be committed: the committed
+offset of each partition is the position its tables hold (``commit_only_applied``), never what
+Faust's streams acknowledged, so a worker killed or rebalanced at any point replays into the
+same results.  Per-partition
 progress lives in the tables too (``~clock|N`` keys: event time and the next offset of each
 input), so a restarted worker resumes it and skips the records its tables already hold.
 """
@@ -59,6 +61,7 @@ from .faust_compat import (
     DurableTable,
     apply_broker_profile,
     check_internals,
+    commit_only_applied,
     highwater,
     keep_fetched_records,
     on_behalf_of,
@@ -73,7 +76,7 @@ BATCH_WITHIN_S = 0.2
 STREAM_BUFFER = 4 * BATCH_MAX
 REWIND_PATIENCE = 4 * STREAM_BUFFER  # records skipped past a gap before it is taken as real (not in the log)
 REWIND_AGAIN_S = 5.0  # a gap still there this long after a seek: seek again
-STALL_S = 60.0  # a partition's table behind its log, without progress, this long: read again
+STALL_S = 15.0  # a partition's table behind its log, without progress, this long: read again
 IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
 
 
@@ -194,6 +197,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
 
     apply_broker_profile(app, profile)
     keep_fetched_records(app)
+    applied = commit_only_applied(app)  # (topic, partition) -> next offset the tables hold durably
 
     def topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -246,12 +250,13 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     def in_order(clock: PartitionClock, event) -> bool:
         """Apply each record once and in offset order: the partition's clock (in the table) knows the next one.
 
-        A restarted worker replays from the committed offsets, which may be behind the tables:
-        those records are skipped here.  After some rebalances the consumer starts past records
-        the tables never applied: the records after the gap are skipped and the consumer is sent
-        back to the table's position (``rewind``), so none is lost.  Only records that are not
-        in the log at all (after ``REWIND_PATIENCE`` skipped, e.g. deleted by retention) leave the
-        gap for good, logged as an error.
+        A restarted worker replays from the committed offsets, which may be behind the tables
+        (they are never ahead: ``commit_only_applied``): those records are skipped here.  Should
+        the consumer still start past records the tables never applied (Faust's own read offset
+        after a failed seek in a rebalance), the records after the gap are skipped and the
+        consumer is sent back to the table's position (``rewind``), so none is lost.  Only
+        records that are not in the log at all (after ``REWIND_PATIENCE`` skipped, e.g. deleted
+        by retention) leave the gap for good, logged as an error.
         """
         msg = event.message
         place = clock.take(msg.topic, msg.offset)
@@ -404,7 +409,11 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
             for part, part_event in partition_event.items():
                 _table_set(resource_windows, _clock_key(part), clocks[part].to_dict(), part_event)
-            await resource_windows.changelog_written()  # before the batch's offsets can be committed
+            await resource_windows.changelog_written()
+            for part, clock in clocks.items():  # only now may the batch's offsets be committed (replays too)
+                for t in input_topics:
+                    if t in clock.offsets:
+                        applied[(t, part)] = clock.offsets[t]
 
     @app.agent(cost_windows)
     async def decide(stream):
@@ -463,6 +472,9 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
             for part, part_event in partition_event.items():
                 _table_set(workload_windows, _clock_key(part), clocks[part].to_dict(), part_event)
             await workload_windows.changelog_written()
+            for part, clock in clocks.items():
+                if topics.cost_windows in clock.offsets:
+                    applied[(topics.cost_windows, part)] = clock.offsets[topics.cost_windows]
 
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app

@@ -117,3 +117,80 @@ def test_faust_writes_its_data_directory_under_the_state_directory(tmp_path):
     app = build_app(config, "127.0.0.1:1", LOCAL_PROFILE, app_id="compat-datadir")
     assert app.conf.datadir.resolve() == (tmp_path / "state" / "faust" / "compat-datadir").resolve()
     assert faust_compat.fetch_max_wait_ms(app) == LOCAL_PROFILE.fetch_max_wait_ms
+
+
+def _consumer_after_a_revoke(app: faust.App, tp, acked: list[int]):
+    """Faust's consumer as ``Consumer.on_partitions_revoked`` leaves a partition: its committed offset
+    forgotten, then the records the stream skipped while the rebalance held the flow acknowledged."""
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    consumer = driver.Consumer.__new__(driver.Consumer)  # the real class, not started
+    consumer.app = app
+    consumer._acked, consumer._acked_index = defaultdict(list), defaultdict(set)
+    consumer._committed_offset, consumer._gap = defaultdict(lambda: None), defaultdict(IntervalTree)
+    consumer._acked[tp].extend(acked)
+    consumer._acked_index[tp].update(acked)
+    return consumer
+
+
+def test_a_rebalance_commits_what_the_tables_applied_not_what_the_stream_skipped():
+    from faust.types import TP
+
+    original = faust_compat._original_filter_committable_offsets or driver.Consumer._filter_committable_offsets
+    app = faust.App("compat-commit", broker="kafka://127.0.0.1:1", web_enabled=False)
+    applied = faust_compat.commit_only_applied(app)
+    tp = TP("hybridspend.gpu-samples", 1)
+    # the tables applied and changelogged offsets 0..267 (next: 268); the stream skipped and
+    # acknowledged 268..347 (80 records) while flow control was suspended for the rebalance
+    applied[(tp.topic, tp.partition)] = 268
+    skipped = list(range(268, 348))
+    # Faust's own rule commits past all 80: the next owner would start at 348 (the loss)
+    assert original(_consumer_after_a_revoke(app, tp, skipped), [tp]) == {tp: 348}
+    consumer = _consumer_after_a_revoke(app, tp, skipped)
+    assert consumer._filter_committable_offsets([tp]) == {tp: 268}
+    # once the tables applied them (next: 348), those offsets are committed
+    applied[(tp.topic, tp.partition)] = 348
+    assert consumer._filter_committable_offsets([tp]) == {tp: 348}
+    assert consumer._acked[tp] == [] and not consumer._acked_index[tp]
+    # a partition whose tables report nothing is not committed at all
+    other = TP("hybridspend.gpu-samples", 0)
+    assert _consumer_after_a_revoke(app, other, [0, 1, 2])._filter_committable_offsets([other]) == {}
+    # after a revoke the partition's new owner decides: this worker no longer commits it
+    asyncio.run(app.on_partitions_revoked.send({tp}))
+    assert (tp.topic, tp.partition) not in applied
+
+
+def test_an_app_without_table_positions_keeps_fausts_commit_rule():
+    from faust.types import TP
+
+    faust_compat.commit_only_applied(faust.App("compat-commit-a", broker="kafka://127.0.0.1:1", web_enabled=False))
+    plain = faust.App("compat-commit-plain", broker="kafka://127.0.0.1:1", web_enabled=False)
+    tp = TP("t", 0)
+    assert _consumer_after_a_revoke(plain, tp, [5, 6, 7])._filter_committable_offsets([tp]) == {tp: 8}
+
+
+def test_a_stream_that_no_longer_acks_skipped_records_is_noticed(monkeypatch):
+    def _py_aiter(self):  # what a fixed release could look like: the check names the internal
+        yield None
+
+    monkeypatch.setattr(faust.Stream, "_py_aiter", _py_aiter)
+    with pytest.raises(IncompatibleFramework, match=r"Stream\._py_aiter no longer uses value is skipped_value"):
+        check_internals()
+
+
+def test_a_partition_whose_tables_moved_on_is_committed_without_acknowledgements_since_the_rebalance():
+    from faust.types import TP
+
+    app = faust.App("compat-commit-quiet", broker="kafka://127.0.0.1:1", web_enabled=False)
+    applied = faust_compat.commit_only_applied(app)
+    quiet, busy = TP("hybridspend.instance-events", 3), TP("hybridspend.gpu-samples", 3)
+    # a revoke forgot every acknowledgement; only `busy` was acknowledged since; the tables of both moved on
+    consumer = _consumer_after_a_revoke(app, busy, [10, 11])
+    applied[(quiet.topic, quiet.partition)] = 26
+    applied[(busy.topic, busy.partition)] = 12
+    tps = set(consumer._filter_tps_with_pending_acks())
+    assert tps == {quiet, busy}
+    assert consumer._filter_committable_offsets(tps) == {quiet: 26, busy: 12}
+    assert set(consumer._filter_tps_with_pending_acks({"hybridspend.gpu-samples"})) == {busy}
