@@ -113,11 +113,26 @@ def _owner_weights(s: GpuSlice) -> list[Fraction]:
     return [Fraction(1)] * len(s.owners)  # by allocation: each holder has the same share
 
 
+def _whole_gpu_charge(interval_ms: int, s: GpuSlice, energy_mj: int | None) -> Charge:
+    """A whole GPU held by one workload or by nobody: what ``split_gpu`` gives it, without the splitting."""
+    energy = None if energy_mj is None else (energy_mj if interval_ms else 0)
+    if not s.owners:
+        return Charge(IDLE, interval_ms, 0, energy)
+    busy_ms = round(interval_ms * min(max(s.utilization_pct, 0.0), 100.0) / 100)
+    return Charge(s.owners[0], interval_ms, busy_ms, energy)
+
+
 def split_gpu(interval_ms: int, slices: Sequence[GpuSlice], energy_mj: int | None) -> list[Charge]:
     """Charges for one physical GPU over ``interval_ms``; allocated time sums to ``interval_ms`` and energy
     to ``energy_mj`` exactly.  Raise SharingError when the readings cannot be one GPU."""
     if not slices:
         raise SharingError("a GPU without readings")
+    if len(slices) == 1 and slices[0].compute_fraction == 1 and len(slices[0].owners) <= 1:
+        return [_whole_gpu_charge(interval_ms, slices[0], energy_mj)]  # most GPUs: nothing to split
+    return _split_slices(interval_ms, slices, energy_mj)
+
+
+def _split_slices(interval_ms: int, slices: Sequence[GpuSlice], energy_mj: int | None) -> list[Charge]:
     fractions = [exact_fraction(s.compute_fraction) for s in slices]
     if any(not 0 < f <= 1 for f in fractions):
         raise SharingError(f"compute fractions must be in (0, 1], got {[str(f) for f in fractions]}")

@@ -219,3 +219,15 @@ def test_a_gpu_read_whole_and_as_mig_instances_in_one_sample_is_refused():
                      compute_fraction=3 / 7)
     with pytest.raises(EventError, match="'GPU-0' is read whole and as MIG instances"):
         GpuSample.decode(GpuSample("e", 1, 1, "n", "onprem", "t", [whole, mig]).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(interval_ms=st.integers(0, 3_600_000), utilization_pct=st.floats(-10, 150, allow_nan=False),
+       owners=st.sampled_from([(), (("train", "ml"),)]), measured=st.sampled_from([(), (None,), (0.0,), (37.5,)]),
+       energy_mj=st.one_of(st.none(), st.integers(0, 10**9)))
+def test_a_whole_gpu_of_one_workload_is_charged_as_the_general_split_would(interval_ms, utilization_pct, owners,
+                                                                           measured, energy_mj):
+    from costmodel.sharing import GpuSlice, _split_slices, split_gpu
+
+    gpu = GpuSlice(1, utilization_pct, owners, measured[: len(owners)])
+    assert split_gpu(interval_ms, [gpu], energy_mj) == _split_slices(interval_ms, [gpu], energy_mj)
