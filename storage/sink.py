@@ -260,6 +260,16 @@ class StoredOffsets:
             " updated_at = now()", (self.group, topics, parts, list(offsets.values())))
 
 
+def forget_offsets(dsn: str) -> int:
+    """Drop every stored sink offset; return how many there were.
+
+    For a freshly started embedded broker: its logs start empty (memory storage), so offsets stored
+    against an earlier run's logs would make the sink skip the new records or wait past their end.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("DELETE FROM sink_offsets").rowcount
+
+
 # -- writing ----------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
--- 012: the sink's consumer positions, stored with the rows they produced.  The sink writes a batch's
+-- 011: the sink's consumer positions, stored with the rows they produced.  The sink writes a batch's
 -- rows and the next offset of every partition it read in one transaction, and on start and on every
 -- partition assignment seeks to these offsets (Kafka's committed offsets are only a fallback for a
 -- partition with no row here yet).  A crash replays nothing that was stored; raw rows go straight
