@@ -75,7 +75,7 @@ def _seed(dsn: str, team: str, spent_per_hour: D, hours: int, idle_per_hour: D =
                 GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, None, [])])):
             batch.add("gpu_samples", row)
     with psycopg.connect(dsn) as conn:
-        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL), careful=True)  # seeded twice: same samples
 
 
 def _alerter(tmp_path, dsn: str, **alerts) -> Alerter:
