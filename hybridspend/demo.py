@@ -175,7 +175,7 @@ def summary(conn, start: datetime, end: datetime, config: Config, services: Serv
             f"  {d['decided_at']:%H:%M} {d['workload']}: {d['kind']} ({d['from_env']} -> {d['to_env']}) "
             f"{_money(d['current_usd_per_busy_gpu_hour'])} vs {_money(d['alternative_usd_per_busy_gpu_hour'])} "
             f"per busy GPU-hour at {d['utilization']:.0%} busy, saves {_money(d['monthly_savings_usd'])}/month "
-            f"{_savings_range(d)}after {d['evidence_hours'] or 0:g} h of evidence "
+            f"{_savings_range(d)}after {float(d['evidence_hours'] or 0):g} h of evidence "
             f"[{d['alerts_delivered']} alert(s) delivered]"
         )
         lines.append(f"        {d['reason']}")
