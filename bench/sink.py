@@ -4,6 +4,11 @@ Both write into the same (partitioned) ``gpu_samples`` table of a fresh database
 embedded PostgreSQL, with the same binary COPY.  The sink figure includes everything it does in
 production: consume, decode and validate, build the rows, COPY them, store its offsets in the
 same transaction, commit the Kafka offsets.  The raw COPY gets the rows ready-made.
+
+Two more figures bound what any sink of these messages can reach beside that COPY: reading the
+same records with the same consumer and doing nothing else, and reading them and validating each
+(decoding it into its event, which a sink must do to dead-letter a bad one).  Their ratios to the
+raw COPY are the ceilings of ``sink_ratio`` were building and writing the rows free.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import psycopg
 
 from collectors.sim import demo_fleet
 from contracts.config import KafkaConfig
+from contracts.events import GpuSample
 from contracts.topics import Topics
 from infra.broker import ensure_topics, make_consumer, make_producer
 from storage.db import migrate
@@ -47,6 +53,7 @@ def run(bootstrap: str, profile, admin_dsn: str, quick: bool, say=print) -> dict
     producer.close()
 
     results = {}
+    read_s, validate_s = _read_and_validate(bootstrap, kafka, profile, topics.gpu_samples, len(samples))
     for label in ("raw_copy", "sink"):
         dsn = _fresh_database(admin_dsn, f"bench_{label}")
         migrate(dsn)
@@ -78,12 +85,42 @@ def run(bootstrap: str, profile, admin_dsn: str, quick: bool, say=print) -> dict
         assert stored == len(rows), f"{label}: {stored} rows stored, expected {len(rows)}"
         results[f"{label}_rows_per_s"] = len(rows) / elapsed
         say(f"  {label:<9} {len(rows):>7} rows in {elapsed:6.2f} s = {len(rows) / elapsed:>9,.0f} rows/s")
+    raw_copy_s = len(rows) / results["raw_copy_rows_per_s"]
+    say(f"  {'read only':<9} {len(rows):>7} rows in {read_s:6.2f} s; reading and validating "
+        f"{read_s + validate_s:6.2f} s")
     figures = {
         "sink_rows_per_s": round(results["sink_rows_per_s"]),
         "raw_copy_rows_per_s": round(results["raw_copy_rows_per_s"]),
         "sink_ratio": round(results["sink_rows_per_s"] / results["raw_copy_rows_per_s"], 3),
+        "sink_read_only_ratio": round(raw_copy_s / read_s, 3),
+        "sink_read_validate_ratio": round(raw_copy_s / (read_s + validate_s), 3),
     }
     return figures
+
+
+def _read_and_validate(bootstrap: str, kafka: KafkaConfig, profile, topic: str, count: int) -> tuple[float, float]:
+    """Seconds to read ``count`` records with the sink's consumer settings, and to decode them."""
+    consumer = make_consumer(bootstrap, kafka, profile, "bench-read", [topic],
+                             fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        while not consumer.assignment():
+            consumer.poll(timeout_ms=100, max_records=1)
+        consumer.seek_to_beginning()
+        read_s = validate_s = 0.0
+        seen = 0
+        while seen < count:
+            start = time.perf_counter()
+            polled = consumer.poll(timeout_ms=500, max_records=5000)
+            read = time.perf_counter()
+            for records in polled.values():
+                for record in records:
+                    GpuSample.decode(record.value)
+                seen += len(records)
+            read_s += read - start
+            validate_s += time.perf_counter() - read
+        return read_s, validate_s
+    finally:
+        consumer.close()
 
 
 def _fresh_database(admin_dsn: str, name: str) -> str:

@@ -43,11 +43,11 @@ class SinkMetrics:
             if rows:
                 metrics.EVENTS_OUT.labels("sink", table).inc(len(rows))
         source, reason = _column("dead_letters", "source_topic"), _column("dead_letters", "reason")
-        for row in batch.rows["dead_letters"].values():
+        for row in batch.values("dead_letters"):
             metrics.DEAD_LETTERS.labels(TOPICS(row[source]),
                                         metrics.DEAD_LETTER_REASONS(metrics.reason_kind(row[reason]))).inc()
         window_end = _column("cost_windows", "window_end")
-        for row in batch.rows["cost_windows"].values():
+        for row in batch.values("cost_windows"):
             metrics.WINDOW_CLOSE_DELAY.observe(max(0.0, now_s - row[window_end].timestamp()))
         for table, time_column, source_column, name in (
                 ("gpu_samples", "ts", "environment", "gpu-samples"),
@@ -56,7 +56,7 @@ class SinkMetrics:
                 ("live_instances", "changed_at", "provider", "instance-events")):
             at, by = _column(table, time_column), _column(table, source_column)
             newest: dict[str, float] = {}
-            for row in batch.rows[table].values():
+            for row in batch.values(table):
                 key = f"{name}/{row[by]}" if row[by] else name
                 newest[key] = max(newest.get(key, 0.0), row[at].timestamp())
             for key, event_time_s in newest.items():

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import psycopg
 import psycopg.errors
@@ -128,9 +128,9 @@ def decision_row(d: BreakevenDecision) -> tuple:
     )
 
 
-def decision_rows(d: BreakevenDecision) -> list[tuple[str, tuple]]:
+def decision_rows(d: BreakevenDecision) -> list[tuple]:
     """Decisions are stored; a trending notice is only an alert (the alerter keeps it in its outbox)."""
-    return [] if d.kind == TRENDING_REPATRIATION else [("decisions", decision_row(d))]
+    return [] if d.kind == TRENDING_REPATRIATION else [decision_row(d)]
 
 
 def dead_letter_row(d: DeadLetter) -> tuple:
@@ -138,9 +138,9 @@ def dead_letter_row(d: DeadLetter) -> tuple:
 
 
 def gpu_sample_rows(s: GpuSample) -> list[tuple]:
-    ts = _ts(s.ts_ms)
+    ts, resource, environment, interval_ms = _ts(s.ts_ms), s.resource, s.environment, s.interval_ms
     return [
-        (ts, s.resource, g.uuid, g.index, g.model, g.gpu_class, s.environment, s.interval_ms, g.utilization_pct,
+        (ts, resource, g.uuid, g.index, g.model, g.gpu_class, environment, interval_ms, g.utilization_pct,
          g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads],
          g.parent_uuid or None, g.mig_profile or None, g.compute_fraction if g.parent_uuid else None, g.energy_mj)
         for g in s.gpus
@@ -184,22 +184,43 @@ def live_instance_row(s: LiveSpend) -> tuple:
 
 
 class Batch:
-    """Rows of one poll, deduplicated on their natural key (the last version wins), and the next
-    offset of every partition the poll read (stored with the rows).  A key that comes twice for an
-    append-only table is not a restatement: the second copy becomes a dead letter."""
+    """Rows of one poll, and the next offset of every partition the poll read (stored with the rows).
+
+    Rows of tables that restate are deduplicated on their natural key as they come (the last version
+    wins).  Append-only tables keep every row in arrival order, unkeyed: their keys are computed
+    only when the database refuses a copy of a stored key (``keyed``), the first copy of a key is
+    kept and the others become dead letters.  Keying every GPU sample as it came cost a fifth of
+    the sink's decoding."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[tuple, tuple]] = {t: {} for t in TABLES}
+        self.rows: dict[str, dict[tuple, tuple] | list[tuple]] = {
+            t: [] if spec.append_only else {} for t, spec in TABLES.items()}
         self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
 
     def add(self, table: str, row: tuple) -> None:
-        spec = TABLES[table]
-        key = spec.key_of(row)
-        rows = self.rows[table]
-        if spec.append_only and key in rows:
-            self.add("dead_letters", duplicate_row(table, key, row))
+        self.extend(table, (row,))
+
+    def extend(self, table: str, rows: Iterable[tuple]) -> None:
+        target = self.rows[table]
+        if isinstance(target, list):
+            target.extend(rows)
             return
-        rows[key] = row
+        key_of = TABLES[table].key_of
+        for row in rows:
+            target[key_of(row)] = row
+
+    def values(self, table: str) -> Collection[tuple]:
+        rows = self.rows[table]
+        return rows if isinstance(rows, list) else rows.values()
+
+    def keyed(self, table: str) -> list[tuple[tuple, tuple]]:
+        """(natural key, row) for every row of ``table``; an append-only table's in arrival order,
+        copies of a key included."""
+        rows = self.rows[table]
+        if isinstance(rows, list):
+            key_of = TABLES[table].key_of
+            return [(key_of(row), row) for row in rows]
+        return list(rows.items())
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -355,10 +376,10 @@ def write_row_by_row(conn: psycopg.Connection, batch: Batch, engine: str, partit
             if offsets is not None:
                 offsets.write(conn, batch.offsets)
             created += _ensure_partitions(conn, batch, partitions)
-            for table, rows in batch.rows.items():
-                for key, row in rows.items():
+            for table in batch.rows:
+                for key, row in batch.keyed(table):
                     single = Batch()
-                    single.rows[table][key] = row
+                    single.add(table, row)
                     try:
                         with conn.transaction():  # a savepoint
                             if _write_rows(conn, single, engine, True, binary):
@@ -381,7 +402,7 @@ def _ensure_partitions(conn: psycopg.Connection, batch: Batch, partitions: Parti
         spec = TABLES[table]
         if rows and spec.time_column:
             index = spec.columns.index(spec.time_column)
-            created += partitions.ensure(conn, table, {row[index] for row in rows.values()})
+            created += partitions.ensure(conn, table, {row[index] for row in batch.values(table)})
     return created
 
 
@@ -395,15 +416,19 @@ def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bo
             continue
         spec = TABLES[table]
         if spec.append_only and not careful:
-            copy_rows(conn, table, table, rows.values(), binary)
+            copy_rows(conn, table, table, rows, binary)
             continue
         conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        copy_rows(conn, f"stage_{table}", table, rows.values(), binary)
+        copy_rows(conn, f"stage_{table}", table, batch.values(table), binary)
         if spec.append_only:
             taken = {tuple(key) for key in conn.execute(_upsert_sql(table, spec))}
-            duplicates += [(table, key, row) for key, row in rows.items() if key not in taken]
+            for key, row in batch.keyed(table):  # the first copy of a key is the one inserted
+                if key in taken:
+                    taken.discard(key)
+                else:
+                    duplicates.append((table, key, row))
             conn.execute(f"DELETE FROM stage_{table}")  # the careful path stages again in this transaction
             continue
         conn.execute(_upsert_sql(table, spec))
@@ -446,7 +471,7 @@ def refresh_restated_rollups(conn: psycopg.Connection, batch: Batch, engine: str
     windows = batch.rows["cost_windows"]
     if engine == TIMESCALEDB and windows:
         index = TABLES["cost_windows"].columns.index("window_start")
-        starts = [row[index] for row in windows.values()]
+        starts = [row[index] for row in batch.values("cost_windows")]
         try:
             refresh_materialized_rollups(conn, min(starts), max(starts))
         except psycopg.OperationalError:
@@ -502,14 +527,15 @@ class Sink:
         self.lag_probe = lag_probe
         self._last_lag = 0.0
         self.binary_copy = True  # until the server refuses it (PGlite over a socket does)
-        self._decoders: dict[str, Callable[[bytes], list[tuple[str, tuple]]]] = {
-            topics.cost_windows: lambda v: [("cost_windows", cost_window_row(CostWindow.decode(v)))],
-            topics.decisions: lambda v: decision_rows(BreakevenDecision.decode(v)),
-            topics.dead_letter: lambda v: [("dead_letters", dead_letter_row(DeadLetter.decode(v)))],
-            topics.gpu_samples: lambda v: [("gpu_samples", r) for r in gpu_sample_rows(GpuSample.decode(v))],
-            topics.cost_lines: lambda v: [("cost_lines", cost_line_row(CostLine.decode(v)))],
-            topics.prices: lambda v: [("prices", price_row(PriceUpdate.decode(v)))],
-            topics.live_spend: lambda v: [("live_instances", live_instance_row(LiveSpend.decode(v)))],
+        # topic -> (table, the rows of one record's value)
+        self._decoders: dict[str, tuple[str, Callable[[bytes], list[tuple]]]] = {
+            topics.cost_windows: ("cost_windows", lambda v: [cost_window_row(CostWindow.decode(v))]),
+            topics.decisions: ("decisions", lambda v: decision_rows(BreakevenDecision.decode(v))),
+            topics.dead_letter: ("dead_letters", lambda v: [dead_letter_row(DeadLetter.decode(v))]),
+            topics.gpu_samples: ("gpu_samples", lambda v: gpu_sample_rows(GpuSample.decode(v))),
+            topics.cost_lines: ("cost_lines", lambda v: [cost_line_row(CostLine.decode(v))]),
+            topics.prices: ("prices", lambda v: [price_row(PriceUpdate.decode(v))]),
+            topics.live_spend: ("live_instances", lambda v: [live_instance_row(LiveSpend.decode(v))]),
         }
         group = consumer.config.get("group_id") if consumer is not None else None
         self.offsets = StoredOffsets(group or "", {})
@@ -528,9 +554,9 @@ class Sink:
             decoder = self._decoders.get(rec.topic)
             if decoder is None or is_watermark(rec.value):
                 continue  # watermarks are stream progress, not data
+            table, rows_of = decoder
             try:
-                for table, row in decoder(rec.value):
-                    batch.add(table, row)
+                batch.extend(table, rows_of(rec.value))
             except (EventError, KeyError, TypeError, ValueError) as exc:
                 # a bad record is stored as a dead letter, never dropped silently
                 letter = DeadLetter.of(topic=rec.topic, partition=rec.partition, offset=rec.offset,

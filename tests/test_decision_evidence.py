@@ -287,7 +287,8 @@ def test_finance_gets_a_purchase_only_once_it_met_its_horizon_and_never_the_tren
 
 def test_the_trending_notice_is_an_alert_not_a_stored_decision():
     assert decision_rows(buy_decision(kind=TRENDING_REPATRIATION)) == []
-    assert [t for t, _ in decision_rows(buy_decision())] == ["decisions"]
+    stored = buy_decision()
+    assert decision_rows(stored) == [decision_row(stored)]
 
 
 @pytest.mark.integration

@@ -245,6 +245,29 @@ def test_a_sink_that_lost_its_partitions_cannot_write_over_the_new_owner(databas
             (20 * GPUS, 20)  # 20 samples of 4 GPUs, stored once
 
 
+def test_copies_of_a_gpu_sample_row_in_one_batch_or_already_stored_are_dead_lettered_once_each(database):
+    """Append-only rows are not keyed as they come: the database's unique key finds the copies."""
+    migrate(database)
+    sink = Sink(None, database, Topics("t.", 1))
+    try:
+        first = Batch()
+        first.extend("gpu_samples", gpu_sample_rows(samples(0, 1)[0]))
+        assert sink.write_durably(first)
+        again = Batch()  # sample 0 once more (stored already), sample 1 twice in this batch
+        for s in (samples(0, 1)[0], samples(1, 1)[0], samples(1, 1)[0]):
+            again.extend("gpu_samples", gpu_sample_rows(s))
+        assert sink.write_durably(again)
+    finally:
+        sink.close()
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM gpu_samples").fetchone() == (2 * GPUS,)
+        letters = [r for (r,) in conn.execute("SELECT reason FROM dead_letters ORDER BY reason")]
+    assert len(letters) == 2 * GPUS  # sample 0's copy and sample 1's second copy, every GPU
+    assert all(r.startswith("sink: duplicate gpu_samples row (ts=2026-11-01T00:00:0") for r in letters)
+    assert sum("00:00:01" in r for r in letters) == GPUS  # sample 1: its first copy stored, the second refused
+    assert sink.rejected == 2 * GPUS and sink.rows_written == 2 * GPUS
+
+
 def test_stored_offsets_past_the_end_of_a_recreated_log_read_it_from_the_start(broker, database, topic_prefix,
                                                                               caplog):
     """The local broker keeps nothing across restarts while the database keeps the stored offsets."""
