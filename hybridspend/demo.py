@@ -37,7 +37,6 @@ def run_demo(args) -> int:
     from collectors.sim import demo_fleet
     from contracts.config import EXAMPLE_CONFIG
     from storage.db import migrate, sync_budgets
-    from storage.sink import forget_offsets
     from storage.queries import counts
 
     state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
@@ -57,8 +56,6 @@ def run_demo(args) -> int:
     with ExitStack() as stack:
         endpoints = stack.enter_context(running_services(config, say=lambda m: _say(f"  {m}")))
         before, after, engine = migrate(endpoints.dsn)
-        if endpoints.local_broker:  # a new, empty log: earlier stored offsets mean nothing to it
-            forget_offsets(endpoints.dsn)
         sync_budgets(endpoints.dsn, config.budgets)
         _say(f"  database ready ({engine}, schema version {after})")
         ensure_topics(endpoints.bootstrap, config.kafka, topics)

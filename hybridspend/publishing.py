@@ -18,7 +18,7 @@ from infra.broker import ensure_topics, make_consumer, make_producer
 from infra.local import running_services
 from infra.publish import Publisher
 from storage.db import migrate
-from storage.sink import Sink, forget_offsets
+from storage.sink import Sink
 
 
 @contextlib.contextmanager
@@ -36,8 +36,6 @@ def publishing(config: Config, logical_topics: list[str], say: Callable[[str], N
 
     with running_services(config, say=say) as endpoints:
         migrate(endpoints.dsn)
-        if endpoints.local_broker:  # a new, empty log: earlier stored offsets mean nothing to it
-            forget_offsets(endpoints.dsn)
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
         producer = make_producer(endpoints.bootstrap, config.kafka)
         publisher = Publisher(producer, topics)

@@ -39,7 +39,6 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
     import psycopg
 
     from storage.db import migrate
-    from storage.sink import forget_offsets
 
     with ExitStack() as stack:
         if state_dir is None:
@@ -54,8 +53,6 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
 
         endpoints = stack.enter_context(running_services(config, say=say))
         migrate(endpoints.dsn)
-        if endpoints.local_broker:  # a new, empty log: earlier stored offsets mean nothing to it
-            forget_offsets(endpoints.dsn)
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
         producer = make_producer(endpoints.bootstrap, config.kafka)
         stack.callback(producer.close)

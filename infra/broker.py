@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from contracts.config import ConfigError, KafkaConfig
 from contracts.topics import Topics
@@ -188,6 +188,35 @@ def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, gr
                                   timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s)
     consumer.subscribe(topics)
     return consumer
+
+
+class TopicIds:
+    """The id of each topic's current log, as the cluster names it (KIP-516, Kafka 2.8+; Tansu has
+    them): a topic deleted and created again under its name, or created anew by a broker that
+    lost its data, gets a new id.  Asked through an admin client made from a consumer's settings."""
+
+    def __init__(self, consumer_config: dict[str, Any]) -> None:
+        self.config = consumer_config
+        self.admin = None
+
+    def __call__(self, topics: Iterable[str]) -> dict[str, str]:
+        """topic -> id, for the topics the cluster knows and gives an id (none from older brokers)."""
+        from kafka import KafkaAdminClient
+
+        if self.admin is None:
+            settings = {k: v for k, v in self.config.items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+            self.admin = KafkaAdminClient(**{**settings, "client_id": f"{settings.get('client_id')}-ids"})
+        ids = {}
+        for meta in self.admin.describe_topics(sorted(set(topics))):
+            topic_id = str(meta.get("topic_id") or "")
+            if meta.get("error_code") == 0 and topic_id.strip("0-"):  # the all-zero id means none
+                ids[meta["name"]] = topic_id
+        return ids
+
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
 
 
 class LagProbe:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable
 
@@ -30,6 +30,8 @@ import psycopg
 import psycopg.errors
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError
+
+from infra.broker import TopicIds
 from psycopg.types.json import Jsonb
 
 from contracts.events import (
@@ -249,15 +251,21 @@ class OffsetsMoved(RuntimeError):
 
 @dataclass
 class StoredOffsets:
-    """The offsets a sink (its consumer group) keeps in ``sink_offsets``, as it last saw them."""
+    """The offsets a sink (its consumer group) keeps in ``sink_offsets``, as it last saw them, and
+    the id of the log each one counts in (``topic_ids``: topic -> id, written with the offsets)."""
 
     group: str
     seen: dict[tuple[str, int], int | None]  # (topic, partition) -> next offset; None: no row yet
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
     def load(self, conn: psycopg.Connection) -> dict[tuple[str, int], int]:
         """The stored offsets of this sink's group."""
-        return {(t, p): o for t, p, o in conn.execute(
-            "SELECT topic, partition, next_offset FROM sink_offsets WHERE group_id = %s", (self.group,))}
+        return {tp: offset for tp, (offset, _) in self.load_with_ids(conn).items()}
+
+    def load_with_ids(self, conn: psycopg.Connection) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """(topic, partition) -> (stored offset, the topic id it was stored against, or None)."""
+        return {(t, p): (o, i) for t, p, o, i in conn.execute(
+            "SELECT topic, partition, next_offset, topic_id FROM sink_offsets WHERE group_id = %s", (self.group,))}
 
     def write(self, conn: psycopg.Connection, offsets: dict[tuple[str, int], int]) -> None:
         """Store the next offsets in the caller's transaction, after checking (and locking) the
@@ -275,20 +283,11 @@ class StoredOffsets:
                 raise OffsetsMoved(f"{tp[0]}[{tp[1]}]: stored offset {stored.get(tp)}, this sink saw "
                                    f"{self.seen.get(tp)}")
         conn.execute(
-            "INSERT INTO sink_offsets (group_id, topic, partition, next_offset)"
-            " SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS u(t, p, o)"
+            "INSERT INTO sink_offsets (group_id, topic, partition, next_offset, topic_id)"
+            " SELECT %s, t, p, o, i FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[]) AS u(t, p, o, i)"
             " ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,"
-            " updated_at = now()", (self.group, topics, parts, list(offsets.values())))
-
-
-def forget_offsets(dsn: str) -> int:
-    """Drop every stored sink offset; return how many there were.
-
-    For a freshly started embedded broker: its logs start empty (memory storage), so offsets stored
-    against an earlier run's logs would make the sink skip the new records or wait past their end.
-    """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("DELETE FROM sink_offsets").rowcount
+            " topic_id = EXCLUDED.topic_id, updated_at = now()",
+            (self.group, topics, parts, list(offsets.values()), [self.topic_ids.get(t) for t in topics]))
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -497,6 +496,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
         for tp in revoked:
             self.sink.offsets.seen.pop((tp.topic, tp.partition), None)
             self.sink.unplaced.discard(tp)
+            self.sink.from_start.discard(tp)
 
     def on_partitions_assigned(self, assigned) -> None:
         # placed by the sink right after the poll that assigned them (no I/O inside kafka-python's callback)
@@ -539,7 +539,9 @@ class Sink:
         }
         group = consumer.config.get("group_id") if consumer is not None else None
         self.offsets = StoredOffsets(group or "", {})
+        self.topic_ids = TopicIds(consumer.config) if consumer is not None else None
         self.unplaced: set[TopicPartition] = set()  # assigned, not yet at their stored offsets
+        self.from_start: set[TopicPartition] = set()  # sent to a new log's start, below their stored offsets
         if consumer is not None and consumer.subscription():
             subscribed = sorted(consumer.subscription())
             consumer.unsubscribe()  # subscribed again, with the listener that seeks on every assignment
@@ -589,25 +591,37 @@ class Sink:
         return True
 
     def place(self, stop: Callable[[], bool] = lambda: False, rewind: dict | None = None) -> bool:
-        """Seek the unplaced partitions to their stored offsets (waiting for the database); one
-        without a stored offset, or whose stored offset is past the end of its log (a topic
-        recreated, a broker that lost its data), stays where Kafka's committed offset put it, or
-        goes back to ``rewind[tp]``.  False when stopping first."""
+        """Seek the unplaced partitions to their stored offsets (waiting for the database).  A stored
+        offset counts only in the log it was read from: a partition whose topic has another id
+        than its offset was stored against (the topic recreated, a broker that lost its data) is
+        read from its start, however long the new log already is; where ids are unknown, a stored
+        offset past the end of the log says the same, and the partition stays where Kafka's
+        committed offset put it.  One without a stored offset stays there too, or goes back to
+        ``rewind[tp]``.  False when stopping first."""
         delay = 0.2
         while self.unplaced:
             try:
                 conn = self._connection()
-                stored = self.offsets.load(conn)
+                stored = self.offsets.load_with_ids(conn)
                 conn.commit()
             except psycopg.OperationalError as exc:
                 if not self._unavailable(exc, "stored offsets not read", stop, delay):
                     return False
                 delay = min(delay * 2, self.retry_max_s)
                 continue
+            ids = self._topic_ids({tp.topic for tp in self.unplaced})
+            self.offsets.topic_ids.update(ids)
             ends = self._log_ends([tp for tp in self.unplaced if (tp.topic, tp.partition) in stored])
             for tp in self.unplaced:
-                offset = stored.get((tp.topic, tp.partition))
+                offset, stored_id = stored.get((tp.topic, tp.partition), (None, None))
                 self.offsets.seen[(tp.topic, tp.partition)] = offset
+                if offset is not None and stored_id and ids.get(tp.topic, stored_id) != stored_id:
+                    log.warning("sink: %s[%d]: the stored offset %d counts in the topic's log %s, the topic is now"
+                                " %s (recreated, or the broker lost its data): reading it from its start",
+                                tp.topic, tp.partition, offset, stored_id, ids[tp.topic])
+                    self.consumer.seek_to_beginning(tp)
+                    self.from_start.add(tp)
+                    continue
                 if offset is not None and offset > ends.get(tp, offset):
                     log.warning("sink: %s[%d]: the stored offset %d is past the end of the log (%d): the topic"
                                 " was recreated or the broker lost its data; reading it from Kafka's position",
@@ -619,6 +633,16 @@ class Sink:
                     self.consumer.seek(tp, rewind[tp])
             self.unplaced.clear()
         return True
+
+    def _topic_ids(self, topics: set[str]) -> dict[str, str]:
+        """The current id of each topic's log ({} when the broker does not say)."""
+        if self.topic_ids is None:
+            return {}
+        try:
+            return self.topic_ids(topics)
+        except Exception as exc:  # a check, not a requirement: the end-of-log check still runs
+            log.warning("sink: topic ids not read (%s); checking stored offsets against the logs' ends only", exc)
+            return {}
 
     def _log_ends(self, partitions: list) -> dict:
         """The end offset of each partition's log ({} when the broker does not say)."""
@@ -705,7 +729,9 @@ class Sink:
             polled = {tp: recs for tp, recs in polled.items() if tp not in late}
         for tp, recs in polled.items():
             stored = self.offsets.seen.get((tp.topic, tp.partition))
-            if recs and stored is not None and recs[0].offset < stored:
+            if recs and tp in self.from_start:
+                self.from_start.discard(tp)
+            elif recs and stored is not None and recs[0].offset < stored:
                 # the consumer started over below the stored offset (Kafka resets a position past the
                 # log's end): a topic recreated under its name, or a broker that lost its data
                 log.warning("sink: %s[%d] restarts at offset %d, below the stored %d: the log was recreated;"
@@ -758,3 +784,5 @@ class Sink:
         close_probe = getattr(self.lag_probe, "close", None)
         if close_probe is not None:
             close_probe()
+        if self.topic_ids is not None:
+            self.topic_ids.close()

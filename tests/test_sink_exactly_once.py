@@ -245,6 +245,51 @@ def test_a_sink_that_lost_its_partitions_cannot_write_over_the_new_owner(databas
             (20 * GPUS, 20)  # 20 samples of 4 GPUs, stored once
 
 
+def test_a_recreated_topic_longer_than_the_stored_offset_is_read_from_its_start(broker, database, topic_prefix,
+                                                                              caplog):
+    """The stored offsets carry the id of the log they count in: a new log under the same name is
+    read whole, even when it is already past the offset stored against the old one."""
+    from kafka import KafkaAdminClient
+
+    migrate(database)
+    topics = Topics(topic_prefix, 1)
+    ensure_topics(broker.bootstrap, KafkaConfig(), topics)
+    produce(broker.bootstrap, topics, samples(0, 30), [])
+    sink = _sink(broker, database, topics)
+    try:
+        _drain(sink, lambda: totals(database)[0] == 30 * GPUS)
+    finally:
+        sink.consumer.close()
+        sink.close()
+    with psycopg.connect(database) as conn:
+        (old_id,) = conn.execute("SELECT topic_id FROM sink_offsets WHERE topic = %s AND next_offset = 30",
+                                 (topics.gpu_samples,)).fetchone()
+    assert old_id
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        admin.delete_topics([topics.gpu_samples])
+        wait_until(lambda: topics.gpu_samples not in admin.list_topics(), 30, "the topic deleted")
+    finally:
+        admin.close()
+    ensure_topics(broker.bootstrap, KafkaConfig(), topics)
+    produce(broker.bootstrap, topics, samples(100, 45), [])  # 45 records: past the stored offset 30
+    sink = _sink(broker, database, topics)
+    try:
+        _drain(sink, lambda: totals(database)[0] == 75 * GPUS)
+        sink.run_once(timeout_ms=500)  # nothing more comes
+    finally:
+        sink.consumer.close()
+        sink.close()
+    assert totals(database) == expected(75, 0)  # all 45 new samples, none of the old read twice
+    assert re.search(r"the stored offset 30 counts in the topic's log " + old_id + r", the topic is now \S+",
+                     caplog.text)
+    with psycopg.connect(database) as conn:
+        new_id, next_offset = conn.execute("SELECT topic_id, next_offset FROM sink_offsets WHERE topic = %s",
+                                           (topics.gpu_samples,)).fetchone()
+    assert (next_offset, new_id != old_id) == (45, True)
+
+
 def test_copies_of_a_gpu_sample_row_in_one_batch_or_already_stored_are_dead_lettered_once_each(database):
     """Append-only rows are not keyed as they come: the database's unique key finds the copies."""
     migrate(database)
