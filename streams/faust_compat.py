@@ -22,6 +22,10 @@ What is patched, and why:
   method, checked too, because the idle rule of the agents rests on it).
 * ``read_again_from``: Faust's ``Consumer.seek_wait``, which must also reset Faust's own read
   offset, or the records read again are dropped as already read.
+* ``replay_instead_of_drop``: Faust drops every record below its own read offset, which a record
+  fetched before a seek and delivered after it sets past the seek: the records the seek brings
+  back are dropped and the seek never takes.  The agents' inputs are delivered whole instead;
+  their partition clocks skip what they applied.
 * ``commit_only_applied``: Faust commits what its streams acknowledged, and a stream also
   acknowledges the records it skips during a rebalance; the offsets committed are set from the
   tables' durably written positions instead.
@@ -81,6 +85,12 @@ def _aiokafka_consumer():
     return AIOKafkaConsumer
 
 
+def _base_consumer_init():
+    from faust.transport.consumer import Consumer
+
+    return Consumer.__init__  # where _read_offset is made (the driver's Consumer delegates to it)
+
+
 def _current_event_var():
     from faust import streams
 
@@ -113,6 +123,13 @@ INTERNALS: tuple[Internal, ...] = (
              lambda: _driver().Consumer._filter_tps_with_pending_acks, ("self", "topics"), "commit_only_applied"),
     Internal("faust.streams.Stream._py_aiter", lambda: faust.Stream._py_aiter, ("self",), "commit_only_applied",
              source_mentions="value is skipped_value"),
+    Internal("faust.transport.consumer.Consumer.__init__", _base_consumer_init,
+             ("self", "transport", "callback", "on_partitions_revoked", "on_partitions_assigned", "commit_interval",
+              "commit_livelock_soft_timeout", "loop", "kwargs"),
+             "replay_instead_of_drop", source_mentions="self._read_offset = defaultdict(lambda: None)"),
+    Internal("faust.transport.consumer.Consumer._drain_messages", lambda: _driver().Consumer._drain_messages,
+             ("self", "fetcher"), "replay_instead_of_drop",
+             source_mentions="get_read_offset = self._read_offset.__getitem__"),
     Internal("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._seek_wait",
              lambda: _driver().AIOKafkaConsumerThread._seek_wait, ("self", "consumer", "partitions"),
              "read_again_from", source_mentions="_read_offset[tp] = offset"),
@@ -322,6 +339,60 @@ async def read_again_from(app: faust.App, topic: str, partition: int, offset: in
     except (IllegalStateError, AssertionError, KeyError, asyncio.TimeoutError):
         return False
     return True
+
+
+# -- records brought back by a seek ------------------------------------------------------------------
+
+_replayed_topics: "weakref.WeakKeyDictionary[faust.App, frozenset[str]]" = weakref.WeakKeyDictionary()
+_original_consumer_init: Callable | None = None
+
+
+class ReadOffsets(dict):
+    """Faust's ``Consumer._read_offset`` that reads as "nothing read yet" for ``replayed`` topics.
+
+    Faust reads it only in ``Consumer._drain_messages``, to drop every record below it; seeks and
+    delivered records write it (the rest of Faust's use: ``defaultdict(lambda: None)``)."""
+
+    def __init__(self, replayed: frozenset[str]) -> None:
+        super().__init__()
+        self.replayed = replayed
+
+    def __getitem__(self, tp):
+        return None if tp.topic in self.replayed else dict.get(self, tp)
+
+
+def replay_instead_of_drop(app: faust.App, topics) -> None:
+    """Deliver every record of ``topics`` the fetcher returns, even below Faust's read offset.
+
+    ``Consumer._drain_messages`` drops a record whose offset is below ``_read_offset[tp]``, and
+    sets that read offset, unconditionally, after each record it delivered.  A record fetched
+    before a seek back (``perform_seek`` after recovery, ``seek_wait`` from ``read_again_from``)
+    and still waiting to be delivered (on flow control, or a full stream buffer) is delivered
+    after the seek and sets the read offset past the seek's target; the records the seek brings
+    back are then dropped as already read, only at Faust's debug level ("DROPPED MESSAGE ROFF"),
+    and the seek never takes.  That was the tail stall of a restarted worker: its fetcher at the
+    end of the log, its tables behind, until a timer sent it back to a partition that had gone
+    quiet.  No upstream issue reports it (faust-streaming/faust#216, #221 and #253 are about
+    gaps and commits around rebalances).  The agents apply each record once, in offset order
+    (``PartitionClock.take``), so a record delivered twice is skipped as applied and one after a
+    gap sends the consumer back: for their topics Faust's drop is not needed.  Changelog topics
+    keep Faust's rule: table recovery counts the records it reads.
+    """
+    global _original_consumer_init
+    driver = _driver()
+    if _original_consumer_init is None:
+        _original_consumer_init = original = driver.Consumer.__init__
+
+        def __init__(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            replayed = _replayed_topics.get(self.app)
+            if replayed is not None:
+                offsets = ReadOffsets(replayed)
+                offsets.update(self._read_offset)
+                self._read_offset = offsets
+
+        driver.Consumer.__init__ = __init__
+    _replayed_topics[app] = frozenset(topics)
 
 
 # -- offset commits --------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from .faust_compat import (
     keep_fetched_records,
     on_behalf_of,
     read_again_from,
+    replay_instead_of_drop,
 )
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 
@@ -198,6 +199,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     apply_broker_profile(app, profile)
     keep_fetched_records(app)
     applied = commit_only_applied(app)  # (topic, partition) -> next offset the tables hold durably
+    # the agents apply each record once in offset order: Faust need not drop what it thinks was read
+    replay_instead_of_drop(app, (topics.gpu_samples, topics.instance_events, topics.cost_windows))
 
     def topic(name: str):
         return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
