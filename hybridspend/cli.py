@@ -782,9 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwind_on_sigterm(signum, frame):
+    """SIGTERM ends a one-shot command (demo, simulate, stress, ingest, ...) the way Ctrl-C does:
+    unwinding, so that the local broker, database, workers and any CPU load it started are stopped
+    with it instead of left running.  The long-running services replace this with ``_stop_flag``."""
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")
     from costmodel import CostModelError

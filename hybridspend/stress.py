@@ -179,8 +179,11 @@ def worker_log_lines(log_dir: Path, marker: str = "[ERROR]") -> list[str]:
 REWIND_MARKER = "reading again from there"  # logged when a consumer is sent back to its tables' position
 
 
+CPU_LOAD_MARKER = "hybridspend-stress-cpu-load"  # in the busy process's command line
+
+
 def _cpu_hog() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-c", "while True: pass", CPU_LOAD_MARKER], stdin=subprocess.DEVNULL)
 
 
 def stress(scenario: Scenario, runs: int, seed: int = 0, cpu_load: bool = False, max_workers: int = 3,

@@ -62,3 +62,44 @@ def test_a_killed_worker_and_a_killed_sink_leave_the_cost_windows_of_one_worker(
     assert stress(scenario, runs=1, seed=seed, say=said.append) == 0, "\n".join(said)
     assert any("SIGKILL worker" in line for line in said) and any("SIGKILL the sink" in line for line in said)
     assert any("identical cost windows" in line for line in said)
+
+
+@pytest.mark.integration
+def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
+    """Stopping `hybridspend stress` (a scheduler's SIGTERM, `kill`) leaves no broker, database,
+    worker, sink or busy process of its behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import yaml
+
+    from hybridspend.stress import CPU_LOAD_MARKER
+
+    data = yaml.safe_load(SCENARIO.read_text())
+    data["hours"] = 4
+    scenario = tmp_path / "short.yaml"
+    scenario.write_text(yaml.safe_dump(data))
+    seed = next(s for s in range(100) if draw_plan(s, 4, cpu_load=True).cpu_load)
+    proc = subprocess.Popen([sys.executable, "-m", "hybridspend.cli", "stress", str(scenario), "--runs", "3",
+                             "--seed", str(seed), "--cpu-load"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # until the first faulted run, with its busy process, is under way
+            lines.append(line)
+            if line.startswith("run 1/3"):
+                break
+        time.sleep(3)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any(CPU_LOAD_MARKER in " ".join(p.cmdline()) for p in started), "".join(lines)
+        assert len(started) >= 4  # broker, database, a worker, the sink, the busy process
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
