@@ -30,8 +30,6 @@ import psycopg
 import psycopg.errors
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError
-
-from infra.broker import TopicIds
 from psycopg.types.json import Jsonb
 
 from contracts.events import (
@@ -47,6 +45,7 @@ from contracts.events import (
 )
 
 from costmodel import TRENDING_REPATRIATION
+from infra.broker import TopicIds
 
 from .db import check_schema, connect, engine_of
 from .timeseries import POSTGRESQL, ROLLUPS, TIMESCALEDB, Partitions, apply_retention, refresh_materialized_rollups
