@@ -43,7 +43,6 @@ from contracts.events import (
     PriceUpdate,
     is_watermark,
 )
-
 from costmodel import TRENDING_REPATRIATION
 from infra.broker import TopicIds
 
