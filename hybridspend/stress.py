@@ -197,6 +197,8 @@ def stress(scenario: Scenario, runs: int, seed: int = 0, cpu_load: bool = False,
     say(f"  {len(reference)} cost windows, {len(ref_result['decisions'])} decisions, "
         f"{ref_result['dead_letters']} dead letters ({time.monotonic() - started:.0f} s)")
     differed = 0
+    sent_back: list[int] = []  # per finished run: consumers sent back to their tables
+    slowest_s = 0.0
     for n in range(runs):
         plan = draw_plan(seed + n, scenario.hours, cpu_load, max_workers)
         say(f"run {n + 1}/{runs} (seed {plan.seed}): {plan.describe()}")
@@ -222,6 +224,8 @@ def stress(scenario: Scenario, runs: int, seed: int = 0, cpu_load: bool = False,
             f"{len(comparison.extra)} extra")
         errors = worker_log_lines(run_dir / "logs")
         rewinds = worker_log_lines(run_dir / "logs", REWIND_MARKER)
+        sent_back.append(len(rewinds))
+        slowest_s = max(slowest_s, time.monotonic() - run_started)
         say(f"  {verdict}; decisions {'equal' if same_decisions else 'DIFFERENT'}; "
             f"{result['dead_letters']} dead letters; {len(errors)} worker errors, {len(rewinds)} consumers sent back to their tables ({time.monotonic() - run_started:.0f} s)")
         for line in errors[:FIRST_DIFFERENCES]:
@@ -238,7 +242,9 @@ def stress(scenario: Scenario, runs: int, seed: int = 0, cpu_load: bool = False,
         else:
             say(f"    logs: {run_dir / 'logs'}")
     say(f"{runs} runs, {differed} differed from the one-worker reference "
-        f"({time.monotonic() - started:.0f} s, {_cpu_seconds() - cpu:.0f} CPU-s in this process tree)")
+        f"({time.monotonic() - started:.0f} s, {_cpu_seconds() - cpu:.0f} CPU-s in this process tree); "
+        f"{sum(sent_back)} consumers sent back to their tables in {sum(1 for n in sent_back if n)} runs; "
+        f"slowest finished run {slowest_s:.0f} s")
     if not any(root.iterdir()):
         root.rmdir()
     return differed
