@@ -37,6 +37,7 @@ def run_demo(args) -> int:
     from collectors.sim import demo_fleet
     from contracts.config import EXAMPLE_CONFIG
     from storage.db import migrate, sync_budgets
+    from storage.timeseries import delete_raw_samples
     from storage.queries import counts
 
     state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
@@ -58,6 +59,13 @@ def run_demo(args) -> int:
         before, after, engine = migrate(endpoints.dsn)
         sync_budgets(endpoints.dsn, config.budgets)
         _say(f"  database ready ({engine}, schema version {after})")
+        if endpoints.local_database:  # this state directory's own database, never a configured one
+            with psycopg.connect(endpoints.dsn, autocommit=True) as conn:
+                replaced = delete_raw_samples(conn, [n.resource for n in fleet.nodes], day_start,
+                                              day_start + timedelta(hours=args.hours))  # the samples sent
+            if replaced:
+                _say(f"  an earlier demo run stored this simulated day: its {replaced} raw samples are replaced "
+                     "(stored twice they would be refused as a replay; the rest is updated in place)")
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
         services = Services(config, config_path, endpoints)
         stack.callback(services.stop)
@@ -99,7 +107,7 @@ def run_demo(args) -> int:
         _say(f"  the providers' bill for the day's cloud instances: {billed} FOCUS rows ingested "
              f"(the FOCUS ingest path, as `hybridspend ingest focus` runs it)")
 
-        # drain: wait until the pipeline has caught up (no new rows, no alert pending)
+        # drain: wait until the pipeline has caught up (no new rows, raw samples included, no alert pending)
         stable, previous = 0, None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and stable < 3:

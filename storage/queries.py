@@ -154,7 +154,7 @@ def idle_cost_usd(conn: psycopg.Connection) -> Decimal:
 
 def counts(conn: psycopg.Connection) -> dict[str, int]:
     out = {}
-    for table in ("cost_windows", "decisions", "alert_outbox", "dead_letters"):
+    for table in ("cost_windows", "decisions", "alert_outbox", "dead_letters", "gpu_samples"):
         out[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     out["alerts_pending"] = conn.execute(
         "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL").fetchone()[0]

@@ -201,3 +201,13 @@ def apply_retention(conn: psycopg.Connection, engine: str, now: datetime | None 
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
                 dropped.append(name)
     return dropped
+
+
+def delete_raw_samples(conn: psycopg.Connection, resources: Iterable[str], start: datetime, through: datetime) -> int:
+    """Delete the raw GPU samples of ``resources`` from ``start`` through ``through``; return how many there were.
+
+    For a replay that means to store the same samples again (the demo simulating a day it stored
+    before): the sink refuses a second copy of a stored sample as a replay past its offsets.
+    """
+    return conn.execute("DELETE FROM gpu_samples WHERE resource = ANY(%s) AND ts >= %s AND ts <= %s",
+                        (list(resources), start, through)).rowcount

@@ -1,6 +1,7 @@
 """`hybridspend demo` as a user runs it: a crossing and its alert, and nothing left running."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -53,3 +54,27 @@ def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
     for text in written:
         for part in secret_parts:
             assert part not in text
+
+
+def test_a_second_demo_in_the_same_state_directory_gives_the_same_summary_and_no_dead_letters(tmp_path):
+    """The second run replays the same simulated day against the database the first one filled; its
+    broker is new, its raw samples replace the earlier ones instead of being refused as a replay."""
+    state = tmp_path / "hs-demo-test-again"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDSPEND")}
+
+    def demo() -> str:
+        proc = subprocess.run([sys.executable, "-m", "hybridspend.cli", "demo", "--state-dir", str(state),
+                               "--hours", "3", "--speed", "6000"], capture_output=True, text=True, env=env, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    def summary(out: str) -> list[str]:  # the workloads table, the crossings, the reconciliation
+        lines = out[out.index("Workloads"):out.index("Alerts:")].splitlines()
+        return [line for line in lines if "ran in" not in line]
+
+    first, second = demo(), demo()
+    assert "Dead letters: 0" in first and "Dead letters: 0" in second
+    # every sample of the first run was stored before it stopped, and is replaced
+    assert re.search(r"an earlier demo run stored this simulated day: its 6420 raw samples are replaced", second)
+    assert summary(second) == summary(first)
+    assert not _children_alive()
