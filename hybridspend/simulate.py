@@ -106,8 +106,14 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         stack.callback(lag.close)
         inputs = {topics.gpu_samples, topics.instance_events}
 
-        def caught_up() -> bool:  # the worker has committed every input record, the sink everything it reads
+        worker_outputs = {topics.cost_windows, topics.decisions, topics.live_spend, topics.dead_letter}
+
+        def caught_up() -> bool:
+            # the worker has committed every input record and every cost window (decided them), and
+            # the sink everything it reads, the worker's outputs over all their partitions included
             return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
+                    and lag.behind(topics.group("worker"), {topics.cost_windows}) == 0
+                    and lag.behind(topics.group("sink"), worker_outputs) == 0
                     and not any(behind for *_, behind in lag()))
 
         _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,

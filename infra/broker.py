@@ -242,6 +242,18 @@ class LagProbe:
                     rows.append((group, tp.topic, tp.partition, max(0, ends.get(tp, meta.offset) - meta.offset)))
         return rows
 
+    def behind(self, group: str, topics: set[str]) -> int:
+        """The records of ``topics`` that ``group`` has not committed, over every partition: one it
+        never committed counts whole (``__call__`` sees only the partitions a group committed).
+        Exact where the broker's end offsets are (on the local broker, for what Faust produced:
+        docs/design.md, "Broker profiles")."""
+        from kafka import TopicPartition
+
+        parts = [TopicPartition(t, p) for t in sorted(topics) for p in sorted(self.offsets.partitions_for_topic(t) or ())]
+        ends = self.offsets.end_offsets(parts)
+        committed = {tp: meta.offset for tp, meta in self._committed(group).items()}
+        return sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items())
+
     def committed_total(self, group: str, topics: set[str]) -> int:
         """The sum of ``group``'s committed offsets over every partition of ``topics``: on fresh topics,
         the number of their records the group has finished with (exact, unlike the broker's end

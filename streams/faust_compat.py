@@ -20,6 +20,8 @@ What is patched, and why:
   for its changelog writes.
 * ``highwater``: how far each input partition's log goes, from Faust's consumer (a public
   method, checked too, because the idle rule of the agents rests on it).
+* ``log_start``: the first offset of a partition's log, from Faust's consumer (a public method,
+  checked too: a partition the tables never applied expects its first record).
 * ``read_again_from``: Faust's ``Consumer.seek_wait``, which must also reset Faust's own read
   offset, or the records read again are dropped as already read.
 * ``replay_instead_of_drop``: Faust drops every record below its own read offset, which a record
@@ -40,6 +42,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import inspect
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -49,6 +52,8 @@ import faust
 from infra.broker import BrokerProfile
 
 # the versions every internal below was read and tested against (upper bounds in pyproject.toml)
+log = logging.getLogger(__name__)
+
 VERIFIED_VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 
 
@@ -112,6 +117,8 @@ INTERNALS: tuple[Internal, ...] = (
              ("self", "partition", "key", "value", "key_serializer", "value_serializer"), "DurableTable"),
     Internal("faust.transport.consumer.Consumer.highwater",
              lambda: _driver().Consumer.highwater, ("self", "tp"), "highwater"),
+    Internal("faust.transport.consumer.Consumer.earliest_offsets",
+             lambda: _driver().Consumer.earliest_offsets, ("self", "partitions"), "log_start"),
     Internal("faust.transport.consumer.Consumer.assignment",
              lambda: _driver().Consumer.assignment, ("self",), "read_again_from"),
     Internal("faust.transport.consumer.Consumer.seek_wait",
@@ -318,6 +325,19 @@ def highwater(app: faust.App, topic: str, partition: int) -> int | None:
     try:
         return app.consumer.highwater(TP(topic, partition))
     except (AssertionError, KeyError, AttributeError):
+        return None
+
+
+async def log_start(app: faust.App, topic: str, partition: int) -> int | None:
+    """The first offset still in ``topic``'s ``partition`` (0 unless retention deleted the oldest
+    records); None when the broker does not say."""
+    from faust.types import TP
+
+    tp = TP(topic, partition)
+    try:
+        return (await app.consumer.earliest_offsets(tp)).get(tp)
+    except Exception as exc:  # a check, not a requirement: the agents accept the first record then
+        log.warning("%s[%d]: the log's first offset not read (%s)", topic, partition, exc)
         return None
 
 

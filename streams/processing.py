@@ -288,12 +288,16 @@ class PartitionClock:
         return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
                    set(data.get("pending", ())))
 
-    def take(self, topic: str, offset: int) -> str:
+    def take(self, topic: str, offset: int, log_start: int | None = None) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
         now, apply it), ``"applied"`` (a replay after a restart: skip it) or ``"gap"`` (records
-        before it never arrived; ``offsets[topic]`` is the first of them)."""
-        expected = self.offsets.get(topic)
+        before it never arrived; ``offsets[topic]`` is the first of them).  For a topic this
+        partition never applied a record of, the first record expected is ``log_start``, where
+        its log begins (None: whichever comes first)."""
+        expected = self.offsets.get(topic, log_start)
         if expected is not None and offset != expected:
+            if offset > expected and topic not in self.offsets:
+                self.offsets[topic] = expected  # the gap starts at the log's start
             return "applied" if offset < expected else "gap"
         self.offsets[topic] = offset + 1
         return "next"

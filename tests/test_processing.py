@@ -87,6 +87,19 @@ def test_the_partition_clock_applies_each_record_once_and_in_order():
     assert restored.take("t", 42) == "next" and restored.take("u", 7) == "next"  # each topic on its own
 
 
+def test_a_partition_never_applied_expects_the_first_record_of_its_log():
+    # Faust skipped offsets 0-20 of a decision partition while a rebalance held the flow, and
+    # nothing seeks a partition never committed back: its first record delivered was 21
+    clock = PartitionClock()
+    assert clock.take("t", 21, log_start=0) == "gap" and clock.offsets["t"] == 0  # the consumer is sent back
+    assert clock.take("t", 22, log_start=None) == "gap"  # still expecting 0, whatever is said now
+    assert [clock.take("t", o) for o in (0, 1)] == ["next", "next"]
+    trimmed = PartitionClock()  # retention deleted the oldest records: the log begins at 7
+    assert trimmed.take("t", 7, log_start=7) == "next" and trimmed.take("t", 8) == "next"
+    unknown = PartitionClock()  # the broker did not say where its log begins: whichever record comes first
+    assert unknown.take("t", 40, log_start=None) == "next"
+
+
 GS, IE = "t.gpu-samples", "t.instance-events"  # a partition's two input topics
 
 
