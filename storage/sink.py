@@ -592,9 +592,9 @@ class Sink:
         """Seek the unplaced partitions to their stored offsets (waiting for the database).  A stored
         offset counts only in the log it was read from: a partition whose topic has another id
         than its offset was stored against (the topic recreated, a broker that lost its data) is
-        read from its start, however long the new log already is; where ids are unknown, a stored
-        offset past the end of the log says the same, and the partition stays where Kafka's
-        committed offset put it.  One without a stored offset stays there too, or goes back to
+        read from its start, however long the new log already is, and one with the same id is
+        sought to its stored offset.  Where ids are unknown, a stored offset past the end of the
+        log says the log is new, and the partition stays where Kafka's committed offset put it.  One without a stored offset stays there too, or goes back to
         ``rewind[tp]``.  False when stopping first."""
         delay = 0.2
         while self.unplaced:
@@ -609,18 +609,22 @@ class Sink:
                 continue
             ids = self._topic_ids({tp.topic for tp in self.unplaced})
             self.offsets.topic_ids.update(ids)
-            ends = self._log_ends([tp for tp in self.unplaced if (tp.topic, tp.partition) in stored])
+            # a stored offset whose log is known by its id needs no other check (the end offsets the
+            # local broker reports can be below the last record: docs/design.md, "Broker profiles")
+            known = {tp for tp in self.unplaced if stored.get((tp.topic, tp.partition), (None, None))[1]
+                     and tp.topic in ids}
+            ends = self._log_ends([tp for tp in self.unplaced if (tp.topic, tp.partition) in stored and tp not in known])
             for tp in self.unplaced:
                 offset, stored_id = stored.get((tp.topic, tp.partition), (None, None))
                 self.offsets.seen[(tp.topic, tp.partition)] = offset
-                if offset is not None and stored_id and ids.get(tp.topic, stored_id) != stored_id:
+                if tp in known and ids[tp.topic] != stored_id:
                     log.warning("sink: %s[%d]: the stored offset %d counts in the topic's log %s, the topic is now"
                                 " %s (recreated, or the broker lost its data): reading it from its start",
                                 tp.topic, tp.partition, offset, stored_id, ids[tp.topic])
                     self.consumer.seek_to_beginning(tp)
                     self.from_start.add(tp)
                     continue
-                if offset is not None and offset > ends.get(tp, offset):
+                if tp not in known and offset is not None and offset > ends.get(tp, offset):
                     log.warning("sink: %s[%d]: the stored offset %d is past the end of the log (%d): the topic"
                                 " was recreated or the broker lost its data; reading it from Kafka's position",
                                 tp.topic, tp.partition, offset, ends[tp])
