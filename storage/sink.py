@@ -189,8 +189,8 @@ class Batch:
     Rows of tables that restate are deduplicated on their natural key as they come (the last version
     wins).  Append-only tables keep every row in arrival order, unkeyed: their keys are computed
     only when the database refuses a copy of a stored key (``keyed``), the first copy of a key is
-    kept and the others become dead letters.  Keying every GPU sample as it came cost a fifth of
-    the sink's decoding."""
+    kept and the others become dead letters (keying every GPU sample as it comes costs a fifth of
+    the sink's decoding)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[tuple, tuple] | list[tuple]] = {

@@ -263,8 +263,8 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         by retention) leave the gap for good, logged as an error.  A partition the tables never
         applied a record of expects the first record of its log: Faust skips the records it fetched
         for a partition while a rebalance holds the flow, and aiokafka seeks such a partition, never
-        committed, nowhere, so its first record delivered can be any (seen: a decision partition
-        that started at offset 21, its first windows never decided).
+        committed, nowhere, so its first record delivered can be any, and the records before it
+        would never be applied.
         """
         msg = event.message
         first = await log_start(app, msg.topic, msg.partition) if msg.topic not in clock.offsets else None
