@@ -70,10 +70,11 @@ def run(bootstrap: str, profile, admin_dsn: str, quick: bool, say=print) -> dict
             consumer = make_consumer(bootstrap, kafka, profile, "bench-sink", [topics.gpu_samples],
                                      fetch_max_wait_ms=100, max_partition_fetch_bytes=8 * 1024 * 1024)
             sink = Sink(consumer, dsn, topics, max_records=5000)
-            # join the group and see the first records before starting the clock
+            # join the group and place its partitions (startup, once per assignment) before starting the clock
             while not consumer.assignment():
                 consumer.poll(timeout_ms=100, max_records=1)
             consumer.seek_to_beginning()
+            sink.place()  # nothing stored yet: it learns the topics' ids and stays at the beginning
             start = time.perf_counter()
             while sink.records_read < len(samples):
                 sink.run_once(timeout_ms=500)

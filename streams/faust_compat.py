@@ -20,7 +20,7 @@ What is patched, and why:
   for its changelog writes.
 * ``highwater``: how far each input partition's log goes, from Faust's consumer (a public
   method, checked too, because the idle rule of the agents rests on it).
-* ``log_start``: the first offset of a partition's log, from Faust's consumer (a public method,
+* ``log_starts``: the first offset of a partition's log, from Faust's consumer (a public method,
   checked too: a partition the tables never applied expects its first record).
 * ``read_again_from``: Faust's ``Consumer.seek_wait``, which must also reset Faust's own read
   offset, or the records read again are dropped as already read.
@@ -118,7 +118,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("faust.transport.consumer.Consumer.highwater",
              lambda: _driver().Consumer.highwater, ("self", "tp"), "highwater"),
     Internal("faust.transport.consumer.Consumer.earliest_offsets",
-             lambda: _driver().Consumer.earliest_offsets, ("self", "partitions"), "log_start"),
+             lambda: _driver().Consumer.earliest_offsets, ("self", "partitions"), "log_starts"),
     Internal("faust.transport.consumer.Consumer.assignment",
              lambda: _driver().Consumer.assignment, ("self",), "read_again_from"),
     Internal("faust.transport.consumer.Consumer.seek_wait",
@@ -328,17 +328,19 @@ def highwater(app: faust.App, topic: str, partition: int) -> int | None:
         return None
 
 
-async def log_start(app: faust.App, topic: str, partition: int) -> int | None:
-    """The first offset still in ``topic``'s ``partition`` (0 unless retention deleted the oldest
-    records); None when the broker does not say."""
+async def log_starts(app: faust.App, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The first offset still in each ``(topic, partition)`` (0 unless retention deleted the oldest
+    records), in one request; those the broker does not say are left out."""
     from faust.types import TP
 
-    tp = TP(topic, partition)
+    if not partitions:
+        return {}
     try:
-        return (await app.consumer.earliest_offsets(tp)).get(tp)
+        found = await app.consumer.earliest_offsets(*(TP(t, p) for t, p in partitions))
     except Exception as exc:  # a check, not a requirement: the agents accept the first record then
-        log.warning("%s[%d]: the log's first offset not read (%s)", topic, partition, exc)
-        return None
+        log.warning("the first offsets of %d partitions not read (%s)", len(partitions), exc)
+        return {}
+    return {(tp.topic, tp.partition): offset for tp, offset in found.items() if offset is not None}
 
 
 async def read_again_from(app: faust.App, topic: str, partition: int, offset: int) -> bool:

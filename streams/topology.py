@@ -64,7 +64,7 @@ from .faust_compat import (
     commit_only_applied,
     highwater,
     keep_fetched_records,
-    log_start,
+    log_starts,
     on_behalf_of,
     read_again_from,
     replay_instead_of_drop,
@@ -251,7 +251,21 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
 
     rewinding: dict[tuple[str, int], list] = {}  # (topic, partition) -> [table's next offset, last seek, skipped]
 
-    async def in_order(clock: PartitionClock, event) -> bool:
+    first_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> where its log begins
+
+    def forget_first_offsets(sender, revoked, **kwargs) -> None:  # retention may move them meanwhile
+        for tp in revoked:
+            first_offsets.pop((tp.topic, tp.partition), None)
+
+    app.on_partitions_revoked.connect(forget_first_offsets, weak=False)
+
+    async def learn_first_offsets(events) -> None:
+        """Where the logs of the batch's partitions begin (one request for those not known yet)."""
+        wanted = {(e.message.topic, e.message.partition) for e in events} - first_offsets.keys()
+        if wanted:
+            first_offsets.update(await log_starts(app, wanted))
+
+    def in_order(clock: PartitionClock, event) -> bool:
         """Apply each record once and in offset order: the partition's clock (in the table) knows the next one.
 
         A restarted worker replays from the committed offsets, which may be behind the tables
@@ -267,8 +281,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         would never be applied.
         """
         msg = event.message
-        first = await log_start(app, msg.topic, msg.partition) if msg.topic not in clock.offsets else None
-        place = clock.take(msg.topic, msg.offset, first)
+        place = clock.take(msg.topic, msg.offset, first_offsets.get((msg.topic, msg.partition)))
         if place == "gap":
             expected = clock.offsets[msg.topic]
             state = rewinding.get((msg.topic, msg.partition))
@@ -329,6 +342,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     async def account_usage(stream):
         await prices_ready.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await learn_first_offsets(events)
             now = time.monotonic()
             states: dict[str, ResourceState] = {}
             key_event: dict[str, object] = {}  # an event of each key's partition
@@ -342,7 +356,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                     clock = clocks[part] = PartitionClock.from_dict(resource_windows.get(_clock_key(part)))
                     for topic in input_topics:  # a topic not read yet holds the partition back (until stale)
                         clock.sources.setdefault(topic, 0)
-                if not await in_order(clock, event):
+                if not in_order(clock, event):
                     continue
                 partition_event[part] = event  # its clock moved on, even if the event is dead-lettered
                 try:
@@ -427,6 +441,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     @app.agent(cost_windows)
     async def decide(stream):
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await learn_first_offsets(events)
             states: dict[str, WorkloadState] = {}
             key_event: dict[str, object] = {}
             partition_event: dict[int, object] = {}
@@ -436,7 +451,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 part = event.message.partition
                 clock = clocks.get(part) or clocks.setdefault(
                     part, PartitionClock.from_dict(workload_windows.get(_clock_key(part))))
-                if not await in_order(clock, event):
+                if not in_order(clock, event):
                     continue
                 partition_event[part] = event
                 try:
