@@ -80,6 +80,10 @@ REWIND_PATIENCE = 4 * STREAM_BUFFER  # records skipped past a gap before it is t
 REWIND_AGAIN_S = 5.0  # a gap still there this long after a seek: seek again
 STALL_S = 15.0  # a partition's table behind its log, without progress, this long: read again
 IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
+# an upstream partition that never reported holds a decision partition's windows open this long (wall
+# clock) before the others close them without it: nothing says it has nothing to send (a worker slow to
+# start, or held back by a rebalance), and a window closed without a resource's cost is decided wrong
+MISSING_SOURCE_S = 300.0
 
 
 def _ssl_context(config: Config):
@@ -476,7 +480,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                 caught_up = clock.applied_through(topics.cost_windows, highwater(app, topics.cost_windows, part))
                 silent = {s for s in clock.sources if now - source_advanced_at.setdefault((part, s), now) > IDLE_SOURCE_S}
                 stale = set(clock.sources) if clock.all_quiet(silent, caught_up) else set()
-                waited_out = caught_up and now - source_advanced_at.setdefault((part, "*"), now) > IDLE_SOURCE_S
+                waited_out = caught_up and now - source_advanced_at.setdefault((part, "*"), now) > MISSING_SOURCE_S
                 watermark = clock.watermark(partitions, stale, waited_out)
                 if watermark is None:
                     continue
