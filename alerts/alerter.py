@@ -19,6 +19,7 @@ import psycopg
 from contracts.config import AlertRoute, Config
 from contracts.events import BreakevenDecision, EventError
 from costmodel import REPATRIATE_BUY, TRENDING_REPATRIATION
+from infra.clock import Every
 from storage import outbox, queries
 
 from .checks import Figures, Notice, all_notices
@@ -118,7 +119,7 @@ class Alerter:
         self.dry_run = dry_run
         self.conn: psycopg.Connection | None = None
         self.delivered = 0
-        self._last_checks = 0.0
+        self.checks_due = Every(config.alerts.checks.interval_seconds)  # first with the first poll
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -231,8 +232,7 @@ class Alerter:
                     self.consumer.commit()
                     if self.metrics is not None:
                         self.metrics.consumed(polled)
-            if time.monotonic() - self._last_checks >= self.config.alerts.checks.interval_seconds:
-                self._last_checks = time.monotonic()
+            if self.checks_due.due():
                 self.run_checks()
             self.deliver_pending()
             if self.metrics is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Iterable
 
 import psycopg
@@ -20,6 +20,7 @@ import psycopg
 from contracts.config import Config
 from costmodel.tco import breakeven_utilization
 from infra import metrics
+from infra.clock import Every, utc_now
 
 from .sink import TABLES, Batch
 
@@ -74,7 +75,7 @@ class AlerterMetrics:
     def __init__(self, config: Config, every_s: float | None = None) -> None:
         self.config = config
         self.every_s = config.alerts.checks.interval_seconds if every_s is None else every_s
-        self._last = float("-inf")
+        self.due = Every(self.every_s)
 
     def consumed(self, polled: dict) -> None:
         for tp, records in polled.items():
@@ -82,10 +83,9 @@ class AlerterMetrics:
 
     def refresh(self, conn: psycopg.Connection, now: datetime | None = None) -> bool:
         """Read and publish the figures, unless they were read less than ``every_s`` ago."""
-        if time.monotonic() - self._last < self.every_s:
+        if not self.due.due():
             return False
-        self._last = time.monotonic()
-        now = now or datetime.now(timezone.utc)
+        now = now or utc_now()
         metrics.OUTBOX_PENDING.set(conn.execute(
             "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL").fetchone()[0])
         self._nodes(conn, now)

@@ -45,6 +45,7 @@ from contracts.events import (
 )
 from costmodel import TRENDING_REPATRIATION
 from infra.broker import TopicIds
+from infra.clock import Every, utc_now
 
 from .db import check_schema, connect, engine_of
 from .timeseries import POSTGRESQL, ROLLUPS, TIMESCALEDB, Partitions, apply_retention, refresh_materialized_rollups
@@ -506,7 +507,9 @@ class Sink:
 
     def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, max_records: int = 5000,
                  say: Callable[[str], None] = log.warning,
-                 lag_probe: Callable[[], list[tuple[str, str, int, int]]] | None = None, metrics=None):
+                 lag_probe: Callable[[], list[tuple[str, str, int, int]]] | None = None, metrics=None,
+                 clock: Callable[[], datetime] = utc_now, retention_every_s: float = RETENTION_EVERY_S,
+                 lag_every_s: float = LAG_EVERY_S, monotonic: Callable[[], float] = time.monotonic):
         self.consumer = consumer
         self.metrics = metrics  # a storage.metrics.SinkMetrics, or None
         self.dsn = dsn
@@ -521,9 +524,11 @@ class Sink:
         self.rows_written = 0
         self.rejected = 0
         self.outages = 0
-        self._last_retention = 0.0
+        # the wall clock retention measures from; the first pass runs with the first ``run_once``
+        self.clock = clock
+        self.retention_due = Every(retention_every_s, monotonic)
         self.lag_probe = lag_probe
-        self._last_lag = 0.0
+        self.lag_due = Every(lag_every_s, monotonic)
         self.binary_copy = True  # until the server refuses it (PGlite over a socket does)
         # topic -> (table, the rows of one record's value)
         self._decoders: dict[str, tuple[str, Callable[[bytes], list[tuple]]]] = {
@@ -699,7 +704,7 @@ class Sink:
 
     def record_lag(self, rows: list[tuple[str, str, int, int]]) -> None:
         conn = self._connection()
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         with conn.transaction():
             for group, topic, partition, lag in rows:
                 conn.execute(
@@ -709,10 +714,11 @@ class Sink:
                 )
 
     def maintain(self, now: datetime | None = None) -> list[str]:
-        """Drop raw partitions past their retention (plain PostgreSQL; TimescaleDB has policies)."""
+        """Drop raw partitions wholly older than their retention before ``now`` (default: the sink's
+        wall clock); plain PostgreSQL only, TimescaleDB runs its policies."""
         conn = self._connection()
         with conn.transaction():
-            dropped = apply_retention(conn, self.engine, now)
+            dropped = apply_retention(conn, self.engine, now or self.clock())
         if dropped:
             self.partitions.known.difference_update(dropped)
             log.info("sink: retention dropped %s", ", ".join(dropped))
@@ -759,8 +765,7 @@ class Sink:
             if self.metrics is not None:
                 self.metrics.consumed(records)
                 self.metrics.stored(batch)
-        if self.lag_probe is not None and time.monotonic() - self._last_lag > LAG_EVERY_S:
-            self._last_lag = time.monotonic()
+        if self.lag_probe is not None and self.lag_due.due():
             try:
                 lag = self.lag_probe()
                 if self.metrics is not None:
@@ -768,8 +773,7 @@ class Sink:
                 self.record_lag(lag)
             except Exception as exc:  # health reporting must never stop the sink
                 log.warning("sink: consumer lag not recorded: %s", exc)
-        if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
-            self._last_retention = time.monotonic()
+        if self.retention_due.due():
             try:
                 self.maintain()
             except psycopg.OperationalError:

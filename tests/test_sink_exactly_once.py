@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -40,7 +40,10 @@ from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration  # a real broker, a real PostgreSQL, real sink processes
 
-T0_MS = int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000)
+# the sink drops raw samples past their retention by the wall clock: the samples are dated two days
+# before today (120,000 one-second samples end before yesterday is over), whatever today is
+T0 = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+T0_MS = int(T0.timestamp() * 1000)
 GPUS = 4
 
 
@@ -169,7 +172,7 @@ def test_reset_kafka_offsets_are_overruled_by_the_stored_ones_and_a_replay_past_
         reason, table = conn.execute("SELECT reason, source_topic FROM dead_letters WHERE reason LIKE %s",
                                      ("%resource=node-1, gpu_uuid=GPU-1-2%",)).fetchone()
     assert table == "gpu_samples"
-    assert reason.startswith("sink: duplicate gpu_samples row (ts=2026-11-01T00:0")
+    assert reason.startswith(f"sink: duplicate gpu_samples row (ts={T0:%Y-%m-%d}T00:0")
     assert "already stored, so this copy is not stored again" in reason and "were they reset?" in reason
 
 
@@ -308,7 +311,7 @@ def test_copies_of_a_gpu_sample_row_in_one_batch_or_already_stored_are_dead_lett
         assert conn.execute("SELECT count(*) FROM gpu_samples").fetchone() == (2 * GPUS,)
         letters = [r for (r,) in conn.execute("SELECT reason FROM dead_letters ORDER BY reason")]
     assert len(letters) == 2 * GPUS  # sample 0's copy and sample 1's second copy, every GPU
-    assert all(r.startswith("sink: duplicate gpu_samples row (ts=2026-11-01T00:00:0") for r in letters)
+    assert all(r.startswith(f"sink: duplicate gpu_samples row (ts={T0:%Y-%m-%d}T00:00:0") for r in letters)
     assert sum("00:00:01" in r for r in letters) == GPUS  # sample 1: its first copy stored, the second refused
     assert sink.rejected == 2 * GPUS and sink.rows_written == 2 * GPUS
 

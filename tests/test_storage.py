@@ -217,25 +217,65 @@ def test_database_outage_mid_stream_loses_nothing(broker, topic_prefix):
         pg.stop()
 
 
+def _one_gpu_sample(ts: datetime) -> GpuSample:
+    return GpuSample(f"s{ts}", int(ts.timestamp() * 1000), 60_000, "n1", "onprem", "test",
+                     [GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, None, [])])
+
+
+def _store_samples(dsn: str, *times: datetime) -> None:
+    batch = Batch()
+    for ts in times:
+        for row in gpu_sample_rows(_one_gpu_sample(ts)):
+            batch.add("gpu_samples", row)
+    with psycopg.connect(dsn) as conn:
+        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+
+
+def _sample_partitions(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {name for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'gpu_samples'::regclass")}
+
+
 def test_retention_drops_raw_sample_partitions_past_30_days(database):
     migrate(database)
-    now = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
-
-    def sample(ts: datetime) -> GpuSample:
-        return GpuSample(f"s{ts}", int(ts.timestamp() * 1000), 60_000, "n1", "onprem", "test",
-                         [GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, None, [])])
-
-    batch = Batch()
-    for days_ago in (45, 31, 29, 0):
-        for row in gpu_sample_rows(sample(now - timedelta(days=days_ago))):
-            batch.add("gpu_samples", row)
+    now = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)  # passed in: retention reads no clock itself
+    _store_samples(database, *(now - timedelta(days=days_ago) for days_ago in (45, 31, 29, 0)))
     with psycopg.connect(database) as conn:
-        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
         with conn.transaction():
             dropped = apply_retention(conn, POSTGRESQL, now)
         assert sorted(dropped) == ["gpu_samples_p20261008", "gpu_samples_p20261022"]
         kept = [r[0] for r in conn.execute("SELECT ts FROM gpu_samples ORDER BY ts")]
         assert kept == [now - timedelta(days=29), now]
+
+
+@pytest.mark.parametrize("uptime_s", [5.0, 3 * 86_400.0], ids=["freshly-booted", "up-for-days"])
+def test_the_first_retention_pass_runs_at_start_however_long_the_machine_has_been_up(
+        broker, database, topic_prefix, uptime_s):
+    """The monotonic clock starts at boot: the sink's first pass runs at its first poll either way,
+    the next one an hour of that clock later."""
+    migrate(database)
+    now = datetime(2030, 3, 15, 12, tzinfo=timezone.utc)  # the sink's wall clock, passed in
+    _store_samples(database, now - timedelta(days=45), now - timedelta(days=1))
+    topics = Topics(topic_prefix, 1)
+    ensure_topics(broker.bootstrap, KafkaConfig(), topics)
+    monotonic_s = [uptime_s]
+    sink = _sink(broker, database, topics, clock=lambda: now, monotonic=lambda: monotonic_s[0])
+    try:
+        sink.run_once(timeout_ms=50)
+        # 2030-01-29 (45 days back) ends before the cutoff 2030-02-13 12:00; 2030-03-14 is kept
+        assert _sample_partitions(database) == {"gpu_samples_p20300314"}
+        _store_samples(database, now - timedelta(days=40))  # 2030-02-03, past retention as well
+        monotonic_s[0] += 3599  # 59 min 59 s later: the next pass is not due yet
+        sink.run_once(timeout_ms=50)
+        assert _sample_partitions(database) == {"gpu_samples_p20300203", "gpu_samples_p20300314"}
+        monotonic_s[0] += 1  # an hour after the first pass
+        sink.run_once(timeout_ms=50)
+        assert _sample_partitions(database) == {"gpu_samples_p20300314"}
+    finally:
+        sink.consumer.close()
+        sink.close()
 
 
 def _docker_answers() -> bool:
