@@ -10,6 +10,7 @@ Alerts therefore survive restarts and Slack outages, and each arrives once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +40,20 @@ class Delivery:
     detail: str = ""
 
 
+def retry_after_s(headers) -> float | None:
+    """A 429's ``Retry-After`` in seconds, within [0, MAX_BACKOFF_S]; None when absent or not a
+    number of seconds (then the usual backoff applies).  ``inf``, ``nan`` and ``1e308`` are no
+    reason to wait for ever, or to make the database refuse the retry."""
+    header = {str(k).lower(): v for k, v in (headers or {}).items()}.get("retry-after")
+    try:
+        seconds = float(header[0] if isinstance(header, list) else header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_BACKOFF_S)
+
+
 def post_webhook(url: str, payload: dict, timeout_s: float = 10) -> Delivery:
     from slack_sdk.webhook import WebhookClient
 
@@ -46,13 +61,7 @@ def post_webhook(url: str, payload: dict, timeout_s: float = 10) -> Delivery:
         response = WebhookClient(url, timeout=int(timeout_s)).send_dict(payload)
     except Exception as exc:  # connection refused, DNS, timeout: retry later
         return Delivery(False, 0, None, f"{type(exc).__name__}: {exc}"[:300])
-    retry_after = None
-    if response.status_code == 429:
-        header = {k.lower(): v for k, v in (response.headers or {}).items()}.get("retry-after")
-        try:
-            retry_after = float(header[0] if isinstance(header, list) else header)
-        except (TypeError, ValueError):
-            retry_after = None
+    retry_after = retry_after_s(response.headers) if response.status_code == 429 else None
     return Delivery(200 <= response.status_code < 300, response.status_code, retry_after, str(response.body)[:300])
 
 
@@ -68,11 +77,7 @@ def post_chat(token: str, channel: str, payload: dict, api_url: str = "https://s
         return Delivery(True, response.status_code, None, "ok")
     except SlackApiError as exc:
         status = exc.response.status_code
-        header = {k.lower(): v for k, v in (exc.response.headers or {}).items()}.get("retry-after")
-        try:
-            retry_after = float(header[0] if isinstance(header, list) else header) if status == 429 else None
-        except (TypeError, ValueError):
-            retry_after = None
+        retry_after = retry_after_s(exc.response.headers) if status == 429 else None
         return Delivery(False, status, retry_after, str(exc.response.get("error", ""))[:300])
     except Exception as exc:  # connection refused, DNS, timeout: retry later
         return Delivery(False, 0, None, f"{type(exc).__name__}: {exc}"[:300])
@@ -119,6 +124,7 @@ class Alerter:
         self.dry_run = dry_run
         self.conn: psycopg.Connection | None = None
         self.delivered = 0
+        self._shown: set[str] = set()  # alert ids a dry run printed
         self.checks_due = Every(config.alerts.checks.interval_seconds)  # first with the first poll
 
     def _connection(self) -> psycopg.Connection:
@@ -188,15 +194,30 @@ class Alerter:
                     return lambda payload: post_chat(token, route.slack_channel, payload, route.slack_api_url)
         return None
 
+    def show_pending(self, limit: int = 50) -> int:
+        """``--dry-run``: print each pending alert once, and leave it pending for the real alerter."""
+        conn = self._connection()
+        shown = 0
+        with conn.transaction():
+            for alert in outbox.claim_pending(conn, limit):
+                if alert.alert_id not in self._shown:
+                    self._shown.add(alert.alert_id)
+                    self.say(f"[dry-run, not sent: {alert.route}] {alert.payload['text']}")
+                    shown += 1
+        return shown
+
     def deliver_pending(self, limit: int = 50) -> int:
+        if self.dry_run:
+            self.show_pending(limit)
+            return 0
         conn = self._connection()
         done = 0
         with conn.transaction():
             for alert in outbox.claim_pending(conn, limit):
-                send = None if self.dry_run else self._sender(alert.route)
+                send = self._sender(alert.route)
                 if send is None:
                     self.say(f"[alert:{alert.route}] {alert.payload['text']}")
-                    result = Delivery(True, 0, None, "console" if not self.dry_run else "dry-run")
+                    result = Delivery(True, 0, None, "console")
                 else:
                     result = send(alert.payload)
                 if result.ok:

@@ -30,6 +30,7 @@ from costmodel import (
     Thresholds,
 )
 from costmodel.rates import PURCHASE_OPTIONS
+from .redact import redact, remember
 
 ENV_PREFIX = "HYBRIDSPEND__"
 DEFAULT_STATE_DIR = Path(".hybridspend")
@@ -60,10 +61,10 @@ class SecretRef(_Strict):
         """The secret value, or None when the variable is unset or the file missing."""
         if self.env is not None:
             value = os.environ.get(self.env)
-            return value.strip() if value else None
+            return remember(value.strip() if value else None)
         assert self.file is not None
         try:
-            return self.file.read_text().strip() or None
+            return remember(self.file.read_text().strip() or None)
         except FileNotFoundError:
             return None
 
@@ -107,7 +108,7 @@ class DatabaseConfig(_Strict):
     @field_validator("dsn")
     @classmethod
     def _no_inline_password(cls, value: str | None) -> str | None:
-        if value and re.search(r"://[^/@:]+:[^/@]+@|password\s*=", value):
+        if value and re.search(r"://[^/@]*:[^/@]*@|password\s*=", value, re.IGNORECASE):
             raise ValueError("the DSN must not contain a password; use database.password: {env: ...}")
         return value
 
@@ -484,6 +485,10 @@ class Config(_Strict):
         return walk(self)
 
 
+# fields whose value an error never quotes: it may be the secret itself, given inline by mistake
+_SECRET_FIELD = re.compile(r"password|secret|token|webhook|dsn|credential|api_key", re.IGNORECASE)
+
+
 def _format_errors(source: str, err: ValidationError, what: str = "configuration") -> str:
     lines = [f"{source}: invalid {what}"]
     for e in err.errors():
@@ -492,9 +497,20 @@ def _format_errors(source: str, err: ValidationError, what: str = "configuration
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
-        shown = "" if isinstance(value, (dict, list)) or e["type"] == "missing" else f", got {value!r}"
+        if isinstance(value, (dict, list)) or e["type"] == "missing":
+            shown = ""
+        elif _SECRET_FIELD.search(loc):
+            shown = " (the value is not shown: it may be a secret)"
+        else:
+            shown = f", got {_short(value)}"
         lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as an error quotes it: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _set_path(data: dict, path: list[str], value: Any) -> None:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from contracts.config import Config, ConfigError, load_config, resolve_config
+from contracts.redact import install_log_redaction, redact
 
 
 class UsageError(Exception):
@@ -789,10 +790,21 @@ def _unwind_on_sigterm(signum, frame):
     raise SystemExit(128 + signal.SIGTERM)
 
 
+def _redacted_excepthook(kind, value, tb) -> None:
+    """An unexpected error is a bug: its traceback is printed for the report, with secrets masked."""
+    import traceback
+
+    text = "".join(traceback.format_exception(kind, value, tb))
+    print(redact(text) + "hybridspend: internal error (a bug); the traceback above has secrets masked",
+          file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    install_log_redaction()
+    sys.excepthook = _redacted_excepthook
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")
     from costmodel import CostModelError
@@ -801,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, CostModelError, UsageError, SchemaError, ConnectionError) as exc:
-        print(f"hybridspend: error: {exc}", file=sys.stderr)
+        print(f"hybridspend: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,8 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from contracts.redact import redact
+
 
 @dataclass(frozen=True)
 class PendingAlert:
@@ -66,17 +68,18 @@ def mark_delivered(conn: psycopg.Connection, alert_id: str) -> None:
 
 
 def schedule_retry(conn: psycopg.Connection, alert_id: str, error: str, backoff_s: float) -> None:
-    """Count a failed attempt and make the alert due again ``backoff_s`` seconds from now."""
+    """Count a failed attempt and make the alert due again ``backoff_s`` seconds from now; the
+    error is stored redacted (it may quote a webhook URL)."""
     conn.execute(
         "UPDATE alert_outbox SET attempts = attempts + 1, last_error = %s,"
         " next_attempt_at = now() + make_interval(secs => %s) WHERE alert_id = %s",
-        (error, backoff_s, alert_id))
+        (redact(error)[:1000], backoff_s, alert_id))
 
 
 def log_attempt(conn: psycopg.Connection, alert_id: str, status: str, detail: str) -> None:
     """One row of ``alert_log`` per attempt: delivered, console or retry."""
     conn.execute("INSERT INTO alert_log (alert_id, status, detail) VALUES (%s, %s, %s)",
-                 (alert_id, status, detail[:500]))
+                 (alert_id, status, redact(detail)[:500]))
 
 
 def pending_count(conn: psycopg.Connection) -> int:

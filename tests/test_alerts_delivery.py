@@ -100,3 +100,30 @@ def test_slack_down_for_a_while_then_back_delivers_everything_once(tmp_path, dat
         server.shutdown()
         server.server_close()
     assert sorted(received) == sorted({t for t in received}) and len(received) == 5
+
+
+def test_a_dry_run_prints_pending_alerts_once_and_leaves_them_for_the_real_alerter(tmp_path, database, slack,
+                                                                                   monkeypatch):
+    real = alerter_for(tmp_path, database, slack.url, monkeypatch)
+    assert real.enqueue([decision(i) for i in range(1, 5)]) == 4
+    printed = []
+    dry = Alerter(real.config, database, say=printed.append, dry_run=True)
+    dry.deliver_pending()
+    dry.deliver_pending()  # a second loop of the dry run prints nothing again
+    assert len(printed) == 4 and all(p.startswith("[dry-run, not sent: platform]") for p in printed)
+    assert dry.pending_count() == 4 and slack.posts == []  # nothing marked delivered, nothing posted
+    deliver_until_done(real)
+    assert len(slack.posts) == 4  # the real alerter still delivers all four
+
+
+@pytest.mark.parametrize("header", ["1e308", "inf", "-inf", "nan", "-5", "soon"])
+def test_a_hostile_retry_after_is_bounded_and_the_retry_is_stored(tmp_path, database, slack, monkeypatch, header):
+    slack.answers = [(429, {"Retry-After": header})]
+    alerter = alerter_for(tmp_path, database, slack.url, monkeypatch)
+    alerter.enqueue([decision(1)])
+    alerter.deliver_pending()  # the 429: a retry scheduled, not an error from the database
+    with psycopg.connect(database) as conn:
+        attempts, wait_s = conn.execute(
+            "SELECT attempts, extract(epoch FROM next_attempt_at - now()) FROM alert_outbox").fetchone()
+    # a number is clamped to [0, 300] s; inf, nan and text fall back to the first backoff, 0.5 s
+    assert attempts == 1 and -1 <= wait_s <= 300

@@ -1,0 +1,89 @@
+"""Secrets never leave: not in logs (ours or a library's), not in stored error text, not in CLI output.
+
+Each test plants a recognisable secret where a secret can come from (an environment variable a
+SecretRef names, a config override, an inline value given by mistake, a DSN) and greps every place
+it could come out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import pytest
+import yaml
+
+from alerts.alerter import Alerter
+from contracts.config import ConfigError, load_config
+from contracts.redact import install_log_redaction, redact, remember
+from hybridspend.cli import main
+from storage.db import migrate
+from tests.test_alerts_delivery import decision
+
+PLANTED = "Pl4nted-s3cret-7f3a9c"
+
+
+def test_secret_shapes_are_masked_whatever_their_origin():
+    for text, kept in [
+        (f"postgresql://app:{PLANTED}@db:5432/x", "postgresql://app:***@db:5432/x"),
+        (f"postgresql://:{PLANTED}@db/x", "postgresql://:***@db/x"),
+        (f"host=db password={PLANTED} user=app", "host=db password=*** user=app"),
+        (f"Invalid URL detected: https://hooks.slack.com/services/T0/B0/{PLANTED}",
+         "Invalid URL detected: https://hooks.slack.com/***"),
+        (f"token xoxb-12-34-{PLANTED}", "token xox-***"),
+        (f"Authorization: Bearer {PLANTED}", "Authorization: Bearer ***"),
+    ]:
+        assert redact(text) == kept
+    assert redact("http://127.0.0.1:9400/metrics") == "http://127.0.0.1:9400/metrics"  # no user info: kept
+
+
+def test_a_remembered_secret_is_masked_in_any_text():
+    remember("Odd-shaped-" + PLANTED)
+    assert redact(f"htps:/not-a-url/Odd-shaped-{PLANTED}?x") == "htps:/not-a-url/***?x"
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"HYBRIDSPEND__DATABASE__PASSWORD": PLANTED}, "database.password"),
+    ({"HYBRIDSPEND__KAFKA__SASL_PASSWORD": PLANTED}, "kafka.sasl_password"),
+    ({"HYBRIDSPEND__DATABASE__DSN": f"postgresql://app:{PLANTED}@db/x"}, "database.dsn"),
+    ({"HYBRIDSPEND__DATABASE__DSN": f"postgresql://:{PLANTED}@db/x"}, "database.dsn"),
+    ({"HYBRIDSPEND__DATABASE__DSN": f"host=db PASSWORD={PLANTED}"}, "database.dsn"),
+])
+def test_a_config_error_names_the_field_but_never_quotes_a_secret(override, field):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, override)
+    message = str(caught.value)
+    assert field in message and PLANTED not in message
+
+
+def test_config_check_prints_no_secret_given_inline_or_by_environment(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"alerts": {"routes": [
+        {"name": "fin", "audience": "finance", "slack_webhook_url": f"https://hooks.slack.com/services/{PLANTED}"}]}}))
+    assert main(["config", "check", str(path)]) == 2
+    monkeypatch.setenv("HOOK", f"https://hooks.slack.com/services/T/B/{PLANTED}")
+    path.write_text(yaml.safe_dump({"alerts": {"routes": [
+        {"name": "fin", "audience": "finance", "slack_webhook_url": {"env": "HOOK"}}]}}))
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "slack_webhook_url" in out.err and "env:HOOK (set, value redacted)" in out.out
+    assert PLANTED not in out.out + out.err
+
+
+@pytest.mark.integration
+def test_a_malformed_webhook_is_neither_logged_by_slack_sdk_nor_stored(tmp_path, database, monkeypatch, caplog):
+    install_log_redaction()  # what every command does first
+    monkeypatch.setenv("FIN_HOOK", f"htps:/hooks.slack.com/services/T0/B0/{PLANTED}")  # a typo'd scheme
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"alerts": {"routes": [
+        {"name": "fin", "audience": "finance", "slack_webhook_url": {"env": "FIN_HOOK"}}]}}))
+    migrate(database)
+    alerter = Alerter(load_config(tmp_path / "c.yaml", {}), database, say=lambda m: None)
+    alerter.enqueue([decision(1)])
+    with caplog.at_level(logging.DEBUG):
+        alerter.deliver_pending()
+    assert "Invalid URL" in caplog.text or "failed" in caplog.text  # the failure is reported ...
+    assert PLANTED not in caplog.text  # ... without the URL
+    with psycopg.connect(database) as conn:
+        stored = conn.execute("SELECT string_agg(coalesce(last_error, ''), ' ') FROM alert_outbox").fetchone()[0]
+        stored += conn.execute("SELECT string_agg(detail, ' ') FROM alert_log").fetchone()[0]
+    assert stored and PLANTED not in stored
