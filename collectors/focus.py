@@ -23,6 +23,14 @@ from typing import Any, Iterator
 from contracts.catalog import Catalog, provider_key
 from contracts.events import MAX_LABEL_LEN, CostLine
 
+MAX_LINE_USD_DIGITS = 12  # a trillion dollars: no single billing line is that large
+MAX_NUMBER_CHARS = 64
+MAX_TAGS_CHARS = 65_536
+MAX_LINE_CHARS = 1 << 20  # one physical CSV line; longer is not a billing row (and would fill memory)
+MAX_GZIP_RATIO = 200  # decompressed bytes per compressed byte, past the first MAX_GZIP_FREE_BYTES
+MAX_GZIP_FREE_BYTES = 64 << 20
+EARLIEST = datetime(1990, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 REQUIRED = ("BilledCost", "EffectiveCost", "ChargePeriodStart", "ChargePeriodEnd", "BillingCurrency", "ProviderName")
 NULLS = {"", "NULL", "null", "Null"}
 SOURCE = "focus-file"
@@ -48,10 +56,17 @@ class FocusSummary:
     by_provider: dict[str, ProviderTotals] = field(default_factory=lambda: defaultdict(ProviderTotals))
     rejections: list[str] = field(default_factory=list)  # "file:row: reason"
 
+    files_unread: list[str] = field(default_factory=list)  # files not read whole
+
     def reject(self, where: str, reason: str, rows: int = 1) -> None:
         self.rows_rejected += rows
         if len(self.rejections) < 1000:
             self.rejections.append(f"{where}: {reason}")
+
+    def broke_off(self, where: str, reason: str) -> None:
+        """A file that could not be read (or not to its end): the delivery is not whole."""
+        self.files_unread.append(where)
+        self.rejections.append(f"{where}: {reason}")  # past the cap on row rejections too
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +74,7 @@ class FocusSummary:
             "rows_published": self.rows_published,
             "rows_rejected": self.rows_rejected,
             "gpu_rows": self.gpu_rows,
+            "files_unread": self.files_unread,
             "by_provider": {
                 name: {"rows": t.rows, "billed_cost_usd": float(t.billed_cost_usd),
                        "effective_cost_usd": float(t.effective_cost_usd)}
@@ -83,12 +99,18 @@ def _decimal(row: dict, column: str) -> Decimal:
     value = _null(row.get(column))
     if value is None:
         raise FocusRowError(f"{column} is null")
+    text = str(value).strip()
+    if len(text) > MAX_NUMBER_CHARS:
+        raise FocusRowError(f"{column} is not a number of at most {MAX_NUMBER_CHARS} characters: {text[:40]!r}...")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
-        raise FocusRowError(f"{column} is not a number: {str(value)[:40]!r}") from None
+        raise FocusRowError(f"{column} is not a number: {text[:40]!r}") from None
     if not amount.is_finite():
-        raise FocusRowError(f"{column} is not finite: {value!r}")
+        raise FocusRowError(f"{column} is not finite: {text[:40]!r}")
+    # its exponent is compared before any arithmetic: abs(1e1000000) raises decimal.Overflow
+    if amount and amount.adjusted() >= MAX_LINE_USD_DIGITS:
+        raise FocusRowError(f"{column} {text[:40]} is beyond ±1e{MAX_LINE_USD_DIGITS} USD for one line")
     return amount
 
 
@@ -102,10 +124,16 @@ def _timestamp(row: dict, column: str, *, required: bool = True) -> datetime | N
         ts = value
     else:
         try:
-            ts = datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
+            ts = datetime.fromisoformat(str(value).strip()[:64].replace(" ", "T", 1))
         except ValueError:
             raise FocusRowError(f"{column} is not a timestamp: {str(value)[:40]!r}") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    try:
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before the first UTC instant Python has
+        raise FocusRowError(f"{column} is out of range: {str(value)[:40]!r}") from None
+    if not EARLIEST <= ts < LATEST:
+        raise FocusRowError(f"{column} {ts:%Y-%m-%d} is outside {EARLIEST:%Y}-{LATEST:%Y}")
+    return ts
 
 
 def _ms(ts: datetime) -> int:
@@ -118,11 +146,19 @@ def _tags(row: dict) -> dict[str, str]:
         return {}
     if isinstance(value, dict):
         parsed = value
+    elif isinstance(value, list) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        parsed = dict(value)  # a Parquet map column reads as (key, value) pairs
+    elif not isinstance(value, str):
+        raise FocusRowError(f"Tags is not a JSON object or a map: {type(value).__name__}")
+    elif len(value) > MAX_TAGS_CHARS:
+        raise FocusRowError(f"Tags is longer than {MAX_TAGS_CHARS:,} characters ({len(value):,})")
     else:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
             raise FocusRowError(f"Tags is not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise FocusRowError("Tags is nested too deeply") from None
     if not isinstance(parsed, dict):
         raise FocusRowError("Tags is not a JSON object")
     return {str(k)[:MAX_LABEL_LEN]: ("" if v is None else str(v))[:1024] for k, v in parsed.items()}
@@ -182,10 +218,50 @@ def _rows(path: Path) -> tuple[list[str], Iterator[dict]]:
 
         return list(parquet.schema_arrow.names), parquet_rows()
     raw = path.open("rb")
-    stream = gzip.open(raw) if name.endswith(".gz") else raw
+    stream = _BoundedGzip(raw, path.stat().st_size) if name.endswith(".gz") else raw
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
+    reader = csv.DictReader(_bounded_lines(text))
     return list(reader.fieldnames or []), iter(reader)
+
+
+class FocusFileError(ValueError):
+    """A file that cannot be read whole (a line too long, a compression bomb)."""
+
+
+def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
+    """The file's lines, each at most MAX_LINE_CHARS: csv would hold a line of any length in memory."""
+    number = 0
+    while True:
+        line = text.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise FocusFileError(f"line {number} is longer than {MAX_LINE_CHARS:,} characters")
+        yield line
+
+
+class _BoundedGzip(io.RawIOBase):
+    """gzip, decompressed as it is read, refusing a compression ratio no billing export has."""
+
+    def __init__(self, raw, compressed_bytes: int) -> None:
+        self.gz = gzip.GzipFile(fileobj=raw)
+        self.limit = max(MAX_GZIP_FREE_BYTES, MAX_GZIP_RATIO * compressed_bytes)
+        self.out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.gz.readinto(buffer)
+        self.out += n
+        if self.out > self.limit:
+            raise FocusFileError(f"decompresses past {self.limit:,} bytes ({MAX_GZIP_RATIO}:1): a compression bomb?")
+        return n
+
+    def close(self) -> None:
+        self.gz.close()
+        super().close()
 
 
 def file_digest(path: Path) -> str:
@@ -211,11 +287,11 @@ def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary
             columns, rows = _rows(path)
             if row_map is not None:
                 columns, rows = row_map.columns(columns), map(row_map, rows)
-        except (OSError, csv.Error, UnicodeDecodeError) as exc:
-            summary.reject(where, f"cannot read the file: {exc}", rows=0)
+        except (OSError, csv.Error, UnicodeDecodeError, EOFError, FocusFileError) as exc:
+            summary.broke_off(where, f"cannot read the file: {exc}")
             continue
         except Exception as exc:  # pyarrow's errors for a file that is not Parquet
-            summary.reject(where, f"cannot read the file: {type(exc).__name__}: {exc}", rows=0)
+            summary.broke_off(where, f"cannot read the file: {type(exc).__name__}: {exc}"[:300])
             continue
         missing = [c for c in REQUIRED if c not in columns]
         try:
@@ -242,5 +318,7 @@ def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary
                 summary.rows_published += 1
                 summary.gpu_rows += 1 if line.gpu_class else 0
                 yield line
-        except (csv.Error, UnicodeDecodeError, OSError) as exc:
-            summary.reject(where, f"the file broke off while reading: {exc}", rows=0)
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError, FocusFileError) as exc:
+            summary.broke_off(where, f"the file broke off while reading: {exc}")
+        except Exception as exc:  # pyarrow's errors for a Parquet value it cannot convert (year 10000)
+            summary.broke_off(where, f"the file broke off while reading: {type(exc).__name__}: {exc}"[:300])

@@ -50,6 +50,9 @@ Fraction = Annotated[float, Meta(gt=0, le=1)]
 Environment = Literal[ENVIRONMENTS]
 
 
+MAX_MONEY_DIGITS = 18  # integer digits: the stored columns are numeric(30, 12)
+
+
 class Money(Decimal):
     """An exact amount: a JSON decimal string or integer (never a float), finite."""
 
@@ -72,6 +75,8 @@ def _money_problem(cls: type, value: Any) -> str | None:
         return f"is not a decimal number: {value!r:.40}"
     if not amount.is_finite():
         return f"must be finite, got {value!r:.40}"
+    if amount and amount.adjusted() >= MAX_MONEY_DIGITS:  # no arithmetic: abs(1e1000000) overflows
+        return f"must be below 1e{MAX_MONEY_DIGITS} in magnitude (what is stored), got {value!r:.40}"
     if cls is Price and amount < 0:
         return f"must be >= 0, got {amount}"
     return None

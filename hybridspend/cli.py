@@ -410,15 +410,40 @@ def cmd_ingest_focus(args) -> int:
     for path in paths:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-    # one ingest run is one delivery of the billing periods it contains: it replaces earlier runs' lines
+    # one ingest run is one delivery of the billing periods it contains: it replaces earlier runs'
+    # lines, so it is read whole, and found whole, before a single line is published
     version = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    summary = FocusSummary()
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    summary = FocusSummary()
+    for _ in read_files(paths, config.catalog(), version, summary, progress=lambda n: err(f"  {n:,} rows checked")):
+        pass
+    if summary.files_unread:
+        why = f"{', '.join(summary.files_unread)} could not be read whole"
+    elif summary.rows_published == 0:
+        why = "no row could be read"
+    elif summary.rows_rejected and not args.publish_partial:
+        why = (f"{summary.rows_rejected} rows were rejected (--publish-partial replaces the bill with the "
+               f"{summary.rows_published} rows that could be read)")
+    else:
+        why = ""
+    if why:
+        summary.rows_published = 0  # what was readable is not published either
+        _print_focus_summary(summary, args.summary_json)
+        err(f"hybridspend: nothing published: {why}; a delivery replaces the whole bill of its billing periods")
+        return 1
+    published = FocusSummary()
     with publishing(config, ["cost-lines"], say=err) as publisher:
-        for line in read_files(paths, config.catalog(), version, summary,
-                               progress=lambda n: err(f"  {n:,} rows read")):
+        for line in read_files(paths, config.catalog(), version, published,
+                               progress=lambda n: err(f"  {n:,} rows published")):
             publisher.send("cost-lines", line.resource_id or line.event_id, line)
-    if args.summary_json:
+        if published.as_json() != summary.as_json():  # raising here sends nothing still buffered
+            raise UsageError("the files changed while they were ingested; run the ingest again")
+    _print_focus_summary(summary, args.summary_json)
+    return 0
+
+
+def _print_focus_summary(summary, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(summary.as_json(), indent=2))
     else:
         print(f"read {summary.rows_read} rows, published {summary.rows_published}, rejected "
@@ -427,7 +452,6 @@ def cmd_ingest_focus(args) -> int:
             print(f"  {name}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective ${t.effective_cost_usd:,.2f}")
         for reason in summary.rejections[:20]:
             print(f"  rejected {reason}")
-    return 0 if summary.rows_read == 0 or summary.rows_published > 0 else 1
 
 
 def cmd_report_monthly(args) -> int:
@@ -688,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(pi)
     pi.add_argument("files", nargs="+", metavar="FILE")
     pi.add_argument("--summary-json", action="store_true", help="print the summary as one JSON object")
+    pi.add_argument("--publish-partial", action="store_true",
+                    help="publish the rows that could be read even when others were rejected (they replace the "
+                         "earlier delivery of the same billing periods); by default a file with rejected rows "
+                         "publishes nothing")
     pi.set_defaults(func=cmd_ingest_focus)
 
     p = sub.add_parser("report", help="reports for finance")

@@ -27,6 +27,7 @@ from contracts.topics import Topics
 from infra.broker import ensure_topics, make_consumer, make_producer, send_watermarks
 from infra.local import Endpoints
 from infra.services import Services
+from tests.test_focus import focus_row, write_csv
 from tests.test_spine_integration import CONFIG, T0_MS, sample
 
 MALFORMED = 10_000
@@ -142,7 +143,7 @@ def test_broker_unreachable_when_a_collector_starts_is_a_clear_error_after_retri
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bill = tmp_path / "bill.csv"
-    bill.write_text("BilledCost,BillingCurrency\n1,USD\n")
+    write_csv(bill, [focus_row(BilledCost="1", EffectiveCost="1")])
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
                                       "kafka": {"bootstrap_servers": f"127.0.0.1:{port}",

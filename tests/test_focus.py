@@ -45,6 +45,14 @@ def write_csv_gz(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def ingest(state: Path, *files: Path) -> tuple[subprocess.CompletedProcess, dict]:
     proc = subprocess.run([sys.executable, "-m", "hybridspend.cli", "ingest", "focus", *map(str, files),
                            "--state-dir", str(state), "--summary-json"], capture_output=True, text=True, cwd=ROOT,
@@ -176,3 +184,67 @@ def test_a_restated_billing_period_replaces_the_earlier_lines(tmp_path):
     proc, _ = ingest(state, restated)
     assert proc.returncode == 0, proc.stderr
     assert stored(state) == (3, D("127"), D("115"))
+
+
+@pytest.mark.integration
+def test_a_bill_is_replaced_only_by_a_delivery_read_whole(tmp_path, broker, database, topic_prefix):
+    """With Kafka configured and a sink running: a second delivery of the same account and month
+    with one unreadable amount (row 11's BilledCost 1e1000000) publishes nothing, so the stored bill
+    stays whole; with --publish-partial the operator chooses to replace it with the readable rows."""
+    import yaml
+
+    from contracts.config import load_config
+    from contracts.topics import Topics
+    from infra.broker import ensure_topics, make_consumer
+    from storage.db import migrate
+    from storage.sink import Sink
+    from tests.conftest import wait_until
+
+    migrate(database)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "kafka": {
+        "bootstrap_servers": broker.bootstrap, "topic_prefix": topic_prefix, "topic_partitions": 2}}))
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    rows = [focus_row(BilledCost="10", EffectiveCost="10", ResourceId=f"i-{i}") for i in range(500)]
+    full = write_csv(tmp_path / "A_full.csv", rows)
+    rows[10] = focus_row(BilledCost="1e1000000", EffectiveCost="10", ResourceId="i-10")
+    crash = write_csv(tmp_path / "B_crash.csv", rows)
+    other = write_csv(tmp_path / "C_other_account.csv", [focus_row(BilledCost="3", EffectiveCost="3",
+                                                                   BillingAccountId="222")])
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "hybridspend.cli", "ingest", "focus", *args,
+                               "--config", str(config_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def account(dsn: str, number: str) -> tuple:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT count(*), coalesce(sum(billed_cost_usd), 0) FROM cost_lines"
+                                " WHERE billing_account = %s", (number,)).fetchone()
+
+    consumer = make_consumer(broker.bootstrap, config.kafka, broker.profile, topics.group("sink"),
+                             [topics.cost_lines], fetch_max_wait_ms=100)
+    sink = Sink(consumer, database, topics, say=lambda m: None)
+
+    def stored_until(what, check) -> None:
+        wait_until(lambda: sink.run_once(timeout_ms=100) is not None and check(), 60, what)
+
+    try:
+        assert run(str(full)).returncode == 0
+        stored_until("the full bill", lambda: account(database, "111122223333") == (500, D(5000)))
+        refused = run(str(crash))
+        assert refused.returncode == 1
+        assert "BilledCost 1e1000000 is beyond" in refused.stdout and "B_crash.csv:12" in refused.stdout
+        assert "nothing published: 1 rows were rejected" in refused.stderr
+        # a sentinel through the same path: once it is stored, anything the refused run sent would be too
+        assert run(str(other)).returncode == 0
+        stored_until("the sentinel", lambda: account(database, "222") == (1, D(3)))
+        assert account(database, "111122223333") == (500, D(5000))  # the bill is whole
+        assert run(str(crash), "--publish-partial").returncode == 0  # the operator's choice
+        stored_until("the partial delivery", lambda: account(database, "111122223333") == (499, D(4990)))
+    finally:
+        consumer.close()
+        sink.close()
