@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from collectors.base import CollectReport
-from collectors.nvml.collector import UNATTRIBUTED, gpu_class_of
+from collectors.nvml.collector import UNATTRIBUTED, gpu_class_of, safe_labels
 from contracts.events import GpuReading, GpuSample, WorkloadShare
 from costmodel.sharing import SharingError, mig_compute_fraction
 
@@ -82,12 +82,28 @@ def holder_labels(labels: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def gather(points: Iterable[tuple[str, dict[str, str], float]], default_host: str) -> dict[tuple, GpuSeries]:
-    """Exporter points (metric, labels, value) grouped per (host, GPU UUID, GPU instance)."""
+# the largest value each metric can take on real hardware; beyond it (or +Inf, or below 0) the point is dropped
+MAX_VALUE = {PROF_ACTIVE: 1.0, DEV_UTIL: 100.0, FB_USED: float(1 << 24), FB_FREE: float(1 << 24),
+             POWER: 10_000.0, ENERGY: 1e18}
+MAX_PAGE_BYTES = 64 << 20
+MAX_GPUS_PER_NODE = 64  # what one gpu_sample.v1 carries
+
+
+def gather(points: Iterable[tuple[str, dict[str, str], float]], default_host: str,
+           problems: list[str] | None = None) -> dict[tuple, GpuSeries]:
+    """Exporter points (metric, labels, value) grouped per (host, GPU UUID, GPU instance); a value
+    that no GPU can have (+Inf, negative, 10 kW) is dropped with a problem, NaN silently (the
+    exporter's "no value")."""
     found: dict[tuple, GpuSeries] = {}
     for metric, labels, value in points:
         uuid = labels.get("UUID") or labels.get("uuid")
         if metric not in METRICS or not uuid or math.isnan(value):
+            continue
+        if not 0 <= value <= MAX_VALUE[metric]:
+            if problems is not None:
+                host = labels.get("Hostname") or labels.get("hostname") or default_host
+                problems.append(f"{host} {uuid[:80]}: {metric} {value!r} is outside"
+                                f" 0..{MAX_VALUE[metric]:g}; dropped")
             continue
         host = labels.get("Hostname") or labels.get("hostname") or default_host
         key = (host, uuid, labels.get("GPU_I_ID", ""))
@@ -149,7 +165,7 @@ def readings(series: dict[tuple, GpuSeries], resolve: Resolve, meter: EnergyMete
             shares = []
             for holder in s.holders:
                 name, team, allow_spot = resolve({**holder, "host": host}) or (UNATTRIBUTED, "", False)
-                shares.append(WorkloadShare(name[:253], team[:253], allow_spot))
+                shares.append(WorkloadShare(*safe_labels(name, team, problems, f"{host} {uuid}"), allow_spot))
             if not shares and util_pct > 0:
                 shares.append(WorkloadShare(UNATTRIBUTED))  # busy, but no pod or job is mapped to it
             out.setdefault(host, []).append(GpuReading(
@@ -177,11 +193,15 @@ def parse_page(text: str) -> list[tuple[str, dict[str, str], float]]:
     return points
 
 
-def node_sample(host: str, gpus: list[GpuReading], tick_ms: int, interval_ms: int, source: str) -> GpuSample:
+def node_sample(host: str, gpus: list[GpuReading], tick_ms: int, interval_ms: int, source: str,
+                problems: list[str]) -> GpuSample:
+    if len(gpus) > MAX_GPUS_PER_NODE:
+        problems.append(f"{host}: {len(gpus)} GPUs and MIG instances, a sample carries {MAX_GPUS_PER_NODE}: the"
+                        f" first {MAX_GPUS_PER_NODE} by index are kept")
     return GpuSample(
         event_id=str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{source}:{host}:{tick_ms}")), ts_ms=tick_ms,
         interval_ms=interval_ms, resource=host, environment="onprem", source=source,
-        gpus=sorted(gpus, key=lambda g: (g.index, g.uuid))[:64],
+        gpus=sorted(gpus, key=lambda g: (g.index, g.uuid))[:MAX_GPUS_PER_NODE],
     )
 
 
@@ -224,9 +244,24 @@ class DcgmCollector:
     _last_tick_ms: int = -1
 
     def fetch(self, url: str) -> str:
+        """The page at an http(s) URL, read within ``timeout_s`` in all (a trickling endpoint is cut
+        off) and up to MAX_PAGE_BYTES (a larger page is refused, not cut)."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise PageError("only http:// and https:// endpoints are scraped")
+        deadline = time.monotonic() + self.timeout_s
+        chunks, size = [], 0
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
-                return response.read(64 * 2**20).decode("utf-8", "replace")
+                while chunk := response.read1(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_PAGE_BYTES:
+                        raise PageError(f"the page is larger than {MAX_PAGE_BYTES:,} bytes; not read")
+                    if time.monotonic() > deadline:
+                        raise PageError(f"the page took longer than {self.timeout_s:g} s to read; not read")
+                    chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", "replace")
+        except PageError:
+            raise
         except urllib.error.HTTPError as exc:
             raise PageError(f"HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -243,12 +278,12 @@ class DcgmCollector:
         series: dict[tuple, GpuSeries] = {}
         for url in self.urls.current(report.errors):
             try:
-                series.update(gather(parse_page(self.fetch(url)), urlsplit(url).hostname or url))
+                series.update(gather(parse_page(self.fetch(url)), urlsplit(url).hostname or url, report.errors))
             except PageError as exc:
                 report.errors.append(f"{url}: {exc}")
         by_host = readings(series, self.resolve, self.meter, tick_ms, interval_ms, report.errors)
         for host, gpus in sorted(by_host.items()):
-            sample = node_sample(host, gpus, tick_ms, interval_ms, "dcgm")
+            sample = node_sample(host, gpus, tick_ms, interval_ms, "dcgm", report.errors)
             self.publisher.send("gpu-samples", sample.resource, sample)
             report.count("gpu samples")
         self.publisher.flush()

@@ -118,14 +118,15 @@ class PrometheusCollector:
                     at_step.setdefault(round(float(ts) * 1000), []).append(point)
         published = 0
         for tick_ms in sorted(at_step):
-            by_host = readings(gather(at_step[tick_ms], ""), self.resolve, self.meter, tick_ms, step_ms,
+            by_host = readings(gather(at_step[tick_ms], "", report.errors), self.resolve, self.meter, tick_ms, step_ms,
                                report.errors)
             if tick_ms <= after_ms:
                 continue
             for host, gpus in sorted(by_host.items()):
                 if not host:
                     continue
-                self.publisher.send("gpu-samples", host, node_sample(host, gpus, tick_ms, step_ms, "prometheus"))
+                sample = node_sample(host, gpus, tick_ms, step_ms, "prometheus", report.errors)
+                self.publisher.send("gpu-samples", host, sample)
                 report.count("gpu samples")
                 published += 1
         return published

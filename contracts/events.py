@@ -15,6 +15,7 @@ that the positional constructor keeps its order).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from decimal import Decimal, InvalidOperation
@@ -132,6 +133,26 @@ class _Record(Struct, tag_field="schema"):
         if problem:
             raise EventError(f"{cls.SCHEMA}: {problem}")
         return record
+
+    @classmethod
+    def decode_replacing_labels(cls, payload: bytes | str) -> tuple[Any, list[str]]:
+        """Like ``decode``, but a label that is too long or holds control characters is replaced
+        by ``safe_label`` instead of refusing the record (one hostile workload name must not drop
+        a whole node's costs); returns the record and what was replaced, as 'path (why)'."""
+        try:
+            return cls.decode(payload), []
+        except EventError as refused:
+            try:
+                raw = msgspec.json.decode(payload)
+            except (msgspec.DecodeError, UnicodeEncodeError):
+                raise refused from None
+            replaced = _replace_labels(raw, cls._labels) if isinstance(raw, dict) else []
+            if not replaced:
+                raise
+            try:
+                return cls.decode(_encoder.encode(raw)), replaced
+            except EventError:
+                raise refused from None
 
     def _received(self) -> str | None:
         """Checks across fields and clean-up of a decoded record (not of one built in code); what
@@ -511,6 +532,35 @@ def _control_characters(record: Any, plan: tuple, path: tuple = ()) -> list | No
             if found:
                 return found
     return None
+
+
+INVALID_LABEL = "invalid-label:"
+
+
+def safe_label(text: str) -> str:
+    """``text`` when it is a valid label, else ``invalid-label:`` and 12 hex digits of its SHA-256
+    (the same bad name always maps to the same label, so its costs still add up under one name)."""
+    if len(text) <= MAX_LABEL_LEN and not _CONTROL.search(text):
+        return text
+    return INVALID_LABEL + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def _replace_labels(raw: dict, plan: tuple, path: str = "") -> list[str]:
+    """Replace the invalid labels of a decoded JSON object in place; 'path (why)' for each."""
+    labels, lists = plan
+    replaced = []
+    for name in labels:
+        value = raw.get(name)
+        if isinstance(value, str) and (label := safe_label(value)) != value:
+            why = "control characters" if _CONTROL.search(value) else f"{len(value)} characters"
+            replaced.append(f"{path}{name} ({why}) -> {label}")
+            raw[name] = label
+    for name, item_plan in lists:
+        items = raw.get(name)
+        for i, item in enumerate(items if isinstance(items, list) else ()):
+            if isinstance(item, dict):
+                replaced += _replace_labels(item, item_plan, f"{path}{name}[{i}].")
+    return replaced
 
 
 def _where(cls: type, path: list) -> str:

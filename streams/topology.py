@@ -372,7 +372,9 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         ev = InstanceEvent.decode(event.value)
                         resource, ts_ms = ev.instance_id, ev.ts_ms
                     else:
-                        ev = GpuSample.decode(event.value)
+                        ev, replaced = GpuSample.decode_replacing_labels(event.value)
+                        if replaced:  # the costs are kept under the replaced names; the original is kept here
+                            await reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
                         resource, ts_ms = ev.resource, ev.ts_ms - ev.interval_ms
                     if event.key is not None and event.key.decode("utf-8", "replace") != resource:
                         raise EventError(f"key {event.key!r:.60} does not match resource {resource!r}")

@@ -4,6 +4,7 @@ metric set: whole GPUs, MIG instances, a time-sliced GPU, both host label spelli
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -344,3 +345,75 @@ def test_mig_and_time_sliced_costs_through_the_real_pipeline_match_hand_computat
         ("MIG-GPU-m0/1", "GPU-m0", "3g.40gb", round(3 / 7, 4), ["team-a"]),
         ("MIG-GPU-m0/9", "GPU-m0", "1g.10gb", round(1 / 7, 4), ["team-b"]),
     ]
+
+
+def test_hostile_pages_are_reported_and_never_stop_the_other_endpoints(exporters, tmp_path, monkeypatch):
+    from collectors import dcgm
+
+    monkeypatch.setattr(dcgm, "MAX_PAGE_BYTES", 1 << 20)  # 1 MiB instead of 64: a quicker test
+    h100 = f"{exporters.url}/h100/metrics"
+    # +Inf power and memory (an OverflowError once), a page over the size limit, a file:// URL
+    exporters.pages["/inf/metrics"] = (200, MIG.replace(" 350\n", " +Inf\n").replace(" 30000\n", " +Inf\n")
+                                       .replace("hgx-h100-01", "inf-node"))
+    exporters.pages["/huge/metrics"] = (200, MIG + "# padding\n" * 200_000)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("DCGM_FI_DEV_GPU_UTIL{UUID=\"x\"} 1\ntop secret\n")
+    # more GPUs than a sample carries
+    many = "# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n" + "".join(
+        f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="GPU-m{i}",Hostname="big-node"}} 50\n' for i in range(70))
+    exporters.pages["/many/metrics"] = (200, many)
+    # a workload label no Kubernetes would allow: 300 characters with a control character
+    hostile = MIG.replace('namespace="research-llm"', 'namespace="' + "x" * 300 + '\\tq"').replace("hgx-h100-01", "label-node")
+    exporters.pages["/label/metrics"] = (200, hostile)
+    urls = [f"{exporters.url}/inf/metrics", f"{exporters.url}/huge/metrics", f"file://{secret}",
+            f"{exporters.url}/many/metrics", f"{exporters.url}/label/metrics", h100]
+    rec = Recorder()
+    report = collector(urls, rec, lambda: T0).poll_once()
+    by_node = {e.resource: e for e in rec.events}
+    assert set(by_node) == {"inf-node", "big-node", "label-node", "hgx-h100-01"}
+    inf = by_node["inf-node"].gpus[0]
+    assert inf.power_mw is None and inf.memory_used_mib == 0  # the impossible values dropped, the GPU kept
+    assert len(by_node["big-node"].gpus) == 64
+    label_shares = [w.workload for g in by_node["label-node"].gpus for w in g.workloads]
+    assert any(w.startswith("invalid-label:") for w in label_shares)  # replaced, its costs kept
+    text = "\n".join(report.errors)
+    assert "DCGM_FI_DEV_POWER_USAGE inf is outside 0..10000; dropped" in text
+    assert "DCGM_FI_DEV_FB_USED inf is outside" in text
+    assert f"{urls[1]}: the page is larger than 1,048,576 bytes; not read" in text
+    assert f"{urls[2]}: only http:// and https:// endpoints are scraped" in text and "top secret" not in text
+    assert "big-node: 70 GPUs and MIG instances, a sample carries 64" in text
+    assert "is not a valid label; its costs are kept as invalid-label:" in text
+    for event in rec.events:
+        assert GpuSample.decode(event.encode()) == event
+
+
+def test_a_trickling_endpoint_is_cut_off_at_the_timeout(exporters):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.wait(0.2):  # a byte every 0.2 s: never idle long enough for a socket timeout
+            try:
+                conn.sendall(b"#")
+            except OSError:
+                break
+        conn.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/metrics"
+    col = DcgmCollector(UrlList([url]), Recorder(), config().resolve_workload, 30, 1.0, clock=lambda: T0)
+    started = time.monotonic()
+    report = col.poll_once()
+    stop.set()
+    server.close()
+    assert time.monotonic() - started < 5
+    assert report.errors == [f"{url}: the page took longer than 1 s to read; not read"]

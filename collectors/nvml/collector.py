@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from contracts.config import Config
-from contracts.events import GpuReading, GpuSample, WorkloadShare
+from contracts.events import GpuReading, GpuSample, WorkloadShare, safe_label
 from costmodel.sharing import SharingError, mig_compute_fraction
 from infra.broker import WATERMARK_EVERY_MS, send_watermarks
 
@@ -29,6 +29,18 @@ from ..base import CollectReport
 log = logging.getLogger(__name__)
 
 UNATTRIBUTED = "unattributed"
+
+
+def safe_labels(workload: str, team: str, problems: list[str], where: str) -> tuple[str, str]:
+    """A workload's name and team as labels: one too long or with control characters (any process
+    on a node can set HYBRIDSPEND_WORKLOAD) is replaced by ``safe_label`` and reported, and the
+    costs it travels with are kept."""
+    labels = safe_label(workload), safe_label(team)
+    for kind, given, label in (("workload", workload, labels[0]), ("team", team, labels[1])):
+        if label != given:
+            problems.append(f"{where}: {kind} label {given[:40]!r}... ({len(given)} characters) is not a valid"
+                            f" label; its costs are kept as {label}")
+    return labels
 _K8S_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 _CONTAINER = re.compile(r"(?:docker|cri-containerd|crio|containerd)[-/:]([0-9a-f]{12,64})")
 _SLURM_JOB = re.compile(r"/job_(\d+)")
@@ -98,6 +110,7 @@ class NvmlCollector:
     interval_s: float = 30.0
     inspector: ProcessInspector = field(default_factory=ProcessInspector)
     errors: int = 0
+    label_problems: list[str] = field(default_factory=list)  # reported with the next poll
     publisher: object = None  # infra.publish.Publisher; needed by poll_once only
     clock: Callable[[], float] = time.time
     _initialized: bool = False
@@ -126,7 +139,9 @@ class NvmlCollector:
             else:
                 resolved = self.config.resolve_workload(labels) or (UNATTRIBUTED, "", False)
             name, team, allow_spot = resolved
-            shares.setdefault(name, WorkloadShare(name[:253], team[:253], allow_spot))
+            if name not in shares:
+                shares[name] = WorkloadShare(*safe_labels(name, team, self.label_problems, f"pid {proc.pid}"),
+                                             allow_spot)
             pids.setdefault(name, []).append(proc.pid)
         if len(shares) > 1 and (sm_util := self._process_sm_util(handle)) is not None:
             for name, share in shares.items():
@@ -258,6 +273,8 @@ class NvmlCollector:
         if self.errors > errors_before:
             report.errors.append(f"{self.errors - errors_before} GPU(s) on {self.host} could not be read "
                                  "(the others were sampled; see the log)")
+        report.errors.extend(self.label_problems)
+        self.label_problems.clear()
         if sample is None:
             return report
         self.publisher.send("gpu-samples", sample.resource, sample)
