@@ -13,10 +13,10 @@ import re
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from costmodel import (
     DEFAULT_BUY_TARGET_UTILIZATION,
@@ -114,24 +114,39 @@ class DatabaseConfig(_Strict):
 
 
 NonNegative = Field(ge=0)
+MAX_AMOUNT_DIGITS = 12  # no configured amount (USD, watts, hours, percent) reaches 10^12
+
+
+def _sane_amount(value: Decimal) -> Decimal:
+    """Finite and below 10^12 in magnitude, checked by exponent before any arithmetic (an amount
+    like 1e999999999 would otherwise take minutes to divide or print)."""
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value and value.adjusted() >= MAX_AMOUNT_DIGITS:
+        raise ValueError(f"must be below 1e{MAX_AMOUNT_DIGITS} in magnitude")
+    return value
+
+
+Amount = Annotated[Decimal, AfterValidator(_sane_amount)]
+EARLIEST_DATE, LATEST_DATE = date(1990, 1, 1), date(2200, 1, 1)
 
 
 class AssetProfile(_Strict):
     name: str = Field(min_length=1)
     gpu_model: str
     gpu_class: str = Field(min_length=1)
-    gpu_count: int = Field(gt=0)
-    gpus_per_node: int = Field(gt=0)
+    gpu_count: int = Field(gt=0, le=10_000_000)
+    gpus_per_node: int = Field(gt=0, le=64)
     hosts: list[str] = Field(min_length=1, description="host names or globs of this profile's nodes")
-    purchase_price_usd_per_node: Decimal = NonNegative
-    in_service_date: date
-    amortization_months: int = Field(gt=0)
-    power_w_per_gpu: Decimal = Field(ge=0, description="average draw used when NVML reports no power")
-    pue: Decimal = Field(ge=1)
-    electricity_usd_per_kwh: Decimal = NonNegative
-    support_usd_per_year_per_node: Decimal = Decimal(0)
-    facility_usd_per_year_per_node: Decimal = Decimal(0)
-    staff_usd_per_year_per_node: Decimal = Decimal(0)
+    purchase_price_usd_per_node: Amount = NonNegative
+    in_service_date: date = Field(ge=EARLIEST_DATE, lt=LATEST_DATE)
+    amortization_months: int = Field(gt=0, le=600, description="at most 50 years")
+    power_w_per_gpu: Amount = Field(ge=0, le=10_000, description="average draw used when NVML reports no power")
+    pue: Amount = Field(ge=1, le=10)
+    electricity_usd_per_kwh: Amount = NonNegative
+    support_usd_per_year_per_node: Amount = Decimal(0)
+    facility_usd_per_year_per_node: Amount = Decimal(0)
+    staff_usd_per_year_per_node: Amount = Decimal(0)
     capex_after_amortization: bool = False
 
     @model_validator(mode="after")
@@ -177,8 +192,8 @@ class CloudOfferConfig(_Strict):
     gpu_model: str
     gpu_class: str = Field(min_length=1)
     gpus_per_instance: int = Field(gt=0)
-    usd_per_hour: dict[PurchaseOption, Decimal] = Field(min_length=1, description="per instance")
-    discount_pct: Decimal = Field(default=Decimal(0), ge=0, lt=100)
+    usd_per_hour: dict[PurchaseOption, Amount] = Field(min_length=1, description="per instance")
+    discount_pct: Amount = Field(default=Decimal(0), ge=0, lt=100)
 
     @field_validator("usd_per_hour")
     @classmethod
@@ -236,23 +251,23 @@ class EvidenceHours(_Strict):
     """Hours of consecutive windows a crossing must hold before each kind of decision (and at least the
     dwell); a withdrawal ("stay") needs as long as the recommendation it withdraws."""
 
-    repatriate_fill_idle: Decimal = Field(
+    repatriate_fill_idle: Amount = Field(
         default=DEFAULT_EVIDENCE_HOURS[REPATRIATE_FILL_IDLE], ge=0,
         description="filling idle owned GPUs is cheap to reverse: the dwell alone")
-    migrate_to_cloud: Decimal = Field(default=DEFAULT_EVIDENCE_HOURS[MIGRATE_TO_CLOUD], ge=0)
-    repatriate_buy_capacity: Decimal = Field(
+    migrate_to_cloud: Amount = Field(default=DEFAULT_EVIDENCE_HOURS[MIGRATE_TO_CLOUD], ge=0)
+    repatriate_buy_capacity: Amount = Field(
         default=DEFAULT_EVIDENCE_HOURS[REPATRIATE_BUY], ge=0,
         description="buying hardware is a multi-year commitment: a week by default")
 
 
 class ThresholdsConfig(_Strict):
-    margin_pct: Decimal = Field(default=Decimal(10), ge=0, lt=1000)
+    margin_pct: Amount = Field(default=Decimal(10), ge=0, lt=1000)
     dwell_windows: int = Field(default=3, ge=1)
     window_seconds: int = Field(default=900, ge=1)
     grace_seconds: int = Field(default=60, ge=0)
     migration_purchase_options: list[PurchaseOption] = ["on_demand"]
     evidence_hours: EvidenceHours = EvidenceHours()
-    buy_target_utilization_pct: Decimal = Field(
+    buy_target_utilization_pct: Amount = Field(
         default=DEFAULT_BUY_TARGET_UTILIZATION * 100, gt=0, le=100,
         description="how busy bought GPUs should run: capacity to buy = busy GPUs / this, in whole nodes")
 
@@ -278,7 +293,7 @@ class AlertRoute(_Strict):
     slack_bot_token: SecretRef | None = Field(default=None, description="or a bot token (chat.postMessage)")
     slack_channel: str | None = Field(default=None, description="the channel the bot posts to")
     slack_api_url: str = Field(default="https://slack.com/api/", description="Slack's Web API base URL")
-    min_monthly_savings_usd: Decimal = Field(default=Decimal(0), ge=0)
+    min_monthly_savings_usd: Amount = Field(default=Decimal(0), ge=0)
 
     @model_validator(mode="after")
     def _one_way_to_slack(self) -> "AlertRoute":
@@ -296,9 +311,9 @@ class AlertChecks(_Strict):
     cooldown_hours: float = Field(default=24, ge=0, description="an alert on the same subject is not repeated "
                                   "within this time unless it escalated")
     budget_forecast: bool = Field(default=True, description="month-to-date spend and forecast vs team budgets")
-    spend_rate_increase_pct: Decimal | None = Field(
+    spend_rate_increase_pct: Amount | None = Field(
         default=Decimal(50), gt=0, description="last 24 h of a team's spend vs its 7-day daily average; null: off")
-    idle_usd_per_day: Decimal | None = Field(
+    idle_usd_per_day: Amount | None = Field(
         default=Decimal(1000), ge=0, description="on-prem idle capacity cost over 24 h per GPU class; null: off")
     collector_silence_minutes: float | None = Field(
         default=10, gt=0, description="an on-prem host whose samples stopped this long ago; null: off")
@@ -393,11 +408,11 @@ class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     onprem_assets: list[AssetProfile] = []
     cloud_offers: list[CloudOfferConfig] = []
-    gpu_throughput: dict[str, Decimal] = Field(
+    gpu_throughput: dict[str, Amount] = Field(
         default_factory=dict, description="relative throughput per GPU class, e.g. {A100: 1, H100: 3}"
     )
     workloads: list[WorkloadRule] = []
-    budgets: dict[str, Decimal] = Field(default_factory=dict, description="team -> monthly budget, USD")
+    budgets: dict[str, Amount] = Field(default_factory=dict, description="team -> monthly budget, USD")
     gpu_instance_types: list[GpuInstanceTypeConfig] = Field(
         default_factory=list, description="GPU instance types beyond the built-in catalog")
     thresholds: ThresholdsConfig = ThresholdsConfig()

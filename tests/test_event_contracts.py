@@ -231,3 +231,26 @@ def test_the_tightened_junk_is_refused_with_the_field_named():
     d["gpus"][0]["workloads"] = 0
     with pytest.raises(EventError, match=r"gpus\[0\]: 'workloads' must be a list"):
         GpuSample.decode(json.dumps(d))
+
+
+def test_a_hostile_workload_label_is_replaced_and_the_sample_kept():
+    from contracts.events import EventError, GpuReading, GpuSample, WorkloadShare
+
+    long_name, control = "w" * 300, "train\x1b[31m"
+    sample = GpuSample("e1", 60_000, 60_000, "node-1", "onprem", "nvml", [
+        GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, 300_000, [WorkloadShare(long_name, "ml")]),
+        GpuReading("GPU-1", 1, "A100", "A100", 40.0, 1, 2, 300_000, [WorkloadShare(control, "ml")]),
+    ])
+    payload = sample.encode()  # encoding does not check: a collector of another version may send this
+    with pytest.raises(EventError):
+        GpuSample.decode(payload)
+    kept, replaced = GpuSample.decode_replacing_labels(payload)
+    names = [g.workloads[0].workload for g in kept.gpus]
+    assert all(n.startswith("invalid-label:") and len(n) == len("invalid-label:") + 12 for n in names)
+    assert names[0] != names[1]  # the hash of each name: distinct names stay distinct
+    assert GpuSample.decode_replacing_labels(payload)[0] == kept  # and the same name maps the same way
+    assert replaced == [f"gpus[0].workloads[0].workload (300 characters) -> {names[0]}",
+                        f"gpus[1].workloads[0].workload (control characters) -> {names[1]}"]
+    assert [g.utilization_pct for g in kept.gpus] == [50.0, 40.0]  # every GPU and its costs kept
+    with pytest.raises(EventError, match="utilization_pct"):  # anything else wrong is still refused
+        GpuSample.decode_replacing_labels(payload.replace(b"50.0", b"150.0"))

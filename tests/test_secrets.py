@@ -87,3 +87,29 @@ def test_a_malformed_webhook_is_neither_logged_by_slack_sdk_nor_stored(tmp_path,
         stored = conn.execute("SELECT string_agg(coalesce(last_error, ''), ' ') FROM alert_outbox").fetchone()[0]
         stored += conn.execute("SELECT string_agg(detail, ' ') FROM alert_log").fetchone()[0]
     assert stored and PLANTED not in stored
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("purchase_price_usd_per_node", "1e999999999", "must be below 1e12 in magnitude"),
+    ("purchase_price_usd_per_node", "1e999999", "must be below 1e12 in magnitude"),
+    ("power_w_per_gpu", "1e30", "less than or equal to 10000"),
+    ("power_w_per_gpu", "20000", "less than or equal to 10000"),
+    ("amortization_months", 1_000_000_000, "less than or equal to 600"),
+    ("in_service_date", "9999-12-01", "less than 2200-01-01"),
+    ("electricity_usd_per_kwh", "NaN", "finite"),
+])
+def test_an_out_of_range_number_or_date_in_the_config_is_a_clear_error_at_once(tmp_path, capsys, field, value,
+                                                                                message):
+    import time
+
+    from contracts.config import EXAMPLE_CONFIG
+
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    data["onprem_assets"][0][field] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    assert main(["config", "check", str(path)]) == 2
+    assert time.monotonic() - started < 5  # 1e999999999 once took 16 minutes of Decimal arithmetic
+    err = capsys.readouterr().err
+    assert f"onprem_assets[0].{field}: " in err and message in err and "Traceback" not in err
