@@ -525,6 +525,8 @@ def cmd_pricing_import_opencost(args) -> int:
         text = Path(args.file).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{args.file}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     try:
         rows = opencost.parse_csv(text, args.file)
         imported = opencost.import_profiles(rows, _date_arg(args.at), args.gpus_per_node, args.nodes)

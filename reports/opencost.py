@@ -40,6 +40,9 @@ _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # a
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?")
 
 
+MAX_RATE_DIGITS = 6  # a million dollars per GPU-hour: beyond any price
+
+
 class OpenCostError(ValueError):
     """A pricing file or profile that cannot be converted; the message says which and why."""
 
@@ -122,11 +125,14 @@ def parse_csv(text: str, where: str = "the file") -> list[PriceRow]:
     numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
                 if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(line for _, line in numbered)
-    missing = [c for c in HEADER if c not in (reader.fieldnames or [])]
-    if missing:
-        raise OpenCostError(f"{where}: not an OpenCost pricing CSV: missing column(s) {', '.join(missing)}")
-    return [PriceRow(*((raw.get(c) or "").strip() for c in HEADER), line=numbered[index + 1][0])
-            for index, raw in enumerate(reader)]
+    try:
+        missing = [c for c in HEADER if c not in (reader.fieldnames or [])]
+        if missing:
+            raise OpenCostError(f"{where}: not an OpenCost pricing CSV: missing column(s) {', '.join(missing)}")
+        return [PriceRow(*(str(raw.get(c) or "").strip() for c in HEADER), line=numbered[index + 1][0])
+                for index, raw in enumerate(reader)]
+    except csv.Error as exc:  # a NUL byte, a field past csv's size limit
+        raise OpenCostError(f"{where}: not an OpenCost pricing CSV: {exc}") from None
 
 
 def _profile_name(row: PriceRow) -> str:
@@ -152,20 +158,23 @@ def import_profiles(rows: list[PriceRow], at: date, gpus_per_node: int = 8, node
         raise OpenCostError(f"GPUs per node and nodes must be > 0, got {gpus_per_node} and {nodes}")
     out: list[ImportedProfile] = []
     names: set[str] = set()
+    suffixes: dict[str, int] = {}  # base name -> the last suffix given
     for row in rows:
         if row.asset_class.lower() != "gpu":
             continue
         try:
-            rate = Decimal(row.market_price_hourly)
+            rate = Decimal(row.market_price_hourly[:64])
         except InvalidOperation:
             rate = Decimal("NaN")
-        if not rate.is_finite() or rate < 0:
-            raise OpenCostError(f"line {row.line} ({row.instance_id or 'no InstanceID'}): MarketPriceHourly must be a "
-                                f"number >= 0, got {row.market_price_hourly!r}")
-        name = _profile_name(row)
-        suffix = 2
-        while name in names:
-            name, suffix = f"{_profile_name(row)}-{suffix}", suffix + 1
+        # the exponent is compared before any arithmetic: 1e999999 x 8760 would take seconds to print
+        if not rate.is_finite() or rate < 0 or (rate and rate.adjusted() >= MAX_RATE_DIGITS):
+            raise OpenCostError(f"line {row.line} ({row.instance_id[:80] or 'no InstanceID'}): MarketPriceHourly must"
+                                f" be a number from 0 to below 1e{MAX_RATE_DIGITS} USD per GPU-hour, got "
+                                f"{row.market_price_hourly[:40]!r}")
+        base = name = _profile_name(row)
+        while name in names:  # the next free suffix of this base, remembered: linear in the rows
+            suffixes[base] = suffixes.get(base, 1) + 1
+            name = f"{base}-{suffixes[base]}"
         names.add(name)
         model = row.instance_type or row.instance_id
         profile = AssetProfile(
@@ -186,7 +195,8 @@ def _yaml_scalar(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, date)):
         return str(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
+    # a JSON string is a valid YAML double-quoted scalar; ASCII-escaped, since YAML refuses raw control characters
+    return json.dumps(str(value))
 
 
 FIELDS = ("name", "gpu_model", "gpu_class", "gpu_count", "gpus_per_node", "hosts", "purchase_price_usd_per_node",
@@ -208,7 +218,7 @@ def profiles_yaml(imported: list[ImportedProfile], source: str, skipped: dict[st
     for item in imported:
         p = item.profile
         lines.append(f"  # flat rate ${format(item.usd_per_gpu_hour, 'f')} per GPU-hour, from OpenCost InstanceID "
-                     f"{item.source.instance_id!r}" + (f" in {item.source.region}" if item.source.region else ""))
+                     f"{item.source.instance_id!r}" + (f" in {item.source.region!r}" if item.source.region else ""))
         for i, field in enumerate(FIELDS):
             value = getattr(p, field)
             text = "[" + ", ".join(_yaml_scalar(v) for v in value) + "]" if isinstance(value, list) \

@@ -142,3 +142,34 @@ def test_pricing_commands(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hybridspend.cli", "pricing", "import-opencost",
                           str(tmp_path / "missing.csv")], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_hostile_pricing_files_are_clear_errors_and_what_is_imported_loads_back(tmp_path):
+    import time
+
+    header = OPENCOST_CSV.splitlines()[0]
+    gpu_row = next(line for line in OPENCOST_CSV.splitlines() if ",gpu," in line.lower())
+    for price in ("1e999999", "1e6", "-1", "inf"):
+        rows = opencost.parse_csv(OPENCOST_CSV.replace("0.95", price))
+        with pytest.raises(opencost.OpenCostError, match=r"MarketPriceHourly must be a number from 0 to below 1e6"):
+            opencost.import_profiles(rows, date(2026, 11, 1))
+    with pytest.raises(opencost.OpenCostError, match="not an OpenCost pricing CSV: field larger than field limit"):
+        opencost.parse_csv(header + "\n" + gpu_row.replace(",", ',"' + "x" * 200_000 + '",', 1) + "\n", "big.csv")
+    # a DEL and a newline-looking escape in the region: the printed section still loads
+    rows = opencost.parse_csv(OPENCOST_CSV.replace("us-east", "us-\x7feast\\n"))
+    text = opencost.profiles_yaml(opencost.import_profiles(rows, date(2026, 11, 1)), "p.csv", {})
+    assert config(tmp_path, yaml.safe_load(text)).onprem_assets
+    # 10,000 copies of one InstanceID: distinct names, in linear time
+    many = opencost.parse_csv(header + "\n" + "\n".join([gpu_row] * 10_000) + "\n")
+    started = time.monotonic()
+    names = [i.profile.name for i in opencost.import_profiles(many, date(2026, 11, 1))]
+    assert time.monotonic() - started < 20  # the quadratic search for a free name took 70 s
+    assert len(set(names)) == 10_000 and names[1] == names[0] + "-2" and names[-1] == names[0] + "-10000"
+
+
+def test_a_binary_pricing_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "prices.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    run = subprocess.run([sys.executable, "-m", "hybridspend.cli", "pricing", "import-opencost", str(path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "not a UTF-8 text file" in run.stderr and "Traceback" not in run.stderr
