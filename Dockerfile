@@ -14,5 +14,6 @@ COPY reports reports
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 hybridspend
 USER hybridspend
 ENV HYBRIDSPEND_CONFIG=/etc/hybridspend/config.yaml \
+    HYBRIDSPEND_METRICS_HOST=0.0.0.0 \
     HYBRIDSPEND_BROKER_PROFILE=kafka
 ENTRYPOINT ["hybridspend"]

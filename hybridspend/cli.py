@@ -124,11 +124,12 @@ def cmd_worker(args) -> int:
 
 
 def _serve_metrics(args) -> None:
-    """Serve Prometheus metrics on ``--metrics-port`` (0: any free port, printed)."""
+    """Serve Prometheus metrics on ``--metrics-host``:``--metrics-port`` (0: any free port, printed)."""
     if args.metrics_port is not None:
         from infra.metrics import serve
 
-        print(f"metrics: http://0.0.0.0:{serve(args.metrics_port)}/metrics", file=sys.stderr, flush=True)
+        port = serve(args.metrics_port, args.metrics_host)
+        print(f"metrics: http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
 
 
 def _run_consumer_service(args, role: str, topic_names, build) -> int:
@@ -666,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "alerter":
             p.add_argument("--dry-run", action="store_true", help="print alerts instead of posting them")
         p.add_argument("--metrics-port", type=int, metavar="PORT",
-                       help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (0: any free port)")
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
+        p.add_argument("--metrics-host", metavar="HOST", default=os.environ.get("HYBRIDSPEND_METRICS_HOST", "127.0.0.1"),
+                       help="the address the metrics server listens on (default $HYBRIDSPEND_METRICS_HOST, else "
+                            "127.0.0.1: this machine only; the container image sets 0.0.0.0 for Prometheus to scrape)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("collect", help="run a collector")

@@ -122,7 +122,7 @@ REGISTRY.register(LAST_EVENTS)
 _servers: dict[int, object] = {}
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> int:
+def serve(port: int, addr: str = "127.0.0.1") -> int:
     """Start the ``/metrics`` HTTP server on ``port`` (0: a free one) in a daemon thread; the port."""
     server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
     bound = server.server_address[1]

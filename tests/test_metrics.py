@@ -60,7 +60,7 @@ def value(scraped, name: str, **labels) -> float | None:
 
 
 def metrics_port(log: Path) -> int | None:
-    found = re.search(r"metrics: http://0\.0\.0\.0:(\d+)/metrics", log.read_text(errors="replace")) \
+    found = re.search(r"metrics: http://127\.0\.0\.1:(\d+)/metrics", log.read_text(errors="replace")) \
         if log.exists() else None
     return int(found.group(1)) if found else None
 
@@ -174,3 +174,20 @@ def test_label_values_stay_bounded():
     assert metrics.reason_kind("gpu_sample.v1: 'power_mw' must be >= 0, got -5") == \
         metrics.reason_kind("gpu_sample.v1: 'power_mw' must be >= 0, got -70000") == \
         "gpu_sample.v1: 'power_mw' must be >= N"
+
+
+def test_the_metrics_server_listens_on_this_machine_only_unless_told_otherwise(monkeypatch):
+    from hybridspend.cli import build_parser
+    from infra import metrics
+
+    monkeypatch.delenv("HYBRIDSPEND_METRICS_HOST", raising=False)
+    args = build_parser().parse_args(["sink", "--metrics-port", "0"])
+    assert args.metrics_host == "127.0.0.1"
+    port = metrics.serve(0, args.metrics_host)
+    try:
+        assert metrics._servers[port].server_address[0] == "127.0.0.1"
+    finally:
+        metrics.stop(port)
+    monkeypatch.setenv("HYBRIDSPEND_METRICS_HOST", "0.0.0.0")  # what the container image sets
+    assert build_parser().parse_args(["sink", "--metrics-port", "0"]).metrics_host == "0.0.0.0"
+    assert "HYBRIDSPEND_METRICS_HOST=0.0.0.0" in (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
