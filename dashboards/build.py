@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contracts.files import write_replacing
+
 DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "hybridspend-pg"}
 OUT = Path(__file__).parent / "json"
 SCHEMA_VERSION = 39
@@ -231,7 +233,7 @@ def write(out: Path = OUT) -> list[Path]:
     written = []
     for uid, dashboard in all_dashboards().items():
         path = out / f"{uid}.json"
-        path.write_text(render(dashboard))
+        write_replacing(path, render(dashboard))
         written.append(path)
     return written
 

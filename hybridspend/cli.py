@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from contracts.config import Config, ConfigError, load_config, resolve_config
+from contracts.files import write_replacing
 from contracts.redact import install_log_redaction, redact
 
 
@@ -510,7 +511,7 @@ def cmd_pricing_export_opencost(args) -> int:
         raise UsageError(str(exc)) from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(opencost.render_csv(rows))
+    write_replacing(out, opencost.render_csv(rows))
     for asset in config.onprem_assets:
         rate = asset.gpu_cost().rate(at)
         print(f"{asset.name}: ${rate.usd_per_gpu_hour:.6f} per GPU-hour (capex {rate.capex_usd_per_gpu_hour:.6f}"

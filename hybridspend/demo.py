@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import io
 import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from contracts.config import Config, resolve_config
+from contracts.files import write_replacing
 from contracts.topics import Topics
 from infra.broker import ensure_topics, make_producer, send_watermarks
 from infra.local import Endpoints, running_services
@@ -43,8 +44,8 @@ def run_demo(args) -> int:
     state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
     state_dir.mkdir(parents=True, exist_ok=True)
     config_path = Path(args.config) if args.config else state_dir / "config.yaml"
-    if not args.config and not config_path.exists():
-        shutil.copyfile(EXAMPLE_CONFIG, config_path)
+    if not args.config and not config_path.exists():  # a dangling link there is replaced, not followed
+        write_replacing(config_path, EXAMPLE_CONFIG.read_bytes())
         _say(f"wrote the example configuration to {config_path}")
     config = resolve_config(str(config_path), str(state_dir))
     topics = Topics.from_config(config.kafka)
@@ -138,10 +139,11 @@ def ingest_simulated_bill(config: Config, fleet, start_ms: int, hours: float, pr
     bills = config.state_dir / "bills"
     bills.mkdir(parents=True, exist_ok=True)
     path = bills / f"simulated-{dt.fromtimestamp(start_ms / 1000, tz=timezone.utc):%Y-%m-%d}.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["BilledCost"])
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["BilledCost"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_replacing(path, text.getvalue())
     summary = FocusSummary()
     version = dt.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for line in read_files([path], config.catalog(), version, summary):

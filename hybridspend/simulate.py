@@ -20,6 +20,7 @@ import yaml
 
 from collectors.scenario import HOUR_MS, Scenario, Simulation, iso, scenario_config
 from contracts.config import Config
+from contracts.files import write_replacing
 from contracts.topics import Topics
 from infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
 from infra.local import running_services
@@ -47,7 +48,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         data = scenario_config(scenario, state_dir)
         config = Config.model_validate(data)
         config_path = state_dir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+        write_replacing(config_path, yaml.safe_dump(_plain(data), sort_keys=False))
         sim = Simulation(scenario, config.catalog())
         topics = Topics.from_config(config.kafka)
 

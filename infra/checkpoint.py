@@ -8,9 +8,10 @@ most that last step, and every event carries a deterministic id, so downstream u
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from contracts.files import write_replacing
 
 
 class Checkpoint:
@@ -29,6 +30,4 @@ class Checkpoint:
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_replacing(self.path, json.dumps(self.data, indent=1, sort_keys=True))

@@ -23,6 +23,7 @@ import psycopg
 from contracts.config import Config
 from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
 from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents
+from contracts.files import write_replacing
 from costmodel.tco import (
     breakeven_band,
     breakeven_utilization,
@@ -536,13 +537,13 @@ def write(conn: psycopg.Connection, report: MonthlyReport, formats: list[str], o
             filled = 20 * done // len(formats)
             progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{len(formats)} writing {fmt}")
             if fmt == "html":
-                paths[fmt].write_text(html_text)
+                write_replacing(paths[fmt], html_text)
             elif fmt == "pdf":
                 job.wait()
             elif fmt == "focus":
-                paths[fmt].write_text(render_focus(conn, report, config))
+                write_replacing(paths[fmt], render_focus(conn, report, config))
             else:
-                paths[fmt].write_text({"md": render_md, "csv": render_csv}[fmt](report))
+                write_replacing(paths[fmt], {"md": render_md, "csv": render_csv}[fmt](report))
     finally:
         if job is not None:
             job.cancel()

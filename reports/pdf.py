@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contracts.files import write_replacing
+
 from reports import fonts
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> int:
     import weasyprint  # noqa: F401  (loaded before the HTML arrives)
 
     html_text = sys.stdin.buffer.read().decode()
-    Path(argv[0]).write_bytes(pdf_from_html(html_text))
+    write_replacing(argv[0], pdf_from_html(html_text))
     return 0
 
 

@@ -113,3 +113,28 @@ def test_an_out_of_range_number_or_date_in_the_config_is_a_clear_error_at_once(t
     assert time.monotonic() - started < 5  # 1e999999999 once took 16 minutes of Decimal arithmetic
     err = capsys.readouterr().err
     assert f"onprem_assets[0].{field}: " in err and message in err and "Traceback" not in err
+
+
+def test_files_a_user_names_are_replaced_never_written_through_a_symlink(tmp_path):
+    from contracts.files import write_replacing
+    from dashboards.build import all_dashboards, write
+    from infra.checkpoint import Checkpoint
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    links = [out / "report.md", out / f"{next(iter(all_dashboards()))}.json", out / "checkpoint.json",
+             out / "dangling.yaml"]
+    for link in links[:2]:
+        link.symlink_to(victim)
+    links[2].symlink_to(tmp_path / "created-through-the-link")  # dangling: nothing to read, a file to create
+    links[3].symlink_to(tmp_path / "created-through-the-link")
+    write_replacing(links[0], "# report\n")
+    write(out)  # the dashboards
+    Checkpoint(links[2]).set("cursor", 1)
+    write_replacing(links[3], "a: 1\n")
+    assert victim.read_text() == "keep me" and not (tmp_path / "created-through-the-link").exists()
+    assert not any(link.is_symlink() for link in links)
+    assert links[0].read_text() == "# report\n" and links[3].read_text() == "a: 1\n"
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
