@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from contracts.redact import printable
+
 
 @dataclass
 class CollectReport:
@@ -32,7 +34,7 @@ class CollectReport:
     def summary(self, max_errors: int = 50) -> str:
         sent = ", ".join(f"{n} {what}" for what, n in sorted(self.sent.items())) or "nothing new"
         lines = [f"{self.source}: sent {sent}; {len(self.errors)} problem(s)"]
-        lines += [f"  {error}" for error in self.errors[:max_errors]]
+        lines += [f"  {printable(error)}" for error in self.errors[:max_errors]]  # errors quote what sources said
         return "\n".join(lines)
 
 

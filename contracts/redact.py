@@ -37,6 +37,15 @@ _SHAPES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ANSI escapes among them) shown as ``\\xNN``,
+    newlines and tabs kept.  For anything that echoes what an input said (a provider name, a page)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def remember(secret: str | None) -> str | None:
     """Register a secret value so that ``redact`` masks it from now on; returns it unchanged."""
     if secret and len(secret) >= MIN_SECRET_LEN:
@@ -76,7 +85,7 @@ def install_log_redaction() -> None:
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it later; keep the raw text
             message = str(record.msg)
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = printable(redact(message)), None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from contracts.config import Config, ConfigError, load_config, resolve_config
 from contracts.files import write_replacing
-from contracts.redact import install_log_redaction, redact
+from contracts.redact import install_log_redaction, printable, redact
 
 
 class UsageError(Exception):
@@ -447,13 +447,13 @@ def cmd_ingest_focus(args) -> int:
 def _print_focus_summary(summary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.as_json(), indent=2))
-    else:
-        print(f"read {summary.rows_read} rows, published {summary.rows_published}, rejected "
-              f"{summary.rows_rejected}, GPU rows {summary.gpu_rows}")
-        for name, t in sorted(summary.by_provider.items()):
-            print(f"  {name}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective ${t.effective_cost_usd:,.2f}")
-        for reason in summary.rejections[:20]:
-            print(f"  rejected {reason}")
+        return
+    lines = [f"read {summary.rows_read} rows, published {summary.rows_published}, rejected "
+             f"{summary.rows_rejected}, GPU rows {summary.gpu_rows}"]
+    lines += [f"  {name}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective ${t.effective_cost_usd:,.2f}"
+              for name, t in sorted(summary.by_provider.items())]
+    lines += [f"  rejected {reason}" for reason in summary.rejections[:20]]
+    print(printable("\n".join(lines)))  # provider names and rejections quote the file
 
 
 def cmd_report_monthly(args) -> int:
@@ -848,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, CostModelError, UsageError, SchemaError, ConnectionError) as exc:
-        print(f"hybridspend: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"hybridspend: error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -115,3 +115,15 @@ def test_any_csv_is_read_or_rejected_with_a_reason_never_a_traceback(tmp_path, r
         assert line.billed_cost_usd.is_finite() and abs(line.billed_cost_usd) < 10 ** 12
         assert datetime(1990, 1, 1, tzinfo=timezone.utc).timestamp() * 1000 <= line.charge_period_start_ms
         json.dumps(line.tags)
+
+
+def test_the_console_shows_escape_sequences_from_a_file_as_text(tmp_path, capsys):
+    from hybridspend.cli import main
+
+    path = write_csv(tmp_path / "bill.csv", [focus_row(BilledCost="1", EffectiveCost="1",
+                                                       ProviderName="\x1b]0;pwned\x07\x1b[2JAWS"),
+                                             focus_row(BilledCost="x\x1b[31m", EffectiveCost="1")])
+    assert main(["ingest", "focus", str(path), "--state-dir", str(tmp_path / "state")]) == 1
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err and "\x07" not in out.out
+    assert "\\x1b]0;pwned\\x07\\x1b[2JAWS: 1 rows" in out.out and "not a number: 'x\\x1b[31m'" in out.out
