@@ -127,3 +127,26 @@ def test_the_console_shows_escape_sequences_from_a_file_as_text(tmp_path, capsys
     out = capsys.readouterr()
     assert "\x1b" not in out.out + out.err and "\x07" not in out.out
     assert "\\x1b]0;pwned\\x07\\x1b[2JAWS: 1 rows" in out.out and "not a number: 'x\\x1b[31m'" in out.out
+
+
+def test_sigterm_ends_an_ingest_within_a_second_mid_read(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_focus import ROOT
+
+    rows = [focus_row(BilledCost="1.5", EffectiveCost="1.5", ResourceId=f"i-{i}") for i in range(200_000)]
+    path = write_csv(tmp_path / "big.csv", rows)
+    proc = subprocess.Popen([sys.executable, "-m", "hybridspend.cli", "ingest", "focus", str(path),
+                             "--state-dir", str(tmp_path / "state")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the first progress line: 50,000 of the 200,000 rows checked
+    assert "50,000 rows checked" in first, first + proc.communicate()[1]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert not (tmp_path / "state" / "pgdata").exists()  # it stopped before publishing: no database started
