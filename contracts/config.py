@@ -108,7 +108,7 @@ class DatabaseConfig(_Strict):
     @field_validator("dsn")
     @classmethod
     def _no_inline_password(cls, value: str | None) -> str | None:
-        if value and re.search(r"://[^/@]*:[^/@]*@|password\s*=", value, re.IGNORECASE):
+        if value and re.search(r"://[^/@]*:[^/@]+@|password\s*=", value, re.IGNORECASE):
             raise ValueError("the DSN must not contain a password; use database.password: {env: ...}")
         return value
 

@@ -27,7 +27,7 @@ _SHAPES: list[tuple[re.Pattern[str], str]] = [
     # scheme://user:password@host -> scheme://user:***@host (an empty user too)
     (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*:)[^\s@'\"/]*@"), rf"\g<1>{MASK}@"),
     # libpq keyword DSN and query strings: password=... / password: ...
-    (re.compile(r"(?i)(\b(?:password|passwd|pwd|secret|token)\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;&'\"]+)"),
+    (re.compile(r"(?i)(\b(?:password|passwd|pwd|secret|token)\s*[=:]\s*)(?!\{)('[^']*'|\"[^\"]*\"|[^\s,;&'\"]+)"),
      rf"\g<1>{MASK}"),
     # Slack incoming-webhook paths and workflow triggers
     (re.compile(r"(https?://hooks\.slack(?:-gov)?\.com/)[^\s'\"<>]+"), rf"\g<1>{MASK}"),

@@ -51,9 +51,27 @@ def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
     written += [(state / name).read_text(errors="replace") for name in ("config.yaml", "broker.log")
                 if (state / name).exists()]
     assert len(written) >= 5  # stdout, stderr, the worker's, sink's and alerter's logs at least
+    written.append(_every_stored_row(state))  # and every row of every table
     for text in written:
         for part in secret_parts:
             assert part not in text
+
+
+def _every_stored_row(state) -> str:
+    import psycopg
+
+    from infra.local import LocalPostgres
+
+    pg = LocalPostgres(state / "pgdata").start()
+    try:
+        with psycopg.connect(pg.dsn) as conn:
+            tables = [t for (t,) in conn.execute(
+                "SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = 'public'")]
+            assert {"alert_outbox", "alert_log", "dead_letters", "decisions"} <= set(tables)
+            return "\n".join(row for t in tables
+                             for (row,) in conn.execute(f"SELECT row_to_json(t)::text FROM {t} t"))  # noqa: S608
+    finally:
+        pg.stop()
 
 
 def test_a_second_demo_in_the_same_state_directory_gives_the_same_summary_and_no_dead_letters(tmp_path):
