@@ -8,11 +8,14 @@ had not.  ``run`` is the loop every long-running ``hybridspend collect`` uses.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from contracts.redact import printable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,10 +51,17 @@ class Collector(Protocol):
 
 def run(collector: Collector, stop: Callable[[], bool], say: Callable[[str], None],
         sleep: Callable[[float], None] = time.sleep) -> None:
-    """Poll every ``collector.interval_s`` seconds until ``stop()``; each poll's report goes to ``say``."""
+    """Poll every ``collector.interval_s`` seconds until ``stop()``; each poll's report goes to ``say``.
+    A poll that fails outright (a bug, a broker that refuses) is reported and the next one runs on
+    time: one bad input never ends the collector for every source."""
     while not stop():
         started = time.monotonic()
-        say(collector.poll_once().summary())
+        try:
+            say(collector.poll_once().summary())
+        except Exception as exc:
+            log.exception("%s: the poll failed", collector.name)
+            say(printable(f"{collector.name}: the poll failed ({type(exc).__name__}: {exc}); trying again in "
+                          f"{collector.interval_s:g} s"))
         deadline = started + collector.interval_s
         while not stop() and time.monotonic() < deadline:
             sleep(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -417,3 +417,21 @@ def test_a_trickling_endpoint_is_cut_off_at_the_timeout(exporters):
     server.close()
     assert time.monotonic() - started < 5
     assert report.errors == [f"{url}: the page took longer than 1 s to read; not read"]
+
+
+def test_a_poll_that_fails_outright_is_reported_and_the_collector_goes_on():
+    from collectors.base import CollectReport, run
+
+    class Flaky:
+        name, interval_s, polls = "flaky", 0.0, 0
+
+        def poll_once(self):
+            self.polls += 1
+            if self.polls == 1:
+                raise OverflowError("cannot convert float infinity to integer")
+            return CollectReport(self.name, {"gpu samples": 1})
+
+    flaky, said = Flaky(), []
+    run(flaky, stop=lambda: flaky.polls >= 2, say=said.append, sleep=lambda s: None)
+    assert said == ["flaky: the poll failed (OverflowError: cannot convert float infinity to integer); trying again"
+                    " in 0 s", "flaky: sent 1 gpu samples; 0 problem(s)"]
