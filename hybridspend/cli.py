@@ -15,6 +15,7 @@ from pathlib import Path
 from contracts.config import Config, ConfigError, load_config, resolve_config
 from contracts.files import write_replacing
 from contracts.redact import install_log_redaction, printable, redact
+from infra.broker import quiet_client_diagnostics
 
 
 class UsageError(Exception):
@@ -839,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     install_log_redaction()
+    quiet_client_diagnostics()
     sys.excepthook = _redacted_excepthook
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")

@@ -19,6 +19,22 @@ from contracts.topics import Topics
 log = logging.getLogger(__name__)
 
 
+class _SlowStepNotice(logging.Filter):
+    """kafka-python 3 warns whenever one step of its internal event loop takes over 0.1 s ("Task ...
+    ran for 0.117s (>0.100s threshold). It is blocking the event loop"), which a busy 2-core machine
+    does all the time; it is the library's own diagnostic, with nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and "threshold). It is blocking the event loop" in record.msg)
+
+
+def quiet_client_diagnostics() -> None:
+    """Silence the Kafka client's internal diagnostics that mean nothing to a user (every command)."""
+    selector = logging.getLogger("kafka.net.selector")
+    if not any(isinstance(f, _SlowStepNotice) for f in selector.filters):
+        selector.addFilter(_SlowStepNotice())
+
+
 
 @dataclass(frozen=True)
 class BrokerProfile:
@@ -228,7 +244,9 @@ class LagProbe:
         self.groups = groups
         security = client_security(kafka)
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-lag", **security)
-        self.offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag", **security)
+        # no group, so nothing to auto-commit (kafka-python warns otherwise, on every start)
+        self.offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag",
+                                     enable_auto_commit=False, **security)
 
     def __call__(self) -> list[tuple[str, str, int, int]]:
         rows = []
