@@ -17,12 +17,12 @@ import psycopg
 
 from contracts.config import EXAMPLE_CONFIG, load_config
 from contracts.events import BreakevenDecision, CostLine, CostWindow
+from costmodel.timeunits import MS_PER_HOUR
 from reports import monthly
 from storage.db import migrate
 from storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
 from storage.timeseries import POSTGRESQL, Partitions
 
-HOUR_MS = 3_600_000
 MONTH = "2026-10"
 MONTH_START_MS = 1_790_812_800_000  # 2026-10-01T00:00:00Z
 UNBILLED_DAYS = 3  # the provider's bill lags: the month's last days are estimated only
@@ -37,7 +37,7 @@ def _seed(dsn: str, gpus: int, days: int) -> int:
     with psycopg.connect(dsn) as conn:
         partitions = Partitions(POSTGRESQL)
         for hour in range(days * 24):
-            ws = MONTH_START_MS + hour * HOUR_MS
+            ws = MONTH_START_MS + hour * MS_PER_HOUR
             for n in range(nodes):
                 cloud = n < cloud_nodes
                 resource = f"i-{n:05d}" if cloud else f"dgx-a100-{n:03d}"
@@ -45,21 +45,21 @@ def _seed(dsn: str, gpus: int, days: int) -> int:
                 if not cloud:
                     owners = [(f"wl-{n % 97:02d}", 4), (f"wl-{(n * 7) % 97:02d}b", 2), ("idle", 2)]
                 for workload, count in owners:
-                    alloc = count * HOUR_MS
+                    alloc = count * MS_PER_HOUR
                     busy = 0 if workload == "idle" else int(alloc * rng.uniform(0.1, 0.95))
                     cost = Decimal(count) * (Decimal("4.0965") if cloud else Decimal("2.3214"))
                     if cloud and hour < (days - UNBILLED_DAYS) * 24:
                         batch.add("cost_lines", cost_line_row(CostLine(
                             f"bill|{resource}|{ws}", "aws", "AWS", "acct", MONTH_START_MS,
-                            f"arn:aws:ec2:us-east-1:1:instance/{resource}", ws, ws + HOUR_MS, "Usage",
+                            f"arn:aws:ec2:us-east-1:1:instance/{resource}", ws, ws + MS_PER_HOUR, "Usage",
                             cost * Decimal("0.97"), cost * Decimal("0.97"), "AmazonEC2", "sku", "us-east-1",
                             "p4d.24xlarge", "A100", 8, "aws-cur", "2026-11-02T00:00:00Z|1")))
                     batch.add("cost_windows", cost_window_row(CostWindow(
                         event_id=f"{resource}|{workload}|{ws}", workload=workload, team=f"team-{n % 11}",
                         allow_spot=False, environment="cloud" if cloud else "onprem", gpu_class="A100",
-                        resource=resource, window_start_ms=ws, window_ms=HOUR_MS, allocated_gpu_ms=alloc,
-                        busy_gpu_ms=busy, metered_gpu_ms=alloc, energy_mj=count * 400 * HOUR_MS,
-                        sample_count=60, first_ms=ws, last_ms=ws + HOUR_MS, cost_usd=cost,
+                        resource=resource, window_start_ms=ws, window_ms=MS_PER_HOUR, allocated_gpu_ms=alloc,
+                        busy_gpu_ms=busy, metered_gpu_ms=alloc, energy_mj=count * 400 * MS_PER_HOUR,
+                        sample_count=60, first_ms=ws, last_ms=ws + MS_PER_HOUR, cost_usd=cost,
                         provider="aws" if cloud else "", instance_type="p4d.24xlarge" if cloud else "",
                         purchase_option="on_demand" if cloud else "")))
                     rows += 1
@@ -70,7 +70,7 @@ def _seed(dsn: str, gpus: int, days: int) -> int:
             batch.add("decisions", decision_row(BreakevenDecision(
                 event_id=f"d{w}", workload=f"wl-{w:02d}", team="t", from_env="onprem", to_env="cloud",
                 kind="migrate_to_cloud", gpu_class="A100", window_start_ms=MONTH_START_MS,
-                window_end_ms=MONTH_START_MS + 3 * HOUR_MS, current_usd_per_busy_gpu_hour=Decimal(5),
+                window_end_ms=MONTH_START_MS + 3 * MS_PER_HOUR, current_usd_per_busy_gpu_hour=Decimal(5),
                 alternative_usd_per_busy_gpu_hour=Decimal(3), utilization=Decimal("0.3"),
                 monthly_savings_usd=Decimal(900), confidence=Decimal(1), alternative_label="aws", gpus_needed=4,
                 reason="bench", monthly_savings_low_usd=Decimal(600), monthly_savings_high_usd=Decimal(1200))))

@@ -34,7 +34,8 @@ from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from collectors.base import CollectReport
-from collectors.nvml.collector import UNATTRIBUTED, gpu_class_of, safe_labels
+from collectors.nvml.collector import UNATTRIBUTED, safe_labels
+from contracts.catalog import gpu_class_of
 from contracts.events import GpuReading, GpuSample, WorkloadShare
 from costmodel.sharing import SharingError, mig_compute_fraction
 

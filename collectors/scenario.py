@@ -2,9 +2,11 @@
 
 A scenario names the fleet (on-prem hosts, cloud instances with their starts, stops and spot
 interruptions), the workloads with utilization timelines, the live prices, and optionally the
-provider's bill.  ``events()`` turns it into the events the collectors would publish, in event
-time (pure); ``run()`` starts the local stack, feeds them through the Faust workers and the sink,
-and reads back the decisions, the estimate-vs-billed reconciliation and the totals.
+provider's bill.  ``Simulation`` turns it into the events the collectors would publish, in event
+time (pure: ``ticks()``, ``instance_events()``, ``price_updates()``, ``bill()``);
+``hybridspend.simulate.run_scenario`` starts the local stack, feeds them through the Faust
+workers and the sink, and reads back the decisions, the estimate-vs-billed reconciliation and
+the totals.
 
 The format is documented in the README (section "Scenario files"); ``examples/scenarios/`` has
 complete ones.
@@ -26,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from contracts.config import ConfigError, _format_errors
 from contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
+from costmodel.timeunits import MS_PER_HOUR
 
-HOUR_MS = 3_600_000
 
 
 class _Strict(BaseModel):
@@ -136,7 +138,7 @@ class Scenario(_Strict):
 
     @property
     def end_ms(self) -> int:
-        return self.start_ms + int(self.hours * HOUR_MS)
+        return self.start_ms + int(self.hours * MS_PER_HOUR)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -171,7 +173,7 @@ class Simulation:
         self.rng = random.Random(scenario.seed)
 
     def _hours(self, ts_ms: int) -> float:
-        return (ts_ms - self.s.start_ms) / HOUR_MS
+        return (ts_ms - self.s.start_ms) / MS_PER_HOUR
 
     def running_until(self, inst: Instance) -> list[tuple[int, int]]:
         """The instance's running periods in ms, a spot interruption ending its run."""
@@ -180,7 +182,7 @@ class Simulation:
             stop = min(stop_h, self.s.hours)
             if inst.interrupted_at is not None and start_h <= inst.interrupted_at < stop:
                 stop = inst.interrupted_at
-            out.append((self.s.start_ms + int(start_h * HOUR_MS), self.s.start_ms + int(stop * HOUR_MS)))
+            out.append((self.s.start_ms + int(start_h * MS_PER_HOUR), self.s.start_ms + int(stop * MS_PER_HOUR)))
         return out
 
     def instance_events(self) -> list[InstanceEvent]:
@@ -189,7 +191,7 @@ class Simulation:
             for (start_ms, stop_ms), (_, stop_h) in zip(self.running_until(inst), inst.runs):
                 changes = [(start_ms, "running")]
                 interrupted = inst.interrupted_at is not None and start_ms < self.s.start_ms + int(
-                    inst.interrupted_at * HOUR_MS) <= stop_ms
+                    inst.interrupted_at * MS_PER_HOUR) <= stop_ms
                 if interrupted:
                     changes += [(stop_ms - 120_000, "spot_interruption_warning"), (stop_ms, "terminated")]
                 elif stop_h <= self.s.hours:
@@ -263,7 +265,7 @@ class Simulation:
     def price_updates(self) -> list[PriceUpdate]:
         return [
             PriceUpdate(event_id=f"scenario:{p.provider}:{p.region}:{p.instance_type}:{p.purchase_option}:{p.at}",
-                        ts_ms=self.s.start_ms + int(p.at * HOUR_MS), provider=p.provider, region=p.region,
+                        ts_ms=self.s.start_ms + int(p.at * MS_PER_HOUR), provider=p.provider, region=p.region,
                         instance_type=p.instance_type, purchase_option=p.purchase_option,
                         usd_per_hour=p.usd_per_hour, source="scenario")
             for p in self.s.prices
@@ -274,7 +276,7 @@ class Simulation:
         for p in sorted(self.s.prices, key=lambda p: p.at):
             if (p.provider, p.region, p.instance_type, p.purchase_option) == (
                     inst.provider, inst.region, inst.instance_type, inst.purchase_option) and \
-                    self.s.start_ms + int(p.at * HOUR_MS) <= ts_ms:
+                    self.s.start_ms + int(p.at * MS_PER_HOUR) <= ts_ms:
                 price = p.usd_per_hour
         if price is None:
             offer = config.offer_for(inst.provider, inst.region, inst.instance_type)
@@ -289,10 +291,10 @@ class Simulation:
         for inst in self.s.instances:
             known = self.catalog.get(inst.provider, inst.instance_type)
             for start_ms, stop_ms in self.running_until(inst):
-                hour_ms = start_ms - (start_ms - self.s.start_ms) % HOUR_MS
+                hour_ms = start_ms - (start_ms - self.s.start_ms) % MS_PER_HOUR
                 while hour_ms < stop_ms:
-                    lo, hi = max(hour_ms, start_ms), min(hour_ms + HOUR_MS, stop_ms)
-                    cost = self.price_at(inst, lo, config) * Decimal(hi - lo) / HOUR_MS
+                    lo, hi = max(hour_ms, start_ms), min(hour_ms + MS_PER_HOUR, stop_ms)
+                    cost = self.price_at(inst, lo, config) * Decimal(hi - lo) / MS_PER_HOUR
                     period = datetime.fromtimestamp(hour_ms / 1000, tz=timezone.utc).replace(
                         day=1, hour=0, minute=0, second=0)
                     lines.append(CostLine(
@@ -301,14 +303,14 @@ class Simulation:
                         billing_period_start_ms=int(period.timestamp() * 1000),
                         resource_id=f"arn:aws:ec2:{inst.region}:{inst.account}:instance/{inst.id}"
                         if inst.provider == "aws" else inst.id,
-                        charge_period_start_ms=hour_ms, charge_period_end_ms=hour_ms + HOUR_MS,
+                        charge_period_start_ms=hour_ms, charge_period_end_ms=hour_ms + MS_PER_HOUR,
                         charge_category="Usage", billed_cost_usd=cost, effective_cost_usd=cost,
                         service="compute", sku=inst.instance_type, region=inst.region,
                         instance_type=inst.instance_type, gpu_class=known.gpu_class if known else "",
                         gpus=known.gpus if known else 0, source="scenario", export_version=export_version,
                         tags={"workload": inst.workload, "team": inst.team},
                     ))
-                    hour_ms += HOUR_MS
+                    hour_ms += MS_PER_HOUR
         return lines
 
 

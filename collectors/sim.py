@@ -18,9 +18,8 @@ from decimal import Decimal
 from typing import Iterator
 
 from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from costmodel.timeunits import MS_PER_DAY, MS_PER_HOUR
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class SimFleet:
 
     def samples_at(self, ts_ms: int, day_start_ms: int) -> list[GpuSample]:
         """Every running node's sample for the interval ending at ts_ms."""
-        hour = ((ts_ms - self.interval_ms) - day_start_ms) / HOUR_MS % 24
+        hour = ((ts_ms - self.interval_ms) - day_start_ms) / MS_PER_HOUR % 24
         out = []
         for node in self.nodes:
             if not self._running(node, hour):
@@ -125,7 +124,7 @@ class SimFleet:
                 elif run_stop < 24:
                     changes.append((run_stop, "stopped"))
             for hour, state in changes:
-                ts = day_start_ms + int(hour * HOUR_MS)
+                ts = day_start_ms + int(hour * MS_PER_HOUR)
                 if start_ms <= ts < end_ms:
                     out.append(InstanceEvent(
                         event_id=f"sim:{node.resource}:{state}:{ts}", ts_ms=ts, provider=node.provider,
@@ -173,7 +172,7 @@ class SimFleet:
     def run_day(self, day_start_ms: int) -> Iterator[tuple[int, list[GpuSample], list[InstanceEvent]]]:
         """Yield (ts_ms, samples, instance events) for every tick of one simulated day."""
         previous = day_start_ms
-        for tick in range(1, DAY_MS // self.interval_ms + 1):
+        for tick in range(1, MS_PER_DAY // self.interval_ms + 1):
             ts = day_start_ms + tick * self.interval_ms
             yield ts, self.samples_at(ts, day_start_ms), self.instance_events_between(previous, ts, day_start_ms)
             previous = ts

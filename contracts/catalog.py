@@ -10,6 +10,15 @@ import re
 from dataclasses import dataclass
 
 
+def gpu_class_of(model: str) -> str:
+    """'NVIDIA A100-SXM4-80GB' -> 'A100'; 'NVIDIA H100 80GB HBM3' -> 'H100'; 'NVIDIA L4' -> 'L4'."""
+    tokens = re.split(r"[\s_-]+", model.upper().replace("NVIDIA", "").replace("TESLA", "").strip())
+    for token in tokens:
+        if re.fullmatch(r"[A-Z]+\d+[A-Z]?", token):
+            return token
+    return tokens[0] if tokens and tokens[0] else "unknown"
+
+
 @dataclass(frozen=True)
 class GpuInstanceType:
     provider: str

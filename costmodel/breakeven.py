@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
 from .rates import CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
 from .tco import usd_per_month
-from .usage import MS_PER_HOUR, Usage
+from .timeunits import MS_PER_HOUR
+from .usage import Usage
 
 ONPREM = "onprem"
 CLOUD = "cloud"
@@ -131,10 +132,6 @@ class Alternative:
     @property
     def capex_usd(self) -> Decimal:
         return self.capex_usd_per_gpu * self.gpus_needed
-
-    @property
-    def opex_usd_per_hour(self) -> Decimal:
-        return self.opex_usd_per_gpu_hour * self.gpus_needed
 
     def units(self, gpus: int) -> int:
         return math.ceil(Decimal(gpus) / self.gpus_per_unit)
@@ -616,7 +613,3 @@ def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alter
         monthly_savings_high_usd=high,
         evidence_hours=hours,
     )
-
-
-def utc_from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)

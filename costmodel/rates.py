@@ -5,6 +5,7 @@ Everything here is per GPU and in USD unless the name says otherwise.
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -26,14 +27,6 @@ def _non_negative(name: str, value: Decimal) -> Decimal:
     if value < 0:
         raise CostModelError(f"{name} must be >= 0, got {value}")
     return value
-
-
-def months_between(start: date, end: date) -> int:
-    """Whole calendar months from start to end (negative if end is earlier)."""
-    months = (end.year - start.year) * 12 + (end.month - start.month)
-    if end.day < start.day:
-        months -= 1
-    return months
 
 
 @dataclass(frozen=True)
@@ -76,13 +69,22 @@ class OnPremGpuCost:
         _non_negative("electricity_usd_per_kwh", self.electricity_usd_per_kwh)
         _non_negative("upkeep_usd_per_year_per_gpu", self.upkeep_usd_per_year_per_gpu)
 
+    def capex_ends_on(self) -> date | None:
+        """The first day capex is no longer charged (fully depreciated), None if never: once
+        ``amortization_months`` whole calendar months have passed since the in-service date, so that
+        month's in-service day, or the next month's first day when the month is shorter."""
+        if self.in_service_date is None or self.capex_after_amortization:
+            return None
+        start = self.in_service_date
+        years, month0 = divmod(start.month - 1 + self.amortization_months, 12)
+        year, month = start.year + years, month0 + 1
+        if start.day <= calendar.monthrange(year, month)[1]:
+            return date(year, month, start.day)
+        return date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
+
     def capex_usd_per_gpu_hour(self, at: datetime | None = None) -> Decimal:
-        if (
-            at is not None
-            and self.in_service_date is not None
-            and not self.capex_after_amortization
-            and months_between(self.in_service_date, at.date()) >= self.amortization_months
-        ):
+        ends = self.capex_ends_on()
+        if at is not None and ends is not None and at.date() >= ends:
             return ZERO  # fully depreciated
         return self.purchase_price_usd_per_gpu / (Decimal(self.amortization_months) * HOURS_PER_MONTH)
 
@@ -227,6 +229,5 @@ __all__ = [
     "dec",
     "discounted_usd_per_gpu_hour",
     "effective_usd_per_hour",
-    "months_between",
     "throughput_factor",
 ]

@@ -19,8 +19,8 @@ from fractions import Fraction
 from typing import Iterable, NamedTuple
 
 from .sharing import IDLE, Charge, GpuSlice, split_gpu
+from .timeunits import MS_PER_HOUR
 
-MS_PER_HOUR = 3_600_000
 IDLE_WORKLOAD = IDLE[0]
 
 
@@ -62,16 +62,6 @@ class Usage:
     @property
     def energy_kwh(self) -> Decimal:
         return Decimal(self.energy_mj) / 3_600_000_000
-
-    def merge(self, other: "Usage") -> None:
-        if other.sample_count and (not self.sample_count or other.first_ms < self.first_ms):
-            self.first_ms = other.first_ms
-        self.last_ms = max(self.last_ms, other.last_ms)
-        self.allocated_gpu_ms += other.allocated_gpu_ms
-        self.busy_gpu_ms += other.busy_gpu_ms
-        self.metered_gpu_ms += other.metered_gpu_ms
-        self.energy_mj += other.energy_mj
-        self.sample_count += other.sample_count
 
     def to_list(self) -> list[int]:
         return [

@@ -13,6 +13,7 @@ from pathlib import Path
 from contracts.config import Config, resolve_config
 from contracts.files import write_replacing
 from contracts.topics import Topics
+from costmodel.timeunits import MS_PER_HOUR
 from infra.broker import ensure_topics, make_producer, send_watermarks
 from infra.local import Endpoints, running_services
 from infra.services import Services
@@ -23,7 +24,7 @@ def _say(msg: str) -> None:
 
 
 def _progress(sim_ms: int, start_ms: int, hours: float, sent: int, counts: dict[str, int]) -> str:
-    done = (sim_ms - start_ms) / 3_600_000
+    done = (sim_ms - start_ms) / MS_PER_HOUR
     width = 30
     filled = int(width * min(1.0, done / hours))
     clock = datetime.fromtimestamp(sim_ms / 1000, tz=timezone.utc).strftime("%H:%M")
@@ -52,7 +53,7 @@ def run_demo(args) -> int:
     fleet = demo_fleet(seed=args.seed)
     day_start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
     start_ms = int(day_start.timestamp() * 1000)
-    end_ms = start_ms + int(args.hours * 3_600_000)
+    end_ms = start_ms + int(args.hours * MS_PER_HOUR)
     t0 = time.monotonic()
 
     with ExitStack() as stack:

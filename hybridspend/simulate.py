@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import yaml
 
-from collectors.scenario import HOUR_MS, Scenario, Simulation, iso, scenario_config
+from collectors.scenario import Scenario, Simulation, iso, scenario_config
+from costmodel.timeunits import MS_PER_HOUR
 from contracts.config import Config
 from contracts.files import write_replacing
 from contracts.topics import Topics
@@ -82,8 +83,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
             if tick.ts_ms >= next_mark:
                 send_watermarks(producer, topics, "simulate", tick.ts_ms)
                 marks_sent += 2 * topics.partitions
-                next_mark += HOUR_MS
-            if not restarted and tick.ts_ms >= scenario.start_ms + restart_worker_at_hours * HOUR_MS:
+                next_mark += MS_PER_HOUR
+            if not restarted and tick.ts_ms >= scenario.start_ms + restart_worker_at_hours * MS_PER_HOUR:
                 producer.flush()
                 time.sleep(3)  # let the worker get into the middle of it
                 services.procs[names[0]].send_signal(signal.SIGKILL)

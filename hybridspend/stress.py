@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from collectors.scenario import HOUR_MS, Scenario
+from collectors.scenario import Scenario
+from costmodel.timeunits import MS_PER_HOUR
 from hybridspend.simulate import run_scenario
 from infra.services import Services
 
@@ -83,7 +84,7 @@ def injector(plan: Plan, scenario: Scenario, say: Callable[[str], None]):
     pending = list(plan.faults)
 
     def on_tick(ts_ms: int, services: Services, producer) -> None:
-        while pending and ts_ms >= scenario.start_ms + pending[0].at_hour * HOUR_MS:
+        while pending and ts_ms >= scenario.start_ms + pending[0].at_hour * MS_PER_HOUR:
             fault = pending.pop(0)
             producer.flush()
             time.sleep(fault.settle_s)

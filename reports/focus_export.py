@@ -36,9 +36,9 @@ from typing import Iterable
 
 from contracts.config import Config
 from costmodel import IDLE_WORKLOAD
+from costmodel.timeunits import MS_PER_HOUR
 from storage.onprem_allocation import NodeDayShare, onprem_node_day_shares
 
-MS_PER_HOUR = 3_600_000
 MJ_PER_KWH = 3_600_000_000
 RATIO_PLACES = 12  # AllocatedRatio digits; the ratios of one origin charge still sum to exactly 1
 QUANTITY = Decimal("0.000000001")  # GPU-hours to 9 places (3.6 ms)

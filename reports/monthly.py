@@ -21,9 +21,10 @@ from typing import Callable
 import psycopg
 
 from contracts.config import Config
+from contracts.files import write_replacing
 from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
 from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents
-from contracts.files import write_replacing
+from costmodel.timeunits import MS_PER_HOUR
 from costmodel.tco import (
     breakeven_band,
     breakeven_utilization,
@@ -35,7 +36,6 @@ from reports import charts, focus_export, pdf
 from storage import report_queries as q
 from storage.queries import WorkloadSummary
 
-MS_PER_HOUR = 3_600_000
 FORMATS = ("md", "csv", "html", "pdf", "focus")
 TEMPLATE = "monthly.html.j2"
 NAME_CHARS = 28  # longer workload names are truncated in the table (the HTML keeps them whole in `title`)
@@ -502,11 +502,6 @@ def render_html(report: MonthlyReport) -> str:
         changes=changes(report), name_chars=NAME_CHARS, summary_moves=SUMMARY_MOVES,
         figures=[(title, Markup(svg), text) for title, svg, text in figures(report)],
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-
-
-def render_pdf(report: MonthlyReport, html_text: str | None = None) -> bytes:
-    """The same HTML as `render_html`, laid out on A4 pages by WeasyPrint with the project's fonts."""
-    return pdf.pdf_from_html(html_text if html_text is not None else render_html(report))
 
 
 def render_focus(conn: psycopg.Connection, report: MonthlyReport, config: Config | None = None) -> str:

@@ -19,7 +19,6 @@ YAML, so OpenCost users can start from what they have and refine it.
 
 from __future__ import annotations
 
-import calendar
 import csv
 import io
 import json
@@ -28,9 +27,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 
-from collectors.nvml.collector import gpu_class_of
+from contracts.catalog import gpu_class_of
 from contracts.config import AssetProfile, Config
-from costmodel import HOURS_PER_YEAR, OnPremGpuCost
+from costmodel import HOURS_PER_YEAR
 from costmodel.money import micro
 
 HEADER = ("EndTimestamp", "InstanceID", "Region", "AssetClass", "InstanceIDField", "InstanceType",
@@ -64,23 +63,6 @@ class PriceRow:
                 self.instance_type, self.market_price_hourly, self.version)
 
 
-def capex_end(gpu: OnPremGpuCost) -> date | None:
-    """The first day the GPU's capex is no longer charged (fully depreciated), None if never.
-
-    The cost model stops capex once ``amortization_months`` whole calendar months have passed
-    since the in-service date: that month's in-service day, or the next month's first day when
-    the month is shorter.
-    """
-    if gpu.in_service_date is None or gpu.capex_after_amortization:
-        return None
-    start = gpu.in_service_date
-    years, month0 = divmod(start.month - 1 + gpu.amortization_months, 12)
-    year, month = start.year + years, month0 + 1
-    if start.day <= calendar.monthrange(year, month)[1]:
-        return date(year, month, start.day)
-    return date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
-
-
 def export_rows(config: Config, at: datetime, label: str = DEFAULT_LABEL, node_rows: bool = True) -> list[PriceRow]:
     """One ``gpu`` row per asset profile at its fully loaded $/GPU-hour at ``at`` (plus $0 ``node`` rows).
 
@@ -102,7 +84,7 @@ def export_rows(config: Config, at: datetime, label: str = DEFAULT_LABEL, node_r
                                 f"case; OpenCost cannot tell them apart")
         seen[asset.name.lower()] = asset.name
         gpu = asset.gpu_cost()
-        ends = capex_end(gpu)
+        ends = gpu.capex_ends_on()
         end_text = f"{ends.isoformat()} 00:00:00 UTC" if ends is not None and ends > at.date() else ""
         rate = micro(gpu.rate(at).usd_per_gpu_hour)
         if node_rows:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable, Collection, Iterable
 
 import psycopg
@@ -44,6 +44,7 @@ from contracts.events import (
     is_watermark,
 )
 from costmodel import TRENDING_REPATRIATION
+from costmodel.timeunits import utc_from_ms
 from infra.broker import TopicIds
 from infra.clock import Every, utc_now
 
@@ -54,10 +55,6 @@ log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
 LAG_EVERY_S = 30.0
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ TABLES = {
 
 def cost_window_row(w: CostWindow) -> tuple:
     return (
-        _ts(w.window_start_ms), _ts(w.window_start_ms + w.window_ms), w.resource, w.workload, w.environment,
+        utc_from_ms(w.window_start_ms), utc_from_ms(w.window_start_ms + w.window_ms), w.resource, w.workload, w.environment,
         w.gpu_class, w.basis, w.team, w.provider, w.instance_type, w.purchase_option,
         w.allocated_gpu_ms, w.busy_gpu_ms, w.energy_mj, w.sample_count, w.cost_usd, w.event_id,
     )
@@ -121,7 +118,7 @@ def cost_window_row(w: CostWindow) -> tuple:
 
 def decision_row(d: BreakevenDecision) -> tuple:
     return (
-        d.event_id, _ts(d.window_end_ms), _ts(d.window_start_ms), d.workload, d.team, d.from_env, d.to_env, d.kind,
+        d.event_id, utc_from_ms(d.window_end_ms), utc_from_ms(d.window_start_ms), d.workload, d.team, d.from_env, d.to_env, d.kind,
         d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
         d.monthly_savings_usd, d.confidence, d.alternative_label, d.gpus_needed, d.reason, d.basis,
         d.payback_months, d.monthly_savings_low_usd, d.monthly_savings_high_usd, d.evidence_hours, d.nodes_needed,
@@ -135,11 +132,11 @@ def decision_rows(d: BreakevenDecision) -> list[tuple]:
 
 
 def dead_letter_row(d: DeadLetter) -> tuple:
-    return (d.event_id, _ts(d.ts_ms), d.source_topic, d.reason, d.payload)
+    return (d.event_id, utc_from_ms(d.ts_ms), d.source_topic, d.reason, d.payload)
 
 
 def gpu_sample_rows(s: GpuSample) -> list[tuple]:
-    ts, resource, environment, interval_ms = _ts(s.ts_ms), s.resource, s.environment, s.interval_ms
+    ts, resource, environment, interval_ms = utc_from_ms(s.ts_ms), s.resource, s.environment, s.interval_ms
     return [
         (ts, resource, g.uuid, g.index, g.model, g.gpu_class, environment, interval_ms, g.utilization_pct,
          g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads],
@@ -150,8 +147,8 @@ def gpu_sample_rows(s: GpuSample) -> list[tuple]:
 
 def cost_line_row(c: CostLine) -> tuple:
     return (
-        _ts(c.charge_period_start_ms), c.event_id, _ts(c.charge_period_end_ms), c.provider, c.provider_name,
-        c.billing_account, _ts(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
+        utc_from_ms(c.charge_period_start_ms), c.event_id, utc_from_ms(c.charge_period_end_ms), c.provider, c.provider_name,
+        c.billing_account, utc_from_ms(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
         c.region, c.instance_type, c.gpu_class, c.gpus, c.source, c.export_version, c.billed_cost_usd,
         c.effective_cost_usd, Jsonb(c.tags), Jsonb(c.extra),
     )
@@ -173,14 +170,14 @@ SUPERSEDE_COST_LINES_SQL = """
 
 
 def price_row(p: PriceUpdate) -> tuple:
-    return (p.provider, p.region, p.instance_type, p.purchase_option, _ts(p.ts_ms), p.usd_per_hour, p.source,
+    return (p.provider, p.region, p.instance_type, p.purchase_option, utc_from_ms(p.ts_ms), p.usd_per_hour, p.source,
             p.event_id)
 
 
 def live_instance_row(s: LiveSpend) -> tuple:
-    return (s.instance_id, _ts(s.ts_ms), s.provider, s.region, s.instance_type, s.purchase_option, s.workload,
+    return (s.instance_id, utc_from_ms(s.ts_ms), s.provider, s.region, s.instance_type, s.purchase_option, s.workload,
             s.team, s.gpu_class, s.gpus, s.state, s.usd_per_hour,
-            _ts(s.running_since_ms) if s.running_since_ms else None, _ts(s.ends_at_ms) if s.ends_at_ms else None,
+            utc_from_ms(s.running_since_ms) if s.running_since_ms else None, utc_from_ms(s.ends_at_ms) if s.ends_at_ms else None,
             s.event_id)
 
 
@@ -236,11 +233,11 @@ def duplicate_row(table: str, key: tuple, row: tuple) -> tuple:
     """The dead letter of an append-only row whose natural key is already taken."""
     reason = (f"sink: duplicate {table} row ({_key_text(table, key)}): that key is already stored, so this copy is "
               "not stored again (a replay past the sink's stored offsets: were they reset?)")
-    return (f"sink|{table}|{key}", datetime.now(timezone.utc), table, reason, repr(row)[:65536])
+    return (f"sink|{table}|{key}", utc_now(), table, reason, repr(row)[:65536])
 
 
 def refused_row(table: str, key: tuple, row: tuple, exc: psycopg.Error) -> tuple:
-    return (f"sink|{table}|{key}", datetime.now(timezone.utc), table,
+    return (f"sink|{table}|{key}", utc_now(), table,
             f"sink: refused by the database: {str(exc).splitlines()[0]}", repr(row)[:65536])
 
 

@@ -7,7 +7,6 @@ processors, so every rule here is testable without a broker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from decimal import Decimal
 
 from contracts.config import Config
@@ -32,10 +31,7 @@ from costmodel import (
 from costmodel.money import micro
 from costmodel.sharing import SharingError, apportion_micro
 from costmodel.rates import discounted_usd_per_gpu_hour
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+from costmodel.timeunits import utc_from_ms
 
 
 @dataclass
@@ -203,7 +199,7 @@ class UsageProcessor:
         if key.environment == "onprem":
             asset = self.config.asset_for_host(key.resource)
             assert asset is not None  # checked when the sample was added
-            return price_onprem_usage(usage, asset.gpu_cost(), _utc(key.window_start_ms))
+            return price_onprem_usage(usage, asset.gpu_cost(), utc_from_ms(key.window_start_ms))
         rate = self.cloud_usd_per_gpu_hour(state.provider, state.region, state.instance_type,
                                            state.purchase_option or "on_demand", key.window_start_ms)
         assert rate is not None  # checked when the sample or instance event was added

@@ -368,13 +368,12 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):
                             input_advanced_at[(part, event.message.topic)] = now
                         continue
+                    replaced: list[str] = []
                     if event.message.topic == topics.instance_events:
                         ev = InstanceEvent.decode(event.value)
                         resource, ts_ms = ev.instance_id, ev.ts_ms
                     else:
                         ev, replaced = GpuSample.decode_replacing_labels(event.value)
-                        if replaced:  # the costs are kept under the replaced names; the original is kept here
-                            await reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
                         resource, ts_ms = ev.resource, ev.ts_ms - ev.interval_ms
                     if event.key is not None and event.key.decode("utf-8", "replace") != resource:
                         raise EventError(f"key {event.key!r:.60} does not match resource {resource!r}")
@@ -387,8 +386,10 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
                         usage.add(state, ev)
                     states[resource] = state
                 except Exception as exc:
-                    await reject(event, exc)
+                    await reject(event, exc)  # one dead letter an event: what stopped it
                     continue
+                if replaced:  # its costs were kept under the replaced names; the original payload is kept here
+                    await reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
                 key_event[resource] = event
                 if clock.advance(event.message.topic, ts_ms):
                     input_advanced_at[(part, event.message.topic)] = now

@@ -157,3 +157,53 @@ def test_broker_unreachable_when_a_collector_starts_is_a_clear_error_after_retri
     assert "retrying in" in done.stderr  # it tried again, with backoff, before giving up
     assert "Traceback" not in done.stderr
     assert elapsed < 30  # the configured 3 s of retries, not a hang or a crash loop
+
+
+@pytest.mark.integration
+def test_a_hostile_workload_label_is_replaced_and_the_nodes_costs_kept(tmp_path: Path, broker, database,
+                                                                       topic_prefix):
+    """Any process on a GPU node can set HYBRIDSPEND_WORKLOAD: a name with an escape sequence or 300
+    characters long must not dead-letter the node's sample (every GPU, workload and idle cost of it)."""
+    from contracts.events import WorkloadShare
+
+    cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
+    cfg.pop("alerts")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
+    services.start("worker")
+    producer = make_producer(broker.bootstrap, config.kafka, linger_ms=20)
+    hostile = "team-a/\x1b[31mtrain"
+    try:
+        good = [sample(T0_MS + i * 60_000, 40.0) for i in range(1, 12)]
+        for s in good:
+            s.gpus[0].workloads = [WorkloadShare(hostile, "team-a")]  # encoding does not check; decoding does
+            producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
+        send_watermarks(producer, topics, "test", good[-1].ts_ms)
+        producer.flush()
+        consumer = make_consumer(broker.bootstrap, config.kafka, broker.profile, f"check-{topic_prefix}",
+                                 [topics.dead_letter, topics.cost_windows])
+        letters, windows = [], []
+        deadline = time.monotonic() + 120
+        while (len(letters) < 11 or not windows) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                for rec in records:
+                    if rec.topic == topics.dead_letter:
+                        letters.append(DeadLetter.decode(rec.value))
+                    elif not rec.value.startswith(b'{"schema":"watermark'):
+                        windows.append(CostWindow.decode(rec.value))
+            services.check()
+        consumer.close()
+        # 10 samples in window 0 at 40 % busy, charged to the replaced name: the costs are all there
+        (w,) = [w for w in windows if w.window_start_ms == T0_MS]
+        assert w.workload.startswith("invalid-label:") and w.busy_gpu_ms == 10 * 24_000 and w.cost_usd > 0
+        # and each sample's original is kept once, with what was replaced and why
+        assert len(letters) == 11 and len({(x.partition, x.offset) for x in letters}) == 11
+        assert all(x.reason.startswith("labels replaced, costs kept: gpus[0].workloads[0].workload (control"
+                                       " characters) -> invalid-label:") for x in letters)
+    finally:
+        producer.close()
+        services.stop()

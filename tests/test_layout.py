@@ -17,7 +17,7 @@ ALLOWED = {
     "collectors": {"contracts", "costmodel", "infra"},
     "streams": {"contracts", "costmodel", "infra"},
     "alerts": {"contracts", "costmodel", "infra", "storage"},
-    "reports": {"contracts", "costmodel", "storage", "collectors"},
+    "reports": {"contracts", "costmodel", "storage"},
     "dashboards": {"contracts", "costmodel", "storage"},
     "hybridspend": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts",
                     "reports", "dashboards"},             # entrypoints: the CLI, demo, simulate

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.nvml.collector import NvmlCollector, ProcessInspector, gpu_class_of
+from collectors.nvml.collector import NvmlCollector, ProcessInspector
+from contracts.catalog import gpu_class_of
 from collectors.nvml.fake import FakeGpu, FakeNvml
 from contracts.config import load_config
 from contracts.events import EventError, GpuSample, Watermark

@@ -68,7 +68,7 @@ def test_export_prices_each_profile_at_its_fully_loaded_rate_until_capex_ends(tm
 
 def test_capex_end_is_the_first_day_the_cost_model_charges_no_capex(tmp_path):
     l4 = config(tmp_path).onprem_assets[1].gpu_cost()
-    assert opencost.capex_end(l4) == date(2026, 3, 1)
+    assert l4.capex_ends_on() == date(2026, 3, 1)
     assert l4.capex_usd_per_gpu_hour(at("2026-02-28")) == 2 and l4.capex_usd_per_gpu_hour(at("2026-03-01")) == 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from contracts.catalog import gpu_class_of
 from contracts.config import Config
 from contracts.events import GpuReading, GpuSample, WorkloadShare, safe_label
 from costmodel.sharing import SharingError, mig_compute_fraction
@@ -41,6 +42,8 @@ def safe_labels(workload: str, team: str, problems: list[str], where: str) -> tu
             problems.append(f"{where}: {kind} label {given[:40]!r}... ({len(given)} characters) is not a valid"
                             f" label; its costs are kept as {label}")
     return labels
+
+
 _K8S_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 _CONTAINER = re.compile(r"(?:docker|cri-containerd|crio|containerd)[-/:]([0-9a-f]{12,64})")
 _SLURM_JOB = re.compile(r"/job_(\d+)")
@@ -53,15 +56,6 @@ _ENV_LABELS = {
     "SLURM_JOB_USER": "slurm_user",
     "HYBRIDSPEND_WORKLOAD": "workload",
 }
-
-
-def gpu_class_of(model: str) -> str:
-    """'NVIDIA A100-SXM4-80GB' -> 'A100'; 'NVIDIA H100 80GB HBM3' -> 'H100'; 'NVIDIA L4' -> 'L4'."""
-    tokens = re.split(r"[\s_-]+", model.upper().replace("NVIDIA", "").replace("TESLA", "").strip())
-    for token in tokens:
-        if re.fullmatch(r"[A-Z]+\d+[A-Z]?", token):
-            return token
-    return tokens[0] if tokens and tokens[0] else "unknown"
 
 
 @dataclass
