@@ -194,21 +194,20 @@ class Alerter:
                     return lambda payload: post_chat(token, route.slack_channel, payload, route.slack_api_url)
         return None
 
-    def show_pending(self, limit: int = 50) -> int:
-        """``--dry-run``: print each pending alert once, and leave it pending for the real alerter."""
+    def show_pending(self) -> int:
+        """``--dry-run``: print each undelivered alert once, due or not, and leave it to the real
+        alerter (unlocked: a dry run never holds one back)."""
         conn = self._connection()
-        shown = 0
         with conn.transaction():
-            for alert in outbox.claim_pending(conn, limit):
-                if alert.alert_id not in self._shown:
-                    self._shown.add(alert.alert_id)
-                    self.say(f"[dry-run, not sent: {alert.route}] {alert.payload['text']}")
-                    shown += 1
-        return shown
+            alerts = outbox.undelivered(conn, self._shown)
+        for alert in alerts:
+            self._shown.add(alert.alert_id)
+            self.say(f"[dry-run, not sent: {alert.route}] {alert.payload['text']}")
+        return len(alerts)
 
     def deliver_pending(self, limit: int = 50) -> int:
         if self.dry_run:
-            self.show_pending(limit)
+            self.show_pending()
             return 0
         conn = self._connection()
         done = 0

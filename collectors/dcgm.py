@@ -23,6 +23,7 @@ A page that fails or is not an exporter page is reported in the poll's report; t
 
 from __future__ import annotations
 
+import http.client
 import math
 import time
 import urllib.error
@@ -206,6 +207,14 @@ def node_sample(host: str, gpus: list[GpuReading], tick_ms: int, interval_ms: in
     )
 
 
+def _host_of(url: str) -> str:
+    """The endpoint's host, the node name when the page carries none (the URL was fetched, so it parses)."""
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
+
+
 @dataclass
 class UrlList:
     """Endpoints from the command line and from a file (one URL a line, # comments), re-read when it changes."""
@@ -247,11 +256,11 @@ class DcgmCollector:
     def fetch(self, url: str) -> str:
         """The page at an http(s) URL, read within ``timeout_s`` in all (a trickling endpoint is cut
         off) and up to MAX_PAGE_BYTES (a larger page is refused, not cut)."""
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise PageError("only http:// and https:// endpoints are scraped")
         deadline = time.monotonic() + self.timeout_s
         chunks, size = [], 0
         try:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise PageError("only http:// and https:// endpoints are scraped")
             with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
                 while chunk := response.read1(1 << 16):
                     size += len(chunk)
@@ -265,8 +274,9 @@ class DcgmCollector:
             raise
         except urllib.error.HTTPError as exc:
             raise PageError(f"HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise PageError(f"cannot read: {getattr(exc, 'reason', exc)}") from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # refused, timed out, a malformed URL (http://[::1), a reply that is not HTTP, a cut chunk
+            raise PageError(f"cannot read: {type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:300]) from None
 
     def poll_once(self) -> CollectReport:
         report = CollectReport(self.name)
@@ -279,7 +289,7 @@ class DcgmCollector:
         series: dict[tuple, GpuSeries] = {}
         for url in self.urls.current(report.errors):
             try:
-                series.update(gather(parse_page(self.fetch(url)), urlsplit(url).hostname or url, report.errors))
+                series.update(gather(parse_page(self.fetch(url)), _host_of(url), report.errors))
             except PageError as exc:
                 report.errors.append(f"{url}: {exc}")
         by_host = readings(series, self.resolve, self.meter, tick_ms, interval_ms, report.errors)

@@ -8,6 +8,7 @@ nulls, ``Tags`` is a JSON object, ``x_`` columns are kept as text.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -21,12 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from contracts.catalog import Catalog, provider_key
-from contracts.events import MAX_LABEL_LEN, CostLine
+from contracts.events import MAX_LABEL_LEN, MAX_MONEY_PLACES, CostLine, EventError
 
 MAX_LINE_USD_DIGITS = 12  # a trillion dollars: no single billing line is that large
 MAX_NUMBER_CHARS = 64
 MAX_TAGS_CHARS = 65_536
-MAX_LINE_CHARS = 1 << 20  # one physical CSV line; longer is not a billing row (and would fill memory)
+MAX_RECORD_CHARS = 1 << 20  # one CSV record; longer is not a billing row (and would fill memory)
 MAX_GZIP_RATIO = 200  # decompressed bytes per compressed byte, past the first MAX_GZIP_FREE_BYTES
 MAX_GZIP_FREE_BYTES = 64 << 20
 EARLIEST = datetime(1990, 1, 1, tzinfo=timezone.utc)
@@ -108,6 +109,8 @@ def _decimal(row: dict, column: str) -> Decimal:
         raise FocusRowError(f"{column} is not a number: {text[:40]!r}") from None
     if not amount.is_finite():
         raise FocusRowError(f"{column} is not finite: {text[:40]!r}")
+    if amount.as_tuple().exponent < -MAX_MONEY_PLACES:
+        raise FocusRowError(f"{column} has more than {MAX_MONEY_PLACES} decimal places: {text[:40]!r}")
     # its exponent is compared before any arithmetic: abs(1e1000000) raises decimal.Overflow
     if amount and amount.adjusted() >= MAX_LINE_USD_DIGITS:
         raise FocusRowError(f"{column} {text[:40]} is beyond ±1e{MAX_LINE_USD_DIGITS} USD for one line")
@@ -180,7 +183,7 @@ def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: 
     provider = provider_key(provider_name)
     gpu = catalog.find_in(provider, _text(row, "SkuId"), _text(row, "ResourceType"),
                           _text(row, "ChargeDescription"), _text(row, "x_InstanceType"), _text(row, "ResourceId"))
-    return CostLine(
+    line = CostLine(
         event_id=event_id,
         provider=provider,
         provider_name=provider_name[:MAX_LABEL_LEN],
@@ -203,22 +206,28 @@ def to_cost_line(row: dict, *, catalog: Catalog, event_id: str, export_version: 
         tags=_tags(row),
         extra={k: _text(row, k)[:4096] for k in row if k.startswith("x_") and _null(row.get(k)) is not None},
     )
+    try:  # what the sink will accept, checked now: a line refused there would make the delivery partial
+        return CostLine.decode(line.encode())
+    except EventError as exc:
+        raise FocusRowError(str(exc).removeprefix(f"{CostLine.SCHEMA}: ")) from None
 
 
-def _rows(path: Path) -> tuple[list[str], Iterator[dict]]:
+def _rows(path: Path, files: contextlib.ExitStack) -> tuple[list[str], Iterator[dict]]:
+    """The columns and rows of one file; what it opens is closed with ``files``."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(path)
+        files.callback(parquet.close)
 
         def parquet_rows() -> Iterator[dict]:
             for batch in parquet.iter_batches(batch_size=10_000):
                 yield from batch.to_pylist()
 
         return list(parquet.schema_arrow.names), parquet_rows()
-    raw = path.open("rb")
-    stream = _BoundedGzip(raw, path.stat().st_size) if name.endswith(".gz") else raw
+    raw = files.enter_context(path.open("rb"))
+    stream = files.enter_context(_BoundedGzip(raw, path.stat().st_size)) if name.endswith(".gz") else raw
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     reader = csv.DictReader(_bounded_lines(text))
     return list(reader.fieldnames or []), iter(reader)
@@ -229,15 +238,20 @@ class FocusFileError(ValueError):
 
 
 def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
-    """The file's lines, each at most MAX_LINE_CHARS: csv would hold a line of any length in memory."""
-    number = 0
+    """The file's lines, each CSV record (a quoted field may span lines) at most MAX_RECORD_CHARS:
+    csv would hold a record of any length in memory."""
+    number, record_chars, quoted = 0, 0, False
     while True:
-        line = text.readline(MAX_LINE_CHARS + 1)
+        line = text.readline(MAX_RECORD_CHARS + 1)
         if not line:
             return
         number += 1
-        if len(line) > MAX_LINE_CHARS:
-            raise FocusFileError(f"line {number} is longer than {MAX_LINE_CHARS:,} characters")
+        record_chars += len(line)
+        if record_chars > MAX_RECORD_CHARS:
+            raise FocusFileError(f"line {number}: a record longer than {MAX_RECORD_CHARS:,} characters")
+        quoted ^= line.count('"') % 2 == 1  # inside a quoted field until its closing quote
+        if not quoted:
+            record_chars = 0
         yield line
 
 
@@ -281,44 +295,45 @@ def read_files(paths: list[Path], catalog: Catalog, export_version: str, summary
     how files are named in messages and ids (an S3 key rather than a local temporary path).
     """
     for index, path in enumerate(paths):
-        where = names[index] if names else str(path)
-        try:
-            digest = file_digest(path)
-            columns, rows = _rows(path)
-            if row_map is not None:
-                columns, rows = row_map.columns(columns), map(row_map, rows)
-        except (OSError, csv.Error, UnicodeDecodeError, EOFError, FocusFileError) as exc:
-            summary.broke_off(where, f"cannot read the file: {exc}")
-            continue
-        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
-            summary.broke_off(where, f"cannot read the file: {type(exc).__name__}: {exc}"[:300])
-            continue
-        missing = [c for c in REQUIRED if c not in columns]
-        try:
-            if missing:
-                count = sum(1 for _ in rows)
-                summary.rows_read += count
-                summary.reject(where, f"missing FOCUS columns {', '.join(missing)}; all {count} rows rejected",
-                               rows=count)
+        with contextlib.ExitStack() as files:  # the file closed as soon as it is read
+            where = names[index] if names else str(path)
+            try:
+                digest = file_digest(path)
+                columns, rows = _rows(path, files)
+                if row_map is not None:
+                    columns, rows = row_map.columns(columns), map(row_map, rows)
+            except (OSError, csv.Error, UnicodeDecodeError, EOFError, FocusFileError) as exc:
+                summary.broke_off(where, f"cannot read the file: {exc}")
                 continue
-            for number, row in enumerate(rows, start=1):
-                summary.rows_read += 1
-                if summary.rows_read % 50_000 == 0:
-                    progress(summary.rows_read)
-                try:
-                    line = to_cost_line(row, catalog=catalog, event_id=f"{id_prefix}|{digest}|{number}",
-                                        export_version=export_version, source=source)
-                except FocusRowError as exc:
-                    summary.reject(f"{where}:{number + 1}", str(exc))  # +1: the header is line 1
+            except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+                summary.broke_off(where, f"cannot read the file: {type(exc).__name__}: {exc}"[:300])
+                continue
+            missing = [c for c in REQUIRED if c not in columns]
+            try:
+                if missing:
+                    count = sum(1 for _ in rows)
+                    summary.rows_read += count
+                    summary.reject(where, f"missing FOCUS columns {', '.join(missing)}; all {count} rows rejected",
+                                   rows=count)
                     continue
-                totals = summary.by_provider[line.provider_name or "(unknown)"]
-                totals.rows += 1
-                totals.billed_cost_usd += line.billed_cost_usd
-                totals.effective_cost_usd += line.effective_cost_usd
-                summary.rows_published += 1
-                summary.gpu_rows += 1 if line.gpu_class else 0
-                yield line
-        except (csv.Error, UnicodeDecodeError, OSError, EOFError, FocusFileError) as exc:
-            summary.broke_off(where, f"the file broke off while reading: {exc}")
-        except Exception as exc:  # pyarrow's errors for a Parquet value it cannot convert (year 10000)
-            summary.broke_off(where, f"the file broke off while reading: {type(exc).__name__}: {exc}"[:300])
+                for number, row in enumerate(rows, start=1):
+                    summary.rows_read += 1
+                    if summary.rows_read % 50_000 == 0:
+                        progress(summary.rows_read)
+                    try:
+                        line = to_cost_line(row, catalog=catalog, event_id=f"{id_prefix}|{digest}|{number}",
+                                            export_version=export_version, source=source)
+                    except FocusRowError as exc:
+                        summary.reject(f"{where}:{number + 1}", str(exc))  # +1: the header is line 1
+                        continue
+                    totals = summary.by_provider[line.provider_name or "(unknown)"]
+                    totals.rows += 1
+                    totals.billed_cost_usd += line.billed_cost_usd
+                    totals.effective_cost_usd += line.effective_cost_usd
+                    summary.rows_published += 1
+                    summary.gpu_rows += 1 if line.gpu_class else 0
+                    yield line
+            except (csv.Error, UnicodeDecodeError, OSError, EOFError, FocusFileError) as exc:
+                summary.broke_off(where, f"the file broke off while reading: {exc}")
+            except Exception as exc:  # pyarrow's errors for a Parquet value it cannot convert (year 10000)
+                summary.broke_off(where, f"the file broke off while reading: {type(exc).__name__}: {exc}"[:300])

@@ -13,6 +13,7 @@ host of Prometheus's ``instance`` label.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -66,14 +67,16 @@ class PrometheusCollector:
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace")
             raise QueryError(f"{metric}: HTTP {exc.code} {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise QueryError(f"{metric}: cannot reach Prometheus: {getattr(exc, 'reason', exc)}") from None
-        except ValueError as exc:
-            raise QueryError(f"{metric}: the answer is not JSON ({exc})") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise QueryError(f"{metric}: cannot reach Prometheus: {getattr(exc, 'reason', exc)}"[:300]) from None
+        except (ValueError, RecursionError) as exc:  # not JSON, nested past the parser's depth
+            raise QueryError(f"{metric}: the answer is not JSON ({type(exc).__name__}: {exc})"[:300]) from None
         if not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error") if isinstance(body, dict) else body
             raise QueryError(f"{metric}: Prometheus answered {str(error)[:200]!r}")
         data = body.get("data") or {}
+        if not isinstance(data, dict):
+            raise QueryError(f"{metric}: expected a matrix, got {type(data).__name__}")
         if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
             raise QueryError(f"{metric}: expected a matrix, got {str(data.get('resultType'))[:40]!r}")
         return data["result"]

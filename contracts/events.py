@@ -52,6 +52,7 @@ Environment = Literal[ENVIRONMENTS]
 
 
 MAX_MONEY_DIGITS = 18  # integer digits: the stored columns are numeric(30, 12)
+MAX_MONEY_PLACES = 30  # decimal places accepted (stored rounded to 12); 1e-20000 is refused
 
 
 class Money(Decimal):
@@ -76,8 +77,12 @@ def _money_problem(cls: type, value: Any) -> str | None:
         return f"is not a decimal number: {value!r:.40}"
     if not amount.is_finite():
         return f"must be finite, got {value!r:.40}"
-    if amount and amount.adjusted() >= MAX_MONEY_DIGITS:  # no arithmetic: abs(1e1000000) overflows
+    # by exponent, no arithmetic (abs(1e1000000) overflows), zero included (0e99999 is refused as text)
+    exponent = amount.as_tuple().exponent
+    if (amount and amount.adjusted() >= MAX_MONEY_DIGITS) or exponent > MAX_MONEY_DIGITS:
         return f"must be below 1e{MAX_MONEY_DIGITS} in magnitude (what is stored), got {value!r:.40}"
+    if exponent < -MAX_MONEY_PLACES:
+        return f"has more than {MAX_MONEY_PLACES} decimal places, got {value!r:.40}"
     if cls is Price and amount < 0:
         return f"must be >= 0, got {amount}"
     return None

@@ -404,7 +404,7 @@ def cmd_dashboards_build(args) -> int:
 def cmd_ingest_focus(args) -> int:
     from datetime import datetime, timezone
 
-    from collectors.focus import FocusSummary, read_files
+    from collectors.focus import FocusSummary, file_digest, read_files
 
     from .publishing import publishing
 
@@ -418,10 +418,17 @@ def cmd_ingest_focus(args) -> int:
     version = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     summary = FocusSummary()
+    digests = [file_digest(p) for p in paths]
     for _ in read_files(paths, config.catalog(), version, summary, progress=lambda n: err(f"  {n:,} rows checked")):
         pass
+    if [file_digest(p) for p in paths] != digests:
+        raise UsageError("the files changed while they were read; run the ingest again")
     if summary.files_unread:
         why = f"{', '.join(summary.files_unread)} could not be read whole"
+    elif summary.rows_read == 0:  # a header and no rows (a month with no charges): nothing to replace
+        _print_focus_summary(summary, args.summary_json)
+        err("nothing to publish: the files have no rows")
+        return 0
     elif summary.rows_published == 0:
         why = "no row could be read"
     elif summary.rows_rejected and not args.publish_partial:
@@ -439,7 +446,7 @@ def cmd_ingest_focus(args) -> int:
         for line in read_files(paths, config.catalog(), version, published,
                                progress=lambda n: err(f"  {n:,} rows published")):
             publisher.send("cost-lines", line.resource_id or line.event_id, line)
-        if published.as_json() != summary.as_json():  # raising here sends nothing still buffered
+        if published.as_json() != summary.as_json():
             raise UsageError("the files changed while they were ingested; run the ingest again")
     _print_focus_summary(summary, args.summary_json)
     return 0

@@ -22,27 +22,16 @@ from storage.sink import Sink
 
 
 @contextlib.contextmanager
-def _closing(producer) -> Iterator[None]:
-    """Close the producer; when the command failed, without sending what it still buffers (a
-    failed command's events are not a delivery: the sink must not take a part for the whole)."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):  # a flush that cannot finish in 0 s says so
-            producer.close(timeout=0)
-        raise
-    producer.close()
-
-
-@contextlib.contextmanager
 def publishing(config: Config, logical_topics: list[str], say: Callable[[str], None]) -> Iterator[Publisher]:
     topics = Topics.from_config(config.kafka)
     if config.kafka.bootstrap_servers:
         ensure_topics(config.kafka.bootstrap_servers, config.kafka, topics)
         producer = make_producer(config.kafka.bootstrap_servers, config.kafka)
-        with _closing(producer):
+        try:
             yield Publisher(producer, topics)
             producer.flush()
+        finally:
+            producer.close()
         return
 
     with running_services(config, say=say) as endpoints:
@@ -50,9 +39,11 @@ def publishing(config: Config, logical_topics: list[str], say: Callable[[str], N
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
         producer = make_producer(endpoints.bootstrap, config.kafka)
         publisher = Publisher(producer, topics)
-        with _closing(producer):
+        try:
             yield publisher
             producer.flush()
+        finally:
+            producer.close()
         consumer = make_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, topics.group("sink"),
                                  [topics.name(t) for t in logical_topics], fetch_max_wait_ms=100)
         sink = Sink(consumer, endpoints.dsn, topics)

@@ -62,6 +62,17 @@ def claim_pending(conn: psycopg.Connection, limit: int) -> list[PendingAlert]:
             (limit,)).fetchall()
 
 
+def undelivered(conn: psycopg.Connection, shown: set[str], limit: int = 1000) -> list[PendingAlert]:
+    """Undelivered alerts not in ``shown``, oldest first, read without locking them (a dry run must
+    not hold back the real alerter)."""
+    with conn.cursor(row_factory=class_row(PendingAlert)) as cur:
+        return cur.execute(
+            "SELECT alert_id, route, payload, attempts FROM alert_outbox"
+            " WHERE delivered_at IS NULL AND NOT (alert_id = ANY(%s))"
+            " ORDER BY created_at, alert_id LIMIT %s",
+            (list(shown), limit)).fetchall()
+
+
 def mark_delivered(conn: psycopg.Connection, alert_id: str) -> None:
     conn.execute("UPDATE alert_outbox SET delivered_at = now(), attempts = attempts + 1,"
                  " last_error = NULL WHERE alert_id = %s", (alert_id,))

@@ -105,15 +105,18 @@ def test_slack_down_for_a_while_then_back_delivers_everything_once(tmp_path, dat
 def test_a_dry_run_prints_pending_alerts_once_and_leaves_them_for_the_real_alerter(tmp_path, database, slack,
                                                                                    monkeypatch):
     real = alerter_for(tmp_path, database, slack.url, monkeypatch)
-    assert real.enqueue([decision(i) for i in range(1, 5)]) == 4
+    assert real.enqueue([decision(i) for i in range(1, 61)]) == 60  # more than one claim of 50
     printed = []
     dry = Alerter(real.config, database, say=printed.append, dry_run=True)
     dry.deliver_pending()
     dry.deliver_pending()  # a second loop of the dry run prints nothing again
-    assert len(printed) == 4 and all(p.startswith("[dry-run, not sent: platform]") for p in printed)
-    assert dry.pending_count() == 4 and slack.posts == []  # nothing marked delivered, nothing posted
+    assert len(printed) == 60 and all(p.startswith("[dry-run, not sent: platform]") for p in printed)
+    assert dry.pending_count() == 60 and slack.posts == []  # nothing marked delivered, nothing posted
+    assert real.enqueue([decision(61)]) == 1
+    dry.deliver_pending()
+    assert len(printed) == 61  # a new alert is shown on the next loop
     deliver_until_done(real)
-    assert len(slack.posts) == 4  # the real alerter still delivers all four
+    assert len(slack.posts) == 61  # the real alerter still delivers every one
 
 
 @pytest.mark.parametrize("header", ["1e308", "inf", "-inf", "nan", "-5", "soon"])

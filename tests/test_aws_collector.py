@@ -239,6 +239,21 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
                     if line.source == "aws-focus" and line.export_version != first_version]
         assert sorted(line.billed_cost_usd for line in restated) == [D("0.10"), D("30.0000")]
         assert restated[0].export_version > first_version  # the newer delivery wins in the sink
+
+        # a delivery cut off in transfer (a truncated gzip) is not published in part, and is read
+        # again on the next poll rather than checkpointed as done
+        second_delivery = s3.head_object(Bucket="billing", Key=key)["LastModified"]
+        cut = focus_export([(gpu, "29.0000", "p4d"), ("vol-1", "0.10", "EBS")] * 200)
+        wait_until(lambda: s3.put_object(Bucket="billing", Key=key, Body=cut[: len(cut) // 2]) and
+                   s3.head_object(Bucket="billing", Key=key)["LastModified"] > second_delivery,
+                   timeout_s=10, what="a delivery stamped after the second", interval_s=0.1)
+        before = len(consume(broker.bootstrap, topics.cost_lines, CostLine.decode))
+        for _ in range(2):
+            report = AwsCollector(config, Publisher(producer, topics), Checkpoint(checkpoint_path),
+                                  clock=lambda: NOW).poll_once()
+            assert "cost-lines" not in report.sent
+            assert any("could not be read whole; nothing published, read again next poll" in e for e in report.errors)
+        assert len(consume(broker.bootstrap, topics.cost_lines, CostLine.decode)) == before
     finally:
         producer.close()
 

@@ -435,3 +435,29 @@ def test_a_poll_that_fails_outright_is_reported_and_the_collector_goes_on():
     run(flaky, stop=lambda: flaky.polls >= 2, say=said.append, sleep=lambda s: None)
     assert said == ["flaky: the poll failed (OverflowError: cannot convert float infinity to integer); trying again"
                     " in 0 s", "flaky: sent 1 gpu samples; 0 problem(s)"]
+
+
+def test_malformed_urls_and_replies_that_are_not_http_are_reported(exporters):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def not_http():
+        for _ in range(1):
+            conn, _ = server.accept()
+            conn.recv(4096)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=not_http, daemon=True).start()
+    garbage = f"http://127.0.0.1:{server.getsockname()[1]}/metrics"
+    urls = ["http://[::1", "http://127.0.0.1:abc/metrics", garbage, f"{exporters.url}/h100/metrics"]
+    rec = Recorder()
+    report = collector(urls, rec, lambda: T0).poll_once()
+    server.close()
+    assert [e.resource for e in rec.events] == ["hgx-h100-01"]  # the good endpoint still sampled
+    assert [e.split(": ")[0] for e in report.errors] == urls[:3]
+    assert all("cannot read: " in e for e in report.errors)

@@ -83,7 +83,7 @@ def test_a_line_of_millions_of_commas_is_refused_in_bounded_memory(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert lines == [] and summary.files_unread == [str(path)]
-    assert "line 2 is longer than 1,048,576 characters" in summary.rejections[0]
+    assert "line 2: a record longer than 1,048,576 characters" in summary.rejections[0]
     assert peak < 32 << 20  # the 8 MiB line is never held whole, let alone split into 8 million fields
 
 
@@ -126,7 +126,9 @@ def test_the_console_shows_escape_sequences_from_a_file_as_text(tmp_path, capsys
     assert main(["ingest", "focus", str(path), "--state-dir", str(tmp_path / "state")]) == 1
     out = capsys.readouterr()
     assert "\x1b" not in out.out + out.err and "\x07" not in out.out
-    assert "\\x1b]0;pwned\\x07\\x1b[2JAWS: 1 rows" in out.out and "not a number: 'x\\x1b[31m'" in out.out
+    # the provider name is refused as the sink would refuse it; the bad amount is quoted, escaped
+    assert "bill.csv:2: 'provider' contains control characters" in out.out
+    assert "not a number: 'x\\x1b[31m'" in out.out
 
 
 def test_sigterm_ends_an_ingest_within_a_second_mid_read(tmp_path):
@@ -150,3 +152,32 @@ def test_sigterm_ends_an_ingest_within_a_second_mid_read(tmp_path):
     assert time.monotonic() - sent < 1.0
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
     assert not (tmp_path / "state" / "pgdata").exists()  # it stopped before publishing: no database started
+
+
+def test_a_row_the_sink_would_refuse_is_rejected_at_ingest(tmp_path):
+    """Ingest accepts exactly what the event contract accepts: otherwise a delivery counted whole
+    would lose rows at the sink and replace a complete bill with a partial one."""
+    path = write_csv(tmp_path / "bill.csv", [
+        focus_row(BilledCost="1e-20000", EffectiveCost="1"),  # PostgreSQL refuses 20,000 decimal places
+        focus_row(BilledCost="0e99999", EffectiveCost="1"),
+        focus_row(BilledCost="1", EffectiveCost="1", BillingAccountId="111\x1b[2J"),
+        focus_row(BilledCost="1", EffectiveCost="1")])
+    lines, summary = _read(path)
+    assert len(lines) == 1 and summary.rows_rejected == 3
+    reasons = "\n".join(summary.rejections)
+    assert "BilledCost has more than 30 decimal places" in reasons
+    assert "'billed_cost_usd' must be below 1e18 in magnitude (what is stored), got '0E+99999'" in reasons
+    assert "'billing_account' contains control characters" in reasons
+
+
+def test_a_quoted_field_spanning_many_lines_is_bounded_as_one_record(tmp_path):
+    path = tmp_path / "quoted.csv"
+    # one record of 400,000 quoted fields, each holding a newline: no line is long, the record is
+    path.write_text(",".join(COLUMNS) + "\n" + '"x\n",' * 400_000 + '"x"\n')
+    lines, summary = _read(path)
+    assert lines == [] and summary.files_unread == [str(path)]
+    assert "a record longer than 1,048,576 characters" in summary.rejections[0]
+    # and a record with a legitimately quoted newline still reads
+    ok = write_csv(tmp_path / "ok.csv", [focus_row(BilledCost="1", EffectiveCost="1", x_Discount="two\nlines")])
+    lines, summary = _read(ok)
+    assert len(lines) == 1 and lines[0].extra["x_Discount"] == "two\nlines"

@@ -273,12 +273,13 @@ class AwsCollector:
                 key = f"s3://{export.bucket}/{export.prefix}|{period}"
                 if done.get(key) == version:
                     continue  # this delivery was read already
-                self._read_export(s3, export, objects, version, report)
-                done[key] = version
-                self.checkpoint.set("exports", done)  # after the flush in _read_export
+                if self._read_export(s3, export, objects, version, report):
+                    done[key] = version
+                    self.checkpoint.set("exports", done)  # after the flush in _read_export
 
-    def _read_export(self, s3, export, objects: list[dict], version: str, report: CollectReport) -> None:
-        summary = FocusSummary()
+    def _read_export(self, s3, export, objects: list[dict], version: str, report: CollectReport) -> bool:
+        """Publish one delivery of a billing period; False (nothing sent, to be read again next poll)
+        when a file of it cannot be read whole: a partial delivery would replace the whole bill."""
         with tempfile.TemporaryDirectory(prefix="hs-export-") as tmp:
             paths = []
             for i, obj in enumerate(objects):
@@ -288,12 +289,24 @@ class AwsCollector:
             source = "aws-focus" if export.format == "focus" else "aws-cur"
             row_map = parse.Cur2Rows() if export.format == "cur2" else None
             names = [f"s3://{export.bucket}/{o['Key']}" for o in objects]
-            for line in read_files(paths, self.catalog, version, summary, source=source, row_map=row_map,
-                                   names=names, id_prefix=source):
+
+            def lines(summary: FocusSummary):
+                return read_files(paths, self.catalog, version, summary, source=source, row_map=row_map,
+                                  names=names, id_prefix=source)
+
+            checked = FocusSummary()
+            for _ in lines(checked):  # read whole first
+                pass
+            report.errors.extend(f"export {r}" for r in checked.rejections[:50])
+            if checked.files_unread:
+                report.errors.append(f"export {version}: {', '.join(checked.files_unread)} could not be read whole;"
+                                     " nothing published, read again next poll")
+                return False
+            for line in lines(FocusSummary()):
                 self.publisher.send("cost-lines", line.resource_id or line.event_id, line)
                 report.count("cost-lines")
         self.publisher.flush()
-        report.errors.extend(f"export {r}" for r in summary.rejections[:50])
+        return True
 
     # -- a poll ---------------------------------------------------------------------------------------
     def poll_once(self) -> CollectReport:
