@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from contracts.redact import printable
+from contracts.redact import one_line, printable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class CollectReport:
     def summary(self, max_errors: int = 50) -> str:
         sent = ", ".join(f"{n} {what}" for what, n in sorted(self.sent.items())) or "nothing new"
         lines = [f"{self.source}: sent {sent}; {len(self.errors)} problem(s)"]
-        lines += [f"  {printable(error)}" for error in self.errors[:max_errors]]  # errors quote what sources said
+        lines += [f"  {one_line(error)}" for error in self.errors[:max_errors]]  # errors quote what sources said
         return "\n".join(lines)
 
 

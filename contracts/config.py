@@ -115,6 +115,7 @@ class DatabaseConfig(_Strict):
 
 NonNegative = Field(ge=0)
 MAX_AMOUNT_DIGITS = 12  # no configured amount (USD, watts, hours, percent) reaches 10^12
+MAX_AMOUNT_PLACES = 12  # decimal places of a configured amount
 
 
 def _sane_amount(value: Decimal) -> Decimal:
@@ -122,8 +123,10 @@ def _sane_amount(value: Decimal) -> Decimal:
     like 1e999999999 would otherwise take minutes to divide or print)."""
     if not value.is_finite():
         raise ValueError("must be a finite number")
-    if value and value.adjusted() >= MAX_AMOUNT_DIGITS:
+    if (value and value.adjusted() >= MAX_AMOUNT_DIGITS) or value.as_tuple().exponent > MAX_AMOUNT_DIGITS:
         raise ValueError(f"must be below 1e{MAX_AMOUNT_DIGITS} in magnitude")
+    if value.as_tuple().exponent < -MAX_AMOUNT_PLACES:
+        raise ValueError(f"must have at most {MAX_AMOUNT_PLACES} decimal places")
     return value
 
 
@@ -512,8 +515,8 @@ def _format_errors(source: str, err: ValidationError, what: str = "configuration
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
-        if isinstance(value, (dict, list)) or e["type"] == "missing":
-            shown = ""
+        if isinstance(value, (dict, list)) or e["type"] in ("missing", "extra_forbidden"):
+            shown = ""  # an unknown key may be a secret field misspelled (pasword: ...)
         elif _SECRET_FIELD.search(loc):
             shown = " (the value is not shown: it may be a secret)"
         else:

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
-def write_replacing(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` by renaming a new file over it; returns the path."""
+def write_replacing(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` by renaming a new file over it, durably; returns
+    the path.  A file replaced keeps its permissions; a new one gets the umask's."""
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode) if not path.is_symlink() else None
+    except FileNotFoundError:
+        mode = None
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

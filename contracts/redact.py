@@ -24,16 +24,19 @@ _known: set[str] = set()
 _lock = threading.Lock()
 
 _SHAPES: list[tuple[re.Pattern[str], str]] = [
-    # scheme://user:password@host -> scheme://user:***@host (an empty user too)
-    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*:)[^\s@'\"/]*@"), rf"\g<1>{MASK}@"),
-    # libpq keyword DSN and query strings: password=... / password: ...
-    (re.compile(r"(?i)(\b(?:password|passwd|pwd|secret|token)\s*[=:]\s*)(?!\{)('[^']*'|\"[^\"]*\"|[^\s,;&'\"]+)"),
-     rf"\g<1>{MASK}"),
+    # scheme://user:password@host -> scheme://user:***@host (an empty user too; a password holding
+    # '@' is masked up to the last '@' before the path)
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*:)[^\s/'\"]*@"), rf"\g<1>{MASK}@"),
+    # key=value, key: value, "key": "value" where the key names a secret (db_password, access_token,
+    # client_secret, PGPASSWORD, api_key ...); a {env: ...} reference is not a secret
+    (re.compile(r"""(?i)(\b[\w.-]*(?:password|passwd|pwd|secret|token|api_?key)[\w-]*["']?\s*[=:]\s*)"""
+                r"""(?!\{)("[^"]*"|'[^']*'|[^\s,;&'"}]+)"""), rf"\g<1>{MASK}"),
+    # HTTP authorization headers
+    (re.compile(r"(?i)(\bBearer\s+|\bauthorization:\s*Basic\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<1>{MASK}"),
     # Slack incoming-webhook paths and workflow triggers
     (re.compile(r"(https?://hooks\.slack(?:-gov)?\.com/)[^\s'\"<>]+"), rf"\g<1>{MASK}"),
     # Slack tokens: bot, user, app-level, refresh, configuration
     (re.compile(r"\bxox[abeoprs]-[A-Za-z0-9-]+|\bxapp-[A-Za-z0-9-]+"), f"xox-{MASK}"),
-    (re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<1>{MASK}"),
 ]
 
 
@@ -44,6 +47,11 @@ def printable(text: str) -> str:
     """``text`` safe for a terminal: control characters (ANSI escapes among them) shown as ``\\xNN``,
     newlines and tabs kept.  For anything that echoes what an input said (a provider name, a page)."""
     return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def one_line(text: str) -> str:
+    """``printable``, newlines escaped too: for a value quoted inside a line (a provider name)."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def remember(secret: str | None) -> str | None:

@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from decimal import Decimal
 from pathlib import Path
 
 from contracts.config import Config, ConfigError, load_config, resolve_config
 from contracts.files import write_replacing
-from contracts.redact import install_log_redaction, printable, redact
+from contracts.redact import install_log_redaction, one_line, printable, redact
 from infra.broker import quiet_client_diagnostics
 
 
@@ -458,10 +459,10 @@ def _print_focus_summary(summary, as_json: bool) -> None:
         return
     lines = [f"read {summary.rows_read} rows, published {summary.rows_published}, rejected "
              f"{summary.rows_rejected}, GPU rows {summary.gpu_rows}"]
-    lines += [f"  {name}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective ${t.effective_cost_usd:,.2f}"
-              for name, t in sorted(summary.by_provider.items())]
-    lines += [f"  rejected {reason}" for reason in summary.rejections[:20]]
-    print(printable("\n".join(lines)))  # provider names and rejections quote the file
+    lines += [f"  {one_line(name)}: {t.rows} rows, billed ${t.billed_cost_usd:,.2f}, effective "
+              f"${t.effective_cost_usd:,.2f}" for name, t in sorted(summary.by_provider.items())]
+    lines += [f"  rejected {one_line(reason)}" for reason in summary.rejections[:20]]  # they quote the file
+    print("\n".join(lines))
 
 
 def cmd_report_monthly(args) -> int:
@@ -849,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     install_log_redaction()
     quiet_client_diagnostics()
     sys.excepthook = _redacted_excepthook
+    threading.excepthook = lambda a: _redacted_excepthook(a.exc_type, a.exc_value, a.exc_traceback)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")
     from costmodel import CostModelError

@@ -40,6 +40,7 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[a-z0-9]([-a-z
 
 
 MAX_RATE_DIGITS = 6  # a million dollars per GPU-hour: beyond any price
+MAX_RATE_PLACES = 12  # decimal places of a price
 
 
 class OpenCostError(ValueError):
@@ -145,13 +146,15 @@ def import_profiles(rows: list[PriceRow], at: date, gpus_per_node: int = 8, node
         if row.asset_class.lower() != "gpu":
             continue
         try:
-            rate = Decimal(row.market_price_hourly[:64])
+            rate = Decimal(row.market_price_hourly) if len(row.market_price_hourly) <= 64 else Decimal("NaN")
         except InvalidOperation:
             rate = Decimal("NaN")
-        # the exponent is compared before any arithmetic: 1e999999 x 8760 would take seconds to print
-        if not rate.is_finite() or rate < 0 or (rate and rate.adjusted() >= MAX_RATE_DIGITS):
+        # exponents are compared before any arithmetic: 1e999999 x 8760 takes seconds to print, and
+        # 1e-999999999 a gigabyte
+        if not rate.is_finite() or rate < 0 or (rate and rate.adjusted() >= MAX_RATE_DIGITS) \
+                or rate.as_tuple().exponent < -MAX_RATE_PLACES:
             raise OpenCostError(f"line {row.line} ({row.instance_id[:80] or 'no InstanceID'}): MarketPriceHourly must"
-                                f" be a number from 0 to below 1e{MAX_RATE_DIGITS} USD per GPU-hour, got "
+                                f" be a number from 0 to below 1e{MAX_RATE_DIGITS} USD per GPU-hour with at most {MAX_RATE_PLACES} decimal places, got "
                                 f"{row.market_price_hourly[:40]!r}")
         base = name = _profile_name(row)
         while name in names:  # the next free suffix of this base, remembered: linear in the rows

@@ -532,7 +532,8 @@ class Sink:
             topics.cost_windows: ("cost_windows", lambda v: [cost_window_row(CostWindow.decode(v))]),
             topics.decisions: ("decisions", lambda v: decision_rows(BreakevenDecision.decode(v))),
             topics.dead_letter: ("dead_letters", lambda v: [dead_letter_row(DeadLetter.decode(v))]),
-            topics.gpu_samples: ("gpu_samples", lambda v: gpu_sample_rows(GpuSample.decode(v))),
+            # labels replaced as the worker replaces them (it dead-letters the original once)
+            topics.gpu_samples: ("gpu_samples", lambda v: gpu_sample_rows(GpuSample.decode_replacing_labels(v)[0])),
             topics.cost_lines: ("cost_lines", lambda v: [cost_line_row(CostLine.decode(v))]),
             topics.prices: ("prices", lambda v: [price_row(PriceUpdate.decode(v))]),
             topics.live_spend: ("live_instances", lambda v: [live_instance_row(LiveSpend.decode(v))]),

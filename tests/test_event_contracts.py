@@ -254,3 +254,22 @@ def test_a_hostile_workload_label_is_replaced_and_the_sample_kept():
     assert [g.utilization_pct for g in kept.gpus] == [50.0, 40.0]  # every GPU and its costs kept
     with pytest.raises(EventError, match="utilization_pct"):  # anything else wrong is still refused
         GpuSample.decode_replacing_labels(payload.replace(b"50.0", b"150.0"))
+
+
+
+def test_the_sink_stores_a_sample_with_a_hostile_label_under_the_replaced_name():
+    from types import SimpleNamespace
+
+    from contracts.events import GpuReading, GpuSample, WorkloadShare
+    from contracts.topics import Topics
+    from storage.sink import Sink
+
+    topics = Topics("t.", 1)
+    sample = GpuSample("e1", 60_000, 60_000, "node-1", "onprem", "nvml", [
+        GpuReading("GPU-0", 0, "A100", "A100", 50.0, 1, 2, 300_000, [WorkloadShare("w\x1b[2J", "ml")])])
+    record = SimpleNamespace(topic=topics.gpu_samples, partition=0, offset=7, value=sample.encode())
+    batch = Sink(None, "unused", topics).decode([record])
+    (row,) = batch.rows["gpu_samples"]
+    (workloads,) = [v for v in row if isinstance(v, list)]
+    assert len(workloads) == 1 and workloads[0].startswith("invalid-label:")  # stored, renamed
+    assert not batch.rows["dead_letters"]  # the worker keeps the original once; the sink adds none

@@ -32,9 +32,16 @@ def test_secret_shapes_are_masked_whatever_their_origin():
          "Invalid URL detected: https://hooks.slack.com/***"),
         (f"token xoxb-12-34-{PLANTED}", "token xox-***"),
         (f"Authorization: Bearer {PLANTED}", "Authorization: Bearer ***"),
+        (f"Authorization: Basic {PLANTED}", "Authorization: Basic ***"),
+        (f"postgresql://app:p@ss{PLANTED}@db/x", "postgresql://app:***@db/x"),  # an '@' in the password
+        (f"access_token={PLANTED}&x=1", "access_token=***&x=1"),
+        (f"PGPASSWORD={PLANTED} psql", "PGPASSWORD=*** psql"),
+        (f'{{"client_secret": "{PLANTED}"}}', '{"client_secret": ***}'),
     ]:
         assert redact(text) == kept
-    assert redact("http://127.0.0.1:9400/metrics") == "http://127.0.0.1:9400/metrics"  # no user info: kept
+    for kept in ("http://127.0.0.1:9400/metrics", "use database.password: {env: DB_PASSWORD}",
+                 "Basic information about the sink"):
+        assert redact(kept) == kept
 
 
 def test_a_remembered_secret_is_masked_in_any_text():
@@ -48,6 +55,7 @@ def test_a_remembered_secret_is_masked_in_any_text():
     ({"HYBRIDSPEND__DATABASE__DSN": f"postgresql://app:{PLANTED}@db/x"}, "database.dsn"),
     ({"HYBRIDSPEND__DATABASE__DSN": f"postgresql://:{PLANTED}@db/x"}, "database.dsn"),
     ({"HYBRIDSPEND__DATABASE__DSN": f"host=db PASSWORD={PLANTED}"}, "database.dsn"),
+    ({"HYBRIDSPEND__DATABASE__PASWORD": PLANTED}, "database.pasword"),  # a misspelled secret field
 ])
 def test_a_config_error_names_the_field_but_never_quotes_a_secret(override, field):
     with pytest.raises(ConfigError) as caught:
@@ -138,3 +146,22 @@ def test_files_a_user_names_are_replaced_never_written_through_a_symlink(tmp_pat
     assert not any(link.is_symlink() for link in links)
     assert links[0].read_text() == "# report\n" and links[3].read_text() == "a: 1\n"
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
+
+
+def test_a_replaced_file_keeps_its_permissions_and_a_new_one_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    from contracts.files import write_replacing
+
+    private = tmp_path / "report.md"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_replacing(private, "new")
+    assert private.read_text() == "new" and stat.S_IMODE(private.stat().st_mode) == 0o600
+    umask = os.umask(0o027)
+    try:
+        write_replacing(tmp_path / "fresh.md", "x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "fresh.md").stat().st_mode) == 0o640
