@@ -34,12 +34,15 @@ test: $(STAMP) node-packages
 	$(VENV)/bin/python -m pytest
 
 # the suite with the wall clock a year ahead (docs/design.md, "Clocks"): needs Debian's faketime.
-# Its monotonic clock moves too (libfaketime 0.9.10 makes time.sleep fail with EINVAL when it is
-# left alone); nothing compares that clock with a fixed number, so the offset changes nothing.
+# libfaketime 0.9.10 must shift the monotonic clock too (left alone, time.sleep fails with EINVAL),
+# and then timed waits in some threads never return: the two suites below hang under it and are
+# left out (the closing note of the calendar issue says which and why).
 FUTURE ?= +365d
+FUTURE_SKIP ?= --ignore=tests/test_aws_collector.py \
+	--deselect tests/test_sink_exactly_once.py::test_a_sink_killed_at_random_points_never_loses_or_doubles_a_row
 test-future: $(STAMP) node-packages
 	@command -v faketime >/dev/null || { echo "test-future needs faketime: apt-get install faketime"; exit 2; }
-	faketime -f '$(FUTURE)' $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	faketime -f '$(FUTURE)' $(VENV)/bin/python -m pytest $(FUTURE_SKIP) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .hybridspend node_modules
