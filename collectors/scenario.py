@@ -24,19 +24,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from contracts.config import ConfigError, _format_errors
+from contracts.config import ConfigError, StrictModel, format_validation_errors
 from contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
 from costmodel.timeunits import MS_PER_HOUR
 
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Host(_Strict):
+class Host(StrictModel):
     name: str = Field(min_length=1, description="host name; must match an on-prem asset profile's hosts")
     gpu_model: str = "NVIDIA A100-SXM4-80GB"
     gpu_class: str = Field(min_length=1)
@@ -45,7 +41,7 @@ class Host(_Strict):
     busy_power_w: Decimal = Field(default=Decimal(400), ge=0, description="draw at 100 % utilization")
 
 
-class Instance(_Strict):
+class Instance(StrictModel):
     id: str = Field(min_length=1)
     provider: str = "aws"
     region: str = "us-east-1"
@@ -58,13 +54,13 @@ class Instance(_Strict):
     interrupted_at: float | None = Field(default=None, description="hour of a spot interruption (ends its run)")
 
 
-class Oscillation(_Strict):
+class Oscillation(StrictModel):
     low: float = Field(ge=0, le=100)
     high: float = Field(ge=0, le=100)
     period_hours: float = Field(gt=0)
 
 
-class Workload(_Strict):
+class Workload(StrictModel):
     name: str = Field(min_length=1)
     team: str = ""
     runs_on: str = Field(min_length=1, description="a host name or an instance id")
@@ -95,7 +91,7 @@ class Workload(_Strict):
         return pct
 
 
-class Price(_Strict):
+class ScenarioPrice(StrictModel):
     provider: str
     region: str
     instance_type: str
@@ -104,7 +100,7 @@ class Price(_Strict):
     at: float = Field(default=0, description="hour it takes effect")
 
 
-class Scenario(_Strict):
+class Scenario(StrictModel):
     name: str = Field(min_length=1)
     start: datetime = Field(description="UTC start of simulated time")
     hours: float = Field(gt=0, le=24 * 62)
@@ -114,7 +110,7 @@ class Scenario(_Strict):
     hosts: list[Host] = []
     instances: list[Instance] = []
     workloads: list[Workload] = []
-    prices: list[Price] = []
+    prices: list[ScenarioPrice] = []
     billed: str | None = Field(default=None, description="'from_instances': bill every instance-second at its price")
 
     @model_validator(mode="after")
@@ -151,7 +147,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(str(path), exc, "scenario")) from None
+        raise ConfigError(format_validation_errors(str(path), exc, "scenario")) from None
 
 
 @dataclass

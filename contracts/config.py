@@ -41,11 +41,13 @@ class ConfigError(ValueError):
     """A configuration problem, with the field, the value and what was expected."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A configuration section: unknown keys refused, values frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SecretRef(_Strict):
+class SecretRef(StrictModel):
     """Where a secret lives: an environment variable or a file. Never the secret itself."""
 
     env: str | None = None
@@ -73,7 +75,7 @@ class SecretRef(_Strict):
         return f"{where} ({'set' if self.resolve() else 'not set'}, value redacted)"
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(StrictModel):
     bootstrap_servers: str | None = Field(
         default=None, description="host:port[,host:port]; empty starts the embedded local broker"
     )
@@ -99,7 +101,7 @@ class KafkaConfig(_Strict):
         return self
 
 
-class DatabaseConfig(_Strict):
+class DatabaseConfig(StrictModel):
     dsn: str | None = Field(
         default=None, description="libpq DSN without the password; empty starts the embedded PostgreSQL"
     )
@@ -134,7 +136,7 @@ Amount = Annotated[Decimal, AfterValidator(_sane_amount)]
 EARLIEST_DATE, LATEST_DATE = date(1990, 1, 1), date(2200, 1, 1)
 
 
-class AssetProfile(_Strict):
+class AssetProfile(StrictModel):
     name: str = Field(min_length=1)
     gpu_model: str
     gpu_class: str = Field(min_length=1)
@@ -188,7 +190,7 @@ PurchaseOption = Literal["on_demand", "spot", "reserved", "savings_plan", "commi
 assert set(PurchaseOption.__args__) == set(PURCHASE_OPTIONS)  # type: ignore[attr-defined]
 
 
-class CloudOfferConfig(_Strict):
+class CloudOfferConfig(StrictModel):
     provider: Literal["aws", "gcp", "azure", "other"]
     region: str
     instance_type: str
@@ -221,7 +223,7 @@ class CloudOfferConfig(_Strict):
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
-class WorkloadRule(_Strict):
+class WorkloadRule(StrictModel):
     match: dict[str, str] = Field(min_length=1, description="label -> glob, all must match")
     workload: str = Field(min_length=1, description="name template, e.g. '{k8s_namespace}'")
     team: str = Field(default="", description="team name template, e.g. 'ml' or '{team}'")
@@ -238,7 +240,7 @@ class WorkloadRule(_Strict):
         return fill(self.workload), fill(self.team)
 
 
-class GpuInstanceTypeConfig(_Strict):
+class GpuInstanceTypeConfig(StrictModel):
     provider: Literal["aws", "gcp", "azure", "other"]
     instance_type: str = Field(min_length=1)
     gpu_model: str
@@ -250,7 +252,7 @@ class GpuInstanceTypeConfig(_Strict):
 MAX_EVIDENCE_WINDOWS = 20_000  # windows a stream keeps per workload for the longest evidence horizon
 
 
-class EvidenceHours(_Strict):
+class EvidenceHours(StrictModel):
     """Hours of consecutive windows a crossing must hold before each kind of decision (and at least the
     dwell); a withdrawal ("stay") needs as long as the recommendation it withdraws."""
 
@@ -263,7 +265,7 @@ class EvidenceHours(_Strict):
         description="buying hardware is a multi-year commitment: a week by default")
 
 
-class ThresholdsConfig(_Strict):
+class ThresholdsConfig(StrictModel):
     margin_pct: Amount = Field(default=Decimal(10), ge=0, lt=1000)
     dwell_windows: int = Field(default=3, ge=1)
     window_seconds: int = Field(default=900, ge=1)
@@ -289,7 +291,7 @@ class ThresholdsConfig(_Strict):
                           evidence_hours=self.evidence_hours.model_dump())
 
 
-class AlertRoute(_Strict):
+class AlertRoute(StrictModel):
     name: str = Field(min_length=1)
     audience: Literal["finance", "platform"]
     slack_webhook_url: SecretRef | None = Field(default=None, description="an incoming webhook")
@@ -307,7 +309,7 @@ class AlertRoute(_Strict):
         return self
 
 
-class AlertChecks(_Strict):
+class AlertChecks(StrictModel):
     """Alerts beyond breakeven crossings, evaluated by the alerter on the stored data (event time)."""
 
     interval_seconds: float = Field(default=60, gt=0, description="how often the checks run")
@@ -322,31 +324,31 @@ class AlertChecks(_Strict):
         default=10, gt=0, description="an on-prem host whose samples stopped this long ago; null: off")
 
 
-class AlertsConfig(_Strict):
+class AlertsConfig(StrictModel):
     routes: list[AlertRoute] = []
     dashboard_url: str | None = Field(default=None, description="base URL of Grafana, for links in alerts")
     checks: AlertChecks = AlertChecks()
 
 
-class NvmlCollectorConfig(_Strict):
+class NvmlCollectorConfig(StrictModel):
     interval_seconds: float = Field(default=30, gt=0)
     host: str | None = Field(default=None, description="node name to report; default: this machine's host name")
 
 
-class AwsAccount(_Strict):
+class AwsAccount(StrictModel):
     name: str = Field(min_length=1)
     regions: list[str] = Field(default=["us-east-1"], min_length=1)
     profile: str | None = Field(default=None, description="boto3 named profile; default: the standard chain")
     role_arn: str | None = Field(default=None, description="role to assume with STS for this account")
 
 
-class AwsExport(_Strict):
+class AwsExport(StrictModel):
     bucket: str = Field(min_length=1)
     prefix: str = ""
     format: Literal["focus", "cur2"] = "focus"
 
 
-class AwsCollectorConfig(_Strict):
+class AwsCollectorConfig(StrictModel):
     accounts: list[AwsAccount] = []
     endpoint_url: str | None = Field(default=None, description="override for every AWS API (VPC endpoint, tests)")
     pricing_endpoint_url: str | None = None
@@ -363,7 +365,7 @@ class AwsCollectorConfig(_Strict):
     price_refresh_seconds: float = Field(default=21600, gt=0)
 
 
-class GcpCollectorConfig(_Strict):
+class GcpCollectorConfig(StrictModel):
     catalog: bool = Field(default=True, description="GPU prices from the Cloud Billing Catalog")
     projects: list[str] = Field(default_factory=list, description="projects whose GPU VMs are listed")
     compute_endpoint: str = "https://compute.googleapis.com"
@@ -372,14 +374,14 @@ class GcpCollectorConfig(_Strict):
     poll_seconds: float = Field(default=300, gt=0)
 
 
-class DcgmCollectorConfig(_Strict):
+class DcgmCollectorConfig(StrictModel):
     urls: list[str] = Field(default_factory=list, description="dcgm-exporter endpoints, e.g. http://node-1:9400/metrics")
     urls_file: Path | None = Field(default=None, description="file of endpoints, one a line; re-read when it changes")
     interval_seconds: float = Field(default=30, gt=0, description="dcgm-exporter collects every 30 s by default")
     timeout_seconds: float = Field(default=10, gt=0)
 
 
-class PrometheusCollectorConfig(_Strict):
+class PrometheusCollectorConfig(StrictModel):
     url: str | None = Field(default=None, description="Prometheus base URL, e.g. http://prometheus:9090")
     step_seconds: float = Field(default=30, gt=0, description="sample interval read back from Prometheus")
     lookback_seconds: float = Field(default=3600, gt=0, description="how far back the first run starts")
@@ -389,14 +391,14 @@ class PrometheusCollectorConfig(_Strict):
     match: str = Field(default="", description="extra label matchers for every query, e.g. 'cluster=\"prod\"'")
 
 
-class KubernetesConfig(_Strict):
+class KubernetesConfig(StrictModel):
     enabled: bool = Field(default=False, description="enrich pod labels from the Kubernetes API (collect dcgm, "
                           "collect prometheus): namespace, pod labels as k8s_label_<key>, owner")
     api_url: str | None = Field(default=None, description="API server URL; default: in-cluster, else kubeconfig")
     watch_timeout_seconds: int = Field(default=300, gt=0)
 
 
-class CollectorsConfig(_Strict):
+class CollectorsConfig(StrictModel):
     nvml: NvmlCollectorConfig = NvmlCollectorConfig()
     dcgm: DcgmCollectorConfig = DcgmCollectorConfig()
     prometheus: PrometheusCollectorConfig = PrometheusCollectorConfig()
@@ -405,7 +407,7 @@ class CollectorsConfig(_Strict):
     gcp: GcpCollectorConfig = GcpCollectorConfig()
 
 
-class Config(_Strict):
+class Config(StrictModel):
     state_dir: Path = DEFAULT_STATE_DIR
     kafka: KafkaConfig = KafkaConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -507,7 +509,7 @@ class Config(_Strict):
 _SECRET_FIELD = re.compile(r"password|secret|token|webhook|dsn|credential|api_key", re.IGNORECASE)
 
 
-def _format_errors(source: str, err: ValidationError, what: str = "configuration") -> str:
+def format_validation_errors(source: str, err: ValidationError, what: str = "configuration") -> str:
     lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         loc = ""
@@ -586,7 +588,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_validation_errors(source, exc)) from None
 
 
 def resolve_config(path: str | None, state_dir: str | None = None) -> Config:

@@ -36,6 +36,6 @@ from .rates import (
     throughput_factor,
 )
 from .tco import TcoResult, payback_months, tco, usd_per_month, usd_per_year
-from .usage import IDLE_WORKLOAD, GpuReading, LateSample, Rental, ResourceWindows, Usage, UsageKey, add_rented_time
+from .usage import IDLE_WORKLOAD, AttributedGpu, LateSample, Rental, ResourceWindows, Usage, UsageKey, add_rented_time
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -79,7 +79,7 @@ class Usage:
         return cls(*values)
 
 
-class GpuReading(NamedTuple):
+class AttributedGpu(NamedTuple):
     """One GPU (or one MIG instance of it) in one sample, already attributed to its workloads."""
 
     gpu_class: str
@@ -92,13 +92,13 @@ class GpuReading(NamedTuple):
     measured_pct: tuple[float | None, ...] = ()  # per workload, its measured share of the GPU's work
 
 
-def gpu_charges(interval_ms: int, gpus: Iterable[GpuReading]) -> list[tuple[str, Charge]]:
+def gpu_charges(interval_ms: int, gpus: Iterable[AttributedGpu]) -> list[tuple[str, Charge]]:
     """Each physical GPU's charges, with its class: a whole GPU alone, a MIG GPU's instances together.
 
     Energy is the metered ``energy_mj`` when present, else measured power over the interval.
     Raise SharingError when the readings of one GPU cannot be split.
     """
-    groups: dict[object, list[GpuReading]] = {}
+    groups: dict[object, list[AttributedGpu]] = {}
     for n, gpu in enumerate(gpus):
         groups.setdefault(("mig", gpu.gpu) if gpu.gpu else n, []).append(gpu)
     out: list[tuple[str, Charge]] = []
@@ -138,7 +138,7 @@ class ResourceWindows:
         window_ms: int,
         environment: str,
         resource: str,
-        gpus: Iterable[GpuReading],
+        gpus: Iterable[AttributedGpu],
     ) -> bool:
         """Add one sample; return False when it is a replay of one already counted."""
         if ts_ms <= self.last_ts_ms:

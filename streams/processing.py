@@ -13,8 +13,8 @@ from contracts.config import Config
 from contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
 from costmodel import (
     IDLE_WORKLOAD,
+    AttributedGpu,
     CrossingState,
-    GpuReading,
     LateSample,
     Market,
     PriceBook,
@@ -122,7 +122,7 @@ class UsageProcessor:
             for share in gpu.workloads:
                 state.allow_spot[share.workload] = share.allow_spot
             readings.append(
-                GpuReading(gpu.gpu_class, gpu.utilization_pct, gpu.power_mw,
+                AttributedGpu(gpu.gpu_class, gpu.utilization_pct, gpu.power_mw,
                            tuple((s.workload, s.team) for s in gpu.workloads), gpu.parent_uuid,
                            gpu.compute_fraction, gpu.energy_mj, tuple(s.utilization_pct for s in gpu.workloads))
             )

@@ -9,7 +9,7 @@ from costmodel import (
     CloudOffer,
     CostModelError,
     CrossingState,
-    GpuReading,
+    AttributedGpu,
     Market,
     OnPremGpuCost,
     ResourceWindows,
@@ -160,7 +160,7 @@ def test_invalid_inputs_name_the_field_and_value(field, value, message):
 
 
 def _reading(util, power_mw=None, workloads=(("train", "ml"),)):
-    return GpuReading("A100", util, power_mw, workloads)
+    return AttributedGpu("A100", util, power_mw, workloads)
 
 
 def test_usage_windows_count_busy_and_allocated_time_exactly_and_ignore_replays():
