@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import NamedTuple
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
 from .rates import CloudOffer, OnPremGpuCost, throughput_factor
@@ -328,20 +329,32 @@ class Thresholds:
         return max(self.dwell_windows, -(-longest // window_ms) if window_ms else 0)
 
 
+class EvidenceWindow(NamedTuple):
+    """One window of a streak, as the table keeps it (amounts in micro-dollars, the storage
+    precision; a plain list of integers in the table's JSON)."""
+
+    cost_umicro: int  # where the workload runs
+    alternative_umicro: int  # in the other environment
+    busy_gpu_ms: int
+    allocated_gpu_ms: int
+    window_ms: int
+    coverage_umicro: int
+    gpus_needed: int
+
+
 @dataclass
 class CrossingState:
     """Per (workload, environment) hysteresis state, small enough for a table value.
 
     ``recent`` holds the consecutive windows on the current streak, at most what the longest
-    evidence horizon needs: ``[cost_umicro, alternative_cost_umicro, busy_gpu_ms, allocated_gpu_ms,
-    window_ms, coverage_umicro, gpus_needed]`` each (amounts in micro-dollars, the storage precision).
-    Before a move is recommended the streak is of one alternative kind (``streak_kind``).
+    evidence horizon needs.  Before a move is recommended the streak is of one alternative kind
+    (``streak_kind``).
     """
 
     moved: bool = False  # a move to the other environment is currently recommended
     moved_kind: str = ""  # the kind of that recommendation (what a "stay" withdraws)
     streak_kind: str = ""
-    recent: list[list[int]] = field(default_factory=list)
+    recent: list[EvidenceWindow] = field(default_factory=list)
     trend_sent: bool = False  # the trending notice of the current streak was emitted
     last_window_start_ms: int = -1
 
@@ -350,7 +363,7 @@ class CrossingState:
             "moved": self.moved,
             "moved_kind": self.moved_kind,
             "streak_kind": self.streak_kind,
-            "recent": self.recent,
+            "recent": [list(w) for w in self.recent],
             "trend_sent": self.trend_sent,
             "last_window_start_ms": self.last_window_start_ms,
         }
@@ -365,7 +378,7 @@ class CrossingState:
             moved=bool(data["moved"]),
             moved_kind=str(data["moved_kind"]),
             streak_kind=str(data["streak_kind"]),
-            recent=[list(map(int, r)) for r in data["recent"]],
+            recent=[EvidenceWindow(*map(int, r)) for r in data["recent"]],
             trend_sent=bool(data["trend_sent"]),
             last_window_start_ms=int(data["last_window_start_ms"]),
         )
@@ -402,11 +415,11 @@ def _usd(umicro: int) -> Decimal:
     return Decimal(umicro) * MICRO
 
 
-def _evidence(recent: list[list[int]], dwell_windows: int, evidence_ms: int) -> list[list[int]] | None:
+def _evidence(recent: list[EvidenceWindow], dwell_windows: int, evidence_ms: int) -> list[EvidenceWindow] | None:
     """The fewest trailing windows that make at least the dwell and span the horizon, or None."""
     span_ms = 0
     for n, entry in enumerate(reversed(recent), start=1):
-        span_ms += entry[4]
+        span_ms += entry.window_ms
         if n >= dwell_windows and span_ms >= evidence_ms:
             return recent[-n:]
     return None
@@ -444,8 +457,8 @@ def evaluate(
     if not crossing:
         state.reset_streak(state.streak_kind)
         return None
-    state.recent.append([_umicro(current), _umicro(alt), window.busy_gpu_ms, window.allocated_gpu_ms,
-                         window.window_ms, _umicro(window.coverage), alternative.gpus_needed])
+    state.recent.append(EvidenceWindow(_umicro(current), _umicro(alt), window.busy_gpu_ms, window.allocated_gpu_ms,
+                                       window.window_ms, _umicro(window.coverage), alternative.gpus_needed))
     del state.recent[:-thresholds.max_windows(window.window_ms)]
 
     if state.moved:
@@ -485,15 +498,15 @@ class _Totals:
     gpus_needed: int
 
     @classmethod
-    def of(cls, evidence: list[list[int]]) -> "_Totals":
+    def of(cls, evidence: list[EvidenceWindow]) -> "_Totals":
         return cls(
-            current_usd=_usd(sum(e[0] for e in evidence)),
-            alternative_usd=_usd(sum(e[1] for e in evidence)),
-            busy_gpu_ms=sum(e[2] for e in evidence),
-            allocated_gpu_ms=sum(e[3] for e in evidence),
-            span_ms=sum(e[4] for e in evidence),
-            confidence=_usd(sum(e[5] for e in evidence)) / len(evidence),
-            gpus_needed=max(e[6] for e in evidence),
+            current_usd=_usd(sum(e.cost_umicro for e in evidence)),
+            alternative_usd=_usd(sum(e.alternative_umicro for e in evidence)),
+            busy_gpu_ms=sum(e.busy_gpu_ms for e in evidence),
+            allocated_gpu_ms=sum(e.allocated_gpu_ms for e in evidence),
+            span_ms=sum(e.window_ms for e in evidence),
+            confidence=_usd(sum(e.coverage_umicro for e in evidence)) / len(evidence),
+            gpus_needed=max(e.gpus_needed for e in evidence),
         )
 
     @property
@@ -516,20 +529,20 @@ def _savings_range(per_window: list[Decimal], point: Decimal) -> tuple[Decimal, 
 
 
 def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
-                    evidence: list[list[int]], kind: str) -> Decision | None:
+                    evidence: list[EvidenceWindow], kind: str) -> Decision | None:
     t = _Totals.of(evidence)
     gpus = t.gpus_needed
     alt_total = t.alternative_usd
-    per_window_alt = [_usd(e[1]) for e in evidence]
+    per_window_alt = [_usd(e.alternative_umicro) for e in evidence]
     if alternative.kind == REPATRIATE_BUY:
         # what would really be bought: enough whole nodes for the busiest window, owned every hour
-        per_window_alt = [gpus * _hours(e[4]) * alternative.usd_per_gpu_hour for e in evidence]
+        per_window_alt = [gpus * _hours(e.window_ms) * alternative.usd_per_gpu_hour for e in evidence]
         alt_total = gpus * _hours(t.span_ms) * alternative.usd_per_gpu_hour
         if not t.current_usd > alt_total * (1 + thresholds.margin):
             return None  # the windows crossed one by one, but not against buying for the busiest of them
     monthly_savings = _monthly(t.current_usd - alt_total, t.span_ms)
     low, high = _savings_range(
-        [_monthly(_usd(e[0]) - a, e[4]) for e, a in zip(evidence, per_window_alt)], monthly_savings)
+        [_monthly(_usd(e.cost_umicro) - a, e.window_ms) for e, a in zip(evidence, per_window_alt)], monthly_savings)
     payback = alternative.payback_months(t.current_usd / _hours(t.span_ms), gpus)
     units = alternative.units(gpus)
     order = {
@@ -577,13 +590,14 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
 
 
 def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
-                evidence: list[list[int]]) -> Decision:
+                evidence: list[EvidenceWindow]) -> Decision:
     t = _Totals.of(evidence)
     withdrawn = state.moved_kind or alternative.kind
     state.moved, state.moved_kind = False, ""
     state.reset_streak()
     monthly_savings = _monthly(t.alternative_usd - t.current_usd, t.span_ms)
-    low, high = _savings_range([_monthly(_usd(e[1] - e[0]), e[4]) for e in evidence], monthly_savings)
+    low, high = _savings_range([_monthly(_usd(e.alternative_umicro - e.cost_umicro), e.window_ms) for e in evidence],
+                               monthly_savings)
     cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(t.alternative_usd)
     hours = _hours(t.span_ms)
     reason = (

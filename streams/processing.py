@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import NamedTuple
 
 from contracts.config import Config
 from contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
@@ -220,13 +221,23 @@ class UsageProcessor:
         )
 
 
+class ResourceWindow(NamedTuple):
+    """One resource's share of a workload's open window (a plain list in the table's JSON)."""
+
+    allocated_gpu_ms: int
+    busy_gpu_ms: int
+    cost_usd: str  # exact, as text
+    first_ms: int
+    last_ms: int
+    window_ms: int
+
+
 @dataclass
 class WorkloadState:
     """Table value of the decision agent, one per workload: open windows and hysteresis states (each with
     the windows of its current streak, at most the longest evidence horizon)."""
 
-    # "env|class|window_start" -> resource -> [allocated_ms, busy_ms, cost_usd, first_ms, last_ms, window_ms]
-    open: dict[str, dict[str, list]] = field(default_factory=dict)
+    open: dict[str, dict[str, ResourceWindow]] = field(default_factory=dict)  # "env|class|start" -> resource ->
     crossing: dict[str, CrossingState] = field(default_factory=dict)  # "env|class" -> state
     team: str = ""
     allow_spot: bool = False
@@ -234,7 +245,7 @@ class WorkloadState:
 
     def to_dict(self) -> dict:
         return {
-            "open": self.open,
+            "open": {key: {r: list(w) for r, w in resources.items()} for key, resources in self.open.items()},
             "crossing": {k: v.to_dict() for k, v in self.crossing.items()},
             "team": self.team,
             "allow_spot": self.allow_spot,
@@ -246,7 +257,8 @@ class WorkloadState:
         if not data:
             return cls()
         return cls(
-            open=data["open"],
+            open={key: {r: ResourceWindow(*w) for r, w in resources.items()}
+                  for key, resources in data["open"].items()},
             crossing={k: CrossingState.from_dict(v) for k, v in data["crossing"].items()},
             team=data["team"],
             allow_spot=data["allow_spot"],
@@ -371,9 +383,8 @@ class DecisionProcessor:
         state.team = cw.team
         state.allow_spot = cw.allow_spot
         key = f"{subject}|{cw.window_start_ms}"
-        state.open.setdefault(key, {})[cw.resource] = [
-            cw.allocated_gpu_ms, cw.busy_gpu_ms, str(cw.cost_usd), cw.first_ms, cw.last_ms, cw.window_ms,
-        ]
+        state.open.setdefault(key, {})[cw.resource] = ResourceWindow(
+            cw.allocated_gpu_ms, cw.busy_gpu_ms, str(cw.cost_usd), cw.first_ms, cw.last_ms, cw.window_ms)
         return True
 
     @staticmethod
@@ -402,7 +413,7 @@ class DecisionProcessor:
         ready = []
         for key, resources in state.open.items():
             env, gpu_class, start = key.rsplit("|", 2)
-            window_ms = next(iter(resources.values()))[5]
+            window_ms = next(iter(resources.values())).window_ms
             if int(start) + window_ms <= watermark_ms:
                 ready.append((int(start), env, gpu_class, key, window_ms))
         decisions = []
@@ -411,14 +422,14 @@ class DecisionProcessor:
             subject = f"{env}|{gpu_class}"
             state.closed_through_ms[subject] = max(state.closed_through_ms.get(subject, -1), start)
             coverage = sum(
-                (min(Decimal(1), Decimal(r[4] - r[3]) / window_ms) for r in resources.values()), Decimal(0)
+                (min(Decimal(1), Decimal(r.last_ms - r.first_ms) / window_ms) for r in resources.values()), Decimal(0)
             ) / len(resources)
             window = WorkloadWindow(
                 workload=workload, team=state.team, environment=env, gpu_class=gpu_class,
                 window_start_ms=start, window_ms=window_ms,
-                allocated_gpu_ms=sum(r[0] for r in resources.values()),
-                busy_gpu_ms=sum(r[1] for r in resources.values()),
-                cost_usd=sum((Decimal(r[2]) for r in resources.values()), Decimal(0)),
+                allocated_gpu_ms=sum(r.allocated_gpu_ms for r in resources.values()),
+                busy_gpu_ms=sum(r.busy_gpu_ms for r in resources.values()),
+                cost_usd=sum((Decimal(r.cost_usd) for r in resources.values()), Decimal(0)),
                 coverage=coverage,
             )
             idle = self.idle_gpus(clock, start) if clock is not None and env == "cloud" else None
