@@ -110,16 +110,16 @@ TABLES = {
 
 def cost_window_row(w: CostWindow) -> tuple:
     return (
-        utc_from_ms(w.window_start_ms), utc_from_ms(w.window_start_ms + w.window_ms), w.resource, w.workload, w.environment,
-        w.gpu_class, w.basis, w.team, w.provider, w.instance_type, w.purchase_option,
+        utc_from_ms(w.window_start_ms), utc_from_ms(w.window_start_ms + w.window_ms), w.resource, w.workload,
+        w.environment, w.gpu_class, w.basis, w.team, w.provider, w.instance_type, w.purchase_option,
         w.allocated_gpu_ms, w.busy_gpu_ms, w.energy_mj, w.sample_count, w.cost_usd, w.event_id,
     )
 
 
 def decision_row(d: BreakevenDecision) -> tuple:
     return (
-        d.event_id, utc_from_ms(d.window_end_ms), utc_from_ms(d.window_start_ms), d.workload, d.team, d.from_env, d.to_env, d.kind,
-        d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
+        d.event_id, utc_from_ms(d.window_end_ms), utc_from_ms(d.window_start_ms), d.workload, d.team, d.from_env,
+        d.to_env, d.kind, d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
         d.monthly_savings_usd, d.confidence, d.alternative_label, d.gpus_needed, d.reason, d.basis,
         d.payback_months, d.monthly_savings_low_usd, d.monthly_savings_high_usd, d.evidence_hours, d.nodes_needed,
         d.instances_needed,
@@ -147,8 +147,8 @@ def gpu_sample_rows(s: GpuSample) -> list[tuple]:
 
 def cost_line_row(c: CostLine) -> tuple:
     return (
-        utc_from_ms(c.charge_period_start_ms), c.event_id, utc_from_ms(c.charge_period_end_ms), c.provider, c.provider_name,
-        c.billing_account, utc_from_ms(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
+        utc_from_ms(c.charge_period_start_ms), c.event_id, utc_from_ms(c.charge_period_end_ms), c.provider,
+        c.provider_name, c.billing_account, utc_from_ms(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
         c.region, c.instance_type, c.gpu_class, c.gpus, c.source, c.export_version, c.billed_cost_usd,
         c.effective_cost_usd, Jsonb(c.tags), Jsonb(c.extra),
     )
@@ -177,8 +177,8 @@ def price_row(p: PriceUpdate) -> tuple:
 def live_instance_row(s: LiveSpend) -> tuple:
     return (s.instance_id, utc_from_ms(s.ts_ms), s.provider, s.region, s.instance_type, s.purchase_option, s.workload,
             s.team, s.gpu_class, s.gpus, s.state, s.usd_per_hour,
-            utc_from_ms(s.running_since_ms) if s.running_since_ms else None, utc_from_ms(s.ends_at_ms) if s.ends_at_ms else None,
-            s.event_id)
+            utc_from_ms(s.running_since_ms) if s.running_since_ms else None,
+            utc_from_ms(s.ends_at_ms) if s.ends_at_ms else None, s.event_id)
 
 
 class Batch:

@@ -368,3 +368,32 @@ def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
         assert probe() == [(f"lag-{topic_prefix}", topics.decisions, 0, 5 - seen)]
     finally:
         probe.close()
+
+
+def test_every_sink_table_spec_names_the_columns_the_migrations_create_and_its_rows_fill_them(database):
+    """The sink's column tuples and the ``*_row`` builders are matched by position: a migration that
+    adds or renames a column, or a builder that forgets one, fails here."""
+    from storage.sink import TABLES, decision_row, live_instance_row, price_row
+    from tests.test_event_contracts import EXAMPLES
+
+    migrate(database)
+    with psycopg.connect(database) as conn:
+        for table, spec in TABLES.items():
+            in_db = {c for (c,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,))}
+            missing = set(spec.columns) - in_db
+            assert not missing, f"{table}: the sink writes columns the schema lacks: {sorted(missing)}"
+            defaulted = {c for (c,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+                " AND (column_default IS NOT NULL OR is_nullable = 'YES')", (table,))}
+            unwritten = in_db - set(spec.columns) - defaulted
+            assert not unwritten, f"{table}: required columns the sink never writes: {sorted(unwritten)}"
+    from storage.sink import cost_line_row, dead_letter_row
+
+    builders = {"cost_windows": (cost_window_row, "CostWindow"), "decisions": (decision_row, "BreakevenDecision"),
+                "gpu_samples": (lambda e: gpu_sample_rows(e)[0], "GpuSample"), "prices": (price_row, "PriceUpdate"),
+                "live_instances": (live_instance_row, "LiveSpend"), "cost_lines": (cost_line_row, "CostLine"),
+                "dead_letters": (dead_letter_row, "DeadLetter")}
+    assert set(builders) == set(TABLES)
+    for table, (build, record) in builders.items():
+        assert len(build(EXAMPLES[record])) == len(TABLES[table].columns), table
