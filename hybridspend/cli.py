@@ -43,6 +43,9 @@ def _dec(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not value.is_finite():
             raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        if (value and value.adjusted() >= 12) or not -12 <= value.as_tuple().exponent <= 12:
+            raise argparse.ArgumentTypeError(f"{name} must be below 1e12 with at most 12 decimal places, "
+                                             f"got {text[:40]!r}")  # checked before any arithmetic
         return value
 
     return parse
@@ -61,8 +64,14 @@ def cmd_tco(args) -> int:
         cloud_usd_per_gpu_hour=args.cloud_usd_per_gpu_hour, utilization=args.utilization, gpus=args.gpus,
     )
     values = result.as_dict()
+    table = _tco_options(args, result)
     if args.json:
         out = {k: (float(micro(v)) if isinstance(v, Decimal) else v) for k, v in values.items()}
+        if table is not None:
+            out["options"] = [{"option": r.option, "total_usd": float(micro(r.total_usd)),
+                               "npv_usd": float(micro(r.npv_usd)), "breakeven_month": r.breakeven_month}
+                              for r in table.results]
+            out["cheapest_option"] = table.cheapest.option
         print(json.dumps(out, indent=2))
         return 0
     rows = [
@@ -83,7 +92,44 @@ def cmd_tco(args) -> int:
         shown = "never (cloud costs no more than opex)" if value is None else f"{value:,.4f}"
         print(f"{label:<{width}}  {shown:>16}  {unit if value is not None else ''}")
     print(f"{'cheaper at this utilization':<{width}}  {result.cheaper_env:>16}")
+    if table is not None:
+        _print_options(args, table)
     return 0
+
+
+def _tco_options(args, result):
+    """The options table, when any option flag is given (None otherwise: the output is as before)."""
+    from costmodel.options import calculator_options
+
+    wanted = (args.horizon_months, args.discount_rate_pct, args.commitment_usd_per_gpu_hour,
+              args.commitment_term_months, args.one_time_usd)
+    if all(v is None for v in wanted):
+        return None
+    if (args.commitment_usd_per_gpu_hour is None) != (args.commitment_term_months is None):
+        raise UsageError("--commitment-usd-per-gpu-hour and --commitment-term-months go together")
+    return calculator_options(
+        gpus=args.gpus, utilization=args.utilization, cloud_usd_per_gpu_hour=args.cloud_usd_per_gpu_hour,
+        gpu_price_usd=args.gpu_price_usd,
+        opex_usd_per_gpu_hour=result.energy_usd_per_gpu_hour + result.upkeep_usd_per_gpu_hour,
+        horizon_months=args.horizon_months or args.amortization_months,
+        annual_rate=(args.discount_rate_pct if args.discount_rate_pct is not None else Decimal(8)) / 100,
+        commitment_usd_per_gpu_hour=args.commitment_usd_per_gpu_hour,
+        commitment_term_months=args.commitment_term_months, one_time_usd=args.one_time_usd or Decimal(0))
+
+
+def _print_options(args, table) -> None:
+    horizon = args.horizon_months or args.amortization_months
+    rate = args.discount_rate_pct if args.discount_rate_pct is not None else Decimal(8)
+    print(f"\noptions over {horizon} months, present values at {rate}% a year")
+    print(f"{'option':<28} {'up front $':>14} {'a month $':>12} {'total $':>16} {'present value $':>16}  overtakes")
+    for r in table.results:
+        name = {"commitment": f"commitment ({r.term_months}-month term)", "buy": f"buy {r.quantity} GPUs"}.get(
+            r.option, "on demand (busy hours)")
+        overtakes = "-" if r.option == "on_demand" else (
+            f"month {r.breakeven_month}" if r.breakeven_month is not None else "never")
+        print(f"{name:<28} {r.upfront_usd:>14,.2f} {r.monthly_usd:>12,.2f} {r.total_usd:>16,.2f} "
+              f"{r.npv_usd:>16,.2f}  {overtakes}")
+    print(f"cheapest by present value: {table.cheapest.option}")
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -615,6 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utilization", type=_dec("--utilization"), required=True,
                    help="busy GPU-hours / allocated GPU-hours, in (0, 1]")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    g = p.add_argument_group("options over a horizon (any of these adds the table: on demand, a commitment, buying)")
+    g.add_argument("--horizon-months", type=int, metavar="H", help="months compared (default: --amortization-months)")
+    g.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"), metavar="R",
+                   help="annual cost of capital for present values, percent (default 8)")
+    g.add_argument("--commitment-usd-per-gpu-hour", type=_dec("--commitment-usd-per-gpu-hour"), metavar="K",
+                   help="a reserved instance, savings plan or committed-use rate per GPU-hour, paid for all hours")
+    g.add_argument("--commitment-term-months", type=int, metavar="T", help="the commitment's term (12, 36, ...)")
+    g.add_argument("--one-time-usd", type=_dec("--one-time-usd"), metavar="O",
+                   help="one-time cost of moving to owned GPUs (data egress, migration work), at month 0")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_tco)
 

@@ -71,12 +71,12 @@ def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
     import signal
     import subprocess
     import sys
-    import time
 
     import psutil
     import yaml
 
     from hybridspend.stress import CPU_LOAD_MARKER
+    from tests.conftest import wait_until
 
     data = yaml.safe_load(SCENARIO.read_text())
     data["hours"] = 4
@@ -92,10 +92,12 @@ def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
             lines.append(line)
             if line.startswith("run 1/3"):
                 break
-        time.sleep(3)
-        started = psutil.Process(proc.pid).children(recursive=True)
-        assert any(CPU_LOAD_MARKER in " ".join(p.cmdline()) for p in started), "".join(lines)
-        assert len(started) >= 4  # broker, database, a worker, the sink, the busy process
+        def under_way() -> list | None:  # broker, database, a worker, the sink, the busy process
+            children = psutil.Process(proc.pid).children(recursive=True)
+            busy = any(CPU_LOAD_MARKER in " ".join(p.cmdline()) for p in children)
+            return children if busy and len(children) >= 4 else None
+
+        started = wait_until(under_way, 60, f"the run's services and busy process ({''.join(lines)})", interval_s=0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:

@@ -54,3 +54,46 @@ def test_invalid_input_exits_non_zero_with_a_clear_message(bad, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tco_options_over_a_horizon_answer_the_savings_plan_question():
+    # the seed figures for 4 GPUs busy 70 %, against a 3-year commitment at 2.46 (40 % off 4.10):
+    #   on demand   4.10 x 730 x 0.7 x 4 = 8,380.40 a month; x 36 = 301,694.40
+    #   commitment  2.46 x 730 x 4       = 7,183.20 a month; x 36 = 258,595.20; below on demand from month 1
+    #   buy         30,000 x 4 = 120,000 up front; opex (0.072 + 2900/8760) x 730 x 4 = 1,176.9067 a month:
+    #               120,000 + 36 x 1,176.9067 = 162,368.64; overtakes on demand when
+    #               120,000 + 1,176.9067 m <= 8,380.40 m: m >= 16.66 -> month 17
+    proc = tco(*SEED, "--utilization", "0.7", "--gpus", "4", "--horizon-months", "36", "--discount-rate-pct", "0",
+               "--commitment-usd-per-gpu-hour", "2.46", "--commitment-term-months", "36", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [set(o) for o in out["options"]] == [{"option", "total_usd", "npv_usd", "breakeven_month"}] * 3
+    by = {o["option"]: o for o in out["options"]}
+    assert by["on_demand"]["total_usd"] == 301_694.4 and by["commitment"]["total_usd"] == 258_595.2
+    assert round(by["buy"]["total_usd"], 2) == 162_368.64
+    assert (by["commitment"]["breakeven_month"], by["buy"]["breakeven_month"]) == (1, 17)
+    assert all(o["npv_usd"] == o["total_usd"] for o in out["options"])  # 0 %: present value is the total
+    assert out["cheapest_option"] == "buy"
+    # at 8 % the purchase still wins, with every present value below its total
+    at8 = json.loads(tco(*SEED, "--utilization", "0.7", "--gpus", "4", "--horizon-months", "36",
+                         "--commitment-usd-per-gpu-hour", "2.46", "--commitment-term-months", "36", "--json").stdout)
+    assert all(o["npv_usd"] < o["total_usd"] for o in at8["options"]) and at8["cheapest_option"] == "buy"
+    # a month of egress and migration work, 40,000 USD, delays the purchase's crossover:
+    # 160,000 / (8,380.40 - 1,176.9067) = 22.21 -> month 23
+    moved = json.loads(tco(*SEED, "--utilization", "0.7", "--gpus", "4", "--horizon-months", "36",
+                           "--one-time-usd", "40000", "--json").stdout)
+    assert {o["option"]: o["breakeven_month"] for o in moved["options"]}["buy"] == 23
+    text = tco(*SEED, "--utilization", "0.7", "--gpus", "4", "--commitment-usd-per-gpu-hour", "2.46",
+               "--commitment-term-months", "36")
+    assert "options over 36 months, present values at 8% a year" in text.stdout
+    assert "commitment (36-month term)" in text.stdout and "month 17" in text.stdout
+    assert text.stdout.rstrip().endswith("cheapest by present value: buy")
+
+
+def test_tco_without_option_flags_prints_what_it_did_and_refuses_hostile_numbers():
+    plain = json.loads(tco(*SEED, "--utilization", "0.7", "--json").stdout)
+    assert "options" not in plain and "cheapest_option" not in plain
+    half = tco(*SEED, "--utilization", "0.7", "--commitment-usd-per-gpu-hour", "2")
+    assert half.returncode == 2 and "go together" in half.stderr
+    bad = tco(*SEED[:1], "1e999999999", *SEED[2:], "--utilization", "0.7")
+    assert bad.returncode == 2 and "must be below 1e12" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,195 @@
+"""Options over a horizon: what each way of running a workload pays month by month, its total, its
+present value and the month it overtakes staying as it runs.
+
+Cash-flow convention, the same everywhere:
+
+    purchases and one-time costs        at month 0
+    every monthly amount                at the end of months 1..H
+    discount factor of month m          (1 + r) ** (-m / 12)       r: the annual cost of capital
+    a month                             730 hours
+
+    total_usd        = upfront_usd + sum(monthly_usd[1..H])
+    npv_usd          = upfront_usd + sum(monthly_usd[m] * (1 + r) ** (-m / 12), m = 1..H)
+    breakeven_month  = the first m in 1..H at which the option's undiscounted cumulative cost is at
+                       most the baseline's (staying as it runs); None if none
+
+Sizing to the demand floor (``size_to_demand``): a commitment or a purchase covers a whole number of
+units (instances, nodes) every hour, used or not; demand above what is covered runs at the current
+price.  The quantity chosen is the one, from 0 to what covers the peak, with the lowest present
+value against the workload's hourly demand profile repeated over the horizon: a bursty workload
+gets its floor covered and its burst left where it runs, a steady one gets all of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Sequence
+
+from .money import HOURS_PER_MONTH, ZERO
+from .rates import CostModelError
+
+ON_DEMAND = "on_demand"
+COMMITMENT = "commitment"
+BUY = "buy"
+
+
+def discount_factor(month: int, annual_rate: Decimal) -> Decimal:
+    """(1 + r) ** (-m / 12): what a dollar paid at the end of month ``m`` is worth at month 0."""
+    if annual_rate <= -1:
+        raise CostModelError(f"annual_rate must be > -1 (a fraction, 0.08 for 8 %), got {annual_rate}")
+    return (1 + annual_rate) ** (Decimal(-month) / 12)
+
+
+def annuity_factor(horizon_months: int, annual_rate: Decimal) -> Decimal:
+    """The present value of 1 USD paid at the end of each of months 1..H."""
+    return sum((discount_factor(m, annual_rate) for m in range(1, horizon_months + 1)), ZERO)
+
+
+@dataclass(frozen=True)
+class CashFlows:
+    """One option's payments: ``upfront_usd`` at month 0, ``monthly_usd`` at the end of each of
+    months 1..H (the same every month: demand is the measured profile, repeated)."""
+
+    option: str
+    upfront_usd: Decimal
+    monthly_usd: Decimal
+    horizon_months: int
+    quantity: int | None = None  # units covered (instances committed, nodes bought); None: not sized
+    unit: str = ""
+    term_months: int | None = None  # a commitment's term; it renews at the same rate within the horizon
+
+    def cumulative_usd(self, month: int) -> Decimal:
+        """Undiscounted, through the end of ``month``."""
+        return self.upfront_usd + self.monthly_usd * month
+
+    @property
+    def total_usd(self) -> Decimal:
+        return self.cumulative_usd(self.horizon_months)
+
+    def npv_usd(self, annual_rate: Decimal) -> Decimal:
+        return self.upfront_usd + self.monthly_usd * annuity_factor(self.horizon_months, annual_rate)
+
+    def breakeven_month(self, baseline: CashFlows) -> int | None:
+        """The first month 1..H at which this option has cost at most ``baseline``, or None."""
+        for month in range(1, self.horizon_months + 1):
+            if self.cumulative_usd(month) <= baseline.cumulative_usd(month):
+                return month
+        return None
+
+
+@dataclass(frozen=True)
+class OptionResult:
+    option: str
+    quantity: int | None
+    unit: str
+    term_months: int | None
+    upfront_usd: Decimal
+    monthly_usd: Decimal
+    total_usd: Decimal
+    npv_usd: Decimal
+    breakeven_month: int | None
+
+
+def compare(options: Sequence[CashFlows], baseline: CashFlows, annual_rate: Decimal) -> list[OptionResult]:
+    """Each option's horizon total, present value and breakeven month against ``baseline``."""
+    horizons = {o.horizon_months for o in options} | {baseline.horizon_months}
+    if len(horizons) != 1:
+        raise CostModelError(f"options over different horizons cannot be compared: {sorted(horizons)} months")
+    return [OptionResult(o.option, o.quantity, o.unit, o.term_months, o.upfront_usd, o.monthly_usd, o.total_usd,
+                         o.npv_usd(annual_rate), o.breakeven_month(baseline)) for o in options]
+
+
+def cheapest(results: Sequence[OptionResult]) -> OptionResult:
+    """The option with the lowest present value (the first listed on a tie)."""
+    return min(results, key=lambda r: r.npv_usd)
+
+
+def _check_horizon(horizon_months: int) -> None:
+    if not 1 <= horizon_months <= 600:
+        raise CostModelError(f"horizon_months must be from 1 to 600, got {horizon_months}")
+
+
+def size_to_demand(
+    *,
+    option: str,
+    unit: str,
+    demand_gpus_by_hour: Sequence[Decimal],
+    gpus_per_unit: int,
+    upfront_usd_per_unit: Decimal,
+    covered_usd_per_unit_hour: Decimal,
+    uncovered_usd_per_gpu_hour: Decimal,
+    horizon_months: int,
+    annual_rate: Decimal,
+    term_months: int | None = None,
+    one_time_usd: Decimal = ZERO,
+) -> CashFlows:
+    """The quantity of units, from 0 to what covers the peak, with the lowest present value.
+
+    Every hour, ``q`` units cost ``q * covered_usd_per_unit_hour`` (used or not) and the demand
+    above ``q * gpus_per_unit`` GPUs costs ``uncovered_usd_per_gpu_hour`` each; a month is the
+    profile's mean hour x 730.  ``q`` units also pay ``q * upfront_usd_per_unit`` and, when
+    ``q > 0``, ``one_time_usd`` (moving the workload) at month 0.  On a tie the smaller quantity wins.
+    """
+    _check_horizon(horizon_months)
+    if not demand_gpus_by_hour:
+        raise CostModelError("demand_gpus_by_hour is empty: no measured hours to size against")
+    if gpus_per_unit <= 0:
+        raise CostModelError(f"gpus_per_unit must be > 0, got {gpus_per_unit}")
+    if any(d < 0 for d in demand_gpus_by_hour):
+        raise CostModelError("demand_gpus_by_hour must be >= 0 every hour")
+    hours = Decimal(len(demand_gpus_by_hour))
+    peak = max(demand_gpus_by_hour)
+    most = math.ceil(peak / gpus_per_unit)  # units that cover the peak
+    annuity = annuity_factor(horizon_months, annual_rate)
+    best: CashFlows | None = None
+    best_pv = ZERO
+    for quantity in range(most + 1):
+        covered_gpus = quantity * gpus_per_unit
+        uncovered_gpu_hours = sum((d - covered_gpus for d in demand_gpus_by_hour if d > covered_gpus), ZERO)
+        monthly = (quantity * covered_usd_per_unit_hour
+                   + uncovered_gpu_hours / hours * uncovered_usd_per_gpu_hour) * HOURS_PER_MONTH
+        upfront = quantity * upfront_usd_per_unit + (one_time_usd if quantity else ZERO)
+        pv = upfront + monthly * annuity
+        if best is None or pv < best_pv:
+            best, best_pv = CashFlows(option, upfront, monthly, horizon_months, quantity, unit, term_months), pv
+    assert best is not None
+    return best
+
+
+@dataclass(frozen=True)
+class CalculatorOptions:
+    """The `hybridspend tco` options table: ``gpus`` GPUs busy ``utilization`` of the hours."""
+
+    results: list[OptionResult]
+    cheapest: OptionResult
+
+
+def calculator_options(
+    *,
+    gpus: int,
+    utilization: Decimal,
+    cloud_usd_per_gpu_hour: Decimal,
+    gpu_price_usd: Decimal,
+    opex_usd_per_gpu_hour: Decimal,
+    horizon_months: int,
+    annual_rate: Decimal,
+    commitment_usd_per_gpu_hour: Decimal | None = None,
+    commitment_term_months: int | None = None,
+    one_time_usd: Decimal = ZERO,
+) -> CalculatorOptions:
+    """On-demand pays C x 730 x X x N a month (busy hours only); a commitment K x 730 x N (all N
+    GPUs, all hours); buying P x N at month 0 plus (energy + upkeep) x 730 x N a month, and the
+    one-time cost O of moving at month 0."""
+    _check_horizon(horizon_months)
+    n = Decimal(gpus)
+    stay = CashFlows(ON_DEMAND, ZERO, cloud_usd_per_gpu_hour * HOURS_PER_MONTH * utilization * n, horizon_months)
+    options = [stay]
+    if commitment_usd_per_gpu_hour is not None:
+        options.append(CashFlows(COMMITMENT, ZERO, commitment_usd_per_gpu_hour * HOURS_PER_MONTH * n, horizon_months,
+                                 gpus, "GPU", commitment_term_months))
+    options.append(CashFlows(BUY, gpu_price_usd * n + one_time_usd, opex_usd_per_gpu_hour * HOURS_PER_MONTH * n,
+                             horizon_months, gpus, "GPU"))
+    results = compare(options, stay, annual_rate)
+    return CalculatorOptions(results, cheapest(results))

@@ -1,0 +1,145 @@
+"""Options over a horizon: hand-computed totals, present values, crossover months and sizing."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmodel.options import (
+    BUY,
+    COMMITMENT,
+    ON_DEMAND,
+    CashFlows,
+    annuity_factor,
+    calculator_options,
+    discount_factor,
+    size_to_demand,
+)
+from costmodel.rates import CostModelError
+
+
+def _annuity_closed_form(months: int, annual_rate: D) -> D:
+    # v = (1 + r)^(-1/12); sum of v^m for m = 1..H = v (1 - v^H) / (1 - v)
+    v = (1 + annual_rate) ** (D(-1) / 12)
+    return v * (1 - v ** months) / (1 - v)
+
+
+def _by(results):
+    return {r.option: r for r in results}
+
+
+def test_cheap_power_and_high_utilization_make_buying_the_cheapest_and_it_overtakes_in_month_19():
+    # 8 GPUs busy 60 %: on-demand 4 x 730 x 0.6 x 8 = 14,016 a month; a commitment at 2.00 pays
+    # 2 x 730 x 8 = 11,680 a month; buying pays 30,000 x 8 = 240,000 at month 0 and opex
+    # 0.20 x 730 x 8 = 1,168 a month.  Over 36 months: 504,576; 420,480; 240,000 + 42,048 = 282,048.
+    # Buying overtakes when 240,000 + 1,168 m <= 14,016 m: m >= 18.68, so month 19.
+    table = calculator_options(gpus=8, utilization=D("0.6"), cloud_usd_per_gpu_hour=D(4), gpu_price_usd=D(30_000),
+                               opex_usd_per_gpu_hour=D("0.2"), horizon_months=36, annual_rate=D(0),
+                               commitment_usd_per_gpu_hour=D(2), commitment_term_months=36)
+    by = _by(table.results)
+    assert [r.option for r in table.results] == [ON_DEMAND, COMMITMENT, BUY]
+    assert (by[ON_DEMAND].total_usd, by[COMMITMENT].total_usd, by[BUY].total_usd) == (504_576, 420_480, 282_048)
+    assert (by[ON_DEMAND].breakeven_month, by[COMMITMENT].breakeven_month, by[BUY].breakeven_month) == (1, 1, 19)
+    assert table.cheapest.option == BUY and by[BUY].npv_usd == 282_048  # at 0 % the present value is the total
+
+
+def test_a_steady_workload_with_costly_ownership_is_cheapest_on_a_3_year_commitment_at_8_percent():
+    # busy every hour: on-demand 4 x 730 x 8 = 23,360 a month; commitment 2.40 x 730 x 8 = 14,016;
+    # buying 60,000 x 8 = 480,000 up front and 1.00 x 730 x 8 = 5,840 a month.
+    # At 8 %: A = sum (1.08)^(-m/12), m = 1..36 (about 32.04); present values 23,360 A, 14,016 A and
+    # 480,000 + 5,840 A: the commitment's is the lowest.
+    table = calculator_options(gpus=8, utilization=D(1), cloud_usd_per_gpu_hour=D(4), gpu_price_usd=D(60_000),
+                               opex_usd_per_gpu_hour=D(1), horizon_months=36, annual_rate=D("0.08"),
+                               commitment_usd_per_gpu_hour=D("2.4"), commitment_term_months=36)
+    a = _annuity_closed_form(36, D("0.08"))
+    assert abs(annuity_factor(36, D("0.08")) - a) < D("1e-20") and D(32) < a < D("32.1")
+    by = _by(table.results)
+    for option, expected in ((ON_DEMAND, 23_360 * a), (COMMITMENT, 14_016 * a), (BUY, 480_000 + 5_840 * a)):
+        assert abs(by[option].npv_usd - expected) < D("1e-12")
+    assert table.cheapest.option == COMMITMENT
+    assert (by[COMMITMENT].total_usd, by[BUY].total_usd) == (504_576, 690_240)  # 14,016 x 36; 480,000 + 210,240
+
+
+def test_moving_the_data_delays_payback_by_a_computed_number_of_months():
+    # the first case's purchase, plus 51,392 USD of egress and migration work at month 0:
+    # 291,392 / (14,016 - 1,168) = 22.68 -> month 23 instead of 19: four months later
+    args = dict(gpus=8, utilization=D("0.6"), cloud_usd_per_gpu_hour=D(4), gpu_price_usd=D(30_000),
+                opex_usd_per_gpu_hour=D("0.2"), horizon_months=36, annual_rate=D(0))
+    before = _by(calculator_options(**args).results)[BUY]
+    after = _by(calculator_options(**args, one_time_usd=D(51_392)).results)[BUY]
+    assert (before.breakeven_month, after.breakeven_month) == (19, 23)
+    assert after.total_usd - before.total_usd == 51_392 and after.upfront_usd == 291_392
+
+
+def test_a_bursty_workload_commits_only_its_floor():
+    # 16 hours a day at 8 GPUs, 8 hours at 24; units of 8 GPUs committed at 2.40 each (19.20 a unit-hour),
+    # the rest on demand at 4.00.  The mean hour costs, by units committed:
+    #   0: (16 x 8 + 8 x 24) / 24 x 4       = 53.33
+    #   1: 19.20 + (8 x 16) / 24 x 4         = 40.53   <- the floor
+    #   2: 38.40 + (8 x 8) / 24 x 4          = 49.07
+    #   3: 57.60                             = 57.60
+    demand = [D(8)] * 16 + [D(24)] * 8
+    flows = size_to_demand(option=COMMITMENT, unit="instance", demand_gpus_by_hour=demand, gpus_per_unit=8,
+                           upfront_usd_per_unit=D(0), covered_usd_per_unit_hour=D("19.2"),
+                           uncovered_usd_per_gpu_hour=D(4), horizon_months=36, annual_rate=D("0.08"), term_months=36)
+    assert (flows.quantity, flows.unit, flows.upfront_usd) == (1, "instance", 0)
+    assert flows.monthly_usd == (D("19.2") + D(128) / 24 * 4) * 730  # 88,768 / 3 = 29,589.33 a month
+    # a steady 24 GPUs commits all three units
+    steady = size_to_demand(option=COMMITMENT, unit="instance", demand_gpus_by_hour=[D(24)] * 24, gpus_per_unit=8,
+                            upfront_usd_per_unit=D(0), covered_usd_per_unit_hour=D("19.2"),
+                            uncovered_usd_per_gpu_hour=D(4), horizon_months=36, annual_rate=D("0.08"))
+    assert steady.quantity == 3 and steady.monthly_usd == D("57.6") * 730
+
+
+def test_a_purchase_is_sized_by_present_value_upfront_included():
+    # one node of 8 GPUs for 240,000 USD, opex 1,168 a month; demand 8 GPUs every hour at 4.00 on demand:
+    # staying pays 23,360 a month.  Over 6 months at 0 %: 140,160 staying, 247,008 buying: buy nothing.
+    # Over 36 months: 840,960 staying, 282,048 buying: buy the node.
+    args = dict(option=BUY, unit="node", demand_gpus_by_hour=[D(8)] * 24, gpus_per_unit=8,
+                upfront_usd_per_unit=D(240_000), covered_usd_per_unit_hour=D("1.6"), uncovered_usd_per_gpu_hour=D(4),
+                annual_rate=D(0))
+    assert size_to_demand(horizon_months=6, **args).quantity == 0
+    bought = size_to_demand(horizon_months=36, **args)
+    assert bought.quantity == 1 and bought.total_usd == 282_048
+
+
+def test_discounting_and_bad_inputs():
+    assert discount_factor(12, D("0.08")) * D("1.08") == 1  # a year out is worth 1 / 1.08
+    assert discount_factor(0, D("0.08")) == 1
+    with pytest.raises(CostModelError, match="horizon_months must be from 1 to 600, got 0"):
+        calculator_options(gpus=1, utilization=D(1), cloud_usd_per_gpu_hour=D(1), gpu_price_usd=D(1),
+                           opex_usd_per_gpu_hour=D(0), horizon_months=0, annual_rate=D(0))
+    with pytest.raises(CostModelError, match="no measured hours"):
+        size_to_demand(option=BUY, unit="node", demand_gpus_by_hour=[], gpus_per_unit=8, upfront_usd_per_unit=D(1),
+                       covered_usd_per_unit_hour=D(1), uncovered_usd_per_gpu_hour=D(1), horizon_months=12,
+                       annual_rate=D(0))
+    flows = CashFlows(BUY, D(100), D(10), 12)
+    assert flows.cumulative_usd(0) == 100 and flows.total_usd == 220
+
+
+_money = st.decimals(min_value=0, max_value=100, places=2)
+
+
+@settings(max_examples=200, deadline=2000)
+@given(demand=st.lists(st.integers(min_value=0, max_value=40).map(D), min_size=1, max_size=48),
+       gpus_per_unit=st.sampled_from([1, 4, 8]), upfront=st.decimals(min_value=0, max_value=500_000, places=0),
+       covered=_money, uncovered=_money, horizon=st.integers(min_value=1, max_value=60),
+       rate=st.decimals(min_value=0, max_value=D("0.2"), places=3))
+def test_the_chosen_quantity_is_never_worse_than_none_or_the_peak(demand, gpus_per_unit, upfront, covered, uncovered,
+                                                                  horizon, rate):
+    def pv(quantity: int) -> D:  # the same cash flows, computed apart
+        covered_gpus = quantity * gpus_per_unit
+        hourly = quantity * covered + sum(max(d - covered_gpus, D(0)) for d in demand) / len(demand) * uncovered
+        return quantity * upfront + hourly * 730 * annuity_factor(horizon, rate)
+
+    chosen = size_to_demand(option=COMMITMENT, unit="u", demand_gpus_by_hour=demand, gpus_per_unit=gpus_per_unit,
+                            upfront_usd_per_unit=upfront, covered_usd_per_unit_hour=covered,
+                            uncovered_usd_per_gpu_hour=uncovered, horizon_months=horizon, annual_rate=rate)
+    peak_units = -(-int(max(demand)) // gpus_per_unit)
+    assert 0 <= chosen.quantity <= peak_units
+    tolerance = D("1e-15") * (1 + pv(0) + pv(peak_units))
+    assert chosen.npv_usd(rate) <= pv(0) + tolerance and chosen.npv_usd(rate) <= pv(peak_units) + tolerance
+    assert abs(chosen.npv_usd(rate) - pv(chosen.quantity)) <= tolerance
