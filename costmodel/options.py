@@ -23,7 +23,7 @@ gets its floor covered and its burst left where it runs, a steady one gets all o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Sequence
 
@@ -193,3 +193,93 @@ def calculator_options(
                              horizon_months, gpus, "GPU"))
     results = compare(options, stay, annual_rate)
     return CalculatorOptions(results, cheapest(results))
+
+
+COMMITTED_OPTIONS = ("reserved", "savings_plan", "committed_use")
+
+
+@dataclass(frozen=True)
+class HourOfDemand:
+    """One measured hour of a workload where it runs: GPU-equivalents allocated and busy (GPU-ms
+    over the hour's ms), and what the hour cost."""
+
+    allocated_gpus: Decimal
+    busy_gpus: Decimal
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class PlannedOption:
+    label: str  # what it is, for a person: "commit 1 x p5.48xlarge (reserved)", "buy 2 nodes of dgx-a100"
+    result: OptionResult
+
+
+def plan_workload(
+    *,
+    environment: str,
+    gpu_class: str,
+    hours: Sequence[HourOfDemand],
+    offers: Sequence,
+    gpu_costs: Sequence[tuple[str, int, Decimal, object]],
+    horizon_months: int,
+    annual_rate: Decimal,
+    one_time_usd: Decimal = ZERO,
+) -> list[PlannedOption]:
+    """Every option for one workload of one GPU class, from its measured hours repeated over the
+    horizon; the first is staying as it runs (the baseline).
+
+    - in the cloud: stay; commit whole instances of each offer of the class with a committed price
+      (sized to the demand floor, allocated GPUs; the rest at what an allocated GPU-hour costs now);
+      buy whole nodes of each owned profile of the class (its price up front, plus ``one_time_usd``;
+      energy and upkeep every hour).
+    - on-prem: stay; move to each offer on demand (busy hours only) and committed (sized to the busy
+      GPUs, the rest on demand), with ``one_time_usd`` up front.
+
+    ``offers`` are ``costmodel.rates.CloudOffer``; ``gpu_costs`` are (profile name, GPUs per node,
+    purchase price per node, ``OnPremGpuCost``).
+    """
+    if not hours:
+        raise CostModelError("no measured hours to plan from")
+    n = Decimal(len(hours))
+    stay = CashFlows("stay", ZERO, sum((h.cost_usd for h in hours), ZERO) / n * HOURS_PER_MONTH, horizon_months)
+    planned: list[tuple[str, CashFlows]] = [(f"stay ({environment}, as it runs)", stay)]
+    allocated_gpu_hours = sum((h.allocated_gpus for h in hours), ZERO)
+    now_usd_per_gpu_hour = stay.monthly_usd / HOURS_PER_MONTH * n / allocated_gpu_hours if allocated_gpu_hours else ZERO
+    allocated = [h.allocated_gpus for h in hours]
+    busy = [h.busy_gpus for h in hours]
+    for offer in (o for o in offers if o.gpu_class == gpu_class):
+        name = f"{offer.provider} {offer.region} {offer.instance_type}"
+        on_demand = offer.usd_per_gpu_hour("on_demand")
+        if environment != "cloud" and on_demand is not None:
+            planned.append((f"move to {name} on demand", CashFlows(
+                ON_DEMAND, one_time_usd, sum(busy, ZERO) / n * on_demand * HOURS_PER_MONTH, horizon_months)))
+        for option in COMMITTED_OPTIONS:
+            per_gpu = offer.usd_per_gpu_hour(option)
+            if per_gpu is None:
+                continue
+            demand, uncovered = (allocated, now_usd_per_gpu_hour) if environment == "cloud" else (busy, on_demand)
+            if uncovered is None:
+                continue
+            flows = size_to_demand(option=COMMITMENT, unit=offer.instance_type, demand_gpus_by_hour=demand,
+                                   gpus_per_unit=offer.gpus_per_instance, upfront_usd_per_unit=ZERO,
+                                   covered_usd_per_unit_hour=per_gpu * offer.gpus_per_instance,
+                                   uncovered_usd_per_gpu_hour=uncovered, horizon_months=horizon_months,
+                                   annual_rate=annual_rate)
+            committed = f"commit {flows.quantity} x {offer.instance_type} ({option.replace('_', ' ')})"
+            if environment == "cloud":
+                planned.append((committed, flows))
+            elif flows.quantity:  # a move, committing part of it (none committed is the on-demand move)
+                planned.append((f"move to {name}, {committed}",
+                                replace(flows, upfront_usd=flows.upfront_usd + one_time_usd)))
+    if environment == "cloud":
+        for profile, gpus_per_node, price_per_node, gpu in gpu_costs:
+            if gpu.gpu_class != gpu_class:
+                continue
+            opex = (gpu.energy_usd_per_gpu_hour() + gpu.upkeep_usd_per_gpu_hour()) * gpus_per_node
+            flows = size_to_demand(option=BUY, unit=f"{profile} node", demand_gpus_by_hour=allocated,
+                                   gpus_per_unit=gpus_per_node, upfront_usd_per_unit=price_per_node,
+                                   covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour,
+                                   horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd)
+            planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPUs each)", flows))
+    results = compare([flows for _, flows in planned], stay, annual_rate)
+    return [PlannedOption(label, result) for (label, _), result in zip(planned, results)]

@@ -541,6 +541,94 @@ def cmd_report_monthly(args) -> int:
     return 0
 
 
+# -- plan ----------------------------------------------------------------------------------------------
+
+
+def cmd_plan(args) -> int:
+    """The options table of one workload from its stored hours (``costmodel.options.plan_workload``)."""
+    from datetime import datetime, timedelta, timezone
+
+    import psycopg
+
+    from costmodel.money import micro
+    from costmodel.options import cheapest, plan_workload
+    from infra.local import local_database
+    from storage import queries
+    from storage.db import check_schema
+
+    config = resolve_config(args.config, args.state_dir)
+    until = _day_arg(args.until, "--until") if args.until else datetime.now(timezone.utc)
+    since = _day_arg(args.since, "--since") if args.since else until - timedelta(days=30)
+    if since >= until:
+        raise UsageError(f"--since ({since:%Y-%m-%d}) must be before --until ({until:%Y-%m-%d})")
+    with local_database(config) as dsn, psycopg.connect(dsn) as conn:
+        check_schema(conn)
+        by_class = queries.workload_hours(conn, args.workload, since, until)
+    if not by_class:
+        raise UsageError(f"no cost windows of workload {args.workload!r} from {since:%Y-%m-%d %H:%M} to "
+                         f"{until:%Y-%m-%d %H:%M} UTC: run the pipeline (or `hybridspend demo`) first, or widen --since")
+    rate_pct = args.discount_rate_pct if args.discount_rate_pct is not None else Decimal(8)
+    gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
+    offers = [o.offer() for o in config.cloud_offers]
+    plans = []
+    for (environment, gpu_class), hours in sorted(by_class.items()):
+        hours = [_what_if(h, args.gpus, args.utilization) for h in hours]
+        horizon = args.horizon_months or next(
+            (a.amortization_months for a in config.onprem_assets if a.gpu_class == gpu_class), 36)
+        options = plan_workload(environment=environment, gpu_class=gpu_class, hours=hours, offers=offers,
+                                gpu_costs=gpu_costs, horizon_months=horizon, annual_rate=rate_pct / 100,
+                                one_time_usd=args.one_time_usd or Decimal(0))
+        best = cheapest([o.result for o in options])
+        plans.append({"environment": environment, "gpu_class": gpu_class, "hours": len(hours),
+                      "horizon_months": horizon, "discount_rate_pct": str(rate_pct),
+                      "options": [{"label": o.label, "option": o.result.option, "quantity": o.result.quantity,
+                                   "upfront_usd": str(micro(o.result.upfront_usd)),
+                                   "monthly_usd": str(micro(o.result.monthly_usd)),
+                                   "total_usd": str(micro(o.result.total_usd)),
+                                   "npv_usd": str(micro(o.result.npv_usd)),
+                                   "breakeven_month": o.result.breakeven_month} for o in options],
+                      "cheapest": next(o.label for o in options if o.result is best)})
+    if args.json:
+        print(json.dumps({"workload": args.workload, "since": f"{since:%Y-%m-%dT%H:%M:%SZ}",
+                          "until": f"{until:%Y-%m-%dT%H:%M:%SZ}", "plans": plans}, indent=2))
+        return 0
+    for plan in plans:
+        print(f"{args.workload} on {plan['environment']} {plan['gpu_class']}: {plan['hours']} measured hours, repeated"
+              f" over {plan['horizon_months']} months; present values at {plan['discount_rate_pct']}% a year")
+        width = max(len(o["label"]) for o in plan["options"])
+        print(f"  {'option':<{width}}  {'up front $':>14}  {'a month $':>12}  {'total $':>16}  {'present value $':>16}"
+              "  overtakes staying")
+        for o in plan["options"]:
+            overtakes = "-" if o["option"] == "stay" else (
+                f"month {o['breakeven_month']}" if o["breakeven_month"] is not None else "never")
+            print(f"  {o['label']:<{width}}  {Decimal(o['upfront_usd']):>14,.2f}  {Decimal(o['monthly_usd']):>12,.2f}"
+                  f"  {Decimal(o['total_usd']):>16,.2f}  {Decimal(o['npv_usd']):>16,.2f}  {overtakes}")
+        print(f"  cheapest by present value: {plan['cheapest']}")
+    return 0
+
+
+def _what_if(hour, gpus: int | None, utilization: Decimal | None):
+    """An hour as it would be with ``gpus`` allocated (cost and busy scaled alike) and busy ``utilization``."""
+    from costmodel.options import HourOfDemand
+
+    allocated, busy, cost = hour.allocated_gpus, hour.busy_gpus, hour.cost_usd
+    if gpus is not None and allocated > 0:
+        scale = Decimal(gpus) / allocated
+        allocated, busy, cost = Decimal(gpus), busy * scale, cost * scale
+    if utilization is not None:
+        busy = allocated * utilization
+    return HourOfDemand(allocated, busy, cost)
+
+
+def _day_arg(text: str, name: str):
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise UsageError(f"{name} must be YYYY-MM-DD, got {text!r}") from None
+
+
 # -- pricing (OpenCost) ------------------------------------------------------------------------------
 
 
@@ -672,6 +760,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one-time cost of moving to owned GPUs (data egress, migration work), at month 0")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_tco)
+
+    p = sub.add_parser("plan", help="the options for one workload from its stored data: stay, commit, buy, move",
+                       description="Every option for one workload over a horizon, from its measured hours repeated:"
+                                   " staying as it runs, cloud commitments sized to its demand floor, buying whole"
+                                   " owned nodes, moving to the cloud on demand or committed; each with its total,"
+                                   " present value and the month it overtakes staying.")
+    p.add_argument("workload")
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="first day of the evidence (default: 30 days before --until)")
+    p.add_argument("--until", metavar="YYYY-MM-DD", help="the day after the evidence (default: now)")
+    p.add_argument("--gpus", type=int, help="what if it ran on this many GPUs every hour (cost scaled alike)")
+    p.add_argument("--utilization", type=_dec("--utilization"), help="what if it were busy this share, (0, 1]")
+    p.add_argument("--horizon-months", type=int, help="months compared (default: the owned profile's amortization)")
+    p.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"),
+                   help="annual cost of capital, percent (default 8)")
+    p.add_argument("--one-time-usd", type=_dec("--one-time-usd"),
+                   help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    common(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -13,6 +13,9 @@ from decimal import Decimal
 import psycopg
 from psycopg.rows import class_row, dict_row
 
+from costmodel.options import HourOfDemand
+from costmodel.timeunits import MS_PER_HOUR
+
 
 class UsageFigures:
     """Utilization and effective rate of anything with allocated and busy GPU-hours and a cost."""
@@ -234,3 +237,24 @@ def onprem_hosts_last_seen(conn: psycopg.Connection, samples_now: datetime) -> l
         "SELECT resource, max(ts) FROM gpu_samples WHERE environment = 'onprem'"
         " AND ts >= %s - INTERVAL '24 hours' GROUP BY 1 ORDER BY 1", (samples_now,)).fetchall()
     return [HostLastSeen(host, last) for host, last in rows]
+
+
+def workload_hours(conn: psycopg.Connection, workload: str, start: datetime,
+                   end: datetime) -> dict[tuple[str, str], list[HourOfDemand]]:
+    """A workload's measured hours in [start, end), per (environment, GPU class): the GPU-equivalents
+    allocated and busy (GPU-ms over an hour's ms) and the estimated cost of each hour, in time order."""
+    rows = conn.execute(
+        """
+        SELECT environment, gpu_class, date_trunc('hour', window_start) AS hour,
+               sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(cost_usd)
+          FROM cost_windows
+         WHERE workload = %s AND basis = 'estimated' AND window_start >= %s AND window_start < %s
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        """,
+        (workload, start, end),
+    ).fetchall()
+    out: dict[tuple[str, str], list[HourOfDemand]] = {}
+    for environment, gpu_class, _hour, allocated_ms, busy_ms, cost in rows:
+        out.setdefault((environment, gpu_class), []).append(HourOfDemand(
+            Decimal(allocated_ms) / MS_PER_HOUR, Decimal(busy_ms) / MS_PER_HOUR, Decimal(cost)))
+    return out

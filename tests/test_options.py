@@ -143,3 +143,48 @@ def test_the_chosen_quantity_is_never_worse_than_none_or_the_peak(demand, gpus_p
     tolerance = D("1e-15") * (1 + pv(0) + pv(peak_units))
     assert chosen.npv_usd(rate) <= pv(0) + tolerance and chosen.npv_usd(rate) <= pv(peak_units) + tolerance
     assert abs(chosen.npv_usd(rate) - pv(chosen.quantity)) <= tolerance
+
+
+def test_a_cloud_workloads_plan_prices_staying_committing_its_floor_and_buying_nodes():
+    from costmodel.options import HourOfDemand, plan_workload
+    from costmodel.rates import CloudOffer, OnPremGpuCost
+
+    # 24 measured hours: 8 A100s allocated for 16 of them, 16 for the other 8, at 4.00 per allocated
+    # GPU-hour: (16 x 32 + 8 x 64) / 24 = 42.67 an hour, x 730 = 31,146.67 a month staying.
+    hours = [HourOfDemand(D(8), D(6), D(32))] * 16 + [HourOfDemand(D(16), D(12), D(64))] * 8
+    offer = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, {"on_demand": D(32), "reserved": D("19.2")})
+    # a node of 8 A100s: 200,000 up front; energy 0.5 kW x 1.0 x 0.10 = 0.05 and upkeep 876 / 8760 = 0.10
+    # a GPU-hour: 1.20 a node-hour
+    node = OnPremGpuCost("A100", D(25_000), 36, D(500), D(1), D("0.1"), D(876))
+    options = plan_workload(environment="cloud", gpu_class="A100", hours=hours, offers=[offer],
+                            gpu_costs=[("dgx", 8, D(200_000), node)], horizon_months=36, annual_rate=D(0))
+    stay, commit, buy = (o.result for o in options)
+    assert [o.label for o in options] == ["stay (cloud, as it runs)", "commit 1 x p4d.24xlarge (reserved)",
+                                          "buy 2 x dgx node (8 GPUs each)"]
+    assert stay.monthly_usd == D(1024) / 24 * 730
+    # committing one instance (the 8-GPU floor) at 19.20 an hour; the other 8 GPUs for 8 hours at 4.00:
+    # 19.20 + 8 x 8 / 24 x 4 = 29.87 an hour; two instances would pay 38.40 every hour
+    assert commit.quantity == 1 and commit.monthly_usd == (D("19.2") + D(64) / 24 * 4) * 730
+    # two nodes cover the peak: 400,000 + 2 x 1.20 x 730 x 36 = 463,072, against one node and the burst
+    # rented, 200,000 + (9.60 + 8 x 8 / 24 x 4) x 730 x 36 = 511,856, and none, 31,146.67 x 36 = 1,121,280
+    assert buy.quantity == 2 and buy.total_usd == 400_000 + D("2.4") * 730 * 36
+    # 400,000 + 1,752 m <= 31,146.67 m from m = 400,000 / 29,394.67 = 13.61: month 14
+    assert buy.breakeven_month == 14
+
+
+def test_an_onprem_workloads_plan_prices_moving_with_the_one_time_cost():
+    from costmodel.options import HourOfDemand, plan_workload
+    from costmodel.rates import CloudOffer
+
+    # 8 owned A100s, 2 busy every hour, costing 9.20 an hour: staying is 6,716 a month.  Moving rents
+    # the busy GPU-hours: 2 x 4.00 x 730 = 5,840 a month, plus 20,000 of egress and work at month 0;
+    # committing whole 8-GPU instances for 2 busy GPUs never pays (19.20 an hour > 8.00).
+    hours = [HourOfDemand(D(8), D(2), D("9.2"))] * 24
+    offer = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, {"on_demand": D(32), "reserved": D("19.2")})
+    options = plan_workload(environment="onprem", gpu_class="A100", hours=hours, offers=[offer], gpu_costs=[],
+                            horizon_months=36, annual_rate=D(0), one_time_usd=D(20_000))
+    assert [o.label for o in options] == ["stay (onprem, as it runs)", "move to aws us-east-1 p4d.24xlarge on demand"]
+    stay, move = (o.result for o in options)
+    assert (stay.monthly_usd, move.monthly_usd, move.upfront_usd) == (D("6716"), D(5840), D(20_000))
+    # 20,000 + 5,840 m <= 6,716 m from m = 22.83: month 23
+    assert move.breakeven_month == 23 and move.total_usd == 20_000 + 5840 * 36
