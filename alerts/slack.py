@@ -11,6 +11,7 @@ from decimal import Decimal
 from urllib.parse import quote
 
 from contracts.events import BreakevenDecision
+from costmodel.money import range_text
 
 ENV_NAMES = {"onprem": "on-prem", "cloud": "cloud"}
 KIND_TITLES = {
@@ -42,9 +43,8 @@ def _pct(ratio: Decimal) -> str:
 
 def _range(d: BreakevenDecision) -> str:
     """The savings range as ' ($low to $high)', or '' for events written before ranges existed."""
-    if d.monthly_savings_low_usd is None or d.monthly_savings_high_usd is None:
-        return ""
-    return f" ({_usd(d.monthly_savings_low_usd)} to {_usd(d.monthly_savings_high_usd)})"
+    text = range_text(d.monthly_savings_low_usd, d.monthly_savings_high_usd, _usd)
+    return f" ({text})" if text else ""
 
 
 def _plural(n: int, word: str) -> str:

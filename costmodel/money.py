@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Callable
 
 HOURS_PER_MONTH = Decimal(730)  # the average month the cost model prices in: 8760 / 12
 HOURS_PER_YEAR = Decimal(8760)  # 365 days
@@ -68,3 +69,11 @@ def month_forecast_usd(spent_usd: Decimal, at: datetime) -> Decimal | None:
     if elapsed_hours <= 0:
         return None
     return spent_usd / elapsed_hours * calendar_month_hours(at)
+
+
+def range_text(low: Decimal | None, high: Decimal | None, usd: Callable[[Decimal], str]) -> str | None:
+    """A savings range for a person: "$low to $high", "the same in every window" when its ends are
+    equal (a range whose ends are equal says nothing), None without one."""
+    if low is None or high is None:
+        return None
+    return "the same in every window" if low == high else f"{usd(low)} to {usd(high)}"

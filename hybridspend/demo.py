@@ -13,6 +13,7 @@ from pathlib import Path
 from contracts.config import Config, resolve_config
 from contracts.files import write_replacing
 from contracts.topics import Topics
+from costmodel.money import range_text
 from costmodel.timeunits import MS_PER_HOUR
 from infra.broker import ensure_topics, make_producer, send_watermarks
 from infra.local import Endpoints, running_services
@@ -158,8 +159,10 @@ def _money(v) -> str:
 
 
 def _savings_range(d: dict) -> str:
-    low, high = d["monthly_savings_low_usd"], d["monthly_savings_high_usd"]
-    return "" if low is None or high is None else f"(range {_money(low)} to {_money(high)}) "
+    text = range_text(d["monthly_savings_low_usd"], d["monthly_savings_high_usd"], _money)
+    if text is None:
+        return ""
+    return f"(range {text}) " if text.startswith("$") else f"({text}) "
 
 
 def summary(conn, start: datetime, end: datetime, config: Config, services: Services, endpoints: Endpoints,

@@ -23,7 +23,7 @@ import psycopg
 from contracts.config import Config
 from contracts.files import write_replacing
 from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
-from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents
+from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
 from costmodel.timeunits import MS_PER_HOUR
 from costmodel.tco import (
     breakeven_band,
@@ -319,9 +319,8 @@ def _pct(v: Decimal | None) -> str:
 
 def _savings_range(w: WorkloadMonth) -> str:
     """The decision's savings range, annualized, where it carries one ("" otherwise)."""
-    if w.annualized_savings_low_usd is None or not w.recommended:
-        return ""
-    return f"decision: {_usd0(w.annualized_savings_low_usd)}–{_usd0(w.annualized_savings_high_usd)}"
+    text = range_text(w.annualized_savings_low_usd, w.annualized_savings_high_usd, _usd0) if w.recommended else None
+    return f"decision's range: {text}" if text else ""
 
 
 def _evidence(w: WorkloadMonth) -> str:

@@ -430,3 +430,12 @@ def test_month_forecast_extrapolates_month_to_date_spend_over_the_calendar_month
     at = datetime(2026, 12, 1, 12, 0, 0, 500_000, tzinfo=timezone.utc)
     assert month_forecast_usd(D(90), at) == D(90) / (D("43200.5") / 3600) * 744
     assert month_forecast_usd(D(90), datetime(2026, 12, 1, tzinfo=timezone.utc)) is None  # nothing elapsed yet
+
+
+def test_a_savings_range_whose_ends_are_equal_says_so():
+    from costmodel.money import range_text
+
+    usd = lambda v: f"${v:,.2f}"  # noqa: E731
+    assert range_text(D("572.79"), D("572.79"), usd) == "the same in every window"
+    assert range_text(D("500"), D("650.5"), usd) == "$500.00 to $650.50"
+    assert range_text(None, D(1), usd) is None

@@ -181,7 +181,7 @@ def test_html_and_pdf_come_from_one_template_and_keep_every_character(written):
     # page 1 is the executive summary: spend, idle, the moves with their evidence, what changed
     first = " ".join(pages[0].split())  # cells wrap: compare words
     for part in ("GPU spend and placement — 2026-10", "Total GPU spend", "$673", "Idle owned capacity", "$55",
-                 "Recommended moves", "$47,304 decision: $24,000–$60,000",
+                 "Recommended moves", "$47,304 decision's range: $24,000 to $60,000",
                  "2 days of data, billed, decision confidence 90%",
                  "What changed since last month", "up 2339% from $28 in 2026-09"):
         assert part in first, part
