@@ -181,3 +181,16 @@ def test_a_quoted_field_spanning_many_lines_is_bounded_as_one_record(tmp_path):
     ok = write_csv(tmp_path / "ok.csv", [focus_row(BilledCost="1", EffectiveCost="1", x_Discount="two\nlines")])
     lines, summary = _read(ok)
     assert len(lines) == 1 and lines[0].extra["x_Discount"] == "two\nlines"
+
+
+def test_an_ingest_that_reads_nothing_fails_and_an_empty_month_succeeds(tmp_path, capsys):
+    from hybridspend.cli import main
+
+    unreadable = tmp_path / "bill.parquet"
+    unreadable.write_text("not parquet")
+    assert main(["ingest", "focus", str(unreadable), "--state-dir", str(tmp_path / "state")]) == 1
+    assert "nothing published" in capsys.readouterr().err
+    empty = write_csv(tmp_path / "empty.csv", [])  # a header and no rows: a month with no charges
+    assert main(["ingest", "focus", str(empty), "--state-dir", str(tmp_path / "state")]) == 0
+    assert "nothing to publish: the files have no rows" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "pgdata").exists()  # neither started the database
