@@ -407,6 +407,45 @@ class CollectorsConfig(StrictModel):
     gcp: GcpCollectorConfig = GcpCollectorConfig()
 
 
+# Public internet egress list prices, first tier, USD per GB (checked 2024): AWS EC2 data transfer
+# out, first 10 TB a month, 0.09 (aws.amazon.com/ec2/pricing/on-demand); Google Cloud premium tier,
+# 0-1 TB a month, 0.12 (cloud.google.com/vpc/network-pricing); Azure, first 10 TB after 100 GB
+# free, 0.087 (azure.microsoft.com/pricing/details/bandwidth).  Ingress is free on all three.
+DEFAULT_EGRESS_USD_PER_GB = {"aws": Decimal("0.09"), "gcp": Decimal("0.12"), "azure": Decimal("0.087")}
+
+
+class WorkloadMove(StrictModel):
+    """What moving one workload costs besides its GPUs."""
+
+    data_gb: Amount = Field(default=Decimal(0), ge=0, description="data that moves with it, GB")
+    migration_effort_usd: Amount = Field(default=Decimal(0), ge=0, description="one-time work to move it, USD")
+    egress_gb_per_month: Amount = Field(default=Decimal(0), ge=0,
+                                        description="data still read from the cloud each month once it runs on-prem")
+
+
+class MovesConfig(StrictModel):
+    egress_usd_per_gb: dict[str, Amount] = Field(
+        default_factory=lambda: dict(DEFAULT_EGRESS_USD_PER_GB),
+        description="cloud provider -> internet egress, USD per GB (defaults: the public list prices)")
+    workloads: dict[str, WorkloadMove] = Field(default_factory=dict, description="workload name -> its move costs")
+
+    def one_time_usd(self, workload: str, from_provider: str | None) -> Decimal:
+        """Leaving ``from_provider`` (None: leaving owned hardware, whose data goes in for free):
+        data x egress + migration work."""
+        move = self.workloads.get(workload)
+        if move is None:
+            return Decimal(0)
+        egress = self.egress_usd_per_gb.get(from_provider, Decimal(0)) if from_provider else Decimal(0)
+        return move.data_gb * egress + move.migration_effort_usd
+
+    def ongoing_usd_per_month(self, workload: str, provider: str | None) -> Decimal:
+        """Data left behind in ``provider``'s cloud, read out every month once the workload runs on-prem."""
+        move = self.workloads.get(workload)
+        if move is None or not provider:
+            return Decimal(0)
+        return move.egress_gb_per_month * self.egress_usd_per_gb.get(provider, Decimal(0))
+
+
 class Config(StrictModel):
     state_dir: Path = DEFAULT_STATE_DIR
     kafka: KafkaConfig = KafkaConfig()
@@ -421,6 +460,7 @@ class Config(StrictModel):
     gpu_instance_types: list[GpuInstanceTypeConfig] = Field(
         default_factory=list, description="GPU instance types beyond the built-in catalog")
     thresholds: ThresholdsConfig = ThresholdsConfig()
+    moves: MovesConfig = MovesConfig()
     alerts: AlertsConfig = AlertsConfig()
     collectors: CollectorsConfig = CollectorsConfig()
 

@@ -124,13 +124,15 @@ def size_to_demand(
     annual_rate: Decimal,
     term_months: int | None = None,
     one_time_usd: Decimal = ZERO,
+    ongoing_usd_per_month: Decimal = ZERO,
 ) -> CashFlows:
     """The quantity of units, from 0 to what covers the peak, with the lowest present value.
 
     Every hour, ``q`` units cost ``q * covered_usd_per_unit_hour`` (used or not) and the demand
     above ``q * gpus_per_unit`` GPUs costs ``uncovered_usd_per_gpu_hour`` each; a month is the
     profile's mean hour x 730.  ``q`` units also pay ``q * upfront_usd_per_unit`` and, when
-    ``q > 0``, ``one_time_usd`` (moving the workload) at month 0.  On a tie the smaller quantity wins.
+    ``q > 0``, ``one_time_usd`` (moving the workload) at month 0 and ``ongoing_usd_per_month`` (data
+    left behind, read out) every month.  On a tie the smaller quantity wins.
     """
     _check_horizon(horizon_months)
     if not demand_gpus_by_hour:
@@ -149,7 +151,8 @@ def size_to_demand(
         covered_gpus = quantity * gpus_per_unit
         uncovered_gpu_hours = sum((d - covered_gpus for d in demand_gpus_by_hour if d > covered_gpus), ZERO)
         monthly = (quantity * covered_usd_per_unit_hour
-                   + uncovered_gpu_hours / hours * uncovered_usd_per_gpu_hour) * HOURS_PER_MONTH
+                   + uncovered_gpu_hours / hours * uncovered_usd_per_gpu_hour) * HOURS_PER_MONTH \
+            + (ongoing_usd_per_month if quantity else ZERO)
         upfront = quantity * upfront_usd_per_unit + (one_time_usd if quantity else ZERO)
         pv = upfront + monthly * annuity
         if best is None or pv < best_pv:
@@ -224,6 +227,7 @@ def plan_workload(
     horizon_months: int,
     annual_rate: Decimal,
     one_time_usd: Decimal = ZERO,
+    ongoing_usd_per_month: Decimal = ZERO,
 ) -> list[PlannedOption]:
     """Every option for one workload of one GPU class, from its measured hours repeated over the
     horizon; the first is staying as it runs (the baseline).
@@ -231,7 +235,7 @@ def plan_workload(
     - in the cloud: stay; commit whole instances of each offer of the class with a committed price
       (sized to the demand floor, allocated GPUs; the rest at what an allocated GPU-hour costs now);
       buy whole nodes of each owned profile of the class (its price up front, plus ``one_time_usd``;
-      energy and upkeep every hour).
+      energy and upkeep every hour, plus ``ongoing_usd_per_month`` for data left in the cloud).
     - on-prem: stay; move to each offer on demand (busy hours only) and committed (sized to the busy
       GPUs, the rest on demand), with ``one_time_usd`` up front.
 
@@ -279,7 +283,8 @@ def plan_workload(
             flows = size_to_demand(option=BUY, unit=f"{profile} node", demand_gpus_by_hour=allocated,
                                    gpus_per_unit=gpus_per_node, upfront_usd_per_unit=price_per_node,
                                    covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour,
-                                   horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd)
+                                   horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd,
+                                   ongoing_usd_per_month=ongoing_usd_per_month)
             planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPUs each)", flows))
     results = compare([flows for _, flows in planned], stay, annual_rate)
     return [PlannedOption(label, result) for (label, _), result in zip(planned, results)]

@@ -564,6 +564,7 @@ def cmd_plan(args) -> int:
     with local_database(config) as dsn, psycopg.connect(dsn) as conn:
         check_schema(conn)
         by_class = queries.workload_hours(conn, args.workload, since, until)
+        providers = queries.workload_providers(conn, args.workload, since, until)
     if not by_class:
         raise UsageError(f"no cost windows of workload {args.workload!r} from {since:%Y-%m-%d %H:%M} to "
                          f"{until:%Y-%m-%d %H:%M} UTC: run the pipeline (or `hybridspend demo`) first, or widen --since")
@@ -575,12 +576,17 @@ def cmd_plan(args) -> int:
         hours = [_what_if(h, args.gpus, args.utilization) for h in hours]
         horizon = args.horizon_months or next(
             (a.amortization_months for a in config.onprem_assets if a.gpu_class == gpu_class), 36)
+        provider = providers.get((environment, gpu_class)) if environment == "cloud" else None
+        one_time = args.one_time_usd if args.one_time_usd is not None else \
+            config.moves.one_time_usd(args.workload, provider)
         options = plan_workload(environment=environment, gpu_class=gpu_class, hours=hours, offers=offers,
                                 gpu_costs=gpu_costs, horizon_months=horizon, annual_rate=rate_pct / 100,
-                                one_time_usd=args.one_time_usd or Decimal(0))
+                                one_time_usd=one_time,
+                                ongoing_usd_per_month=config.moves.ongoing_usd_per_month(args.workload, provider))
         best = cheapest([o.result for o in options])
         plans.append({"environment": environment, "gpu_class": gpu_class, "hours": len(hours),
                       "horizon_months": horizon, "discount_rate_pct": str(rate_pct),
+                      "one_time_move_usd": str(micro(one_time)),
                       "options": [{"label": o.label, "option": o.result.option, "quantity": o.result.quantity,
                                    "upfront_usd": str(micro(o.result.upfront_usd)),
                                    "monthly_usd": str(micro(o.result.monthly_usd)),
@@ -775,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"),
                    help="annual cost of capital, percent (default 8)")
     p.add_argument("--one-time-usd", type=_dec("--one-time-usd"),
-                   help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase")
+                   help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase "
+                        "(default: from moves.workloads in the configuration)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     common(p)
     p.set_defaults(func=cmd_plan)

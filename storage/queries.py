@@ -258,3 +258,20 @@ def workload_hours(conn: psycopg.Connection, workload: str, start: datetime,
         out.setdefault((environment, gpu_class), []).append(HourOfDemand(
             Decimal(allocated_ms) / MS_PER_HOUR, Decimal(busy_ms) / MS_PER_HOUR, Decimal(cost)))
     return out
+
+
+def workload_providers(conn: psycopg.Connection, workload: str, start: datetime,
+                       end: datetime) -> dict[tuple[str, str], str]:
+    """The cloud provider a workload's windows ran on in [start, end), per (environment, GPU class)
+    ("" on-prem; the costliest where it ran on several)."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT ON (environment, gpu_class) environment, gpu_class, provider
+          FROM cost_windows
+         WHERE workload = %s AND basis = 'estimated' AND window_start >= %s AND window_start < %s
+         GROUP BY environment, gpu_class, provider
+         ORDER BY environment, gpu_class, sum(cost_usd) DESC
+        """,
+        (workload, start, end),
+    ).fetchall()
+    return {(environment, gpu_class): provider for environment, gpu_class, provider in rows}

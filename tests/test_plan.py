@@ -46,7 +46,8 @@ def _windows() -> list[CostWindow]:
                 event_id=CostWindow.make_id(instance, "embed", "cloud", "A100", start), workload="embed", team="ml",
                 environment="cloud", gpu_class="A100", resource=instance, window_start_ms=start, window_ms=3_600_000,
                 allocated_gpu_ms=8 * 3_600_000, busy_gpu_ms=6 * 3_600_000, metered_gpu_ms=8 * 3_600_000, energy_mj=0,
-                sample_count=60, first_ms=start, last_ms=start + 3_600_000, cost_usd=D(32)))
+                sample_count=60, first_ms=start, last_ms=start + 3_600_000, cost_usd=D(32), provider="aws",
+                instance_type="p4d.24xlarge"))
     return out
 
 
@@ -88,6 +89,18 @@ def test_plan_reads_the_stored_hours_and_prices_every_option(tmp_path, database)
     text = plan(tmp_path, "embed", "--since", "2026-10-05", "--until", "2026-10-06")
     assert "embed on cloud A100: 24 measured hours, repeated over 36 months" in text.stdout
     assert "cheapest by present value: buy 2 x dgx node (8 GPUs each)" in text.stdout
+
+    # moving it costs 5,000 GB x 0.09 (AWS egress, the default list price) + 20,000 of work = 20,450 once,
+    # and 1,000 GB left behind in S3 read out every month, 90 a month: buying the two nodes now totals
+    # 420,450 + (1,752 + 90) x 36 = 486,762 and overtakes staying when 420,450 + 1,842 m <= 31,146.67 m:
+    # m >= 14.35, month 15 (a month later than without the move's costs)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**CONFIG, "database": {"dsn": database}, "moves": {
+        "workloads": {"embed": {"data_gb": 5000, "migration_effort_usd": 20000, "egress_gb_per_month": 1000}}}}))
+    moved = json.loads(plan(tmp_path, "embed", "--since", "2026-10-05", "--until", "2026-10-06",
+                            "--discount-rate-pct", "0", "--json").stdout)["plans"][0]
+    buy = {o["option"]: o for o in moved["options"]}["buy"]
+    assert D(moved["one_time_move_usd"]) == 20_450
+    assert (buy["quantity"], D(buy["total_usd"]), buy["breakeven_month"]) == (2, 486_762, 15)
 
     missing = plan(tmp_path, "nobody", "--since", "2026-10-05", "--until", "2026-10-06")
     assert missing.returncode == 2 and "no cost windows of workload 'nobody'" in missing.stderr
