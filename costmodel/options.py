@@ -285,6 +285,7 @@ def plan_workload(
                                    covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour,
                                    horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd,
                                    ongoing_usd_per_month=ongoing_usd_per_month)
-            planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPUs each)", flows))
+            planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPU"
+                            f"{'s' if gpus_per_node != 1 else ''} each)", flows))
     results = compare([flows for _, flows in planned], stay, annual_rate)
     return [PlannedOption(label, result) for (label, _), result in zip(planned, results)]

@@ -240,3 +240,40 @@ def estimated_vs_billed(days: list[datetime], estimated: list[float | None], bil
 
 def as_float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
+
+
+HORIZON_PANELS = 4  # recommended workloads drawn over the horizon, largest savings first
+
+
+def options_over_horizon(panels: list[tuple[str, int, list[tuple[str, float, float, int | None]]]]) -> str:
+    """Cumulative cost of each option month by month, one panel a workload, the month each overtakes
+    staying marked.  panels: (title, horizon months, [(option label, up front $, $ a month, crossover
+    month or None)]); the first option of a panel is staying as it runs."""
+    with matplotlib.rc_context(RC):
+        shown = panels[:HORIZON_PANELS]
+        fig = _figure(2.6 * max(1, (len(shown) + 1) // 2) + 0.6)
+        if not shown:
+            _message(fig.add_subplot(), "no recommended move this month: nothing to compare over a horizon")
+            return _svg(fig)
+        axes = list(fig.subplots(max(1, (len(shown) + 1) // 2), 2 if len(shown) > 1 else 1, squeeze=False).flat)
+        for ax, (title, horizon, options) in zip(axes, shown):
+            months = list(range(horizon + 1))
+            for i, (label, upfront, monthly, crossover) in enumerate(options):
+                color = "#555" if i == 0 else PALETTE[(i - 1) % len(PALETTE)]
+                ax.plot(months, [upfront + monthly * m for m in months], color=color, linewidth=2 if i == 0 else 1.4,
+                        linestyle="--" if i == 0 else "-", label=short(label, 46))
+                if i and crossover is not None:
+                    y = upfront + monthly * crossover
+                    ax.scatter([crossover], [y], color=color, s=22, zorder=3)
+                    ax.annotate(f"month {crossover}", (crossover, y), xytext=(4, 4), textcoords="offset points",
+                                fontsize=7, color=color, bbox={"boxstyle": "round,pad=0.1", "fc": "white",
+                                                               "ec": "none", "alpha": 0.85})
+            ax.set_title(short(title, 48), fontsize=9, loc="left")
+            ax.set_xlim(0, horizon)
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_formatter(_usd_axis)
+            ax.set_xlabel("months from now")
+            ax.legend(fontsize=6.5, frameon=False, loc="upper left")
+        for ax in axes[len(shown):]:
+            ax.set_visible(False)
+        return _svg(fig)

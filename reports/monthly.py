@@ -24,6 +24,7 @@ from contracts.config import Config
 from contracts.files import write_replacing
 from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
 from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
+from costmodel.options import PlannedOption, cheapest, plan_workload
 from costmodel.timeunits import MS_PER_HOUR
 from costmodel.tco import (
     breakeven_band,
@@ -34,7 +35,7 @@ from costmodel.tco import (
 )
 from reports import charts, focus_export, pdf
 from storage import report_queries as q
-from storage.queries import WorkloadSummary
+from storage.queries import WorkloadSummary, workload_hours
 
 FORMATS = ("md", "csv", "html", "pdf", "focus")
 TEMPLATE = "monthly.html.j2"
@@ -107,6 +108,8 @@ class MonthlyReport:
     bands: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]] = field(default_factory=dict)  # low, u*, high
     breakeven: BreakevenFigures | None = None
     daily_budget_usd: Decimal | None = None
+    # recommended workloads' options over the horizon: (workload, environment) -> (horizon months, options)
+    options: dict[tuple[str, str], tuple[int, list[PlannedOption]]] = field(default_factory=dict)
 
     @property
     def recommended(self) -> list[WorkloadMonth]:
@@ -260,6 +263,7 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         band = _band(market, w, margin)
         if band is not None:
             bands[(w.workload, w.environment)] = band
+    options = _options(conn, config, movers[:charts.HORIZON_PANELS], start, end)
     budget = sum(config.budgets.values(), Decimal(0))
     daily_budget = share_of_month_usd(budget, Decimal(24), calendar_month_hours(start)) if budget else None
     previous_month = (start - timedelta(days=1)).strftime("%Y-%m")
@@ -271,7 +275,33 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         overview=overview(conn, month), previous=overview(conn, previous_month), idle_daily=idle_daily,
         cloud_daily=[(day, est, billed) for day, (est, billed) in sorted(per_day.items())],
         utilization_daily=utilization_daily, bands=bands, breakeven=_breakeven(market, margin),
-        daily_budget_usd=daily_budget)
+        daily_budget_usd=daily_budget, options=options)
+
+
+def _cheapest(options: list[PlannedOption]) -> PlannedOption:
+    best = cheapest([o.result for o in options])
+    return next(o for o in options if o.result is best)
+
+
+HORIZON_DISCOUNT_RATE = Decimal("0.08")  # the annual cost of capital the report's present values use
+
+
+def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadMonth], start: datetime,
+             end: datetime) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
+    """Each workload's options over its horizon (the owned profile's amortization, else 36 months),
+    from the month's measured hours (``costmodel.options.plan_workload``, as ``hybridspend plan``)."""
+    gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
+    offers = [o.offer() for o in config.cloud_offers]
+    out = {}
+    for w in workloads:
+        hours = workload_hours(conn, w.workload, start, end).get((w.environment, w.gpu_class))
+        if not hours:
+            continue
+        horizon = next((a.amortization_months for a in config.onprem_assets if a.gpu_class == w.gpu_class), 36)
+        out[(w.workload, w.environment)] = (horizon, plan_workload(
+            environment=w.environment, gpu_class=w.gpu_class, hours=hours, offers=offers, gpu_costs=gpu_costs,
+            horizon_months=horizon, annual_rate=HORIZON_DISCOUNT_RATE))
+    return out
 
 
 def assumptions(config: Config) -> list[tuple[str, str]]:
@@ -418,7 +448,7 @@ def render_md(report: MonthlyReport) -> str:
 
 
 def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
-    """The five figures as (title, SVG, caption), numbered in this order in the HTML and the PDF."""
+    """The six figures as (title, SVG, caption), numbered in this order in the HTML and the PDF."""
     label = report.start.strftime("%B %Y")
     be = report.breakeven
     points = [(w.workload, w.environment, w.gpu_class, float(w.utilization), float(w.usd_per_busy_gpu_hour),
@@ -452,6 +482,14 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
         by_class.setdefault(gpu_class, [0.0] * len(idle_days))[idle_days.index(day)] += float(usd)
     idle_svg = charts.idle_cost(idle_days, by_class, label)
 
+    horizon_panels = [(f"{w} ({_env(env)})", horizon, [(o.label, float(o.result.upfront_usd), float(o.result.monthly_usd),
+                                                        o.result.breakeven_month) for o in options])
+                      for (w, env), (horizon, options) in report.options.items()]
+    horizon_svg = charts.options_over_horizon(horizon_panels)
+    cheapest_text = "; ".join(
+        f"{w}: {_cheapest(opts).label} ({_usd0(_cheapest(opts).result.npv_usd)} over {horizon} months)"
+        for (w, _), (horizon, opts) in report.options.items())
+
     cloud_days = [d for d, _, _ in report.cloud_daily]
     billed_svg = charts.estimated_vs_billed(cloud_days, [charts.as_float(e) for _, e, _ in report.cloud_daily],
                                             [charts.as_float(b) for _, _, b in report.cloud_daily], label)
@@ -479,6 +517,11 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
         ("Cloud cost estimated live against billed", billed_svg,
          f"Cloud cost per day as estimated within seconds from instance events and prices, and as billed hours "
          f"later; {gap}."),
+        ("What would each option cost over the years ahead?", horizon_svg,
+         "Cumulative cost of staying as it runs (dashed) against committing to cloud capacity and buying owned "
+         "nodes, each sized to the workload's demand floor, from this month's measured hours repeated; a dot "
+         f"marks the month an option overtakes staying. Cheapest by present value at {HORIZON_DISCOUNT_RATE:.0%} a year: "
+         + (cheapest_text or "no recommended move to compare") + "."),
     ]
 
 

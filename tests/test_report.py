@@ -188,11 +188,11 @@ def test_html_and_pdf_come_from_one_template_and_keep_every_character(written):
     # every page has the header (month) and the footer (page numbers)
     for n, body in enumerate(pages, start=1):
         assert "2026-10" in body and f"page {n} of {len(pages)}" in body
-    # five figures, numbered in order, with the same titles as in the HTML
+    # six figures, numbered in order, with the same titles as in the HTML
     html_titles = [html.unescape(t) for t in re.findall(r"<figcaption>(.*?)</figcaption>", page)]
-    assert [t.split(":")[0] for t in html_titles] == [f"Figure {n}" for n in range(1, 6)]
+    assert [t.split(":")[0] for t in html_titles] == [f"Figure {n}" for n in range(1, 7)]
     assert [t for t in html_titles if t in text] == html_titles
-    assert re.findall(r"Figure \d:", text) == [f"Figure {n}:" for n in range(1, 6)]
+    assert re.findall(r"Figure \d:", text) == [f"Figure {n}:" for n in range(1, 7)]
     assert "Figure 1: What does a useful GPU-hour cost" in pages[1]  # the why, on page 2
     assert "$240 against $230 billed" in text
     # the same table rows: every workload's name as the table shows it
