@@ -275,6 +275,18 @@ class ThresholdsConfig(StrictModel):
     buy_target_utilization_pct: Amount = Field(
         default=DEFAULT_BUY_TARGET_UTILIZATION * 100, gt=0, le=100,
         description="how busy bought GPUs should run: capacity to buy = busy GPUs / this, in whole nodes")
+    horizon_months: int | None = Field(
+        default=None, ge=1, le=600,
+        description="months the options are compared over; default: the owned asset profile's amortization months")
+    discount_rate_pct: Amount = Field(default=Decimal(8), ge=0, lt=100,
+                                      description="annual cost of capital for present values, percent")
+
+    def horizon_for(self, assets: list, gpu_class: str) -> int:
+        """The horizon options of ``gpu_class`` are compared over: configured, else the amortization
+        of the owned profile of that class, else 36 months."""
+        if self.horizon_months is not None:
+            return self.horizon_months
+        return next((a.amortization_months for a in assets if a.gpu_class == gpu_class), 36)
 
     @model_validator(mode="after")
     def _bounded_evidence(self) -> "ThresholdsConfig":

@@ -568,14 +568,13 @@ def cmd_plan(args) -> int:
     if not by_class:
         raise UsageError(f"no cost windows of workload {args.workload!r} from {since:%Y-%m-%d %H:%M} to "
                          f"{until:%Y-%m-%d %H:%M} UTC: run the pipeline (or `hybridspend demo`) first, or widen --since")
-    rate_pct = args.discount_rate_pct if args.discount_rate_pct is not None else Decimal(8)
+    rate_pct = args.discount_rate_pct if args.discount_rate_pct is not None else config.thresholds.discount_rate_pct
     gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
     offers = [o.offer() for o in config.cloud_offers]
     plans = []
     for (environment, gpu_class), hours in sorted(by_class.items()):
         hours = [_what_if(h, args.gpus, args.utilization) for h in hours]
-        horizon = args.horizon_months or next(
-            (a.amortization_months for a in config.onprem_assets if a.gpu_class == gpu_class), 36)
+        horizon = args.horizon_months or config.thresholds.horizon_for(config.onprem_assets, gpu_class)
         provider = providers.get((environment, gpu_class)) if environment == "cloud" else None
         one_time = args.one_time_usd if args.one_time_usd is not None else \
             config.moves.one_time_usd(args.workload, provider)

@@ -110,6 +110,7 @@ class MonthlyReport:
     daily_budget_usd: Decimal | None = None
     # recommended workloads' options over the horizon: (workload, environment) -> (horizon months, options)
     options: dict[tuple[str, str], tuple[int, list[PlannedOption]]] = field(default_factory=dict)
+    discount_rate_pct: Decimal = Decimal(8)  # of the options' present values
 
     @property
     def recommended(self) -> list[WorkloadMonth]:
@@ -275,7 +276,7 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         overview=overview(conn, month), previous=overview(conn, previous_month), idle_daily=idle_daily,
         cloud_daily=[(day, est, billed) for day, (est, billed) in sorted(per_day.items())],
         utilization_daily=utilization_daily, bands=bands, breakeven=_breakeven(market, margin),
-        daily_budget_usd=daily_budget, options=options)
+        daily_budget_usd=daily_budget, options=options, discount_rate_pct=config.thresholds.discount_rate_pct)
 
 
 def _cheapest(options: list[PlannedOption]) -> PlannedOption:
@@ -283,13 +284,11 @@ def _cheapest(options: list[PlannedOption]) -> PlannedOption:
     return next(o for o in options if o.result is best)
 
 
-HORIZON_DISCOUNT_RATE = Decimal("0.08")  # the annual cost of capital the report's present values use
-
-
 def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadMonth], start: datetime,
              end: datetime) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
-    """Each workload's options over its horizon (the owned profile's amortization, else 36 months),
-    from the month's measured hours (``costmodel.options.plan_workload``, as ``hybridspend plan``)."""
+    """Each workload's options over its horizon (``thresholds.horizon_months``, else the owned profile's
+    amortization), at ``thresholds.discount_rate_pct``, from the month's measured hours
+    (``costmodel.options.plan_workload``, as ``hybridspend plan``)."""
     gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
     offers = [o.offer() for o in config.cloud_offers]
     out = {}
@@ -297,10 +296,10 @@ def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadM
         hours = workload_hours(conn, w.workload, start, end).get((w.environment, w.gpu_class))
         if not hours:
             continue
-        horizon = next((a.amortization_months for a in config.onprem_assets if a.gpu_class == w.gpu_class), 36)
+        horizon = config.thresholds.horizon_for(config.onprem_assets, w.gpu_class)
         out[(w.workload, w.environment)] = (horizon, plan_workload(
             environment=w.environment, gpu_class=w.gpu_class, hours=hours, offers=offers, gpu_costs=gpu_costs,
-            horizon_months=horizon, annual_rate=HORIZON_DISCOUNT_RATE))
+            horizon_months=horizon, annual_rate=config.thresholds.discount_rate_pct / 100))
     return out
 
 
@@ -520,7 +519,7 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
         ("What would each option cost over the years ahead?", horizon_svg,
          "Cumulative cost of staying as it runs (dashed) against committing to cloud capacity and buying owned "
          "nodes, each sized to the workload's demand floor, from this month's measured hours repeated; a dot "
-         f"marks the month an option overtakes staying. Cheapest by present value at {HORIZON_DISCOUNT_RATE:.0%} a year: "
+         f"marks the month an option overtakes staying. Cheapest by present value at {report.discount_rate_pct:g}% a year: "
          + (cheapest_text or "no recommended move to compare") + "."),
     ]
 
