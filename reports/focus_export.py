@@ -69,6 +69,13 @@ COLUMNS = (
 )
 
 
+def invoice_id(billing_start: datetime) -> str:
+    """Owned hardware has no supplier invoice; the internal chargeback statement of the billing
+    period and account is what finance reconciles against (FOCUS InvoiceId must not be null:
+    rule InvoiceId-C-005-C): ``chargeback-<BillingAccountId>-<YYYY-MM>``."""
+    return f"chargeback-{BILLING_ACCOUNT_ID}-{billing_start:%Y-%m}"
+
+
 def focus_time(ts: datetime) -> str:
     """ISO 8601 UTC with the Z designator, as FOCUS's DateTimeFormat requires."""
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -165,7 +172,7 @@ def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_
                 "PricingQuantity": _number(hours), "PricingUnit": PRICING_UNIT, "ProviderName": ORGANIZATION,
                 "PublisherName": ORGANIZATION, "ServiceCategory": "Compute", "ServiceName": SERVICE_NAME,
                 "ChargeFrequency": "Usage-Based", "ConsumedQuantity": _number(hours), "ConsumedUnit": PRICING_UNIT,
-                "InvoiceId": None, "PricingCategory": "Standard", "ResourceId": resource, "ResourceName": resource,
+                "InvoiceId": invoice_id(billing_start), "PricingCategory": "Standard", "ResourceId": resource, "ResourceName": resource,
                 "ResourceType": RESOURCE_TYPE, "ServiceSubcategory": "Virtual Machines", "SkuId": sku.sku_id,
                 "SkuPriceId": sku.sku_price_id, "SkuPriceDetails": _json(sku.details), "Tags": _json(sku.tags),
                 "HostProviderName": ORGANIZATION, "ServiceProviderName": ORGANIZATION,

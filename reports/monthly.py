@@ -403,11 +403,21 @@ def _opt(v: Decimal | None, places: str) -> str:
     return "" if v is None else f"{v:{places}}"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that starts like a formula (``=``, ``+``, ``-``,
+    ``@``, tab, carriage return) gets a leading apostrophe (OWASP, CSV injection).  For the finance
+    CSV a person opens; the FOCUS and OpenCost exports are read by machines and keep values as they are."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
 def _row(w: WorkloadMonth) -> list:
-    return [w.workload, w.team, w.environment, w.gpu_class, f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
+    return [spreadsheet_text(w.workload), spreadsheet_text(w.team), w.environment, w.gpu_class, f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
             _opt(w.utilization, ".4f"), f"{w.cost_usd:.2f}", _opt(w.billed_usd, ".2f"),
-            _opt(w.usd_per_busy_gpu_hour, ".4f"), _opt(w.alternative_usd, ".2f"), w.alternative_label,
-            w.recommendation, f"{w.annualized_savings_usd:.2f}", _opt(w.annualized_savings_low_usd, ".2f"),
+            _opt(w.usd_per_busy_gpu_hour, ".4f"), _opt(w.alternative_usd, ".2f"), spreadsheet_text(w.alternative_label),
+            spreadsheet_text(w.recommendation), f"{w.annualized_savings_usd:.2f}", _opt(w.annualized_savings_low_usd, ".2f"),
             _opt(w.annualized_savings_high_usd, ".2f"), w.days_with_data, w.confidence]
 
 

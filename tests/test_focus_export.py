@@ -51,7 +51,8 @@ FOCUS_COLUMNS = set(MANDATORY_1_0) | set(MANDATORY_1_3) | {
 NOT_NULL = {"BilledCost", "BillingAccountId", "BillingCurrency", "BillingPeriodEnd", "BillingPeriodStart",
             "ChargeCategory", "ChargePeriodEnd", "ChargePeriodStart", "ContractedCost", "EffectiveCost",
             "InvoiceIssuerName", "ListCost", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName",
-            "HostProviderName", "ServiceProviderName", "ChargeFrequency"}
+            "HostProviderName", "ServiceProviderName", "ChargeFrequency",
+            "InvoiceId"}  # FOCUS 1.2 InvoiceId-C-005-C, as the FinOps Foundation's validator checks it
 DECIMALS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity", "ConsumedQuantity")
 DATETIMES = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
 ALLOWED = {

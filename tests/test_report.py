@@ -4,6 +4,7 @@ back as a reader would get it (text, figures, every page drawn)."""
 from __future__ import annotations
 
 import csv
+import io
 import html
 import re
 import shutil
@@ -225,3 +226,21 @@ def test_report_command_reads_the_embedded_database_and_rejects_bad_input(tmp_pa
                           "--format", "pdf,xls", "--state-dir", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT)
     assert fmt.returncode == 2 and "unknown xls" in fmt.stderr
+
+
+def test_a_hostile_name_cannot_become_a_formula_in_the_finance_csv():
+    from datetime import datetime, timezone
+
+    hostile = ['=HYPERLINK("http://x","y")', "+cmd|'/C calc'!A0", "-2+3", "@SUM(A1)", "\tx"]
+    workloads = [monthly.WorkloadMonth(
+        workload=name, team=name, environment="cloud", gpu_class="A100", allocated_gpu_hours=D(10),
+        busy_gpu_hours=D(5), cost_usd=D("-12.50"), billed_usd=None, alternative_usd=None, alternative_label=name,
+        recommendation="stay", annualized_savings_usd=D(0), confidence="estimated") for name in hostile]
+    start = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    report = monthly.MonthlyReport("2026-10", start, start, workloads, D(0), D(0), [], [], 1)
+    rows = list(csv.DictReader(io.StringIO(monthly.render_csv(report))))
+    for name, row in zip(hostile, rows):
+        for column in ("workload", "team", "alternative"):
+            assert row[column] == "'" + name  # shown as text, the name still readable after the apostrophe
+        assert row["estimated_usd"] == "-12.50"  # numbers are numbers: a negative amount is not escaped
+    assert monthly.spreadsheet_text("train") == "train"
