@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from contracts.redact import one_line, printable
+from infra import metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,14 @@ def run(collector: Collector, stop: Callable[[], bool], say: Callable[[str], Non
     while not stop():
         started = time.monotonic()
         try:
-            say(collector.poll_once().summary())
+            report = collector.poll_once()
+            say(report.summary())
+            metrics.collector_polled(collector.name, report.ok, report.sent, report.errors, time.time())
         except Exception as exc:
             log.exception("%s: the poll failed", collector.name)
             say(printable(f"{collector.name}: the poll failed ({type(exc).__name__}: {exc}); trying again in "
                           f"{collector.interval_s:g} s"))
+            metrics.collector_polled(collector.name, False, {}, [f"{type(exc).__name__}: {exc}"], time.time())
         deadline = started + collector.interval_s
         while not stop() and time.monotonic() < deadline:
             sleep(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -229,7 +229,7 @@ def cmd_alerter(args) -> int:
     )
 
 
-def _run_collector(collector, once: bool) -> int:
+def _run_collector(collector, once: bool, args=None) -> int:
     """Wire a collector (``collectors.base.Collector``): one poll with ``--once``, else poll until SIGTERM/SIGINT.
 
     ``--once`` prints its report and exits 1 when the poll failed and sent nothing; a running
@@ -241,6 +241,8 @@ def _run_collector(collector, once: bool) -> int:
         report = collector.poll_once()
         print(report.summary(), flush=True)
         return 0 if report.ok else 1
+    if args is not None and getattr(args, "metrics_port", None) is not None:
+        _serve_metrics(args)  # polls, problems by kind, events sent, last success (infra/metrics.py)
     run(collector, _stop_flag(), lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 
@@ -270,7 +272,7 @@ def cmd_collect_nvml(args) -> int:
             collector.start()
         except nvml.NVMLError as exc:
             raise UsageError(f"NVML is not available on this machine: {exc}") from None
-        return _run_collector(collector, args.once)
+        return _run_collector(collector, args.once, args)
     finally:
         producer.flush()
         producer.close()
@@ -319,7 +321,7 @@ def _run_scraper(args, config: Config, source: str, make) -> int:
                 send_watermarks(publisher.producer, publisher.topics, source, ts_ms, ("gpu-samples",))
                 marked["ms"] = ts_ms
 
-        return _run_collector(make(publisher, watermark), args.once)
+        return _run_collector(make(publisher, watermark), args.once, args)
 
 
 def _pod_directory(config: Config):
@@ -393,7 +395,7 @@ def cmd_collect_aws(args) -> int:
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = Checkpoint(config.state_dir / "checkpoints" / "aws.json")
     with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
-        return _run_collector(AwsCollector(config, publisher, checkpoint), args.once)
+        return _run_collector(AwsCollector(config, publisher, checkpoint), args.once, args)
 
 
 def cmd_collect_gcp(args) -> int:
@@ -408,7 +410,7 @@ def cmd_collect_gcp(args) -> int:
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = Checkpoint(config.state_dir / "checkpoints" / "gcp.json")
     with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
-        return _run_collector(GcpCollector(config, publisher, checkpoint), args.once)
+        return _run_collector(GcpCollector(config, publisher, checkpoint), args.once, args)
 
 
 def cmd_db_migrate(args) -> int:
@@ -735,6 +737,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def metrics_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
+        p.add_argument("--metrics-host", metavar="HOST", default=os.environ.get("HYBRIDSPEND_METRICS_HOST", "127.0.0.1"),
+                       help="the address the metrics server listens on (default $HYBRIDSPEND_METRICS_HOST, else "
+                            "127.0.0.1: this machine only; the container image sets 0.0.0.0 for Prometheus to scrape)")
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="YAML configuration (default: $HYBRIDSPEND_CONFIG, "
                        "<state dir>/config.yaml, else the bundled example)")
@@ -844,11 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
         if name == "alerter":
             p.add_argument("--dry-run", action="store_true", help="print alerts instead of posting them")
-        p.add_argument("--metrics-port", type=int, metavar="PORT",
-                       help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
-        p.add_argument("--metrics-host", metavar="HOST", default=os.environ.get("HYBRIDSPEND_METRICS_HOST", "127.0.0.1"),
-                       help="the address the metrics server listens on (default $HYBRIDSPEND_METRICS_HOST, else "
-                            "127.0.0.1: this machine only; the container image sets 0.0.0.0 for Prometheus to scrape)")
+        metrics_args(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("collect", help="run a collector")
@@ -857,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(pn)
     pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
     pn.add_argument("--once", action="store_true", help="send one sample and exit")
+    metrics_args(pn)  # served while it runs (not with --once)
     pn.set_defaults(func=cmd_collect_nvml)
     pd = colsub.add_parser(
         "dcgm", help="on-prem GPUs read from the dcgm-exporter endpoints a cluster already runs",
@@ -871,6 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--interval", type=float, help="seconds between scrapes (default from config: 30)")
     pd.add_argument("--once", action="store_true", help="scrape once and exit")
     pd.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
+    metrics_args(pd)  # served while it runs (not with --once)
     pd.set_defaults(func=cmd_collect_dcgm)
     pq = colsub.add_parser(
         "prometheus", help="on-prem GPUs read back from a Prometheus that scrapes dcgm-exporter",
@@ -884,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--lookback", type=float, help="seconds the first run reaches back (default from config: 3600)")
     pq.add_argument("--once", action="store_true", help="one pass up to now, then exit")
     pq.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
+    metrics_args(pq)  # served while it runs (not with --once)
     pq.set_defaults(func=cmd_collect_prometheus)
 
     p = sub.add_parser("ingest", help="ingest billing files")
@@ -948,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Credentials: boto3's standard chain, or a role per account.")
     common(pa)
     pa.add_argument("--once", action="store_true", help="one pass over every source, then exit")
+    metrics_args(pa)  # served while it runs (not with --once)
     pa.set_defaults(func=cmd_collect_aws)
 
     pg = colsub.add_parser("gcp", help="GCP GPU prices (Cloud Billing Catalog), GPU VMs and billing export rows",
@@ -957,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(collectors.gcp.billing_export_glob).")
     common(pg)
     pg.add_argument("--once", action="store_true", help="one pass, then exit")
+    metrics_args(pg)  # served while it runs (not with --once)
     pg.set_defaults(func=cmd_collect_gcp)
 
     p = sub.add_parser("db", help="database tools")

@@ -34,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
+from contracts.redact import redact
+
 REGISTRY = CollectorRegistry()
 OTHER = "other"
 MAX_WORKLOADS = 50  # workloads exported by cost, largest first
@@ -89,6 +91,16 @@ BREAKEVEN_UTILIZATION = Gauge(
     "hybridspend_breakeven_utilization",
     "Owned fully loaded rate / cheapest on-demand cloud rate per GPU: below it renting busy hours is cheaper",
     ["gpu_class"], registry=REGISTRY)
+COLLECTOR_POLLS = Counter("hybridspend_collector_polls", "Polls of a collector, by outcome (ok: something sent or"
+                          " nothing wrong)", ["collector", "outcome"], registry=REGISTRY)
+COLLECTOR_PROBLEMS = Counter("hybridspend_collector_problems", "Problems a collector's polls reported, by kind",
+                             ["collector", "kind"], registry=REGISTRY)
+COLLECTOR_SENT = Counter("hybridspend_collector_events_sent", "Events a collector published, by kind",
+                         ["collector", "kind"], registry=REGISTRY)
+COLLECTOR_LAST_SUCCESS = Gauge("hybridspend_collector_last_success_timestamp_seconds",
+                               "Wall-clock time of the collector's last successful poll", ["collector"],
+                               registry=REGISTRY)
+COLLECTOR_PROBLEM_KINDS = BoundedLabel(64)
 RECOMMENDATION = Enum("hybridspend_recommendation", "The workload's latest breakeven decision", ["workload"],
                       states=list(RECOMMENDATION_STATES), registry=REGISTRY)
 
@@ -113,6 +125,17 @@ class _LastEvents:
             for source, newest in sorted(self._newest.items()):
                 family.add_metric([source], max(0.0, now - newest))
         yield family
+
+
+def collector_polled(name: str, ok: bool, sent: dict[str, int], problems: list[str], now_s: float) -> None:
+    """One poll's report in the collector series (served when the collector has ``--metrics-port``)."""
+    COLLECTOR_POLLS.labels(name, "ok" if ok else "failed").inc()
+    for kind, count in sent.items():
+        COLLECTOR_SENT.labels(name, kind).inc(count)
+    for problem in problems:
+        COLLECTOR_PROBLEMS.labels(name, COLLECTOR_PROBLEM_KINDS(redact(reason_kind(problem)))).inc()
+    if ok:
+        COLLECTOR_LAST_SUCCESS.labels(name).set(now_s)
 
 
 LAST_EVENTS = _LastEvents()

@@ -461,3 +461,32 @@ def test_malformed_urls_and_replies_that_are_not_http_are_reported(exporters):
     assert [e.resource for e in rec.events] == ["hgx-h100-01"]  # the good endpoint still sampled
     assert [e.split(": ")[0] for e in report.errors] == urls[:3]
     assert all("cannot read: " in e for e in report.errors)
+
+
+def test_a_running_collectors_polls_are_counted_for_prometheus():
+    from collectors.base import CollectReport, run
+    from infra import metrics
+
+    def value(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0
+
+    class Polls:
+        name, interval_s, polls = "metrics-test", 0.0, 0
+
+        def poll_once(self):
+            self.polls += 1
+            if self.polls == 1:
+                return CollectReport(self.name, {"gpu samples": 3}, ["http://x/metrics: HTTP 500 Internal Server Error"])
+            if self.polls == 2:
+                return CollectReport(self.name, {}, ["http://x/metrics: cannot read: timed out"])
+            raise RuntimeError("broker refused")
+
+    before = value("hybridspend_collector_polls_total", collector="metrics-test", outcome="ok")
+    collector = Polls()
+    run(collector, stop=lambda: collector.polls >= 3, say=lambda m: None, sleep=lambda s: None)
+    assert value("hybridspend_collector_polls_total", collector="metrics-test", outcome="ok") == before + 1
+    assert value("hybridspend_collector_polls_total", collector="metrics-test", outcome="failed") == 2
+    assert value("hybridspend_collector_events_sent_total", collector="metrics-test", kind="gpu samples") == 3
+    assert value("hybridspend_collector_problems_total", collector="metrics-test",
+                 kind="http://x/metrics: HTTP N Internal Server Error") == 1
+    assert value("hybridspend_collector_last_success_timestamp_seconds", collector="metrics-test") > 1.7e9
