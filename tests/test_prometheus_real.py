@@ -3,12 +3,14 @@ the readings back exactly as `collect dcgm` reads them from the pages themselves
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -25,30 +27,44 @@ pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
 
 
-@pytest.fixture
-def real_prometheus(tmp_path: Path, exporters):  # noqa: F811
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (Debian's prometheus package; .ci/run installs it)")
-    target = urllib.parse.urlsplit(exporters.url).netloc
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus is not installed (Debian's prometheus package; .ci/run installs it)")
+
+
+@contextlib.contextmanager
+def prometheus_scraping(state: Path, jobs: dict[str, tuple[str, str]]) -> Iterator[str]:
+    """A real Prometheus scraping every second: job name -> (host:port, metrics path); its URL."""
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": f"dcgm-{name}", "metrics_path": f"/{name}/metrics",
-                            "static_configs": [{"targets": [target]}]} for name in ("a100", "h100")]}))
+        "scrape_configs": [{"job_name": job, "metrics_path": path, "static_configs": [{"targets": [target]}]}
+                           for job, (target, path) in jobs.items()]}))
     port = free_port()
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={state / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={state / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=(state / "prometheus.log").open("wb"))
     try:
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
+@pytest.fixture
+def real_prometheus(tmp_path: Path, exporters):  # noqa: F811
+    target = urllib.parse.urlsplit(exporters.url).netloc
+    with prometheus_scraping(tmp_path / "prometheus", {f"dcgm-{name}": (target, f"/{name}/metrics")
+                                                       for name in ("a100", "h100")}) as url:
+        yield url
+
+
 def _query(url: str, promql: str) -> list:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}", timeout=5) as r:
-        return json.loads(r.read())["data"]["result"]
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}",
+                                    timeout=5) as r:
+            return json.loads(r.read())["data"]["result"]
+    except OSError:
+        return []  # not listening yet
 
 
 def _comparable(events) -> dict:
@@ -58,13 +74,11 @@ def _comparable(events) -> dict:
                                 g.parent_uuid, g.mig_profile, g.compute_fraction) for g in e.gpus) for e in events}
 
 
+@needs_prometheus
 def test_collect_prometheus_reads_back_what_collect_dcgm_reads_from_the_pages(real_prometheus, exporters,  # noqa: F811
                                                                               tmp_path):
     def scraped():
-        try:
-            return len(_query(real_prometheus, 'count by (job) (DCGM_FI_DEV_POWER_USAGE)')) == 2
-        except OSError:
-            return False  # not listening yet
+        return len(_query(real_prometheus, 'count by (job) (DCGM_FI_DEV_POWER_USAGE)')) == 2
 
     wait_until(scraped, 60, "Prometheus to scrape both exporter pages", interval_s=0.5)
     # every step of the range read below has a sample behind it: four scrapes of every series
@@ -82,3 +96,57 @@ def test_collect_prometheus_reads_back_what_collect_dcgm_reads_from_the_pages(re
     latest = [e for e in through.events if e.ts_ms == newest]
     assert _comparable(latest) == _comparable(direct.events)
     assert set(_comparable(latest)) == {"dgx-a100-01", "hgx-h100-01"}  # both host-label spellings
+
+
+@needs_prometheus
+def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipeline_runs(tmp_path, broker, database,
+                                                                                       topic_prefix):
+    from contracts.config import load_config
+    from contracts.topics import Topics
+    from infra.broker import ensure_topics, make_producer, send_watermarks
+    from infra.local import Endpoints
+    from infra.services import Services
+    from storage.db import migrate
+    from tests.test_metrics import CONFIG, SAMPLE_S, T0_MS, metrics_port, sample
+
+    cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    config = load_config(config_path, {})
+    topics = Topics.from_config(config.kafka)
+    migrate(database)
+    ensure_topics(broker.bootstrap, config.kafka, topics)
+    services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
+    names = ("worker", "sink", "alerter")
+    for name in names:
+        services.start(name, "--metrics-port", "0")
+    producer = make_producer(broker.bootstrap, config.kafka)
+    try:
+        ports = {name: wait_until(lambda log=services.log_dir / f"{name}.log": metrics_port(log), 60,
+                                  f"{name} metrics port") for name in names}
+        for i in range(1, 32):  # 31 one-minute samples: windows close, the sink stores them
+            producer.send(topics.gpu_samples, key=b"node-1", value=sample(T0_MS + i * SAMPLE_S * 1000).encode())
+        send_watermarks(producer, topics, "test", T0_MS + 31 * SAMPLE_S * 1000)
+        producer.flush()
+        jobs = {f"hybridspend-{name}": (f"127.0.0.1:{port}", "/metrics") for name, port in ports.items()}
+        with prometheus_scraping(tmp_path / "prometheus", jobs) as url:
+            wait_until(lambda: {r["metric"]["job"] for r in _query(url, "up == 1")} == set(jobs), 60,
+                       "Prometheus to scrape all three services")
+
+            def stored_as_prometheus_sees_it():
+                services.check()
+                got = _query(url, 'hybridspend_events_out_total{job="hybridspend-sink", stream="gpu_samples"}')
+                return got and float(got[0]["value"][1]) == 31
+
+            wait_until(stored_as_prometheus_sees_it, 120, "the sink's 31 stored samples in Prometheus")
+
+            def worker_counted():  # the worker exports its counts on a timer
+                got = _query(url, f'hybridspend_events_in_total{{job="hybridspend-worker", stream="{topics.gpu_samples}"}}')
+                return got and float(got[0]["value"][1]) >= 31
+
+            wait_until(worker_counted, 60, "the worker's 31 samples read, in Prometheus")
+            wait_until(lambda: _query(url, 'hybridspend_alert_outbox_pending{job="hybridspend-alerter"}'), 60,
+                       "the alerter's outbox gauge in Prometheus")
+    finally:
+        producer.close()
+        services.stop()
