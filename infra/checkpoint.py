@@ -8,10 +8,13 @@ most that last step, and every event carries a deterministic id, so downstream u
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from contracts.files import write_replacing
+
+from . import metrics
 
 
 class Checkpoint:
@@ -31,3 +34,4 @@ class Checkpoint:
         self.data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_replacing(self.path, json.dumps(self.data, indent=1, sort_keys=True))
+        metrics.CHECKPOINTS.written(self.path.stem, time.time())

@@ -142,6 +142,31 @@ LAST_EVENTS = _LastEvents()
 REGISTRY.register(LAST_EVENTS)
 
 
+class _CheckpointWrites:
+    """When each collector checkpoint was last written (wall clock); exposed as its age at scrape time."""
+
+    def __init__(self) -> None:
+        self._written: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def written(self, checkpoint: str, at_s: float) -> None:
+        with self._lock:
+            self._written[checkpoint] = at_s
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("hybridspend_collector_checkpoint_age_seconds",
+                                   "Seconds since a collector's checkpoint was last moved", labels=["checkpoint"])
+        now = time.time()
+        with self._lock:
+            for name, at_s in sorted(self._written.items()):
+                family.add_metric([name], max(0.0, now - at_s))
+        yield family
+
+
+CHECKPOINTS = _CheckpointWrites()
+REGISTRY.register(CHECKPOINTS)
+
+
 _servers: dict[int, object] = {}
 
 

@@ -490,3 +490,13 @@ def test_a_running_collectors_polls_are_counted_for_prometheus():
     assert value("hybridspend_collector_problems_total", collector="metrics-test",
                  kind="http://x/metrics: HTTP N Internal Server Error") == 1
     assert value("hybridspend_collector_last_success_timestamp_seconds", collector="metrics-test") > 1.7e9
+
+
+
+def test_a_collectors_checkpoint_age_is_served(tmp_path):
+    from infra import metrics
+    from infra.checkpoint import Checkpoint
+
+    Checkpoint(tmp_path / "aws-test.json").set("cursor", 1)
+    age = metrics.REGISTRY.get_sample_value("hybridspend_collector_checkpoint_age_seconds", {"checkpoint": "aws-test"})
+    assert age is not None and 0 <= age < 60

@@ -147,6 +147,11 @@ def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipelin
             wait_until(worker_counted, 60, "the worker's 31 samples read, in Prometheus")
             wait_until(lambda: _query(url, 'hybridspend_alert_outbox_pending{job="hybridspend-alerter"}'), 60,
                        "the alerter's outbox gauge in Prometheus")
+        promtool = shutil.which("promtool")  # from the same Debian package
+        for name, port in ports.items():  # every service's page passes Prometheus's own lint
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+            check = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True)
+            assert check.returncode == 0, (name, check.stdout.decode() + check.stderr.decode())
     finally:
         producer.close()
         services.stop()
