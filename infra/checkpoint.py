@@ -34,4 +34,4 @@ class Checkpoint:
         self.data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_replacing(self.path, json.dumps(self.data, indent=1, sort_keys=True))
-        metrics.CHECKPOINTS.written(self.path.stem, time.time())
+        metrics.CHECKPOINTS.seen(self.path.stem, time.time())

@@ -105,26 +105,35 @@ RECOMMENDATION = Enum("hybridspend_recommendation", "The workload's latest break
                       states=list(RECOMMENDATION_STATES), registry=REGISTRY)
 
 
-class _LastEvents:
-    """Newest event time per source; exposed as its age at scrape time."""
+class _Ages:
+    """A time per label value (the newest seen), exposed as its age in seconds at scrape time."""
 
-    def __init__(self) -> None:
-        self._newest: dict[str, float] = {}
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self._times: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def seen(self, source: str, event_time_s: float) -> None:
+    def seen(self, value: str, at_s: float) -> None:
         with self._lock:
-            if event_time_s > self._newest.get(source, float("-inf")):
-                self._newest[source] = event_time_s
+            if at_s > self._times.get(value, float("-inf")):
+                self._times[value] = at_s
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("hybridspend_source_last_event_age_seconds",
-                                   "Seconds since the newest event (event time) of each source", labels=["source"])
+        family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
         now = time.time()
         with self._lock:
-            for source, newest in sorted(self._newest.items()):
-                family.add_metric([source], max(0.0, now - newest))
+            for value, at_s in sorted(self._times.items()):
+                family.add_metric([value], max(0.0, now - at_s))
         yield family
+
+
+# newest event time per source, and when each collector checkpoint was last moved (wall clock)
+LAST_EVENTS = _Ages("hybridspend_source_last_event_age_seconds",
+                    "Seconds since the newest event (event time) of each source", "source")
+CHECKPOINTS = _Ages("hybridspend_collector_checkpoint_age_seconds",
+                    "Seconds since a collector's checkpoint was last moved", "checkpoint")
+REGISTRY.register(LAST_EVENTS)
+REGISTRY.register(CHECKPOINTS)
 
 
 def collector_polled(name: str, ok: bool, sent: dict[str, int], problems: list[str], now_s: float) -> None:
@@ -137,34 +146,6 @@ def collector_polled(name: str, ok: bool, sent: dict[str, int], problems: list[s
     if ok:
         COLLECTOR_LAST_SUCCESS.labels(name).set(now_s)
 
-
-LAST_EVENTS = _LastEvents()
-REGISTRY.register(LAST_EVENTS)
-
-
-class _CheckpointWrites:
-    """When each collector checkpoint was last written (wall clock); exposed as its age at scrape time."""
-
-    def __init__(self) -> None:
-        self._written: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def written(self, checkpoint: str, at_s: float) -> None:
-        with self._lock:
-            self._written[checkpoint] = at_s
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("hybridspend_collector_checkpoint_age_seconds",
-                                   "Seconds since a collector's checkpoint was last moved", labels=["checkpoint"])
-        now = time.time()
-        with self._lock:
-            for name, at_s in sorted(self._written.items()):
-                family.add_metric([name], max(0.0, now - at_s))
-        yield family
-
-
-CHECKPOINTS = _CheckpointWrites()
-REGISTRY.register(CHECKPOINTS)
 
 
 _servers: dict[int, object] = {}

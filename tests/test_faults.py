@@ -83,12 +83,8 @@ MALFORMED_KINDS = (
 )
 
 
-@pytest.mark.integration
-def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_going(tmp_path: Path, broker, database,
-                                                                                   topic_prefix):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonInteractiveExampleWarning)
-        events = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)].example() for i in range(MALFORMED)]
+def _a_worker(tmp_path: Path, broker, database, topic_prefix: str):
+    """A real worker on its own topics: (config, topics, services)."""
     cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
     cfg.pop("alerts")
     config_path = tmp_path / "config.yaml"
@@ -98,6 +94,35 @@ def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_go
     ensure_topics(broker.bootstrap, config.kafka, topics)
     services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
     services.start("worker")
+    return config, topics, services
+
+
+def _letters_and_windows(broker, config, topics, services, group: str, letters_wanted: int, timeout_s: float):
+    """The dead letters and cost windows the worker produced, read until ``letters_wanted`` letters and a
+    window arrived (or the time ran out), checking the worker stays alive."""
+    consumer = make_consumer(broker.bootstrap, config.kafka, broker.profile, group,
+                             [topics.dead_letter, topics.cost_windows])
+    letters, windows = [], []
+    deadline = time.monotonic() + timeout_s
+    while (len(letters) < letters_wanted or not windows) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+            for rec in records:
+                if rec.topic == topics.dead_letter:
+                    letters.append(DeadLetter.decode(rec.value))
+                elif not rec.value.startswith(b'{"schema":"watermark'):
+                    windows.append(CostWindow.decode(rec.value))
+        services.check()  # the worker is alive
+    consumer.close()
+    return letters, windows
+
+
+@pytest.mark.integration
+def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_going(tmp_path: Path, broker, database,
+                                                                                   topic_prefix):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonInteractiveExampleWarning)
+        events = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)].example() for i in range(MALFORMED)]
+    config, topics, services = _a_worker(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka, linger_ms=20)
     try:
         for key, value in events:
@@ -109,19 +134,8 @@ def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_go
         send_watermarks(producer, topics, "test", good[-1].ts_ms)
         producer.flush()
 
-        consumer = make_consumer(broker.bootstrap, config.kafka, broker.profile, f"check-{topic_prefix}",
-                                 [topics.dead_letter, topics.cost_windows])
-        letters, windows = [], []
-        deadline = time.monotonic() + 240
-        while (len(letters) < MALFORMED or not windows) and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for rec in records:
-                    if rec.topic == topics.dead_letter:
-                        letters.append(DeadLetter.decode(rec.value))
-                    elif not rec.value.startswith(b'{"schema":"watermark'):
-                        windows.append(CostWindow.decode(rec.value))
-            services.check()  # the worker is alive
-        consumer.close()
+        letters, windows = _letters_and_windows(broker, config, topics, services, f"check-{topic_prefix}",
+                                                MALFORMED, 240)
         assert len(letters) == MALFORMED  # every one, once
         assert all(letter.reason and letter.source_topic == topics.gpu_samples for letter in letters)
         assert len({(letter.partition, letter.offset) for letter in letters}) == MALFORMED
@@ -166,15 +180,7 @@ def test_a_hostile_workload_label_is_replaced_and_the_nodes_costs_kept(tmp_path:
     characters long must not dead-letter the node's sample (every GPU, workload and idle cost of it)."""
     from contracts.events import WorkloadShare
 
-    cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
-    cfg.pop("alerts")
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
-    config = load_config(config_path, {})
-    topics = Topics.from_config(config.kafka)
-    ensure_topics(broker.bootstrap, config.kafka, topics)
-    services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
-    services.start("worker")
+    config, topics, services = _a_worker(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka, linger_ms=20)
     hostile = "team-a/\x1b[31mtrain"
     try:
@@ -184,19 +190,7 @@ def test_a_hostile_workload_label_is_replaced_and_the_nodes_costs_kept(tmp_path:
             producer.send(topics.gpu_samples, key=b"node-1", value=s.encode())
         send_watermarks(producer, topics, "test", good[-1].ts_ms)
         producer.flush()
-        consumer = make_consumer(broker.bootstrap, config.kafka, broker.profile, f"check-{topic_prefix}",
-                                 [topics.dead_letter, topics.cost_windows])
-        letters, windows = [], []
-        deadline = time.monotonic() + 120
-        while (len(letters) < 11 or not windows) and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for rec in records:
-                    if rec.topic == topics.dead_letter:
-                        letters.append(DeadLetter.decode(rec.value))
-                    elif not rec.value.startswith(b'{"schema":"watermark'):
-                        windows.append(CostWindow.decode(rec.value))
-            services.check()
-        consumer.close()
+        letters, windows = _letters_and_windows(broker, config, topics, services, f"check-{topic_prefix}", 11, 120)
         # 10 samples in window 0 at 40 % busy, charged to the replaced name: the costs are all there
         (w,) = [w for w in windows if w.window_start_ms == T0_MS]
         assert w.workload.startswith("invalid-label:") and w.busy_gpu_ms == 10 * 24_000 and w.cost_usd > 0

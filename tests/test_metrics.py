@@ -72,8 +72,12 @@ def sample(ts_ms: int) -> GpuSample:
                                       [WorkloadShare("team-a/train", "team-a")])])
 
 
-@pytest.mark.integration
-def test_every_service_serves_its_metrics(tmp_path, broker, database, topic_prefix):
+SERVICES = ("worker", "sink", "alerter")
+
+
+def services_serving_metrics(tmp_path, broker, database, topic_prefix):
+    """The worker, sink and alerter started with ``--metrics-port 0`` on their own topics:
+    (config, topics, services); ``metrics_ports(services)`` waits for the ports they print."""
     cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
@@ -82,13 +86,22 @@ def test_every_service_serves_its_metrics(tmp_path, broker, database, topic_pref
     migrate(database)
     ensure_topics(broker.bootstrap, config.kafka, topics)
     services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
-    for name in ("worker", "sink", "alerter"):
+    for name in SERVICES:
         services.start(name, "--metrics-port", "0")
+    return config, topics, services
+
+
+def metrics_ports(services) -> dict[str, int]:
+    return {name: wait_until(lambda log=services.log_dir / f"{name}.log": metrics_port(log), 60, f"{name} metrics port")
+            for name in SERVICES}
+
+
+@pytest.mark.integration
+def test_every_service_serves_its_metrics(tmp_path, broker, database, topic_prefix):
+    config, topics, services = services_serving_metrics(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
-        ports = {name: wait_until(lambda log=services.log_dir / f"{name}.log": metrics_port(log), 60,
-                                  f"{name} metrics port")
-                 for name in ("worker", "sink", "alerter")}
+        ports = metrics_ports(services)
         producer.send(topics.gpu_samples, key=b"node-1", value=b"{not json")
         # 31 samples at 80 % busy: windows 0-2 close (the 31st sample is in window 3)
         for i in range(1, 3 * (WINDOW_S // SAMPLE_S) + 2):

@@ -101,29 +101,13 @@ def test_collect_prometheus_reads_back_what_collect_dcgm_reads_from_the_pages(re
 @needs_prometheus
 def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipeline_runs(tmp_path, broker, database,
                                                                                        topic_prefix):
-    from contracts.config import load_config
-    from contracts.topics import Topics
-    from infra.broker import ensure_topics, make_producer, send_watermarks
-    from infra.local import Endpoints
-    from infra.services import Services
-    from storage.db import migrate
-    from tests.test_metrics import CONFIG, SAMPLE_S, T0_MS, metrics_port, sample
+    from infra.broker import make_producer, send_watermarks
+    from tests.test_metrics import SAMPLE_S, T0_MS, metrics_ports, sample, services_serving_metrics
 
-    cfg = dict(CONFIG, state_dir=str(tmp_path / "state"), kafka={"topic_prefix": topic_prefix, "topic_partitions": 2})
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
-    config = load_config(config_path, {})
-    topics = Topics.from_config(config.kafka)
-    migrate(database)
-    ensure_topics(broker.bootstrap, config.kafka, topics)
-    services = Services(config, config_path, Endpoints(broker.bootstrap, database, broker.profile, True, True))
-    names = ("worker", "sink", "alerter")
-    for name in names:
-        services.start(name, "--metrics-port", "0")
+    config, topics, services = services_serving_metrics(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka)
     try:
-        ports = {name: wait_until(lambda log=services.log_dir / f"{name}.log": metrics_port(log), 60,
-                                  f"{name} metrics port") for name in names}
+        ports = metrics_ports(services)
         for i in range(1, 32):  # 31 one-minute samples: windows close, the sink stores them
             producer.send(topics.gpu_samples, key=b"node-1", value=sample(T0_MS + i * SAMPLE_S * 1000).encode())
         send_watermarks(producer, topics, "test", T0_MS + 31 * SAMPLE_S * 1000)
