@@ -99,15 +99,25 @@ def test_collect_prometheus_reads_back_what_collect_dcgm_reads_from_the_pages(re
 
 
 @needs_prometheus
-def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipeline_runs(tmp_path, broker, database,
-                                                                                       topic_prefix):
+def test_a_real_prometheus_scrapes_the_services_and_a_collector_while_the_pipeline_runs(tmp_path, broker, database,
+                                                                                       topic_prefix, exporters):  # noqa: F811
+    import os
+    import sys
+
     from infra.broker import make_producer, send_watermarks
-    from tests.test_metrics import SAMPLE_S, T0_MS, metrics_ports, sample, services_serving_metrics
+    from tests.test_metrics import SAMPLE_S, T0_MS, metrics_port, metrics_ports, sample, services_serving_metrics
 
     config, topics, services = services_serving_metrics(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka)
+    collector_log = tmp_path / "collector.log"
+    collector = subprocess.Popen(  # a dcgm collector polling every second, serving its own metrics
+        [sys.executable, "-m", "hybridspend.cli", "collect", "dcgm", "--url", f"{exporters.url}/h100/metrics",
+         "--interval", "1", "--metrics-port", "0", "--config", str(tmp_path / "config.yaml")],
+        env={**os.environ, "HYBRIDSPEND__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap},
+        stdout=subprocess.DEVNULL, stderr=collector_log.open("wb"))
     try:
         ports = metrics_ports(services)
+        ports["collector"] = wait_until(lambda: metrics_port(collector_log), 60, "the collector's metrics port")
         for i in range(1, 32):  # 31 one-minute samples: windows close, the sink stores them
             producer.send(topics.gpu_samples, key=b"node-1", value=sample(T0_MS + i * SAMPLE_S * 1000).encode())
         send_watermarks(producer, topics, "test", T0_MS + 31 * SAMPLE_S * 1000)
@@ -120,7 +130,7 @@ def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipelin
             def stored_as_prometheus_sees_it():
                 services.check()
                 got = _query(url, 'hybridspend_events_out_total{job="hybridspend-sink", stream="gpu_samples"}')
-                return got and float(got[0]["value"][1]) == 31
+                return got and float(got[0]["value"][1]) >= 31  # and the collector's
 
             wait_until(stored_as_prometheus_sees_it, 120, "the sink's 31 stored samples in Prometheus")
 
@@ -131,11 +141,20 @@ def test_a_real_prometheus_scrapes_the_worker_sink_and_alerter_while_the_pipelin
             wait_until(worker_counted, 60, "the worker's 31 samples read, in Prometheus")
             wait_until(lambda: _query(url, 'hybridspend_alert_outbox_pending{job="hybridspend-alerter"}'), 60,
                        "the alerter's outbox gauge in Prometheus")
+
+            def collector_polled():
+                got = _query(url, 'hybridspend_collector_polls_total{job="hybridspend-collector", collector="dcgm",'
+                                  ' outcome="ok"}')
+                return got and float(got[0]["value"][1]) >= 2
+
+            wait_until(collector_polled, 60, "the collector's good polls in Prometheus")
         promtool = shutil.which("promtool")  # from the same Debian package
         for name, port in ports.items():  # every service's page passes Prometheus's own lint
             page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
             check = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True)
             assert check.returncode == 0, (name, check.stdout.decode() + check.stderr.decode())
     finally:
+        collector.terminate()
+        collector.wait(timeout=30)
         producer.close()
         services.stop()

@@ -39,8 +39,31 @@ def simulate(*extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_worker() -> dict:
-    return simulate()
+def simulated_state(tmp_path_factory):
+    """The state directory (database included) the month is simulated into."""
+    return tmp_path_factory.mktemp("hybrid-month")
+
+
+@pytest.fixture(scope="module")
+def one_worker(simulated_state) -> dict:
+    return simulate("--state-dir", str(simulated_state))
+
+
+def test_the_months_onprem_focus_export_conforms_with_a_chargeback_invoice_on_every_row(one_worker, simulated_state,
+                                                                                          tmp_path):
+    import csv
+    import io
+
+    from tests.test_focus_export import focus_violations
+
+    done = subprocess.run([sys.executable, "-m", "hybridspend.cli", "report", "monthly", "--month", "2026-11",
+                           "--format", "focus", "--state-dir", str(simulated_state), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "onprem-focus-2026-11.csv").read_text()
+    assert focus_violations(text) == []
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows and {r["InvoiceId"] for r in rows} == {"chargeback-on-prem-2026-11"}
 
 
 def by_workload(result: dict) -> dict[str, list[dict]]:
