@@ -156,3 +156,14 @@ def test_secrets_come_from_secret_objects_and_every_container_requests_resources
         assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
     literals = "\n".join(kustomization()["configMapGenerator"][2]["literals"])
     assert "password" not in literals.lower()
+
+
+def test_the_collectors_serve_metrics_where_their_annotations_say():
+    objects = by_name(raw_objects())
+    for name in ("hybridspend-nvml-collector", "hybridspend-dcgm-collector"):
+        template = objects[name]["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        args = container["args"]
+        port = int(args[args.index("--metrics-port") + 1])
+        assert container["ports"] == [{"name": "metrics", "containerPort": port}], name
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port), name
