@@ -55,6 +55,7 @@ def run(collector: Collector, stop: Callable[[], bool], say: Callable[[str], Non
     """Poll every ``collector.interval_s`` seconds until ``stop()``; each poll's report goes to ``say``.
     A poll that fails outright (a bug, a broker that refuses) is reported and the next one runs on
     time: one bad input never ends the collector for every source."""
+    metrics.COLLECTOR_LAST_SUCCESS.labels(collector.name).set(time.time())  # a collector failing from the start alerts too
     while not stop():
         started = time.monotonic()
         try:

@@ -31,6 +31,7 @@ from .money import HOURS_PER_MONTH, ZERO
 from .rates import CostModelError
 
 ON_DEMAND = "on_demand"
+MAX_UNITS = 10_000  # instances or nodes one sizing considers (a peak of 80,000 GPUs in 8-GPU units)
 COMMITMENT = "commitment"
 BUY = "buy"
 
@@ -144,6 +145,8 @@ def size_to_demand(
     hours = Decimal(len(demand_gpus_by_hour))
     peak = max(demand_gpus_by_hour)
     most = math.ceil(peak / gpus_per_unit)  # units that cover the peak
+    if most > MAX_UNITS:
+        raise CostModelError(f"a peak of {peak} GPUs is {most} units of {gpus_per_unit}: more than {MAX_UNITS} to size")
     annuity = annuity_factor(horizon_months, annual_rate)
     best: CashFlows | None = None
     best_pv = ZERO
@@ -228,12 +231,15 @@ def plan_workload(
     annual_rate: Decimal,
     one_time_usd: Decimal = ZERO,
     ongoing_usd_per_month: Decimal = ZERO,
+    provider: str = "",
 ) -> list[PlannedOption]:
     """Every option for one workload of one GPU class, from its measured hours repeated over the
-    horizon; the first is staying as it runs (the baseline).
+    horizon; the first is staying as it runs (the baseline).  An option that covers nothing
+    (0 instances committed, 0 nodes bought) is staying by another name and is left out.
 
     - in the cloud: stay; commit whole instances of each offer of the class with a committed price
-      (sized to the demand floor, allocated GPUs; the rest at what an allocated GPU-hour costs now);
+      at the workload's own ``provider`` (another provider's is a move, not a commitment), sized to
+      the demand floor (allocated GPUs; the rest at what an allocated GPU-hour costs now);
       buy whole nodes of each owned profile of the class (its price up front, plus ``one_time_usd``;
       energy and upkeep every hour, plus ``ongoing_usd_per_month`` for data left in the cloud).
     - on-prem: stay; move to each offer on demand (busy hours only) and committed (sized to the busy
@@ -251,7 +257,8 @@ def plan_workload(
     now_usd_per_gpu_hour = stay.monthly_usd / HOURS_PER_MONTH * n / allocated_gpu_hours if allocated_gpu_hours else ZERO
     allocated = [h.allocated_gpus for h in hours]
     busy = [h.busy_gpus for h in hours]
-    for offer in (o for o in offers if o.gpu_class == gpu_class):
+    for offer in (o for o in offers if o.gpu_class == gpu_class
+                  and (environment != "cloud" or not provider or o.provider == provider)):
         name = f"{offer.provider} {offer.region} {offer.instance_type}"
         on_demand = offer.usd_per_gpu_hour("on_demand")
         if environment != "cloud" and on_demand is not None:
@@ -269,12 +276,13 @@ def plan_workload(
                                    covered_usd_per_unit_hour=per_gpu * offer.gpus_per_instance,
                                    uncovered_usd_per_gpu_hour=uncovered, horizon_months=horizon_months,
                                    annual_rate=annual_rate)
-            committed = f"commit {flows.quantity} x {offer.instance_type} ({option.replace('_', ' ')})"
+            if not flows.quantity:
+                continue  # nothing committed: staying (in the cloud) or the on-demand move (from owned)
+            committed = f"commit {flows.quantity} x {name} ({option.replace('_', ' ')})"
             if environment == "cloud":
                 planned.append((committed, flows))
-            elif flows.quantity:  # a move, committing part of it (none committed is the on-demand move)
-                planned.append((f"move to {name}, {committed}",
-                                replace(flows, upfront_usd=flows.upfront_usd + one_time_usd)))
+            else:
+                planned.append((f"move and {committed}", replace(flows, upfront_usd=flows.upfront_usd + one_time_usd)))
     if environment == "cloud":
         for profile, gpus_per_node, price_per_node, gpu in gpu_costs:
             if gpu.gpu_class != gpu_class:
@@ -285,7 +293,8 @@ def plan_workload(
                                    covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour,
                                    horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd,
                                    ongoing_usd_per_month=ongoing_usd_per_month)
-            planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPU"
-                            f"{'s' if gpus_per_node != 1 else ''} each)", flows))
+            if flows.quantity:
+                planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPU"
+                                f"{'s' if gpus_per_node != 1 else ''} each)", flows))
     results = compare([flows for _, flows in planned], stay, annual_rate)
     return [PlannedOption(label, result) for (label, _), result in zip(planned, results)]

@@ -107,6 +107,12 @@ def _tco_options(args, result):
         return None
     if (args.commitment_usd_per_gpu_hour is None) != (args.commitment_term_months is None):
         raise UsageError("--commitment-usd-per-gpu-hour and --commitment-term-months go together")
+    horizon = args.horizon_months or args.amortization_months
+    if args.commitment_term_months is not None and not 1 <= args.commitment_term_months <= horizon:
+        raise UsageError(f"--commitment-term-months must be from 1 to the horizon ({horizon} months): a commitment "
+                         f"pays for its whole term, got {args.commitment_term_months}")
+    if args.one_time_usd is not None and args.one_time_usd < 0:
+        raise UsageError(f"--one-time-usd must be >= 0, got {args.one_time_usd}")
     return calculator_options(
         gpus=args.gpus, utilization=args.utilization, cloud_usd_per_gpu_hour=args.cloud_usd_per_gpu_hour,
         gpu_price_usd=args.gpu_price_usd,
@@ -553,12 +559,20 @@ def cmd_plan(args) -> int:
     import psycopg
 
     from costmodel.money import micro
-    from costmodel.options import cheapest, plan_workload
     from infra.local import local_database
+    from reports.plans import plan_for
     from storage import queries
     from storage.db import check_schema
 
     config = resolve_config(args.config, args.state_dir)
+    if args.gpus is not None and not 1 <= args.gpus <= 100_000:
+        raise UsageError(f"--gpus must be from 1 to 100,000, got {args.gpus}")
+    if args.utilization is not None and not 0 < args.utilization <= 1:
+        raise UsageError(f"--utilization must be in (0, 1], got {args.utilization}")
+    if args.horizon_months is not None and not 1 <= args.horizon_months <= 600:
+        raise UsageError(f"--horizon-months must be from 1 to 600, got {args.horizon_months}")
+    if args.one_time_usd is not None and args.one_time_usd < 0:
+        raise UsageError(f"--one-time-usd must be >= 0, got {args.one_time_usd}")
     until = _day_arg(args.until, "--until") if args.until else datetime.now(timezone.utc)
     since = _day_arg(args.since, "--since") if args.since else until - timedelta(days=30)
     if since >= until:
@@ -570,31 +584,23 @@ def cmd_plan(args) -> int:
     if not by_class:
         raise UsageError(f"no cost windows of workload {args.workload!r} from {since:%Y-%m-%d %H:%M} to "
                          f"{until:%Y-%m-%d %H:%M} UTC: run the pipeline (or `hybridspend demo`) first, or widen --since")
-    rate_pct = args.discount_rate_pct if args.discount_rate_pct is not None else config.thresholds.discount_rate_pct
-    gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
-    offers = [o.offer() for o in config.cloud_offers]
     plans = []
     for (environment, gpu_class), hours in sorted(by_class.items()):
         hours = [_what_if(h, args.gpus, args.utilization) for h in hours]
-        horizon = args.horizon_months or config.thresholds.horizon_for(config.onprem_assets, gpu_class)
-        provider = providers.get((environment, gpu_class)) if environment == "cloud" else None
-        one_time = args.one_time_usd if args.one_time_usd is not None else \
-            config.moves.one_time_usd(args.workload, provider)
-        options = plan_workload(environment=environment, gpu_class=gpu_class, hours=hours, offers=offers,
-                                gpu_costs=gpu_costs, horizon_months=horizon, annual_rate=rate_pct / 100,
-                                one_time_usd=one_time,
-                                ongoing_usd_per_month=config.moves.ongoing_usd_per_month(args.workload, provider))
-        best = cheapest([o.result for o in options])
+        plan = plan_for(config, args.workload, environment, gpu_class, hours, providers.get((environment, gpu_class), ""),
+                        horizon_months=args.horizon_months, discount_rate_pct=args.discount_rate_pct,
+                        one_time_usd=args.one_time_usd)
+        options = plan.options
         plans.append({"environment": environment, "gpu_class": gpu_class, "hours": len(hours),
-                      "horizon_months": horizon, "discount_rate_pct": str(rate_pct),
-                      "one_time_move_usd": str(micro(one_time)),
+                      "horizon_months": plan.horizon_months, "discount_rate_pct": str(plan.discount_rate_pct),
+                      "one_time_move_usd": str(micro(plan.one_time_move_usd)),
                       "options": [{"label": o.label, "option": o.result.option, "quantity": o.result.quantity,
                                    "upfront_usd": str(micro(o.result.upfront_usd)),
                                    "monthly_usd": str(micro(o.result.monthly_usd)),
                                    "total_usd": str(micro(o.result.total_usd)),
                                    "npv_usd": str(micro(o.result.npv_usd)),
                                    "breakeven_month": o.result.breakeven_month} for o in options],
-                      "cheapest": next(o.label for o in options if o.result is best)})
+                      "cheapest": plan.cheapest.label})
     if args.json:
         print(json.dumps({"workload": args.workload, "since": f"{since:%Y-%m-%dT%H:%M:%SZ}",
                           "until": f"{until:%Y-%m-%dT%H:%M:%SZ}", "plans": plans}, indent=2))
@@ -787,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utilization", type=_dec("--utilization"), help="what if it were busy this share, (0, 1]")
     p.add_argument("--horizon-months", type=int, help="months compared (default: the owned profile's amortization)")
     p.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"),
-                   help="annual cost of capital, percent (default 8)")
+                   help="annual cost of capital, percent (default: thresholds.discount_rate_pct, 8)")
     p.add_argument("--one-time-usd", type=_dec("--one-time-usd"),
                    help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase "
                         "(default: from moves.workloads in the configuration)")

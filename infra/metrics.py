@@ -98,7 +98,8 @@ COLLECTOR_PROBLEMS = Counter("hybridspend_collector_problems", "Problems a colle
 COLLECTOR_SENT = Counter("hybridspend_collector_events_sent", "Events a collector published, by kind",
                          ["collector", "kind"], registry=REGISTRY)
 COLLECTOR_LAST_SUCCESS = Gauge("hybridspend_collector_last_success_timestamp_seconds",
-                               "Wall-clock time of the collector's last successful poll", ["collector"],
+                               "Wall-clock time of the collector's last successful poll (its start before one)",
+                               ["collector"],
                                registry=REGISTRY)
 COLLECTOR_PROBLEM_KINDS = BoundedLabel(64)
 RECOMMENDATION = Enum("hybridspend_recommendation", "The workload's latest breakeven decision", ["workload"],
@@ -142,7 +143,9 @@ def collector_polled(name: str, ok: bool, sent: dict[str, int], problems: list[s
     for kind, count in sent.items():
         COLLECTOR_SENT.labels(name, kind).inc(count)
     for problem in problems:
-        COLLECTOR_PROBLEMS.labels(name, COLLECTOR_PROBLEM_KINDS(redact(reason_kind(problem)))).inc()
+        # the kind without its source ("http://node-3:9400/metrics: HTTP 500" -> "HTTP N"): one value a kind
+        kind = reason_kind(problem.split(": ", 1)[-1])
+        COLLECTOR_PROBLEMS.labels(name, COLLECTOR_PROBLEM_KINDS(redact(kind))).inc()
     if ok:
         COLLECTOR_LAST_SUCCESS.labels(name).set(now_s)
 

@@ -24,7 +24,7 @@ from contracts.config import Config
 from contracts.files import write_replacing
 from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
 from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
-from costmodel.options import PlannedOption, cheapest, plan_workload
+from costmodel.options import PlannedOption, cheapest
 from costmodel.timeunits import MS_PER_HOUR
 from costmodel.tco import (
     breakeven_band,
@@ -34,8 +34,9 @@ from costmodel.tco import (
     usd_per_year,
 )
 from reports import charts, focus_export, pdf
+from reports.plans import plan_for
 from storage import report_queries as q
-from storage.queries import WorkloadSummary, workload_hours
+from storage.queries import WorkloadSummary, workload_hours, workload_providers
 
 FORMATS = ("md", "csv", "html", "pdf", "focus")
 TEMPLATE = "monthly.html.j2"
@@ -286,20 +287,16 @@ def _cheapest(options: list[PlannedOption]) -> PlannedOption:
 
 def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadMonth], start: datetime,
              end: datetime) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
-    """Each workload's options over its horizon (``thresholds.horizon_months``, else the owned profile's
-    amortization), at ``thresholds.discount_rate_pct``, from the month's measured hours
-    (``costmodel.options.plan_workload``, as ``hybridspend plan``)."""
-    gpu_costs = [(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets]
-    offers = [o.offer() for o in config.cloud_offers]
+    """Each workload's options over its horizon from the month's hours, priced as ``hybridspend plan``
+    prices them (``reports.plans.plan_for``: configured horizon, cost of capital and move costs)."""
     out = {}
     for w in workloads:
         hours = workload_hours(conn, w.workload, start, end).get((w.environment, w.gpu_class))
         if not hours:
             continue
-        horizon = config.thresholds.horizon_for(config.onprem_assets, w.gpu_class)
-        out[(w.workload, w.environment)] = (horizon, plan_workload(
-            environment=w.environment, gpu_class=w.gpu_class, hours=hours, offers=offers, gpu_costs=gpu_costs,
-            horizon_months=horizon, annual_rate=config.thresholds.discount_rate_pct / 100))
+        provider = workload_providers(conn, w.workload, start, end).get((w.environment, w.gpu_class), "")
+        plan = plan_for(config, w.workload, w.environment, w.gpu_class, hours, provider)
+        out[(w.workload, w.environment)] = (plan.horizon_months, plan.options)
     return out
 
 
@@ -414,7 +411,8 @@ def spreadsheet_text(text: str) -> str:
 
 
 def _row(w: WorkloadMonth) -> list:
-    return [spreadsheet_text(w.workload), spreadsheet_text(w.team), w.environment, w.gpu_class, f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
+    return [spreadsheet_text(w.workload), spreadsheet_text(w.team), spreadsheet_text(w.environment),
+            spreadsheet_text(w.gpu_class), f"{w.allocated_gpu_hours:.3f}", f"{w.busy_gpu_hours:.3f}",
             _opt(w.utilization, ".4f"), f"{w.cost_usd:.2f}", _opt(w.billed_usd, ".2f"),
             _opt(w.usd_per_busy_gpu_hour, ".4f"), _opt(w.alternative_usd, ".2f"), spreadsheet_text(w.alternative_label),
             spreadsheet_text(w.recommendation), f"{w.annualized_savings_usd:.2f}", _opt(w.annualized_savings_low_usd, ".2f"),

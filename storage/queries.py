@@ -7,7 +7,7 @@ through these functions; rows come back as dataclasses or dicts named by column.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -241,8 +241,10 @@ def onprem_hosts_last_seen(conn: psycopg.Connection, samples_now: datetime) -> l
 
 def workload_hours(conn: psycopg.Connection, workload: str, start: datetime,
                    end: datetime) -> dict[tuple[str, str], list[HourOfDemand]]:
-    """A workload's measured hours in [start, end), per (environment, GPU class): the GPU-equivalents
-    allocated and busy (GPU-ms over an hour's ms) and the estimated cost of each hour, in time order."""
+    """A workload's hours in [start, end), per (environment, GPU class), from its first to its last hour
+    with data: the GPU-equivalents allocated and busy (GPU-ms over an hour's ms) and the estimated cost
+    of each hour, in time order; an hour between them without a window is an hour of no demand (a
+    job that ran 60 of 720 hours is not priced as if it ran all month)."""
     rows = conn.execute(
         """
         SELECT environment, gpu_class, date_trunc('hour', window_start) AS hour,
@@ -253,10 +255,16 @@ def workload_hours(conn: psycopg.Connection, workload: str, start: datetime,
         """,
         (workload, start, end),
     ).fetchall()
+    measured: dict[tuple[str, str], dict[datetime, HourOfDemand]] = {}
+    for environment, gpu_class, hour, allocated_ms, busy_ms, cost in rows:
+        measured.setdefault((environment, gpu_class), {})[hour] = HourOfDemand(
+            Decimal(allocated_ms) / MS_PER_HOUR, Decimal(busy_ms) / MS_PER_HOUR, Decimal(cost))
+    idle = HourOfDemand(Decimal(0), Decimal(0), Decimal(0))
     out: dict[tuple[str, str], list[HourOfDemand]] = {}
-    for environment, gpu_class, _hour, allocated_ms, busy_ms, cost in rows:
-        out.setdefault((environment, gpu_class), []).append(HourOfDemand(
-            Decimal(allocated_ms) / MS_PER_HOUR, Decimal(busy_ms) / MS_PER_HOUR, Decimal(cost)))
+    for key, by_hour in measured.items():
+        first, last = min(by_hour), max(by_hour)
+        span = int((last - first).total_seconds() // 3600) + 1
+        out[key] = [by_hour.get(first + timedelta(hours=h), idle) for h in range(span)]
     return out
 
 
@@ -270,7 +278,7 @@ def workload_providers(conn: psycopg.Connection, workload: str, start: datetime,
           FROM cost_windows
          WHERE workload = %s AND basis = 'estimated' AND window_start >= %s AND window_start < %s
          GROUP BY environment, gpu_class, provider
-         ORDER BY environment, gpu_class, sum(cost_usd) DESC
+         ORDER BY environment, gpu_class, sum(cost_usd) DESC, provider
         """,
         (workload, start, end),
     ).fetchall()

@@ -488,7 +488,7 @@ def test_a_running_collectors_polls_are_counted_for_prometheus():
     assert value("hybridspend_collector_polls_total", collector="metrics-test", outcome="failed") == 2
     assert value("hybridspend_collector_events_sent_total", collector="metrics-test", kind="gpu samples") == 3
     assert value("hybridspend_collector_problems_total", collector="metrics-test",
-                 kind="http://x/metrics: HTTP N Internal Server Error") == 1
+                 kind="HTTP N Internal Server Error") == 1
     assert value("hybridspend_collector_last_success_timestamp_seconds", collector="metrics-test") > 1.7e9
 
 

@@ -159,7 +159,7 @@ def test_a_cloud_workloads_plan_prices_staying_committing_its_floor_and_buying_n
     options = plan_workload(environment="cloud", gpu_class="A100", hours=hours, offers=[offer],
                             gpu_costs=[("dgx", 8, D(200_000), node)], horizon_months=36, annual_rate=D(0))
     stay, commit, buy = (o.result for o in options)
-    assert [o.label for o in options] == ["stay (cloud, as it runs)", "commit 1 x p4d.24xlarge (reserved)",
+    assert [o.label for o in options] == ["stay (cloud, as it runs)", "commit 1 x aws us-east-1 p4d.24xlarge (reserved)",
                                           "buy 2 x dgx node (8 GPUs each)"]
     assert stay.monthly_usd == D(1024) / 24 * 730
     # committing one instance (the 8-GPU floor) at 19.20 an hour; the other 8 GPUs for 8 hours at 4.00:
@@ -188,3 +188,17 @@ def test_an_onprem_workloads_plan_prices_moving_with_the_one_time_cost():
     assert (stay.monthly_usd, move.monthly_usd, move.upfront_usd) == (D("6716"), D(5840), D(20_000))
     # 20,000 + 5,840 m <= 6,716 m from m = 22.83: month 23
     assert move.breakeven_month == 23 and move.total_usd == 20_000 + 5840 * 36
+
+
+def test_a_cloud_workload_commits_only_at_its_own_provider_and_nothing_committed_is_no_option():
+    from costmodel.options import HourOfDemand, plan_workload
+    from costmodel.rates import CloudOffer
+
+    hours = [HourOfDemand(D(8), D(6), D(32))] * 24
+    aws = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, {"on_demand": D(32), "reserved": D("19.2")})
+    gcp = CloudOffer("gcp", "us-central1", "a2-highgpu-8g", "A100", 8, {"committed_use": D(10)})
+    dear = CloudOffer("aws", "us-west-2", "p4d.24xlarge", "A100", 8, {"reserved": D(40)})  # dearer than staying
+    options = plan_workload(environment="cloud", gpu_class="A100", hours=hours, offers=[aws, gcp, dear],
+                            gpu_costs=[], horizon_months=12, annual_rate=D(0), provider="aws")
+    # GCP's committed use would be a move (with egress), not a commitment; committing 0 at 40.00 is staying
+    assert [o.label for o in options] == ["stay (cloud, as it runs)", "commit 1 x aws us-east-1 p4d.24xlarge (reserved)"]

@@ -84,7 +84,7 @@ def test_plan_reads_the_stored_hours_and_prices_every_option(tmp_path, database)
     # 8 GPUs every hour at 4.00: 23,360 a month staying; one reserved instance, 14,016, beats a node over a year
     by = {o["option"]: o for o in what_if["options"]}
     assert D(by["stay"]["monthly_usd"]) == 23_360 and what_if["horizon_months"] == 12
-    assert what_if["cheapest"] == "commit 1 x p4d.24xlarge (reserved)"
+    assert what_if["cheapest"] == "commit 1 x aws us-east-1 p4d.24xlarge (reserved)"
 
     text = plan(tmp_path, "embed", "--since", "2026-10-05", "--until", "2026-10-06")
     assert "embed on cloud A100: 24 measured hours, repeated over 36 months" in text.stdout
@@ -106,3 +106,19 @@ def test_plan_reads_the_stored_hours_and_prices_every_option(tmp_path, database)
     assert missing.returncode == 2 and "no cost windows of workload 'nobody'" in missing.stderr
     backwards = plan(tmp_path, "embed", "--since", "2026-10-06", "--until", "2026-10-05")
     assert backwards.returncode == 2 and "must be before --until" in backwards.stderr
+
+
+
+def test_hours_without_windows_between_the_first_and_last_are_hours_of_no_demand(database):
+    from storage.queries import workload_hours
+
+    migrate(database)
+    batch = Batch()
+    for w in _windows()[:1] + _windows()[5:6]:  # hours 0 and 5 of the day only
+        batch.add("cost_windows", cost_window_row(w))
+    with psycopg.connect(database) as conn:
+        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+        start = datetime(2026, 10, 5, tzinfo=timezone.utc)
+        (hours,) = workload_hours(conn, "embed", start, datetime(2026, 10, 6, tzinfo=timezone.utc)).values()
+    # six hours from the first to the last, the four between them empty: 2 x 32 over 6 hours, not over 2
+    assert [h.cost_usd for h in hours] == [32, 0, 0, 0, 0, 32] and [h.allocated_gpus for h in hours][:2] == [8, 0]

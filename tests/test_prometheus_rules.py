@@ -32,7 +32,7 @@ def test_a_rule_test_that_expects_the_wrong_alert_fails(tmp_path):
     """The unit tests can fail: the same file expecting the silent source to be the live one fails."""
     shutil.copy(RULES / "rules.yml", tmp_path / "rules.yml")
     broken = (RULES / "rules_test.yml").read_text().replace(
-        'exp_labels: {severity: warning, source: "nvml:gpu-node-7"}', 'exp_labels: {severity: warning, source: "nvml:gpu-node-1"}')
+        'exp_labels: {severity: warning, source: "gpu-samples/onprem"}', 'exp_labels: {severity: warning, source: "gpu-samples/cloud"}')
     (tmp_path / "rules_test.yml").write_text(broken)
     test = subprocess.run([PROMTOOL, "test", "rules", "rules_test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert test.returncode != 0 and "HybridspendSourceSilent" in test.stdout + test.stderr

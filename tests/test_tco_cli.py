@@ -97,3 +97,9 @@ def test_tco_without_option_flags_prints_what_it_did_and_refuses_hostile_numbers
     assert half.returncode == 2 and "go together" in half.stderr
     bad = tco(*SEED[:1], "1e999999999", *SEED[2:], "--utilization", "0.7")
     assert bad.returncode == 2 and "must be below 1e12" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tco_refuses_a_commitment_term_beyond_the_horizon():
+    longer = tco(*SEED, "--utilization", "0.7", "--horizon-months", "12", "--commitment-usd-per-gpu-hour", "2",
+                 "--commitment-term-months", "36")
+    assert longer.returncode == 2 and "must be from 1 to the horizon (12 months)" in longer.stderr
