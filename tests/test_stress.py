@@ -68,6 +68,7 @@ def test_a_killed_worker_and_a_killed_sink_leave_the_cost_windows_of_one_worker(
 def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
     """Stopping `hybridspend stress` (a scheduler's SIGTERM, `kill`) leaves no broker, database,
     worker, sink or busy process of its behind."""
+    import contextlib
     import signal
     import subprocess
     import sys
@@ -101,7 +102,14 @@ def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # the test failed first: take down all it started, not the parent alone
+            try:
+                leftovers = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                leftovers = []
             proc.kill()
+            for child in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
