@@ -70,7 +70,8 @@ def reason_kind(reason: str) -> str:
 
 DEAD_LETTER_REASONS = BoundedLabel(64)
 
-EVENTS_IN = Counter("hybridspend_events_in", "Records consumed, per topic", ["service", "stream"], registry=REGISTRY)
+EVENTS_IN = Counter("hybridspend_events_in", "Records consumed, per topic (the sink counts data records, not"
+                    " watermarks)", ["service", "stream"], registry=REGISTRY)
 EVENTS_OUT = Counter("hybridspend_events_out", "Records produced per topic (worker) or rows stored per table (sink)",
                      ["service", "stream"], registry=REGISTRY)
 DEAD_LETTERS = Counter("hybridspend_dead_letters", "Dead letters stored, by source topic and kind of reason",

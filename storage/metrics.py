@@ -18,6 +18,7 @@ from typing import Iterable
 import psycopg
 
 from contracts.config import Config
+from contracts.events import is_watermark
 from costmodel.tco import breakeven_utilization
 from infra import metrics
 from infra.clock import Every, utc_now
@@ -35,7 +36,9 @@ def _column(table: str, name: str) -> int:
 
 class SinkMetrics:
     def consumed(self, records: Iterable) -> None:
-        for topic, count in Tally(rec.topic for rec in records).items():
+        """Records read that carry data (a watermark is stream progress: the sink stores nothing for it,
+        and counting it would make a quiet pipeline look like a sink that cannot write)."""
+        for topic, count in Tally(rec.topic for rec in records if not is_watermark(rec.value)).items():
             metrics.EVENTS_IN.labels("sink", TOPICS(topic)).inc(count)
 
     def stored(self, batch: Batch, now_s: float | None = None) -> None:

@@ -122,6 +122,8 @@ def test_every_service_serves_its_metrics(tmp_path, broker, database, topic_pref
             assert value(s, "hybridspend_events_out_total", service="sink", stream="gpu_samples") == 31
             assert value(s, "hybridspend_events_out_total", service="sink", stream="cost_windows") == 3
             assert value(s, "hybridspend_events_out_total", service="sink", stream="decisions") == 1
+            # 31 samples and the malformed record; the watermarks carry no data and are not counted
+            assert value(s, "hybridspend_events_in_total", service="sink", stream=topics.gpu_samples) == 32
             return s
 
         s = eventually(sink_stored, 120)
