@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from dataclasses import dataclass, field
 
 import faust
 
@@ -69,16 +69,12 @@ from .faust_compat import (
     read_again_from,
     replay_instead_of_drop,
 )
+from .guards import BATCH_MAX, REWIND_AGAIN_S, STREAM_BUFFER, OffsetGuard, Silence, StallWatch
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 5000
 BATCH_WITHIN_S = 0.2
-STREAM_BUFFER = 4 * BATCH_MAX
-REWIND_PATIENCE = 4 * STREAM_BUFFER  # records skipped past a gap before it is taken as real (not in the log)
-REWIND_AGAIN_S = 5.0  # a gap still there this long after a seek: seek again
-STALL_S = 15.0  # a partition's table behind its log, without progress, this long: read again
 IDLE_SOURCE_S = 30.0  # an upstream partition silent this long (wall clock) stops holding windows open
 # an upstream partition that never reported holds a decision partition's windows open this long (wall
 # clock) before the others close them without it: nothing says it has nothing to send (a worker slow to
@@ -173,10 +169,301 @@ def _clock_key(partition: int) -> str:
     return f"~clock|{partition}"
 
 
+@dataclass
+class _Batch:
+    """What one batch of an agent changed: written to its table at the batch's end, after its outputs."""
+
+    now_s: float  # monotonic, when the batch was taken
+    states: dict[str, object] = field(default_factory=dict)  # key -> its new state
+    key_event: dict[str, object] = field(default_factory=dict)  # key -> an event of the key's partition
+    partition_event: dict[int, object] = field(default_factory=dict)  # partition -> an event of it applied now
+    clocks: dict[int, PartitionClock] = field(default_factory=dict)
+
+
+class Pipeline:
+    """The state the two agents share and the agents themselves; ``build_app`` registers them on the app.
+
+    Per input partition the tables hold a ``PartitionClock`` (``~clock|N`` keys); what the worker
+    only needs while it runs (offset order, stalls, silent inputs) lives in ``streams.guards``.
+    """
+
+    def __init__(self, app: faust.App, config: Config, bootstrap: str, topics: Topics) -> None:
+        self.app, self.config, self.bootstrap, self.topics = app, config, bootstrap, topics
+        self.partitions = topics.partitions
+        self.input_topics = (topics.gpu_samples, topics.instance_events)
+        self.inputs = app.topic(*self.input_topics, key_type=bytes, value_type=bytes, partitions=self.partitions)
+        self.cost_windows = self._topic(topics.cost_windows)
+        self.live_spend = self._topic(topics.live_spend)
+        self.decisions = self._topic(topics.decisions)
+        self.dead_letter = self._topic(topics.dead_letter)
+        self.resource_windows = app.Table("resource-windows", default=dict, partitions=self.partitions)
+        self.workload_windows = app.Table("workload-windows", default=dict, partitions=self.partitions)
+        self.prices = PriceBook()
+        self.prices_ready = asyncio.Event()
+        self.usage = UsageProcessor(config, self.prices)
+        self.decider = DecisionProcessor(config, self.prices)
+        self.grace_ms = config.thresholds.grace_seconds * 1000
+        self.window_ms = config.thresholds.window_seconds * 1000
+        self.applied: dict[tuple[str, int], int] = {}  # set by build_app: what the commits may cover
+        self.guard = OffsetGuard()
+        self.stalls = StallWatch()
+        self.input_silence = Silence()  # per (input partition, input topic)
+        self.source_silence = Silence()  # per (decision partition, upstream usage partition)
+        self.swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources closed to
+
+    def _topic(self, name: str):
+        return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.partitions)
+
+    # -- shared by both agents --------------------------------------------------------------------
+
+    async def load_prices(self) -> None:
+        await follow_prices(self.config, self.bootstrap, self.topics.prices, self.partitions, self.prices,
+                            self.prices_ready)
+
+    async def reject(self, event, exc: Exception) -> None:
+        """Bad input, or a bug on one event: keep the event in the dead-letter topic with the reason."""
+        msg = event.message
+        if isinstance(exc, EventError):
+            reason = str(exc)
+        else:  # a bug must not stop the stream
+            log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset, exc_info=exc)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
+                               payload=msg.value, ts_ms=int(time.time() * 1000))
+        await self.dead_letter.send(key=msg.topic.encode(), value=letter.encode())
+
+    def forget_log_starts(self, sender, revoked, **kwargs) -> None:  # retention may move them meanwhile
+        self.guard.forget((tp.topic, tp.partition) for tp in revoked)
+
+    async def _take(self, events) -> _Batch:
+        """A new batch: the log starts of its partitions known (one request for those not known yet)."""
+        wanted = self.guard.unknown_starts((e.message.topic, e.message.partition) for e in events)
+        if wanted:
+            self.guard.learn_starts(await log_starts(self.app, wanted))
+        return _Batch(time.monotonic())
+
+    def in_order(self, clock: PartitionClock, event) -> bool:
+        """Whether to apply ``event``: the next record of its partition (``OffsetGuard.admit``)."""
+        msg = event.message
+        admission = self.guard.admit(clock, msg.topic, msg.partition, msg.offset)
+        if admission.lost_from is not None:
+            log.error("%s[%d]: offset %d delivered, but the records before it from %d are not in the log",
+                      msg.topic, msg.partition, msg.offset, admission.lost_from)
+        return admission.apply
+
+    async def rewind(self) -> None:
+        """Send the consumer back to the tables' position where records were skipped (again if it did not take)."""
+        for seek in self.guard.seeks_due(time.monotonic()):
+            log.warning("%s[%d]: the consumer is past offset %d, which the tables have not applied: "
+                        "reading again from there", *seek)
+            if not await read_again_from(self.app, *seek):
+                self.guard.not_ours(seek.topic, seek.partition)
+
+    async def read_what_never_came(self) -> None:
+        """On a timer: a partition whose tables stayed behind its log (``StallWatch``) is read again."""
+        if not self.app.flow_control.is_active():
+            return  # a rebalance or recovery is under way
+        now = time.monotonic()
+        for tp in self.app.consumer.assignment():
+            table = self.resource_windows if tp.topic in self.input_topics else (
+                self.workload_windows if tp.topic == self.topics.cost_windows else None)
+            if table is None:
+                continue
+            expected = PartitionClock.from_dict(table.get(_clock_key(tp.partition))).offsets.get(tp.topic, 0)
+            end = highwater(self.app, tp.topic, tp.partition)
+            stood_s = self.stalls.check(tp.topic, tp.partition, expected, end, now)
+            if stood_s is not None:
+                log.warning("%s[%d]: the tables stopped at offset %d of %d for %.0f s: reading again from there",
+                            tp.topic, tp.partition, expected, end, stood_s)
+                await read_again_from(self.app, tp.topic, tp.partition, expected)
+
+    async def _finish(self, batch: _Batch, table, topics: tuple[str, ...], sends) -> None:
+        """Outputs acknowledged, then the table written and its changelog acknowledged, then the offsets
+        the commits may cover moved on (replays too)."""
+        await self.rewind()
+        futures = [await s for s in sends]
+        await asyncio.gather(*futures)
+        for key, state in batch.states.items():
+            _table_set(table, key, state.to_dict(), batch.key_event[key])
+        for part, part_event in batch.partition_event.items():
+            _table_set(table, _clock_key(part), batch.clocks[part].to_dict(), part_event)
+        await table.changelog_written()
+        for part, clock in batch.clocks.items():
+            for t in topics:
+                if t in clock.offsets:
+                    self.applied[(t, part)] = clock.offsets[t]
+
+    # -- usage: samples and instance events -> cost windows ----------------------------------------
+
+    async def account_usage(self, stream) -> None:
+        await self.prices_ready.wait()
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            batch = await self._take(events)
+            live: list[LiveSpend] = []
+            for event in events:
+                part = event.message.partition
+                clock = batch.clocks.get(part)
+                if clock is None:
+                    clock = batch.clocks[part] = PartitionClock.from_dict(self.resource_windows.get(_clock_key(part)))
+                    for t in self.input_topics:  # a topic not read yet holds the partition back (until stale)
+                        clock.sources.setdefault(t, 0)
+                if self.in_order(clock, event):
+                    batch.partition_event[part] = event  # its clock moved on, even if the event is dead-lettered
+                    await self._apply_input(batch, clock, event, live)
+            out, marks = self._close_resources(batch)
+            sends = [self.cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
+            sends.extend(self.live_spend.send(key=ls.instance_id.encode(), value=ls.encode()) for ls in live)
+            for mark in marks:
+                sends.extend(self.cost_windows.send(key=None, value=mark, partition=q) for q in range(self.partitions))
+            await self._finish(batch, self.resource_windows, self.input_topics, sends)
+
+    async def _apply_input(self, batch: _Batch, clock: PartitionClock, event, live: list[LiveSpend]) -> None:
+        """One sample, instance event or watermark of an input partition, into its resource's state."""
+        part, topic = event.message.partition, event.message.topic
+        try:
+            if is_watermark(event.value):
+                if clock.advance(topic, Watermark.decode(event.value).ts_ms):
+                    self.input_silence.advanced(part, topic, batch.now_s)
+                return
+            replaced: list[str] = []
+            if topic == self.topics.instance_events:
+                ev = InstanceEvent.decode(event.value)
+                resource, ts_ms = ev.instance_id, ev.ts_ms
+            else:
+                ev, replaced = GpuSample.decode_replacing_labels(event.value)
+                resource, ts_ms = ev.resource, ev.ts_ms - ev.interval_ms
+            if event.key is not None and event.key.decode("utf-8", "replace") != resource:
+                raise EventError(f"key {event.key!r:.60} does not match resource {resource!r}")
+            state = batch.states.get(resource) or ResourceState.from_dict(self.resource_windows.get(resource))
+            # raises before changing anything when the event cannot be priced
+            if isinstance(ev, InstanceEvent):
+                if self.usage.add_instance_event(state, ev):
+                    live.append(self.usage.live_spend(state, ev))
+            else:
+                self.usage.add(state, ev)
+            batch.states[resource] = state
+        except Exception as exc:
+            await self.reject(event, exc)  # one dead letter an event: what stopped it
+            return
+        if replaced:  # its costs were kept under the replaced names; the original payload is kept here
+            await self.reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
+        batch.key_event[resource] = event
+        if clock.advance(topic, ts_ms):
+            self.input_silence.advanced(part, topic, batch.now_s)
+        clock.open.add(resource)
+
+    def _close_resources(self, batch: _Batch) -> tuple[list[CostWindow], list[bytes]]:
+        """Close the windows each partition's watermark passed; the cost windows and a watermark per partition.
+
+        The input topics are not ordered among themselves: a partition is as far as the slower one,
+        unless that one has been silent for a while (no cloud collector marking it) with nothing of
+        it left unread.  The watermark sent on carries the owned capacity that sat idle.
+        """
+        out: list[CostWindow] = []
+        marks = []
+        for part, part_event in batch.partition_event.items():
+            clock = batch.clocks[part]
+            stale = {t for t in self.input_silence.silent(part, clock.sources, batch.now_s, IDLE_SOURCE_S)
+                     if clock.applied_through(t, highwater(self.app, t, part))}
+            mark_ms = clock.watermark(1, stale) or 0
+            watermark = mark_ms - self.grace_ms
+            idle = []
+            for resource in self._resources_to_close(batch, part, watermark):
+                state = batch.states.get(resource)
+                if state is None:
+                    state = ResourceState.from_dict(self.resource_windows.get(resource))
+                closed = self.usage.close(state, resource, watermark)
+                if closed or resource in batch.states:
+                    batch.states[resource] = state
+                    batch.key_event.setdefault(resource, part_event)
+                out.extend(closed)
+                idle.extend([cw.window_start_ms, cw.gpu_class, cw.resource, cw.allocated_gpu_ms]
+                            for cw in closed if cw.workload == IDLE_WORKLOAD)
+                if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
+                    clock.open.add(resource)
+                else:
+                    clock.open.discard(resource)
+            pending = not all(clock.applied_through(t, highwater(self.app, t, part)) for t in self.input_topics)
+            marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
+                                   pending=pending).encode())
+        return out, marks
+
+    def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> list[str]:
+        """The resources of the batch in ``part``, and its quiet ones when the watermark crossed a window boundary."""
+        boundary = watermark_ms - watermark_ms % self.window_ms
+        in_batch = {r for r, e in batch.key_event.items() if e.message.partition == part}
+        sweep = boundary > self.swept_through.get(part, -1)
+        self.swept_through[part] = max(boundary, self.swept_through.get(part, -1))
+        return sorted(batch.clocks[part].open | in_batch if sweep else in_batch)
+
+    # -- decide: cost windows -> decisions ---------------------------------------------------------
+
+    async def decide(self, stream) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            batch = await self._take(events)
+            for event in events:
+                part = event.message.partition
+                clock = batch.clocks.get(part) or batch.clocks.setdefault(
+                    part, PartitionClock.from_dict(self.workload_windows.get(_clock_key(part))))
+                if self.in_order(clock, event):
+                    batch.partition_event[part] = event
+                    await self._apply_cost_window(batch, clock, event)
+            out = []
+            for part, part_event in batch.partition_event.items():
+                out.extend(self._close_workloads(batch, part, part_event))
+            sends = [self.decisions.send(key=d.workload.encode(), value=d.encode()) for d in out]
+            await self._finish(batch, self.workload_windows, (self.topics.cost_windows,), sends)
+
+    async def _apply_cost_window(self, batch: _Batch, clock: PartitionClock, event) -> None:
+        part = event.message.partition
+        try:
+            if is_watermark(event.value):
+                wm = Watermark.decode(event.value)
+                if wm.ts_ms > clock.sources.get(wm.source, -1):
+                    self.source_silence.advanced(part, wm.source, batch.now_s)
+                self.decider.on_watermark(clock, wm)
+                return
+            cw = CostWindow.decode(event.value)
+            state = batch.states.get(cw.workload) or WorkloadState.from_dict(self.workload_windows.get(cw.workload))
+            if self.decider.add(state, cw):
+                batch.states[cw.workload] = state
+                batch.key_event[cw.workload] = event
+                clock.open.add(cw.workload)
+        except Exception as exc:
+            await self.reject(event, exc)
+
+    def _close_workloads(self, batch: _Batch, part: int, part_event) -> list:
+        """Decide the workload windows every upstream partition's watermark has passed.
+
+        The upstream partitions stop holding each other back only at the end of the data
+        (``PartitionClock.all_quiet``), or, for one that never reported, after ``MISSING_SOURCE_S``.
+        """
+        clock, now = batch.clocks[part], batch.now_s
+        caught_up = clock.applied_through(self.topics.cost_windows,
+                                          highwater(self.app, self.topics.cost_windows, part))
+        silent = self.source_silence.silent(part, clock.sources, now, IDLE_SOURCE_S)
+        stale = set(clock.sources) if clock.all_quiet(silent, caught_up) else set()
+        waited_out = caught_up and self.source_silence.silent_for(part, "*", now) > MISSING_SOURCE_S
+        watermark = clock.watermark(self.partitions, stale, waited_out)
+        if watermark is None:
+            return []
+        out = []
+        for workload in sorted(clock.open):
+            state = batch.states.get(workload)
+            if state is None:
+                state = batch.states[workload] = WorkloadState.from_dict(self.workload_windows.get(workload))
+                batch.key_event[workload] = part_event
+            out.extend(self.decider.close(workload, state, watermark, clock))
+            if not state.open:
+                clock.open.discard(workload)
+        self.decider.forget_idle(clock, watermark)
+        return out
+
+
 def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: str | None = None) -> faust.App:
+    """The worker's Faust app: its settings, Faust's behaviour fixed where exactly-once needs it, the agents."""
     topics = Topics.from_config(config.kafka)
     app_id = app_id or topics.group("worker")  # also names the tables' changelog topics
-    partitions = topics.partitions
     check_internals()
     faust_dir = config.state_dir / "faust"  # Faust's own files (it creates only the last level)
     faust_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +474,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",
-        topic_partitions=partitions,
+        topic_partitions=topics.partitions,
         topic_replication_factor=topics.replication_factor,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
@@ -200,312 +487,16 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         Table=DurableTable,
         **profile.faust_settings,
     )
-
     apply_broker_profile(app, profile)
     keep_fetched_records(app)
-    applied = commit_only_applied(app)  # (topic, partition) -> next offset the tables hold durably
+    pipeline = Pipeline(app, config, bootstrap, topics)
+    pipeline.applied = commit_only_applied(app)  # (topic, partition) -> next offset the tables hold durably
     # the agents apply each record once in offset order: Faust need not drop what it thinks was read
     replay_instead_of_drop(app, (topics.gpu_samples, topics.instance_events, topics.cost_windows))
-
-    def topic(name: str):
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
-
-    input_topics = (topics.gpu_samples, topics.instance_events)
-    inputs = app.topic(*input_topics, key_type=bytes, value_type=bytes, partitions=partitions)
-    cost_windows = topic(topics.cost_windows)
-    live_spend = topic(topics.live_spend)
-    decisions = topic(topics.decisions)
-    dead_letter = topic(topics.dead_letter)
-
-    resource_windows = app.Table("resource-windows", default=dict, partitions=partitions)
-    workload_windows = app.Table("workload-windows", default=dict, partitions=partitions)
-
-    prices = PriceBook()
-    prices_ready = asyncio.Event()
-    usage = UsageProcessor(config, prices)
-    decider = DecisionProcessor(config, prices)
-    grace_ms = config.thresholds.grace_seconds * 1000
-    window_ms = config.thresholds.window_seconds * 1000
-    swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources were closed to
-    # wall clock of the last advance of each (partition, input topic) and (partition, upstream source)
-    input_advanced_at: dict[tuple[int, str], float] = {}
-    source_advanced_at: dict[tuple[int, str], float] = {}
-
-    @app.task
-    async def load_prices() -> None:
-        await follow_prices(config, bootstrap, topics.prices, partitions, prices, prices_ready)
-
-    async def reject(event, exc: Exception) -> None:
-        """Bad input, or a bug on one event: keep the event in the dead-letter topic with the reason."""
-        if isinstance(exc, EventError):
-            reason = str(exc)
-        else:  # a bug must not stop the stream
-            log.exception("unexpected error on %s[%d]@%d", event.message.topic, event.message.partition,
-                          event.message.offset, exc_info=exc)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-        msg = event.message
-        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
-                               payload=msg.value, ts_ms=int(time.time() * 1000))
-        await dead_letter.send(key=msg.topic.encode(), value=letter.encode())
-
-    async def deliver(sends) -> None:
-        """Wait until the broker has every output of the batch (before the tables move on)."""
-        futures = [await s for s in sends]
-        await asyncio.gather(*futures)
-
-    rewinding: dict[tuple[str, int], list] = {}  # (topic, partition) -> [table's next offset, last seek, skipped]
-
-    first_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> where its log begins
-
-    def forget_first_offsets(sender, revoked, **kwargs) -> None:  # retention may move them meanwhile
-        for tp in revoked:
-            first_offsets.pop((tp.topic, tp.partition), None)
-
-    app.on_partitions_revoked.connect(forget_first_offsets, weak=False)
-
-    async def learn_first_offsets(events) -> None:
-        """Where the logs of the batch's partitions begin (one request for those not known yet)."""
-        wanted = {(e.message.topic, e.message.partition) for e in events} - first_offsets.keys()
-        if wanted:
-            first_offsets.update(await log_starts(app, wanted))
-
-    def in_order(clock: PartitionClock, event) -> bool:
-        """Apply each record once and in offset order: the partition's clock (in the table) knows the next one.
-
-        A restarted worker replays from the committed offsets, which may be behind the tables
-        (they are never ahead: ``commit_only_applied``): those records are skipped here.  Should
-        the consumer still start past records the tables never applied (Faust's own read offset
-        after a failed seek in a rebalance), the records after the gap are skipped and the
-        consumer is sent back to the table's position (``rewind``), so none is lost.  Only
-        records that are not in the log at all (after ``REWIND_PATIENCE`` skipped, e.g. deleted
-        by retention) leave the gap for good, logged as an error.  A partition the tables never
-        applied a record of expects the first record of its log: Faust skips the records it fetched
-        for a partition while a rebalance holds the flow, and aiokafka seeks such a partition, never
-        committed, nowhere, so its first record delivered can be any, and the records before it
-        would never be applied.
-        """
-        msg = event.message
-        place = clock.take(msg.topic, msg.offset, first_offsets.get((msg.topic, msg.partition)))
-        if place == "gap":
-            expected = clock.offsets[msg.topic]
-            state = rewinding.get((msg.topic, msg.partition))
-            if state is None or state[0] != expected:
-                state = rewinding[(msg.topic, msg.partition)] = [expected, None, 0]
-            state[2] += 1
-            if state[2] <= REWIND_PATIENCE:
-                return False
-            log.error("%s[%d]: offset %d delivered, but the records before it from %d are not in the log", msg.topic,
-                      msg.partition, msg.offset, expected)
-            clock.offsets[msg.topic] = msg.offset + 1
-            place = "next"
-        if place == "next":
-            rewinding.pop((msg.topic, msg.partition), None)
-        return place == "next"
-
-    async def rewind() -> None:
-        """Send the consumer back to the tables' position where records were skipped (again if it did not take)."""
-        now = time.monotonic()
-        for (topic, part), state in list(rewinding.items()):
-            if state[1] is None or now - state[1] > REWIND_AGAIN_S:
-                log.warning("%s[%d]: the consumer is past offset %d, which the tables have not applied: "
-                            "reading again from there", topic, part, state[0])
-                state[1] = now
-                if not await read_again_from(app, topic, part, state[0]):
-                    del rewinding[(topic, part)]  # no longer ours: its new owner starts from the tables
-
-    stalled_since: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (table's offset, since)
-
-    @app.timer(REWIND_AGAIN_S)
-    async def read_what_never_came() -> None:
-        """Records in the log that the agents never got, with nothing after them to show the gap
-        (``in_order``): when a partition's table has stayed behind its log for ``STALL_S``, the
-        consumer reads again from the table's position (a busy agent only skips them as replays)."""
-        if not app.flow_control.is_active():
-            return  # a rebalance or recovery is under way
-        now = time.monotonic()
-        for tp in app.consumer.assignment():
-            table = resource_windows if tp.topic in input_topics else (
-                workload_windows if tp.topic == topics.cost_windows else None)
-            if table is None:
-                continue
-            expected = PartitionClock.from_dict(table.get(_clock_key(tp.partition))).offsets.get(tp.topic, 0)
-            end = highwater(app, tp.topic, tp.partition)
-            if end is None or expected >= end:
-                stalled_since.pop((tp.topic, tp.partition), None)
-                continue
-            since = stalled_since.get((tp.topic, tp.partition))
-            if since is None or since[0] != expected:
-                stalled_since[(tp.topic, tp.partition)] = (expected, now)
-            elif now - since[1] > STALL_S:
-                log.warning("%s[%d]: the tables stopped at offset %d of %d for %.0f s: reading again from there",
-                            tp.topic, tp.partition, expected, end, now - since[1])
-                stalled_since[(tp.topic, tp.partition)] = (expected, now)
-                await read_again_from(app, tp.topic, tp.partition, expected)
-
-    @app.agent(inputs)
-    async def account_usage(stream):
-        await prices_ready.wait()
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await learn_first_offsets(events)
-            now = time.monotonic()
-            states: dict[str, ResourceState] = {}
-            key_event: dict[str, object] = {}  # an event of each key's partition
-            live: list[LiveSpend] = []
-            partition_event: dict[int, object] = {}
-            clocks: dict[int, PartitionClock] = {}
-            for event in events:
-                part = event.message.partition
-                clock = clocks.get(part)
-                if clock is None:
-                    clock = clocks[part] = PartitionClock.from_dict(resource_windows.get(_clock_key(part)))
-                    for topic in input_topics:  # a topic not read yet holds the partition back (until stale)
-                        clock.sources.setdefault(topic, 0)
-                if not in_order(clock, event):
-                    continue
-                partition_event[part] = event  # its clock moved on, even if the event is dead-lettered
-                try:
-                    if is_watermark(event.value):
-                        if clock.advance(event.message.topic, Watermark.decode(event.value).ts_ms):
-                            input_advanced_at[(part, event.message.topic)] = now
-                        continue
-                    replaced: list[str] = []
-                    if event.message.topic == topics.instance_events:
-                        ev = InstanceEvent.decode(event.value)
-                        resource, ts_ms = ev.instance_id, ev.ts_ms
-                    else:
-                        ev, replaced = GpuSample.decode_replacing_labels(event.value)
-                        resource, ts_ms = ev.resource, ev.ts_ms - ev.interval_ms
-                    if event.key is not None and event.key.decode("utf-8", "replace") != resource:
-                        raise EventError(f"key {event.key!r:.60} does not match resource {resource!r}")
-                    state = states.get(resource) or ResourceState.from_dict(resource_windows.get(resource))
-                    # raises before changing anything when the event cannot be priced
-                    if isinstance(ev, InstanceEvent):
-                        if usage.add_instance_event(state, ev):
-                            live.append(usage.live_spend(state, ev))
-                    else:
-                        usage.add(state, ev)
-                    states[resource] = state
-                except Exception as exc:
-                    await reject(event, exc)  # one dead letter an event: what stopped it
-                    continue
-                if replaced:  # its costs were kept under the replaced names; the original payload is kept here
-                    await reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
-                key_event[resource] = event
-                if clock.advance(event.message.topic, ts_ms):
-                    input_advanced_at[(part, event.message.topic)] = now
-                clock.open.add(resource)
-            out: list[CostWindow] = []
-            idle: dict[int, list] = defaultdict(list)
-            marks: dict[int, int] = {}
-            for part, part_event in partition_event.items():
-                clock = clocks[part]
-                # the input topics are not ordered among themselves: the partition is as far as the slower
-                # one, unless that one has been silent for a while (no cloud collector marking it) with
-                # nothing of it left unread
-                stale = {t for t in clock.sources if now - input_advanced_at.setdefault((part, t), now) > IDLE_SOURCE_S
-                         and clock.applied_through(t, highwater(app, t, part))}
-                marks[part] = clock.watermark(1, stale) or 0
-                watermark = marks[part] - grace_ms
-                boundary = watermark - watermark % window_ms
-                in_batch = {r for r, e in key_event.items() if e.message.partition == part}
-                # quiet resources can only close a window when the watermark crossed a window boundary
-                sweep = boundary > swept_through.get(part, -1)
-                swept_through[part] = max(boundary, swept_through.get(part, -1))
-                for resource in sorted(clock.open | in_batch if sweep else in_batch):
-                    state = states.get(resource)
-                    if state is None:
-                        state = ResourceState.from_dict(resource_windows.get(resource))
-                    closed = usage.close(state, resource, watermark)
-                    if closed or resource in states:
-                        states[resource] = state
-                        key_event.setdefault(resource, part_event)
-                    out.extend(closed)
-                    idle[part].extend([cw.window_start_ms, cw.gpu_class, cw.resource, cw.allocated_gpu_ms]
-                                      for cw in closed if cw.workload == IDLE_WORKLOAD)
-                    if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
-                        clock.open.add(resource)
-                    else:
-                        clock.open.discard(resource)
-            sends = [cost_windows.send(key=cw.workload.encode(), value=cw.encode()) for cw in out]
-            sends.extend(live_spend.send(key=ls.instance_id.encode(), value=ls.encode()) for ls in live)
-            for part in partition_event:
-                pending = not all(clocks[part].applied_through(t, highwater(app, t, part)) for t in input_topics)
-                mark = Watermark(f"usage|{part}|{marks[part]}", f"usage|{part}", max(0, marks[part] - grace_ms),
-                                 idle[part], pending=pending).encode()
-                sends.extend(cost_windows.send(key=None, value=mark, partition=q) for q in range(partitions))
-            await rewind()
-            await deliver(sends)
-            for resource, state in states.items():
-                _table_set(resource_windows, resource, state.to_dict(), key_event[resource])
-            for part, part_event in partition_event.items():
-                _table_set(resource_windows, _clock_key(part), clocks[part].to_dict(), part_event)
-            await resource_windows.changelog_written()
-            for part, clock in clocks.items():  # only now may the batch's offsets be committed (replays too)
-                for t in input_topics:
-                    if t in clock.offsets:
-                        applied[(t, part)] = clock.offsets[t]
-
-    @app.agent(cost_windows)
-    async def decide(stream):
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await learn_first_offsets(events)
-            states: dict[str, WorkloadState] = {}
-            key_event: dict[str, object] = {}
-            partition_event: dict[int, object] = {}
-            clocks: dict[int, PartitionClock] = {}
-            now = time.monotonic()
-            for event in events:
-                part = event.message.partition
-                clock = clocks.get(part) or clocks.setdefault(
-                    part, PartitionClock.from_dict(workload_windows.get(_clock_key(part))))
-                if not in_order(clock, event):
-                    continue
-                partition_event[part] = event
-                try:
-                    if is_watermark(event.value):
-                        wm = Watermark.decode(event.value)
-                        if wm.ts_ms > clock.sources.get(wm.source, -1):
-                            source_advanced_at[(part, wm.source)] = now
-                        decider.on_watermark(clock, wm)
-                        continue
-                    cw = CostWindow.decode(event.value)
-                    state = states.get(cw.workload) or WorkloadState.from_dict(workload_windows.get(cw.workload))
-                    if decider.add(state, cw):
-                        states[cw.workload] = state
-                        key_event[cw.workload] = event
-                        clock.open.add(cw.workload)
-                except Exception as exc:
-                    await reject(event, exc)
-            out = []
-            for part, part_event in partition_event.items():
-                clock = clocks[part]
-                # the upstream partitions stop holding each other back only at the end of the data (see all_quiet)
-                caught_up = clock.applied_through(topics.cost_windows, highwater(app, topics.cost_windows, part))
-                silent = {s for s in clock.sources if now - source_advanced_at.setdefault((part, s), now) > IDLE_SOURCE_S}
-                stale = set(clock.sources) if clock.all_quiet(silent, caught_up) else set()
-                waited_out = caught_up and now - source_advanced_at.setdefault((part, "*"), now) > MISSING_SOURCE_S
-                watermark = clock.watermark(partitions, stale, waited_out)
-                if watermark is None:
-                    continue
-                for workload in sorted(clock.open):
-                    state = states.get(workload)
-                    if state is None:
-                        state = states[workload] = WorkloadState.from_dict(workload_windows.get(workload))
-                        key_event[workload] = part_event
-                    out.extend(decider.close(workload, state, watermark, clock))
-                    if not state.open:
-                        clock.open.discard(workload)
-                decider.forget_idle(clock, watermark)
-            await rewind()
-            await deliver([decisions.send(key=d.workload.encode(), value=d.encode()) for d in out])
-            for workload, state in states.items():
-                _table_set(workload_windows, workload, state.to_dict(), key_event[workload])
-            for part, part_event in partition_event.items():
-                _table_set(workload_windows, _clock_key(part), clocks[part].to_dict(), part_event)
-            await workload_windows.changelog_written()
-            for part, clock in clocks.items():
-                if topics.cost_windows in clock.offsets:
-                    applied[(topics.cost_windows, part)] = clock.offsets[topics.cost_windows]
-
+    app.on_partitions_revoked.connect(pipeline.forget_log_starts, weak=False)
+    app.task(pipeline.load_prices)
+    app.timer(REWIND_AGAIN_S)(pipeline.read_what_never_came)
+    app.agent(pipeline.inputs, name="account_usage")(pipeline.account_usage)
+    app.agent(pipeline.cost_windows, name="decide")(pipeline.decide)
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app

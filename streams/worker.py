@@ -12,8 +12,6 @@ from .topology import build_app
 
 def run_worker(config: Config, bootstrap: str, profile: BrokerProfile, loglevel: str = "warning",
                metrics: bool = False) -> None:
-    import faust
-
     app = build_app(config, bootstrap, profile)
     if metrics:  # the figures go to infra.metrics' registry, which the entrypoint serves
         from .metrics import instrument
