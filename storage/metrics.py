@@ -23,15 +23,11 @@ from costmodel.tco import breakeven_utilization
 from infra import metrics
 from infra.clock import Every, utc_now
 
-from .sink import TABLES, Batch
+from .sink import Batch
 
 TOPICS = metrics.BoundedLabel(64)
 SOURCES = metrics.BoundedLabel(64)
 NODES = metrics.BoundedLabel(4096)
-
-
-def _column(table: str, name: str) -> int:
-    return TABLES[table].columns.index(name)
 
 
 class SinkMetrics:
@@ -46,23 +42,21 @@ class SinkMetrics:
         for table, rows in batch.rows.items():
             if rows:
                 metrics.EVENTS_OUT.labels("sink", table).inc(len(rows))
-        source, reason = _column("dead_letters", "source_topic"), _column("dead_letters", "reason")
         for row in batch.values("dead_letters"):
-            metrics.DEAD_LETTERS.labels(TOPICS(row[source]),
-                                        metrics.DEAD_LETTER_REASONS(metrics.reason_kind(row[reason]))).inc()
-        window_end = _column("cost_windows", "window_end")
+            metrics.DEAD_LETTERS.labels(TOPICS(row.source_topic),
+                                        metrics.DEAD_LETTER_REASONS(metrics.reason_kind(row.reason))).inc()
         for row in batch.values("cost_windows"):
-            metrics.WINDOW_CLOSE_DELAY.observe(max(0.0, now_s - row[window_end].timestamp()))
+            metrics.WINDOW_CLOSE_DELAY.observe(max(0.0, now_s - row.window_end.timestamp()))
         for table, time_column, source_column, name in (
                 ("gpu_samples", "ts", "environment", "gpu-samples"),
                 ("cost_lines", "charge_period_end", "source", "cost-lines"),
                 ("prices", "effective_at", "source", "prices"),
                 ("live_instances", "changed_at", "provider", "instance-events")):
-            at, by = _column(table, time_column), _column(table, source_column)
             newest: dict[str, float] = {}
             for row in batch.values(table):
-                key = f"{name}/{row[by]}" if row[by] else name
-                newest[key] = max(newest.get(key, 0.0), row[at].timestamp())
+                by = getattr(row, source_column)
+                key = f"{name}/{by}" if by else name
+                newest[key] = max(newest.get(key, 0.0), getattr(row, time_column).timestamp())
             for key, event_time_s in newest.items():
                 metrics.LAST_EVENTS.seen(SOURCES(key), event_time_s)
 

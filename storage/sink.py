@@ -24,7 +24,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Collection, Iterable
+from decimal import Decimal
+from typing import Callable, Collection, Iterable, NamedTuple
 
 import psycopg
 import psycopg.errors
@@ -57,14 +58,149 @@ RETENTION_EVERY_S = 3600.0
 LAG_EVERY_S = 30.0
 
 
+# -- the tables the sink writes: each row type names its columns and their types once ------------
+
+
+class CostWindowRow(NamedTuple):
+    window_start: datetime
+    window_end: datetime
+    resource: str
+    workload: str
+    environment: str
+    gpu_class: str
+    basis: str
+    team: str | None
+    provider: str | None
+    instance_type: str | None
+    purchase_option: str | None
+    allocated_gpu_ms: int
+    busy_gpu_ms: int
+    energy_mj: int
+    sample_count: int
+    cost_usd: Decimal
+    event_id: str
+
+
+class DecisionRow(NamedTuple):
+    decision_id: str
+    decided_at: datetime
+    window_start: datetime
+    workload: str
+    team: str | None
+    from_env: str
+    to_env: str
+    kind: str
+    gpu_class: str
+    current_usd_per_busy_gpu_hour: Decimal | None
+    alternative_usd_per_busy_gpu_hour: Decimal | None
+    utilization: Decimal
+    monthly_savings_usd: Decimal
+    confidence: Decimal
+    alternative_label: str
+    gpus_needed: int
+    reason: str
+    basis: str | None
+    payback_months: Decimal | None
+    monthly_savings_low_usd: Decimal | None
+    monthly_savings_high_usd: Decimal | None
+    evidence_hours: Decimal | None
+    nodes_needed: int | None
+    instances_needed: int | None
+
+
+class DeadLetterRow(NamedTuple):
+    event_id: str
+    received_at: datetime
+    source_topic: str
+    reason: str
+    payload: str
+
+
+class GpuSampleRow(NamedTuple):
+    ts: datetime
+    resource: str
+    gpu_uuid: str
+    gpu_index: int
+    gpu_model: str
+    gpu_class: str
+    environment: str
+    interval_ms: int
+    utilization_pct: float
+    memory_used_mib: int
+    memory_total_mib: int
+    power_mw: int | None
+    workloads: list
+    parent_gpu_uuid: str | None
+    mig_profile: str | None
+    compute_fraction: float | None
+    energy_mj: int
+
+
+class CostLineRow(NamedTuple):
+    charge_period_start: datetime
+    event_id: str
+    charge_period_end: datetime
+    provider: str
+    provider_name: str | None
+    billing_account: str | None
+    billing_period_start: datetime
+    resource_id: str | None
+    charge_category: str | None
+    service: str | None
+    sku: str | None
+    region: str | None
+    instance_type: str | None
+    gpu_class: str | None
+    gpus: int | None
+    source: str
+    export_version: str
+    billed_cost_usd: Decimal
+    effective_cost_usd: Decimal
+    tags: Jsonb
+    extra: Jsonb
+
+
+class PriceRow(NamedTuple):
+    provider: str
+    region: str
+    instance_type: str
+    purchase_option: str
+    effective_at: datetime
+    usd_per_hour: Decimal
+    source: str
+    event_id: str
+
+
+class LiveInstanceRow(NamedTuple):
+    instance_id: str
+    changed_at: datetime
+    provider: str
+    region: str
+    instance_type: str
+    purchase_option: str
+    workload: str
+    team: str | None
+    gpu_class: str
+    gpus: int
+    state: str
+    usd_per_hour: Decimal
+    running_since: datetime | None
+    ends_at: datetime | None
+    event_id: str
+
+
 @dataclass(frozen=True)
 class TableSpec:
-    columns: tuple[str, ...]
+    row: type  # a NamedTuple: the table's columns, in order, with their Python types
     key: tuple[str, ...]
     update: bool  # on conflict: replace (a restatement) or keep (immutable facts)
     time_column: str | None = None  # partitioned on it (plain PostgreSQL)
     newer: str | None = None  # on conflict, replace only with a row at least this new (a latest-state table)
     append_only: bool = False  # rows are never restated: COPYed straight in, a second copy of a key is refused
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.row._fields
 
     def key_of(self, row: tuple) -> tuple:
         return tuple(row[self.columns.index(k)] for k in self.key)
@@ -72,86 +208,75 @@ class TableSpec:
 
 TABLES = {
     "cost_windows": TableSpec(
-        ("window_start", "window_end", "resource", "workload", "environment", "gpu_class", "basis", "team",
-         "provider", "instance_type", "purchase_option", "allocated_gpu_ms", "busy_gpu_ms", "energy_mj",
-         "sample_count", "cost_usd", "event_id"),
-        ("window_start", "resource", "workload", "environment", "gpu_class", "basis"), True, "window_start"),
-    "decisions": TableSpec(
-        ("decision_id", "decided_at", "window_start", "workload", "team", "from_env", "to_env", "kind", "gpu_class",
-         "current_usd_per_busy_gpu_hour", "alternative_usd_per_busy_gpu_hour", "utilization", "monthly_savings_usd",
-         "confidence", "alternative_label", "gpus_needed", "reason", "basis", "payback_months",
-         "monthly_savings_low_usd", "monthly_savings_high_usd", "evidence_hours", "nodes_needed", "instances_needed"),
-        ("decision_id",), False),
-    "dead_letters": TableSpec(
-        ("event_id", "received_at", "source_topic", "reason", "payload"), ("event_id",), False),
-    "gpu_samples": TableSpec(
-        ("ts", "resource", "gpu_uuid", "gpu_index", "gpu_model", "gpu_class", "environment", "interval_ms",
-         "utilization_pct", "memory_used_mib", "memory_total_mib", "power_mw", "workloads", "parent_gpu_uuid",
-         "mig_profile", "compute_fraction", "energy_mj"),
-        ("ts", "resource", "gpu_uuid"), False, "ts", append_only=True),
-    "cost_lines": TableSpec(
-        ("charge_period_start", "event_id", "charge_period_end", "provider", "provider_name", "billing_account",
-         "billing_period_start", "resource_id", "charge_category", "service", "sku", "region", "instance_type",
-         "gpu_class", "gpus", "source", "export_version", "billed_cost_usd", "effective_cost_usd", "tags", "extra"),
-        ("charge_period_start", "event_id"), True, "charge_period_start"),
+        CostWindowRow, ("window_start", "resource", "workload", "environment", "gpu_class", "basis"), True,
+        "window_start"),
+    "decisions": TableSpec(DecisionRow, ("decision_id",), False),
+    "dead_letters": TableSpec(DeadLetterRow, ("event_id",), False),
+    "gpu_samples": TableSpec(GpuSampleRow, ("ts", "resource", "gpu_uuid"), False, "ts", append_only=True),
+    "cost_lines": TableSpec(CostLineRow, ("charge_period_start", "event_id"), True, "charge_period_start"),
     "prices": TableSpec(
-        ("provider", "region", "instance_type", "purchase_option", "effective_at", "usd_per_hour", "source",
-         "event_id"),
-        ("provider", "region", "instance_type", "purchase_option", "effective_at"), True),
-    "live_instances": TableSpec(
-        ("instance_id", "changed_at", "provider", "region", "instance_type", "purchase_option", "workload", "team",
-         "gpu_class", "gpus", "state", "usd_per_hour", "running_since", "ends_at", "event_id"),
-        ("instance_id",), True, newer="changed_at"),
+        PriceRow, ("provider", "region", "instance_type", "purchase_option", "effective_at"), True),
+    "live_instances": TableSpec(LiveInstanceRow, ("instance_id",), True, newer="changed_at"),
 }
 
 
 # -- events to rows (pure) --------------------------------------------------------------------
 
 
-def cost_window_row(w: CostWindow) -> tuple:
-    return (
-        utc_from_ms(w.window_start_ms), utc_from_ms(w.window_start_ms + w.window_ms), w.resource, w.workload,
-        w.environment, w.gpu_class, w.basis, w.team, w.provider, w.instance_type, w.purchase_option,
-        w.allocated_gpu_ms, w.busy_gpu_ms, w.energy_mj, w.sample_count, w.cost_usd, w.event_id,
-    )
+def cost_window_row(w: CostWindow) -> CostWindowRow:
+    return CostWindowRow(
+        window_start=utc_from_ms(w.window_start_ms), window_end=utc_from_ms(w.window_start_ms + w.window_ms),
+        resource=w.resource, workload=w.workload, environment=w.environment, gpu_class=w.gpu_class,
+        basis=w.basis, team=w.team, provider=w.provider, instance_type=w.instance_type,
+        purchase_option=w.purchase_option, allocated_gpu_ms=w.allocated_gpu_ms, busy_gpu_ms=w.busy_gpu_ms,
+        energy_mj=w.energy_mj, sample_count=w.sample_count, cost_usd=w.cost_usd, event_id=w.event_id)
 
 
-def decision_row(d: BreakevenDecision) -> tuple:
-    return (
-        d.event_id, utc_from_ms(d.window_end_ms), utc_from_ms(d.window_start_ms), d.workload, d.team, d.from_env,
-        d.to_env, d.kind, d.gpu_class, d.current_usd_per_busy_gpu_hour, d.alternative_usd_per_busy_gpu_hour, d.utilization,
-        d.monthly_savings_usd, d.confidence, d.alternative_label, d.gpus_needed, d.reason, d.basis,
-        d.payback_months, d.monthly_savings_low_usd, d.monthly_savings_high_usd, d.evidence_hours, d.nodes_needed,
-        d.instances_needed,
-    )
+def decision_row(d: BreakevenDecision) -> DecisionRow:
+    return DecisionRow(
+        decision_id=d.event_id, decided_at=utc_from_ms(d.window_end_ms), window_start=utc_from_ms(d.window_start_ms),
+        workload=d.workload, team=d.team, from_env=d.from_env, to_env=d.to_env, kind=d.kind, gpu_class=d.gpu_class,
+        current_usd_per_busy_gpu_hour=d.current_usd_per_busy_gpu_hour,
+        alternative_usd_per_busy_gpu_hour=d.alternative_usd_per_busy_gpu_hour, utilization=d.utilization,
+        monthly_savings_usd=d.monthly_savings_usd, confidence=d.confidence, alternative_label=d.alternative_label,
+        gpus_needed=d.gpus_needed, reason=d.reason, basis=d.basis, payback_months=d.payback_months,
+        monthly_savings_low_usd=d.monthly_savings_low_usd, monthly_savings_high_usd=d.monthly_savings_high_usd,
+        evidence_hours=d.evidence_hours, nodes_needed=d.nodes_needed, instances_needed=d.instances_needed)
 
 
-def decision_rows(d: BreakevenDecision) -> list[tuple]:
+def decision_rows(d: BreakevenDecision) -> list[DecisionRow]:
     """Decisions are stored; a trending notice is only an alert (the alerter keeps it in its outbox)."""
     return [] if d.kind == TRENDING_REPATRIATION else [decision_row(d)]
 
 
-def dead_letter_row(d: DeadLetter) -> tuple:
-    return (d.event_id, utc_from_ms(d.ts_ms), d.source_topic, d.reason, d.payload)
+def dead_letter_row(d: DeadLetter) -> DeadLetterRow:
+    return DeadLetterRow(event_id=d.event_id, received_at=utc_from_ms(d.ts_ms), source_topic=d.source_topic,
+                         reason=d.reason, payload=d.payload)
 
 
-def gpu_sample_rows(s: GpuSample) -> list[tuple]:
+def gpu_sample_rows(s: GpuSample) -> list[GpuSampleRow]:
     ts, resource, environment, interval_ms = utc_from_ms(s.ts_ms), s.resource, s.environment, s.interval_ms
     return [
-        (ts, resource, g.uuid, g.index, g.model, g.gpu_class, environment, interval_ms, g.utilization_pct,
-         g.memory_used_mib, g.memory_total_mib, g.power_mw, [w.workload for w in g.workloads],
-         g.parent_uuid or None, g.mig_profile or None, g.compute_fraction if g.parent_uuid else None, g.energy_mj)
+        GpuSampleRow(
+            ts=ts, resource=resource, gpu_uuid=g.uuid, gpu_index=g.index, gpu_model=g.model, gpu_class=g.gpu_class,
+            environment=environment, interval_ms=interval_ms, utilization_pct=g.utilization_pct,
+            memory_used_mib=g.memory_used_mib, memory_total_mib=g.memory_total_mib, power_mw=g.power_mw,
+            workloads=[w.workload for w in g.workloads], parent_gpu_uuid=g.parent_uuid or None,
+            mig_profile=g.mig_profile or None, compute_fraction=g.compute_fraction if g.parent_uuid else None,
+            energy_mj=g.energy_mj)
         for g in s.gpus
     ]
 
 
-def cost_line_row(c: CostLine) -> tuple:
-    return (
-        utc_from_ms(c.charge_period_start_ms), c.event_id, utc_from_ms(c.charge_period_end_ms), c.provider,
-        c.provider_name, c.billing_account, utc_from_ms(c.billing_period_start_ms), c.resource_id, c.charge_category, c.service, c.sku,
-        c.region, c.instance_type, c.gpu_class, c.gpus, c.source, c.export_version, c.billed_cost_usd,
-        c.effective_cost_usd, Jsonb(c.tags), Jsonb(c.extra),
-    )
+def cost_line_row(c: CostLine) -> CostLineRow:
+    return CostLineRow(
+        charge_period_start=utc_from_ms(c.charge_period_start_ms), event_id=c.event_id,
+        charge_period_end=utc_from_ms(c.charge_period_end_ms), provider=c.provider, provider_name=c.provider_name,
+        billing_account=c.billing_account, billing_period_start=utc_from_ms(c.billing_period_start_ms),
+        resource_id=c.resource_id, charge_category=c.charge_category, service=c.service, sku=c.sku,
+        region=c.region, instance_type=c.instance_type, gpu_class=c.gpu_class, gpus=c.gpus, source=c.source,
+        export_version=c.export_version, billed_cost_usd=c.billed_cost_usd, effective_cost_usd=c.effective_cost_usd,
+        tags=Jsonb(c.tags), extra=Jsonb(c.extra))
 
 
 # the newest export of a billing period replaces the lines of older exports of that period, whatever
@@ -169,16 +294,19 @@ SUPERSEDE_COST_LINES_SQL = """
 """
 
 
-def price_row(p: PriceUpdate) -> tuple:
-    return (p.provider, p.region, p.instance_type, p.purchase_option, utc_from_ms(p.ts_ms), p.usd_per_hour, p.source,
-            p.event_id)
+def price_row(p: PriceUpdate) -> PriceRow:
+    return PriceRow(provider=p.provider, region=p.region, instance_type=p.instance_type,
+                    purchase_option=p.purchase_option, effective_at=utc_from_ms(p.ts_ms), usd_per_hour=p.usd_per_hour,
+                    source=p.source, event_id=p.event_id)
 
 
-def live_instance_row(s: LiveSpend) -> tuple:
-    return (s.instance_id, utc_from_ms(s.ts_ms), s.provider, s.region, s.instance_type, s.purchase_option, s.workload,
-            s.team, s.gpu_class, s.gpus, s.state, s.usd_per_hour,
-            utc_from_ms(s.running_since_ms) if s.running_since_ms else None,
-            utc_from_ms(s.ends_at_ms) if s.ends_at_ms else None, s.event_id)
+def live_instance_row(s: LiveSpend) -> LiveInstanceRow:
+    return LiveInstanceRow(
+        instance_id=s.instance_id, changed_at=utc_from_ms(s.ts_ms), provider=s.provider, region=s.region,
+        instance_type=s.instance_type, purchase_option=s.purchase_option, workload=s.workload, team=s.team,
+        gpu_class=s.gpu_class, gpus=s.gpus, state=s.state, usd_per_hour=s.usd_per_hour,
+        running_since=utc_from_ms(s.running_since_ms) if s.running_since_ms else None,
+        ends_at=utc_from_ms(s.ends_at_ms) if s.ends_at_ms else None, event_id=s.event_id)
 
 
 class Batch:
@@ -229,16 +357,16 @@ def _key_text(table: str, key: tuple) -> str:
     return ", ".join(f"{name}={value}" for name, value in zip(TABLES[table].key, values))
 
 
-def duplicate_row(table: str, key: tuple, row: tuple) -> tuple:
+def duplicate_row(table: str, key: tuple, row: tuple) -> DeadLetterRow:
     """The dead letter of an append-only row whose natural key is already taken."""
     reason = (f"sink: duplicate {table} row ({_key_text(table, key)}): that key is already stored, so this copy is "
               "not stored again (a replay past the sink's stored offsets: were they reset?)")
-    return (f"sink|{table}|{key}", utc_now(), table, reason, repr(row)[:65536])
+    return DeadLetterRow(f"sink|{table}|{key}", utc_now(), table, reason, repr(row)[:65536])
 
 
-def refused_row(table: str, key: tuple, row: tuple, exc: psycopg.Error) -> tuple:
-    return (f"sink|{table}|{key}", utc_now(), table,
-            f"sink: refused by the database: {str(exc).splitlines()[0]}", repr(row)[:65536])
+def refused_row(table: str, key: tuple, row: tuple, exc: psycopg.Error) -> DeadLetterRow:
+    return DeadLetterRow(f"sink|{table}|{key}", utc_now(), table,
+                         f"sink: refused by the database: {str(exc).splitlines()[0]}", repr(row)[:65536])
 
 
 class OffsetsMoved(RuntimeError):
@@ -396,8 +524,7 @@ def _ensure_partitions(conn: psycopg.Connection, batch: Batch, partitions: Parti
     for table, rows in batch.rows.items():
         spec = TABLES[table]
         if rows and spec.time_column:
-            index = spec.columns.index(spec.time_column)
-            created += partitions.ensure(conn, table, {row[index] for row in batch.values(table)})
+            created += partitions.ensure(conn, table, {getattr(row, spec.time_column) for row in batch.values(table)})
     return created
 
 
@@ -465,8 +592,7 @@ def refresh_restated_rollups(conn: psycopg.Connection, batch: Batch, engine: str
     """TimescaleDB: refresh the continuous aggregates' materialized buckets the committed batch restated."""
     windows = batch.rows["cost_windows"]
     if engine == TIMESCALEDB and windows:
-        index = TABLES["cost_windows"].columns.index("window_start")
-        starts = [row[index] for row in batch.values("cost_windows")]
+        starts = [row.window_start for row in batch.values("cost_windows")]
         try:
             refresh_materialized_rollups(conn, min(starts), max(starts))
         except psycopg.OperationalError:

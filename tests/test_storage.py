@@ -370,25 +370,37 @@ def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
         probe.close()
 
 
-def test_every_sink_table_spec_names_the_columns_the_migrations_create_and_its_rows_fill_them(database):
-    """The sink's column tuples and the ``*_row`` builders are matched by position: a migration that
-    adds or renames a column, or a builder that forgets one, fails here."""
-    from storage.sink import TABLES, decision_row, live_instance_row, price_row
+def test_every_sink_table_spec_names_the_columns_the_migrations_create_with_their_types_and_its_rows_fill_them(
+        database):
+    """Each table's row type (storage.sink) declares its columns and their Python types once: a migration
+    that adds, renames or retypes a column, or a builder that fills a column with the wrong type, fails here."""
+    import typing
+    from decimal import Decimal
+
+    from psycopg.types.json import Jsonb
+
+    from storage.sink import TABLES, cost_line_row, dead_letter_row, decision_row, live_instance_row, price_row
     from tests.test_event_contracts import EXAMPLES
+
+    pg_types = {datetime: {"timestamp with time zone"}, str: {"text"}, int: {"bigint", "integer", "smallint"},
+                Decimal: {"numeric"}, float: {"real", "double precision"}, list: {"ARRAY"}, Jsonb: {"jsonb"}}
+
+    def python_type(hint):  # X | None -> X
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if args else hint
 
     migrate(database)
     with psycopg.connect(database) as conn:
         for table, spec in TABLES.items():
-            in_db = {c for (c,) in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,))}
-            missing = set(spec.columns) - in_db
+            in_db = {c: (t, nullable == "YES" or default is not None) for c, t, nullable, default in conn.execute(
+                "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+                " WHERE table_name = %s", (table,))}
+            missing = set(spec.columns) - in_db.keys()
             assert not missing, f"{table}: the sink writes columns the schema lacks: {sorted(missing)}"
-            defaulted = {c for (c,) in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
-                " AND (column_default IS NOT NULL OR is_nullable = 'YES')", (table,))}
-            unwritten = in_db - set(spec.columns) - defaulted
+            unwritten = {c for c, (_, optional) in in_db.items() if c not in spec.columns and not optional}
             assert not unwritten, f"{table}: required columns the sink never writes: {sorted(unwritten)}"
-    from storage.sink import cost_line_row, dead_letter_row
+            for column, hint in typing.get_type_hints(spec.row).items():
+                assert in_db[column][0] in pg_types[python_type(hint)], (table, column, hint, in_db[column][0])
 
     builders = {"cost_windows": (cost_window_row, "CostWindow"), "decisions": (decision_row, "BreakevenDecision"),
                 "gpu_samples": (lambda e: gpu_sample_rows(e)[0], "GpuSample"), "prices": (price_row, "PriceUpdate"),
@@ -396,4 +408,8 @@ def test_every_sink_table_spec_names_the_columns_the_migrations_create_and_its_r
                 "dead_letters": (dead_letter_row, "DeadLetter")}
     assert set(builders) == set(TABLES)
     for table, (build, record) in builders.items():
-        assert len(build(EXAMPLES[record])) == len(TABLES[table].columns), table
+        row = build(EXAMPLES[record])
+        assert type(row) is TABLES[table].row, table
+        for column, hint in typing.get_type_hints(TABLES[table].row).items():
+            value = getattr(row, column)
+            assert value is None or isinstance(value, python_type(hint)), (table, column, type(value))
