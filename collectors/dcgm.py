@@ -243,12 +243,11 @@ class DcgmCollector:
     """Scrapes dcgm-exporter endpoints; each poll publishes one GPU sample per node."""
 
     urls: UrlList
-    publisher: object  # infra.publish.Publisher, or anything with send(topic, key, event) and flush()
+    publisher: object  # infra.publish.Publisher or PrintingPublisher
     resolve: Resolve
     interval_s: float = 30.0
     timeout_s: float = 10.0
     clock: Callable[[], float] = time.time
-    watermark: Callable[[int], None] | None = None  # called with each tick after its samples are flushed
     name: str = "dcgm"
     meter: EnergyMeter = field(default_factory=EnergyMeter)
     _last_tick_ms: int = -1
@@ -297,7 +296,7 @@ class DcgmCollector:
             sample = node_sample(host, gpus, tick_ms, interval_ms, "dcgm", report.errors)
             self.publisher.send("gpu-samples", sample.resource, sample)
             report.count("gpu samples")
+        if by_host and self.publisher.watermark(self.name, tick_ms):
+            report.count("watermarks")
         self.publisher.flush()
-        if by_host and self.watermark is not None:
-            self.watermark(tick_ms)
         return report

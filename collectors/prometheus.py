@@ -38,7 +38,7 @@ class PrometheusCollector:
     """Reads dcgm-exporter metrics back from Prometheus, incrementally, with a checkpoint."""
 
     url: str  # Prometheus base URL, e.g. http://prometheus:9090
-    publisher: object  # infra.publish.Publisher, or anything with send(topic, key, event) and flush()
+    publisher: object  # infra.publish.Publisher or PrintingPublisher
     checkpoint: Checkpoint
     resolve: Resolve
     step_s: float = 30.0
@@ -48,7 +48,6 @@ class PrometheusCollector:
     timeout_s: float = 30.0
     match: str = ""  # extra label matchers, e.g. cluster="prod"
     clock: Callable[[], float] = time.time
-    watermark: Callable[[int], None] | None = None
     name: str = "prometheus"
     meter: EnergyMeter = field(default_factory=EnergyMeter)
 
@@ -98,10 +97,10 @@ class PrometheusCollector:
             except QueryError as exc:
                 report.errors.append(f"{self.url}: {exc}")
                 break
+            if published and self.publisher.watermark(self.name, chunk_end_ms):
+                report.count("watermarks")
             self.publisher.flush()
             self.checkpoint.set(self._key, chunk_end_ms)
-            if published and self.watermark is not None:
-                self.watermark(chunk_end_ms)
             last_ms = chunk_end_ms
         return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,8 +11,10 @@ import signal
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Callable
 
 from contracts.config import Config, ConfigError, load_config, resolve_config
 from contracts.files import write_replacing
@@ -167,10 +170,9 @@ def _endpoints(config: Config):
     return bootstrap, dsn, profile
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(args, config: Config) -> int:
     from streams.worker import run_worker
 
-    config = resolve_config(args.config, args.state_dir)
     bootstrap, _, profile = _endpoints(config)
     _serve_metrics(args)
     sys.argv = [sys.argv[0]]  # Faust's worker reads the command line
@@ -187,12 +189,11 @@ def _serve_metrics(args) -> None:
         print(f"metrics: http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
 
 
-def _run_consumer_service(args, role: str, topic_names, build) -> int:
+def _run_consumer_service(args, config: Config, role: str, topic_names, build) -> int:
     """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
     from contracts.topics import Topics
     from infra.broker import make_consumer
 
-    config = resolve_config(args.config, args.state_dir)
     bootstrap, dsn, profile = _endpoints(config)
     if dsn is None:
         raise UsageError("database.dsn is not set")
@@ -208,126 +209,90 @@ def _run_consumer_service(args, role: str, topic_names, build) -> int:
     return 0
 
 
-def cmd_sink(args) -> int:
+def cmd_sink(args, config: Config) -> int:
     from infra.broker import LagProbe
+    from storage.metrics import SinkMetrics
     from storage.sink import Sink, sink_topics
 
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
                          [topics.group(role) for role in ("worker", "sink", "alerter")])
-        from storage.metrics import SinkMetrics
-
         return Sink(consumer, dsn, topics, lag_probe=probe,
                     metrics=SinkMetrics() if args.metrics_port is not None else None)
 
-    return _run_consumer_service(args, "sink", sink_topics, build)
+    return _run_consumer_service(args, config, "sink", sink_topics, build)
 
 
-def cmd_alerter(args) -> int:
+def cmd_alerter(args, config: Config) -> int:
     from alerts.alerter import Alerter
     from storage.metrics import AlerterMetrics
 
     return _run_consumer_service(
-        args, "alerter", lambda t: [t.decisions],
+        args, config, "alerter", lambda t: [t.decisions],
         lambda config, dsn, consumer, topics: Alerter(
             config, dsn, consumer, dry_run=args.dry_run, say=lambda m: print(m, flush=True),
             metrics=AlerterMetrics(config) if args.metrics_port is not None else None),
     )
 
 
-def _run_collector(collector, once: bool, args=None) -> int:
-    """Wire a collector (``collectors.base.Collector``): one poll with ``--once``, else poll until SIGTERM/SIGINT.
+# -- collectors -------------------------------------------------------------------------------------
 
-    ``--once`` prints its report and exits 1 when the poll failed and sent nothing; a running
-    collector writes each poll's report to stderr.
-    """
+
+def _collect(args, config: Config, logical_topics: list[str], make) -> int:
+    """Every ``collect`` command: the collector ``make(publisher)`` builds (``collectors.base.Collector``),
+    polled once with ``--once`` (its report printed; exit 1 when it failed and sent nothing), else every
+    interval until SIGTERM/SIGINT (each poll's report on stderr, metrics served with ``--metrics-port``).
+    ``--dry-run`` prints the events as JSON lines on stdout, the reports on stderr, and needs no broker;
+    without a configured Kafka, ``--once`` publishes through the embedded stack (``publishing``)."""
     from collectors.base import run
-
-    if once:
-        report = collector.poll_once()
-        print(report.summary(), flush=True)
-        return 0 if report.ok else 1
-    if args is not None and getattr(args, "metrics_port", None) is not None:
-        _serve_metrics(args)  # polls, problems by kind, events sent, last success (infra/metrics.py)
-    run(collector, _stop_flag(), lambda m: print(m, file=sys.stderr, flush=True))
-    return 0
-
-
-def cmd_collect_nvml(args) -> int:
-    from collectors.k8s import KubernetesInspector
-    from collectors.nvml.collector import NvmlCollector, ProcessInspector, default_nvml, host_name
-    from contracts.topics import Topics
-    from infra.broker import make_producer
-    from infra.publish import Publisher
-
-    config = resolve_config(args.config, args.state_dir)
-    bootstrap, _, _ = _endpoints(config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        nvml = default_nvml()
-    inspector = ProcessInspector()
-    pods = _pod_directory(config)
-    if pods is not None:  # a process's pod (from its cgroup) enriched with namespace, owner and pod labels
-        inspector = KubernetesInspector(inspector, pods)
-    producer = make_producer(bootstrap, config.kafka)
-    collector = NvmlCollector(config, nvml, host=host_name(config),
-                              interval_s=args.interval or config.collectors.nvml.interval_seconds,
-                              inspector=inspector, publisher=Publisher(producer, Topics.from_config(config.kafka)))
-    try:
-        try:
-            collector.start()
-        except nvml.NVMLError as exc:
-            raise UsageError(f"NVML is not available on this machine: {exc}") from None
-        return _run_collector(collector, args.once, args)
-    finally:
-        producer.flush()
-        producer.close()
-        collector.stop()
-
-
-class _PrintPublisher:
-    """``--dry-run``: each event it would publish, as one JSON line on stdout (the event's own encoding)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def send(self, logical_topic: str, key: str, event) -> None:
-        print(event.encode().decode(), flush=True)
-        self.sent += 1
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
-def _run_scraper(args, config: Config, source: str, make) -> int:
-    """Run a GPU-sample scraper made by ``make(publisher, watermark)``; ``--dry-run`` prints its events on stdout
-    and its reports on stderr, and needs no broker."""
-    from collectors.base import run
-    from infra.broker import WATERMARK_EVERY_MS, send_watermarks
+    from infra.publish import PrintingPublisher
 
     from .publishing import publishing
 
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if args.dry_run:
-        collector = make(_PrintPublisher(), None)
-        if not args.once:
-            run(collector, _stop_flag(), err)
-            return 0
-        report = collector.poll_once()
-        err(report.summary())
-        return 0 if report.ok else 1
-    if not config.kafka.bootstrap_servers and not args.once:
+    if not args.dry_run and not config.kafka.bootstrap_servers and not args.once:
         raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once "
                          "(or --dry-run)")
-    with publishing(config, ["gpu-samples"], say=err) as publisher:
-        marked = {"ms": -WATERMARK_EVERY_MS}
+    with (contextlib.nullcontext(PrintingPublisher()) if args.dry_run
+          else publishing(config, logical_topics, say=err)) as publisher:
+        collector = make(publisher)
+        try:
+            if args.once:
+                report = collector.poll_once()
+                (err if args.dry_run else print)(report.summary())
+                return 0 if report.ok else 1
+            _serve_metrics(args)
+            run(collector, _stop_flag(), err)
+            return 0
+        finally:
+            if hasattr(collector, "stop"):
+                collector.stop()
 
-        def watermark(ts_ms: int) -> None:  # keep the partitions that carry none of its nodes moving
-            if config.kafka.bootstrap_servers and ts_ms - marked["ms"] >= WATERMARK_EVERY_MS:
-                send_watermarks(publisher.producer, publisher.topics, source, ts_ms, ("gpu-samples",))
-                marked["ms"] = ts_ms
 
-        return _run_collector(make(publisher, watermark), args.once, args)
+def cmd_collect_nvml(args, config: Config) -> int:
+    from collectors.k8s import KubernetesInspector
+    from collectors.nvml.collector import NvmlCollector, ProcessInspector, default_nvml, host_name
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        nvml = default_nvml()
+    try:  # before any service starts
+        nvml.nvmlInit()
+        nvml.nvmlShutdown()
+    except nvml.NVMLError as exc:
+        raise UsageError(f"NVML is not available on this machine: {exc}") from None
+    inspector = ProcessInspector()
+    pods = _pod_directory(config)
+    if pods is not None:  # a process's pod (from its cgroup) enriched with namespace, owner and pod labels
+        inspector = KubernetesInspector(inspector, pods)
+
+    def make(publisher):
+        collector = NvmlCollector(config, nvml, host=host_name(config), inspector=inspector, publisher=publisher,
+                                  interval_s=args.interval or config.collectors.nvml.interval_seconds)
+        collector.start()
+        return collector
+
+    return _collect(args, config, ["gpu-samples"], make)
 
 
 def _pod_directory(config: Config):
@@ -354,10 +319,9 @@ def _workload_resolver(config: Config):
     return lambda labels: config.resolve_workload(pods.enrich(labels))
 
 
-def cmd_collect_dcgm(args) -> int:
+def cmd_collect_dcgm(args, config: Config) -> int:
     from collectors.dcgm import DcgmCollector, UrlList
 
-    config = resolve_config(args.config, args.state_dir)
     settings = config.collectors.dcgm
     urls_file = Path(args.urls_file) if args.urls_file else settings.urls_file
     urls = UrlList(args.url or settings.urls, urls_file)
@@ -365,65 +329,57 @@ def cmd_collect_dcgm(args) -> int:
         raise UsageError("no dcgm-exporter endpoint: give --url (repeatable), --urls-file or collectors.dcgm.urls")
     interval_s = args.interval or settings.interval_seconds
     resolve = _workload_resolver(config)
-    return _run_scraper(args, config, "dcgm", lambda publisher, watermark: DcgmCollector(
-        urls, publisher, resolve, interval_s, settings.timeout_seconds, watermark=watermark))
+    return _collect(args, config, ["gpu-samples"], lambda publisher: DcgmCollector(
+        urls, publisher, resolve, interval_s, settings.timeout_seconds))
 
 
-def cmd_collect_prometheus(args) -> int:
+def cmd_collect_prometheus(args, config: Config) -> int:
     from collectors.prometheus import PrometheusCollector
-    from infra.checkpoint import Checkpoint
 
-    config = resolve_config(args.config, args.state_dir)
     settings = config.collectors.prometheus
     url = args.url or settings.url
     if not url:
         raise UsageError("no Prometheus: give --url (e.g. http://prometheus:9090) or collectors.prometheus.url")
-    checkpoint = Checkpoint(config.state_dir / "checkpoints" / ("prometheus-dry-run.json" if args.dry_run
-                                                               else "prometheus.json"))
-    return _run_scraper(args, config, "prometheus", lambda publisher, watermark: PrometheusCollector(
-        url, publisher, checkpoint, _workload_resolver(config), step_s=args.step or settings.step_seconds,
+    checkpoint = _checkpoint(config, args, "prometheus")
+    resolve = _workload_resolver(config)
+    return _collect(args, config, ["gpu-samples"], lambda publisher: PrometheusCollector(
+        url, publisher, checkpoint, resolve, step_s=args.step or settings.step_seconds,
         lookback_s=args.lookback or settings.lookback_seconds, delay_s=settings.delay_seconds,
-        interval_s=settings.poll_seconds, timeout_s=settings.timeout_seconds, match=settings.match,
-        watermark=watermark))
+        interval_s=settings.poll_seconds, timeout_s=settings.timeout_seconds, match=settings.match))
 
 
-def cmd_collect_aws(args) -> int:
-    from collectors.aws.collector import AwsCollector
+def _checkpoint(config: Config, args, name: str):
+    """A collector's checkpoint (a dry run keeps its own, so it never skips data for the real one)."""
     from infra.checkpoint import Checkpoint
 
-    from .publishing import publishing
+    return Checkpoint(config.state_dir / "checkpoints" / (f"{name}-dry-run.json" if args.dry_run else f"{name}.json"))
 
-    config = resolve_config(args.config, args.state_dir)
+
+def cmd_collect_aws(args, config: Config) -> int:
+    from collectors.aws.collector import AwsCollector
+
     if not config.collectors.aws.accounts:
         raise UsageError("collectors.aws.accounts is empty: name at least one account and its regions")
-    if not config.kafka.bootstrap_servers and not args.once:
-        raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once")
-    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    checkpoint = Checkpoint(config.state_dir / "checkpoints" / "aws.json")
-    with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
-        return _run_collector(AwsCollector(config, publisher, checkpoint), args.once, args)
+    checkpoint = _checkpoint(config, args, "aws")
+    return _collect(args, config, ["prices", "instance-events", "cost-lines"],
+                    lambda publisher: AwsCollector(config, publisher, checkpoint))
 
 
-def cmd_collect_gcp(args) -> int:
+def cmd_collect_gcp(args, config: Config) -> int:
     from collectors.gcp import GcpCollector
-    from infra.checkpoint import Checkpoint
 
-    from .publishing import publishing
-
-    config = resolve_config(args.config, args.state_dir)
-    if not config.kafka.bootstrap_servers and not args.once:
-        raise UsageError("without kafka.bootstrap_servers the collector runs on the embedded stack: use --once")
-    err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    checkpoint = Checkpoint(config.state_dir / "checkpoints" / "gcp.json")
-    with publishing(config, ["prices", "instance-events", "cost-lines"], say=err) as publisher:
-        return _run_collector(GcpCollector(config, publisher, checkpoint), args.once, args)
+    checkpoint = _checkpoint(config, args, "gcp")
+    return _collect(args, config, ["prices", "instance-events", "cost-lines"],
+                    lambda publisher: GcpCollector(config, publisher, checkpoint))
 
 
-def cmd_db_migrate(args) -> int:
+# -- one-shot commands ------------------------------------------------------------------------------
+
+
+def cmd_db_migrate(args, config: Config) -> int:
     from infra.local import local_database
     from storage.db import migrate, sync_budgets
 
-    config = resolve_config(args.config, args.state_dir)
     with local_database(config) as dsn:
         before, after, engine = migrate(dsn)
         sync_budgets(dsn, config.budgets)
@@ -456,14 +412,13 @@ def cmd_dashboards_build(args) -> int:
     return 0
 
 
-def cmd_ingest_focus(args) -> int:
+def cmd_ingest_focus(args, config: Config) -> int:
     from datetime import datetime, timezone
 
     from collectors.focus import FocusSummary, file_digest, read_files
 
     from .publishing import publishing
 
-    config = resolve_config(args.config, args.state_dir)
     paths = [Path(p) for p in args.files]
     for path in paths:
         if not path.is_file():
@@ -519,13 +474,12 @@ def _print_focus_summary(summary, as_json: bool) -> None:
     print("\n".join(lines))
 
 
-def cmd_report_monthly(args) -> int:
+def cmd_report_monthly(args, config: Config) -> int:
     import psycopg
 
     from infra.local import local_database
     from reports import monthly
 
-    config = resolve_config(args.config, args.state_dir)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in monthly.FORMATS]
     if unknown:
@@ -552,7 +506,7 @@ def cmd_report_monthly(args) -> int:
 # -- plan ----------------------------------------------------------------------------------------------
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args, config: Config) -> int:
     """The options table of one workload from its stored hours (``costmodel.options.plan_workload``)."""
     from datetime import datetime, timedelta, timezone
 
@@ -564,7 +518,6 @@ def cmd_plan(args) -> int:
     from storage import queries
     from storage.db import check_schema
 
-    config = resolve_config(args.config, args.state_dir)
     if args.gpus is not None and not 1 <= args.gpus <= 100_000:
         raise UsageError(f"--gpus must be from 1 to 100,000, got {args.gpus}")
     if args.utilization is not None and not 0 < args.utilization <= 1:
@@ -656,10 +609,9 @@ def _date_arg(text: str | None):
         raise UsageError(f"--at must be YYYY-MM-DD, got {text!r}") from None
 
 
-def cmd_pricing_export_opencost(args) -> int:
+def cmd_pricing_export_opencost(args, config: Config) -> int:
     from reports import opencost
 
-    config = resolve_config(args.config, args.state_dir)
     at = opencost.at_datetime(_date_arg(args.at))
     try:
         rows = opencost.export_rows(config, at, label=args.label, node_rows=not args.gpu_only)
@@ -734,280 +686,272 @@ def cmd_stress(args) -> int:
 # -- parser ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command of the table below: its words, its function, its help and its own arguments."""
+
+    words: tuple[str, ...]  # ("collect", "dcgm")
+    func: Callable[..., int]  # func(args), or func(args, config) when ``config``
+    help: str
+    description: str | None = None
+    args: tuple = ()  # arg(...) specs, in order
+    config: bool = False  # --config and --state-dir; the resolved Config is passed to func
+    metrics: bool = False  # --metrics-port and --metrics-host (served while it runs)
+
+
+def arg(*flags: str, group: str | None = None, **kwargs) -> tuple:
+    """An argument as ``add_argument`` takes it; ``group`` names the argument group it is shown under."""
+    return flags, group, kwargs
+
+
+ONCE = arg("--once", action="store_true", help="one poll, then exit (on embedded defaults: through the local stack)")
+DRY_RUN = arg("--dry-run", action="store_true",
+              help="print the events as JSON lines on stdout instead of publishing (no broker needed)")
+JSON = arg("--json", action="store_true", help="print one JSON object")
+HORIZON = "options over a horizon (any of these adds the table: on demand, a commitment, buying)"
+
+# the words before a command: their help and what the next word is called
+GROUPS = {
+    "config": ("configuration tools", "ACTION"),
+    "collect": ("run a collector", "SOURCE"),
+    "ingest": ("ingest billing files", "FORMAT"),
+    "report": ("reports for finance", "REPORT"),
+    "dashboards": ("Grafana dashboards as code", "ACTION"),
+    "db": ("database tools", "ACTION"),
+    "pricing": ("hand prices to and from other tools (OpenCost)", "ACTION"),
+}
+
+CONFIG_ARGS = (
+    arg("--config", help="YAML configuration (default: $HYBRIDSPEND_CONFIG, <state dir>/config.yaml, else the "
+        "bundled example)"),
+    arg("--state-dir", help="local state directory (default: ./.hybridspend)"),
+)
+
+
+COMMANDS = (
+    Command(("tco",), cmd_tco, "own-vs-rent calculator for one GPU class",
+            "Fully loaded on-prem cost per GPU-hour against a cloud price, at a utilization.", (
+                arg("--gpu-price-usd", type=_dec("--gpu-price-usd"), required=True, help="purchase price per GPU, USD"),
+                arg("--amortization-months", type=int, required=True,
+                    help="months over which the price is amortized"),
+                arg("--power-w", type=_dec("--power-w"), required=True, help="average power draw per GPU, watts"),
+                arg("--pue", type=_dec("--pue"), required=True, help="power usage effectiveness of the facility (>= 1)"),
+                arg("--usd-per-kwh", type=_dec("--usd-per-kwh"), required=True, help="electricity price, USD per kWh"),
+                arg("--upkeep-usd-per-year", type=_dec("--upkeep-usd-per-year"), required=True,
+                    help="support + facility + staff per GPU per year, USD"),
+                arg("--cloud-usd-per-gpu-hour", type=_dec("--cloud-usd-per-gpu-hour"), required=True,
+                    help="cloud price per GPU-hour, USD"),
+                arg("--utilization", type=_dec("--utilization"), required=True,
+                    help="busy GPU-hours / allocated GPU-hours, in (0, 1]"),
+                arg("--gpus", type=int, default=1, help="number of GPUs (default 1)"),
+                arg("--horizon-months", group=HORIZON, type=int, metavar="H",
+                    help="months compared (default: --amortization-months)"),
+                arg("--discount-rate-pct", group=HORIZON, type=_dec("--discount-rate-pct"), metavar="R",
+                    help="annual cost of capital for present values, percent (default 8)"),
+                arg("--commitment-usd-per-gpu-hour", group=HORIZON, type=_dec("--commitment-usd-per-gpu-hour"),
+                    metavar="K", help="a reserved instance, savings plan or committed-use rate per GPU-hour, paid "
+                    "for all hours"),
+                arg("--commitment-term-months", group=HORIZON, type=int, metavar="T",
+                    help="the commitment's term (12, 36, ...)"),
+                arg("--one-time-usd", group=HORIZON, type=_dec("--one-time-usd"), metavar="O",
+                    help="one-time cost of moving to owned GPUs (data egress, migration work), at month 0"),
+                JSON)),
+    Command(("plan",), cmd_plan, "the options for one workload from its stored data: stay, commit, buy, move",
+            "Every option for one workload over a horizon, from its measured hours repeated: staying as it runs, "
+            "cloud commitments sized to its demand floor, buying whole owned nodes, moving to the cloud on demand "
+            "or committed; each with its total, present value and the month it overtakes staying.", (
+                arg("workload"),
+                arg("--since", metavar="YYYY-MM-DD", help="first day of the evidence (default: 30 days before --until)"),
+                arg("--until", metavar="YYYY-MM-DD", help="the day after the evidence (default: now)"),
+                arg("--gpus", type=int, help="what if it ran on this many GPUs every hour (cost scaled alike)"),
+                arg("--utilization", type=_dec("--utilization"), help="what if it were busy this share, (0, 1]"),
+                arg("--horizon-months", type=int,
+                    help="months compared (default: the owned profile's amortization)"),
+                arg("--discount-rate-pct", type=_dec("--discount-rate-pct"),
+                    help="annual cost of capital, percent (default: thresholds.discount_rate_pct, 8)"),
+                arg("--one-time-usd", type=_dec("--one-time-usd"),
+                    help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase "
+                    "(default: from moves.workloads in the configuration)"),
+                JSON), config=True),
+    Command(("config", "check"), cmd_config_check, "validate a configuration and print it with secrets redacted",
+            args=(arg("file"),)),
+    Command(("demo",), cmd_demo, "run the whole pipeline on embedded defaults over a simulated fleet",
+            "Starts a local broker and PostgreSQL, the Faust worker, the sink and the alerter, replays a simulated "
+            "day of a hybrid fleet at an accelerated clock, and prints the workloads, their rates in each "
+            "environment, the crossings and the alerts.", (
+                *CONFIG_ARGS,
+                arg("--seed", type=int, default=42, help="seed of the simulated fleet (default 42)"),
+                arg("--hours", type=float, default=24, help="simulated hours (default 24)"),
+                arg("--speed", type=float, default=2400,
+                    help="simulated seconds per wall-clock second (default 2400: a day in 36 s)"))),
+    Command(("simulate",), cmd_simulate, "run a scenario file through the real pipeline and print the decisions",
+            "Runs a described situation (assets, offers, workloads with utilization timelines, instance starts and "
+            "stops, prices, the bill) through the local broker, the Faust worker(s), the sink and PostgreSQL, and "
+            "prints the decisions (workload, from and to environment, kind, effective rates, utilization, monthly "
+            "savings, confidence), the totals and the estimate-vs-billed reconciliation. The format is in the "
+            "README, section 'Scenario files'.", (
+                arg("scenario", help="the scenario YAML file"),
+                arg("--json", action="store_true", help="print the result as JSON"),
+                arg("--workers", type=int, default=1, choices=range(1, 9), metavar="N",
+                    help="Faust workers sharing the partitions (default 1)"),
+                arg("--kill-worker-at", type=float, metavar="HOUR",
+                    help="fault injection: SIGKILL the first worker at this simulated hour and restart it"),
+                arg("--state-dir", help="keep the run's database and logs here (default: a temporary directory)"))),
+    Command(("stress",), cmd_stress,
+            "run a scenario many times under faults and compare every run's cost windows with one worker's",
+            "Runs the scenario once with one worker (the reference), then --runs times with faults drawn from "
+            "--seed: 1 to 3 Faust workers, a worker killed with SIGKILL and restarted, the sink killed and "
+            "restarted, a worker joining late (a rebalance mid-stream), and with --cpu-load a busy process on the "
+            "CPU. Every run's cost windows are compared row by row with the reference's and the first differing "
+            "rows are printed. Exits 1 when any run differed. Each run takes the time of a `simulate` run plus its "
+            "faults (about 20-40 s for contracts/examples/scenarios/stress-day.yaml).", (
+                arg("scenario", help="the scenario YAML file"),
+                arg("--runs", type=int, default=10, help="faulted runs after the reference (default 10)"),
+                arg("--seed", type=int, default=0, help="seed of the first run's faults; run k uses seed + k (default 0)"),
+                arg("--cpu-load", action="store_true", help="in about half the runs, a busy process competes for the CPU"),
+                arg("--max-workers", type=int, default=3, choices=range(1, 9), metavar="N",
+                    help="most workers a run starts with (default 3)"))),
+    Command(("worker",), cmd_worker, "run a Faust stream worker (scale out by starting more)", config=True,
+            metrics=True),
+    Command(("sink",), cmd_sink,
+            "write samples, cost windows, cost lines, prices, decisions and dead letters to the database",
+            config=True, metrics=True),
+    Command(("alerter",), cmd_alerter, "deliver decisions to Slack through the durable outbox",
+            args=(arg("--dry-run", action="store_true", help="print alerts instead of posting them"),),
+            config=True, metrics=True),
+    Command(("collect", "nvml"), cmd_collect_nvml, "on-prem GPUs of this node through NVML", args=(
+        arg("--interval", type=float, help="seconds between samples (default from config)"), ONCE, DRY_RUN),
+        config=True, metrics=True),
+    Command(("collect", "dcgm"), cmd_collect_dcgm,
+            "on-prem GPUs read from the dcgm-exporter endpoints a cluster already runs",
+            "Scrapes dcgm-exporter endpoints (Prometheus text format) every interval and publishes one "
+            "gpu_sample.v1 per node with all its GPUs and MIG instances, attributed to pods (pod/namespace/"
+            "container labels) or Slurm jobs (hpc_job) through the workload rules. A failing endpoint is reported; "
+            "the others go on. --dry-run prints each event as one JSON line on stdout and needs no broker.", (
+                arg("--url", action="append", metavar="URL", help="an exporter's metrics URL, e.g. "
+                    "http://node-1:9400/metrics (repeatable; default from config)"),
+                arg("--urls-file", metavar="FILE",
+                    help="file of URLs, one a line (# comments); re-read when it changes"),
+                arg("--interval", type=float, help="seconds between scrapes (default from config: 30)"),
+                ONCE, DRY_RUN), config=True, metrics=True),
+    Command(("collect", "prometheus"), cmd_collect_prometheus,
+            "on-prem GPUs read back from a Prometheus that scrapes dcgm-exporter",
+            "Reads the dcgm-exporter metrics from Prometheus's HTTP API (/api/v1/query_range) since the checkpoint "
+            "and publishes the same gpu_sample.v1 events as `collect dcgm`, one per node and step. The first run "
+            "reaches back collectors.prometheus.lookback_seconds. --dry-run prints the events as JSON lines (with "
+            "its own checkpoint, so a dry run never skips data for the real one).", (
+                arg("--url", help="Prometheus base URL, e.g. http://prometheus:9090 (default from config)"),
+                arg("--step", type=float, help="seconds between samples (default from config: 30)"),
+                arg("--lookback", type=float, help="seconds the first run reaches back (default from config: 3600)"),
+                ONCE, DRY_RUN), config=True, metrics=True),
+    Command(("collect", "aws"), cmd_collect_aws, "AWS prices, GPU instances and events, Cost Explorer, billing exports",
+            "Publishes GPU prices (Pricing API, spot history), GPU instance inventory and EventBridge state/"
+            "spot-interruption events (via SQS), hourly Cost Explorer cost and FOCUS / CUR 2.0 exports from S3, "
+            "for every account and region in collectors.aws. Credentials: boto3's standard chain, or a role per "
+            "account.", (ONCE, DRY_RUN), config=True, metrics=True),
+    Command(("collect", "gcp"), cmd_collect_gcp, "GCP GPU prices (Cloud Billing Catalog), GPU VMs and billing export rows",
+            "Publishes the GPU VMs of collectors.gcp.projects as instance events, GPU and GPU-VM SKU prices from "
+            "the Cloud Billing Catalog (Application Default Credentials) and the billing export's rows newer than "
+            "the checkpoint (collectors.gcp.billing_export_glob).", (ONCE, DRY_RUN), config=True, metrics=True),
+    Command(("ingest", "focus"), cmd_ingest_focus, "FOCUS 1.0-1.2 billing files (CSV, CSV.gz, Parquet) as cost lines",
+            "Reads FOCUS files and publishes their rows as cost lines. Rows that cannot be read are rejected with "
+            "file, row and reason; a file missing a required column is rejected whole. Ingest all files of a "
+            "billing period in one run: a later run of the same period replaces the lines of the earlier one (a "
+            "restatement).", (
+                arg("files", nargs="+", metavar="FILE"),
+                arg("--summary-json", action="store_true", help="print the summary as one JSON object"),
+                arg("--publish-partial", action="store_true",
+                    help="publish the rows that could be read even when others were rejected (they replace the "
+                    "earlier delivery of the same billing periods); by default a file with rejected rows "
+                    "publishes nothing")), config=True),
+    Command(("report", "monthly"), cmd_report_monthly, "the monthly repatriation / migration report",
+            "Per workload: environment, busy and allocated GPU-hours, utilization, cost (estimated and billed), "
+            "effective $ per busy GPU-hour, the cost in the other environment, the recommendation and annualized "
+            "savings; idle cost; charts; every assumption; and the on-prem costs as a FOCUS dataset. Reads the "
+            "configured database, else the local state that `hybridspend demo` left.", (
+                arg("--month", required=True, help="YYYY-MM"),
+                arg("--format", default="md,csv,html,pdf,focus",
+                    help="comma-separated: md, csv, html, pdf, focus (default all)"),
+                arg("--out", default="reports-out", help="output folder (default ./reports-out)")), config=True),
+    Command(("dashboards", "push"), cmd_dashboards_push,
+            "provision folder, datasource and dashboards through Grafana's API",
+            "Idempotent: a second push changes nothing. A dashboard that changes in Grafana while the push runs is "
+            "reported as a version conflict, never overwritten.", (
+                arg("--grafana-url", required=True, help="e.g. https://grafana.example.com"),
+                arg("--token-file", required=True, help="file holding a Grafana service-account token (Editor)"),
+                arg("--db-host", default="timescaledb:5432", help="database host:port as Grafana reaches it"),
+                arg("--db-name", default="hybridspend"),
+                arg("--db-user", default="hybridspend_grafana",
+                    help="a read-only role; set its password in Grafana or by file provisioning"))),
+    Command(("dashboards", "build"), cmd_dashboards_build,
+            "write the dashboard JSON files (dashboards/json by default)", args=(arg("--out", help="output folder"),)),
+    Command(("bench",), cmd_bench, "run the benchmarks and write bench/results.json",
+            "Runs every benchmark on an embedded broker and PostgreSQL, three times by default; prints each "
+            "figure's median and spread and writes them, with the commit, cores and broker profile, to "
+            "bench/results.json (--quick: a smoke test, to bench/results-quick.json).", (
+                arg("--quick", action="store_true", help="smaller inputs, one run: a smoke test, never a result"),
+                arg("--runs", type=int, default=None, help="how many passes (default 3 full, 1 quick)"))),
+    Command(("db", "migrate"), cmd_db_migrate, "create or upgrade the schema (idempotent)", config=True),
+    Command(("pricing", "export-opencost"), cmd_pricing_export_opencost,
+            "write OpenCost's custom-pricing CSV with our fully loaded on-prem GPU price",
+            "Writes OpenCost's custom-pricing CSV: per asset profile a 'gpu' row whose MarketPriceHourly is the "
+            "fully loaded $ per GPU-hour on the given day (capex while amortizing + energy + upkeep) and a $0 "
+            "'node' row, both matched on a node label whose value is the profile name (label the nodes, e.g. "
+            "kubectl label node dgx-a100-1 hybridspend.io/asset-profile=dgx-a100). EndTimestamp is the day capex "
+            "ends, while it has not yet. Point OpenCost at the file (CSV_PATH) and it shows the same on-prem GPU "
+            "price.", (
+                arg("--out", required=True, metavar="FILE.csv", help="the CSV to write"),
+                arg("--at", metavar="YYYY-MM-DD", help="price as of this day (default: today, UTC)"),
+                arg("--label", default="hybridspend.io/asset-profile",
+                    help="node label holding the profile name (default hybridspend.io/asset-profile)"),
+                arg("--gpu-only", action="store_true",
+                    help="only the gpu rows (when merging into a CSV that already prices the nodes)")), config=True),
+    Command(("pricing", "import-opencost"), cmd_pricing_import_opencost,
+            "print asset profiles (YAML) from an OpenCost pricing CSV's GPU rows",
+            "Reads an OpenCost custom-pricing CSV and prints an onprem_assets section with one asset profile per "
+            "'gpu' row. Each is a flat rate (MarketPriceHourly per GPU-hour carried as upkeep, no capex, power or "
+            "PUE), marked as such: a starting point to refine with the hardware's own figures.", (
+                arg("file", metavar="FILE.csv"),
+                arg("--gpus-per-node", type=int, default=8, help="GPUs per node of each profile (default 8)"),
+                arg("--nodes", type=int, default=1, help="nodes per profile (default 1)"),
+                arg("--at", metavar="YYYY-MM-DD", help="in-service date of the profiles (default: today, UTC)"))),
+)
+
+def _metrics_args() -> tuple:
+    return (
+        arg("--metrics-port", type=int, metavar="PORT",
+            help="serve Prometheus metrics on http://HOST:PORT/metrics while it runs (0: any free port)"),
+        arg("--metrics-host", metavar="HOST", default=os.environ.get("HYBRIDSPEND_METRICS_HOST", "127.0.0.1"),
+            help="the address the metrics server listens on (default $HYBRIDSPEND_METRICS_HOST, else 127.0.0.1: "
+            "this machine only; the container image sets 0.0.0.0 for Prometheus to scrape)"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in ``COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="hybridspend",
         description="Live hybrid GPU spend: what a busy GPU-hour costs on-prem and in the cloud, "
         "and when a workload should move.",
     )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def metrics_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--metrics-port", type=int, metavar="PORT",
-                       help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
-        p.add_argument("--metrics-host", metavar="HOST", default=os.environ.get("HYBRIDSPEND_METRICS_HOST", "127.0.0.1"),
-                       help="the address the metrics server listens on (default $HYBRIDSPEND_METRICS_HOST, else "
-                            "127.0.0.1: this machine only; the container image sets 0.0.0.0 for Prometheus to scrape)")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML configuration (default: $HYBRIDSPEND_CONFIG, "
-                       "<state dir>/config.yaml, else the bundled example)")
-        p.add_argument("--state-dir", help="local state directory (default: ./.hybridspend)")
-
-    p = sub.add_parser("tco", help="own-vs-rent calculator for one GPU class",
-                       description="Fully loaded on-prem cost per GPU-hour against a cloud price, at a utilization.")
-    p.add_argument("--gpu-price-usd", type=_dec("--gpu-price-usd"), required=True, help="purchase price per GPU, USD")
-    p.add_argument("--amortization-months", type=int, required=True, help="months over which the price is amortized")
-    p.add_argument("--power-w", type=_dec("--power-w"), required=True, help="average power draw per GPU, watts")
-    p.add_argument("--pue", type=_dec("--pue"), required=True, help="power usage effectiveness of the facility (>= 1)")
-    p.add_argument("--usd-per-kwh", type=_dec("--usd-per-kwh"), required=True, help="electricity price, USD per kWh")
-    p.add_argument("--upkeep-usd-per-year", type=_dec("--upkeep-usd-per-year"), required=True,
-                   help="support + facility + staff per GPU per year, USD")
-    p.add_argument("--cloud-usd-per-gpu-hour", type=_dec("--cloud-usd-per-gpu-hour"), required=True,
-                   help="cloud price per GPU-hour, USD")
-    p.add_argument("--utilization", type=_dec("--utilization"), required=True,
-                   help="busy GPU-hours / allocated GPU-hours, in (0, 1]")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
-    g = p.add_argument_group("options over a horizon (any of these adds the table: on demand, a commitment, buying)")
-    g.add_argument("--horizon-months", type=int, metavar="H", help="months compared (default: --amortization-months)")
-    g.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"), metavar="R",
-                   help="annual cost of capital for present values, percent (default 8)")
-    g.add_argument("--commitment-usd-per-gpu-hour", type=_dec("--commitment-usd-per-gpu-hour"), metavar="K",
-                   help="a reserved instance, savings plan or committed-use rate per GPU-hour, paid for all hours")
-    g.add_argument("--commitment-term-months", type=int, metavar="T", help="the commitment's term (12, 36, ...)")
-    g.add_argument("--one-time-usd", type=_dec("--one-time-usd"), metavar="O",
-                   help="one-time cost of moving to owned GPUs (data egress, migration work), at month 0")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_tco)
-
-    p = sub.add_parser("plan", help="the options for one workload from its stored data: stay, commit, buy, move",
-                       description="Every option for one workload over a horizon, from its measured hours repeated:"
-                                   " staying as it runs, cloud commitments sized to its demand floor, buying whole"
-                                   " owned nodes, moving to the cloud on demand or committed; each with its total,"
-                                   " present value and the month it overtakes staying.")
-    p.add_argument("workload")
-    p.add_argument("--since", metavar="YYYY-MM-DD", help="first day of the evidence (default: 30 days before --until)")
-    p.add_argument("--until", metavar="YYYY-MM-DD", help="the day after the evidence (default: now)")
-    p.add_argument("--gpus", type=int, help="what if it ran on this many GPUs every hour (cost scaled alike)")
-    p.add_argument("--utilization", type=_dec("--utilization"), help="what if it were busy this share, (0, 1]")
-    p.add_argument("--horizon-months", type=int, help="months compared (default: the owned profile's amortization)")
-    p.add_argument("--discount-rate-pct", type=_dec("--discount-rate-pct"),
-                   help="annual cost of capital, percent (default: thresholds.discount_rate_pct, 8)")
-    p.add_argument("--one-time-usd", type=_dec("--one-time-usd"),
-                   help="one-time cost of moving (data egress, migration work), at month 0 of a move or purchase "
-                        "(default: from moves.workloads in the configuration)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    common(p)
-    p.set_defaults(func=cmd_plan)
-
-    p = sub.add_parser("config", help="configuration tools")
-    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    pc = csub.add_parser("check", help="validate a configuration and print it with secrets redacted")
-    pc.add_argument("file")
-    pc.set_defaults(func=cmd_config_check)
-
-    p = sub.add_parser("demo", help="run the whole pipeline on embedded defaults over a simulated fleet",
-                       description="Starts a local broker and PostgreSQL, the Faust worker, the sink and the "
-                       "alerter, replays a simulated day of a hybrid fleet at an accelerated clock, and prints "
-                       "the workloads, their rates in each environment, the crossings and the alerts.")
-    common(p)
-    p.add_argument("--seed", type=int, default=42, help="seed of the simulated fleet (default 42)")
-    p.add_argument("--hours", type=float, default=24, help="simulated hours (default 24)")
-    p.add_argument("--speed", type=float, default=2400,
-                   help="simulated seconds per wall-clock second (default 2400: a day in 36 s)")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser(
-        "simulate", help="run a scenario file through the real pipeline and print the decisions",
-        description="Runs a described situation (assets, offers, workloads with utilization timelines, instance "
-        "starts and stops, prices, the bill) through the local broker, the Faust worker(s), the sink and "
-        "PostgreSQL, and prints the decisions (workload, from and to environment, kind, effective rates, "
-        "utilization, monthly savings, confidence), the totals and the estimate-vs-billed reconciliation. "
-        "The format is in the README, section 'Scenario files'.")
-    p.add_argument("scenario", help="the scenario YAML file")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N",
-                   help="Faust workers sharing the partitions (default 1)")
-    p.add_argument("--kill-worker-at", type=float, metavar="HOUR",
-                   help="fault injection: SIGKILL the first worker at this simulated hour and restart it")
-    p.add_argument("--state-dir", help="keep the run's database and logs here (default: a temporary directory)")
-    p.set_defaults(func=cmd_simulate)
-
-    p = sub.add_parser(
-        "stress", help="run a scenario many times under faults and compare every run's cost windows with one worker's",
-        description="Runs the scenario once with one worker (the reference), then --runs times with faults drawn "
-        "from --seed: 1 to 3 Faust workers, a worker killed with SIGKILL and restarted, the sink killed and "
-        "restarted, a worker joining late (a rebalance mid-stream), and with --cpu-load a busy process on the "
-        "CPU. Every run's cost windows are compared row by row with the reference's and the first differing "
-        "rows are printed. Exits 1 when any run differed. Each run takes the time of a `simulate` run plus its "
-        "faults (about 20-40 s for contracts/examples/scenarios/stress-day.yaml).")
-    p.add_argument("scenario", help="the scenario YAML file")
-    p.add_argument("--runs", type=int, default=10, help="faulted runs after the reference (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first run's faults; run k uses seed + k (default 0)")
-    p.add_argument("--cpu-load", action="store_true", help="in about half the runs, a busy process competes for the CPU")
-    p.add_argument("--max-workers", type=int, default=3, choices=range(1, 9), metavar="N",
-                   help="most workers a run starts with (default 3)")
-    p.set_defaults(func=cmd_stress)
-
-    for name, func, text in (
-        ("worker", cmd_worker, "run a Faust stream worker (scale out by starting more)"),
-        ("sink", cmd_sink, "write samples, cost windows, cost lines, prices, decisions and dead letters to the database"),
-        ("alerter", cmd_alerter, "deliver decisions to Slack through the durable outbox"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        common(p)
-        if name == "alerter":
-            p.add_argument("--dry-run", action="store_true", help="print alerts instead of posting them")
-        metrics_args(p)
-        p.set_defaults(func=func)
-
-    p = sub.add_parser("collect", help="run a collector")
-    colsub = p.add_subparsers(dest="collector", metavar="SOURCE", required=True)
-    pn = colsub.add_parser("nvml", help="on-prem GPUs of this node through NVML")
-    common(pn)
-    pn.add_argument("--interval", type=float, help="seconds between samples (default from config)")
-    pn.add_argument("--once", action="store_true", help="send one sample and exit")
-    metrics_args(pn)  # served while it runs (not with --once)
-    pn.set_defaults(func=cmd_collect_nvml)
-    pd = colsub.add_parser(
-        "dcgm", help="on-prem GPUs read from the dcgm-exporter endpoints a cluster already runs",
-        description="Scrapes dcgm-exporter endpoints (Prometheus text format) every interval and publishes one "
-        "gpu_sample.v1 per node with all its GPUs and MIG instances, attributed to pods (pod/namespace/container "
-        "labels) or Slurm jobs (hpc_job) through the workload rules. A failing endpoint is reported; the others go "
-        "on. --dry-run prints each event as one JSON line on stdout and needs no broker.")
-    common(pd)
-    pd.add_argument("--url", action="append", metavar="URL",
-                    help="an exporter's metrics URL, e.g. http://node-1:9400/metrics (repeatable; default from config)")
-    pd.add_argument("--urls-file", metavar="FILE", help="file of URLs, one a line (# comments); re-read when it changes")
-    pd.add_argument("--interval", type=float, help="seconds between scrapes (default from config: 30)")
-    pd.add_argument("--once", action="store_true", help="scrape once and exit")
-    pd.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
-    metrics_args(pd)  # served while it runs (not with --once)
-    pd.set_defaults(func=cmd_collect_dcgm)
-    pq = colsub.add_parser(
-        "prometheus", help="on-prem GPUs read back from a Prometheus that scrapes dcgm-exporter",
-        description="Reads the dcgm-exporter metrics from Prometheus's HTTP API (/api/v1/query_range) since the "
-        "checkpoint and publishes the same gpu_sample.v1 events as `collect dcgm`, one per node and step. The "
-        "first run reaches back collectors.prometheus.lookback_seconds. --dry-run prints the events as JSON lines "
-        "(with its own checkpoint, so a dry run never skips data for the real one).")
-    common(pq)
-    pq.add_argument("--url", help="Prometheus base URL, e.g. http://prometheus:9090 (default from config)")
-    pq.add_argument("--step", type=float, help="seconds between samples (default from config: 30)")
-    pq.add_argument("--lookback", type=float, help="seconds the first run reaches back (default from config: 3600)")
-    pq.add_argument("--once", action="store_true", help="one pass up to now, then exit")
-    pq.add_argument("--dry-run", action="store_true", help="print the events as JSON lines instead of publishing")
-    metrics_args(pq)  # served while it runs (not with --once)
-    pq.set_defaults(func=cmd_collect_prometheus)
-
-    p = sub.add_parser("ingest", help="ingest billing files")
-    isub = p.add_subparsers(dest="ingest_command", metavar="FORMAT", required=True)
-    pi = isub.add_parser("focus", help="FOCUS 1.0-1.2 billing files (CSV, CSV.gz, Parquet) as cost lines",
-                         description="Reads FOCUS files and publishes their rows as cost lines. Rows that cannot "
-                         "be read are rejected with file, row and reason; a file missing a required column is "
-                         "rejected whole. Ingest all files of a billing period in one run: a later run of the "
-                         "same period replaces the lines of the earlier one (a restatement).")
-    common(pi)
-    pi.add_argument("files", nargs="+", metavar="FILE")
-    pi.add_argument("--summary-json", action="store_true", help="print the summary as one JSON object")
-    pi.add_argument("--publish-partial", action="store_true",
-                    help="publish the rows that could be read even when others were rejected (they replace the "
-                         "earlier delivery of the same billing periods); by default a file with rejected rows "
-                         "publishes nothing")
-    pi.set_defaults(func=cmd_ingest_focus)
-
-    p = sub.add_parser("report", help="reports for finance")
-    rsub = p.add_subparsers(dest="report_command", metavar="REPORT", required=True)
-    pr = rsub.add_parser("monthly", help="the monthly repatriation / migration report",
-                         description="Per workload: environment, busy and allocated GPU-hours, utilization, cost "
-                         "(estimated and billed), effective $ per busy GPU-hour, the cost in the other environment, "
-                         "the recommendation and annualized savings; idle cost; charts; every assumption; and the "
-                         "on-prem costs as a FOCUS dataset. Reads the configured database, else the local state "
-                         "that `hybridspend demo` left.")
-    common(pr)
-    pr.add_argument("--month", required=True, help="YYYY-MM")
-    pr.add_argument("--format", default="md,csv,html,pdf,focus",
-                    help="comma-separated: md, csv, html, pdf, focus (default all)")
-    pr.add_argument("--out", default="reports-out", help="output folder (default ./reports-out)")
-    pr.set_defaults(func=cmd_report_monthly)
-
-    p = sub.add_parser("dashboards", help="Grafana dashboards as code")
-    dbs = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
-    pp = dbs.add_parser("push", help="provision folder, datasource and dashboards through Grafana's API",
-                        description="Idempotent: a second push changes nothing. A dashboard that changes in Grafana "
-                        "while the push runs is reported as a version conflict, never overwritten.")
-    pp.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
-    pp.add_argument("--token-file", required=True, help="file holding a Grafana service-account token (Editor)")
-    pp.add_argument("--db-host", default="timescaledb:5432", help="database host:port as Grafana reaches it")
-    pp.add_argument("--db-name", default="hybridspend")
-    pp.add_argument("--db-user", default="hybridspend_grafana",
-                    help="a read-only role; set its password in Grafana or by file provisioning")
-    pp.set_defaults(func=cmd_dashboards_push)
-    pb = dbs.add_parser("build", help="write the dashboard JSON files (dashboards/json by default)")
-    pb.add_argument("--out", help="output folder")
-    pb.set_defaults(func=cmd_dashboards_build)
-
-    p = sub.add_parser("bench", help="run the benchmarks and write bench/results.json",
-                       description="Runs every benchmark on an embedded broker and PostgreSQL, three times by "
-                       "default; prints each figure's median and spread and writes them, with the commit, cores and "
-                       "broker profile, to bench/results.json (--quick: a smoke test, to bench/results-quick.json).")
-    p.add_argument("--quick", action="store_true", help="smaller inputs, one run: a smoke test, never a result")
-    p.add_argument("--runs", type=int, default=None, help="how many passes (default 3 full, 1 quick)")
-    p.set_defaults(func=cmd_bench)
-
-    pa = colsub.add_parser("aws", help="AWS prices, GPU instances and events, Cost Explorer, billing exports",
-                           description="Publishes GPU prices (Pricing API, spot history), GPU instance inventory "
-                           "and EventBridge state/spot-interruption events (via SQS), hourly Cost Explorer cost and "
-                           "FOCUS / CUR 2.0 exports from S3, for every account and region in collectors.aws. "
-                           "Credentials: boto3's standard chain, or a role per account.")
-    common(pa)
-    pa.add_argument("--once", action="store_true", help="one pass over every source, then exit")
-    metrics_args(pa)  # served while it runs (not with --once)
-    pa.set_defaults(func=cmd_collect_aws)
-
-    pg = colsub.add_parser("gcp", help="GCP GPU prices (Cloud Billing Catalog), GPU VMs and billing export rows",
-                           description="Publishes the GPU VMs of collectors.gcp.projects as instance events, GPU "
-                           "and GPU-VM SKU prices from the Cloud Billing Catalog (Application Default Credentials) "
-                           "and the billing export's rows newer than the checkpoint "
-                           "(collectors.gcp.billing_export_glob).")
-    common(pg)
-    pg.add_argument("--once", action="store_true", help="one pass, then exit")
-    metrics_args(pg)  # served while it runs (not with --once)
-    pg.set_defaults(func=cmd_collect_gcp)
-
-    p = sub.add_parser("db", help="database tools")
-    dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    pm = dsub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
-    common(pm)
-    pm.set_defaults(func=cmd_db_migrate)
-
-    p = sub.add_parser("pricing", help="hand prices to and from other tools (OpenCost)")
-    prsub = p.add_subparsers(dest="pricing_command", metavar="ACTION", required=True)
-    po = prsub.add_parser(
-        "export-opencost", help="write OpenCost's custom-pricing CSV with our fully loaded on-prem GPU price",
-        description="Writes OpenCost's custom-pricing CSV: per asset profile a 'gpu' row whose MarketPriceHourly is "
-        "the fully loaded $ per GPU-hour on the given day (capex while amortizing + energy + upkeep) and a $0 'node' "
-        "row, both matched on a node label whose value is the profile name (label the nodes, e.g. kubectl label "
-        "node dgx-a100-1 hybridspend.io/asset-profile=dgx-a100). EndTimestamp is the day capex ends, while it has "
-        "not yet. Point OpenCost at the file (CSV_PATH) and it shows the same on-prem GPU price.")
-    common(po)
-    po.add_argument("--out", required=True, metavar="FILE.csv", help="the CSV to write")
-    po.add_argument("--at", metavar="YYYY-MM-DD", help="price as of this day (default: today, UTC)")
-    po.add_argument("--label", default="hybridspend.io/asset-profile",
-                    help="node label holding the profile name (default hybridspend.io/asset-profile)")
-    po.add_argument("--gpu-only", action="store_true",
-                    help="only the gpu rows (when merging into a CSV that already prices the nodes)")
-    po.set_defaults(func=cmd_pricing_export_opencost)
-    pi = prsub.add_parser(
-        "import-opencost", help="print asset profiles (YAML) from an OpenCost pricing CSV's GPU rows",
-        description="Reads an OpenCost custom-pricing CSV and prints an onprem_assets section with one asset "
-        "profile per 'gpu' row. Each is a flat rate (MarketPriceHourly per GPU-hour carried as upkeep, no "
-        "capex, power or PUE), marked as such: a starting point to refine with the hardware's own figures.")
-    pi.add_argument("file", metavar="FILE.csv")
-    pi.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node of each profile (default 8)")
-    pi.add_argument("--nodes", type=int, default=1, help="nodes per profile (default 1)")
-    pi.add_argument("--at", metavar="YYYY-MM-DD", help="in-service date of the profiles (default: today, UTC)")
-    pi.set_defaults(func=cmd_pricing_import_opencost)
+    levels = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
+    for command in COMMANDS:
+        for depth in range(1, len(command.words)):
+            prefix = command.words[:depth]
+            if prefix not in levels:
+                help_text, metavar = GROUPS[prefix[-1]]
+                group = levels[prefix[:-1]].add_parser(prefix[-1], help=help_text, description=help_text)
+                levels[prefix] = group.add_subparsers(dest=f"{'_'.join(prefix)}_command", metavar=metavar,
+                                                      required=True)
+        p = levels[command.words[:-1]].add_parser(command.words[-1], help=command.help,
+                                                  description=command.description or command.help)
+        groups: dict[str, argparse._ArgumentGroup] = {}
+        extra = (CONFIG_ARGS if command.config else ()) + (_metrics_args() if command.metrics else ())
+        for flags, group, kwargs in command.args + extra:
+            target = p if group is None else groups.setdefault(group, p.add_argument_group(group))
+            target.add_argument(*flags, **kwargs)
+        p.set_defaults(command_spec=command)
     return parser
 
 
@@ -1040,8 +984,11 @@ def main(argv: list[str] | None = None) -> int:
     from costmodel import CostModelError
     from storage.db import SchemaError
 
+    command = args.command_spec
     try:
-        return args.func(args)
+        if command.config:
+            return command.func(args, resolve_config(args.config, args.state_dir))
+        return command.func(args)
     except (ConfigError, CostModelError, UsageError, SchemaError, ConnectionError) as exc:
         print(f"hybridspend: error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2

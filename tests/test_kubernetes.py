@@ -100,7 +100,7 @@ def test_every_command_is_one_our_cli_accepts():
     parser = build_parser()
     for obj, container in containers(raw_objects()):
         args = parser.parse_args(container["args"])  # argparse exits on anything it does not know
-        assert callable(args.func), obj["metadata"]["name"]
+        assert callable(args.command_spec.func), obj["metadata"]["name"]
     commands = {o["metadata"]["name"]: c["args"][:2] for o, c in containers(raw_objects())}
     assert commands == {"hybridspend-migrate": ["db", "migrate"], "hybridspend-worker": ["worker", "--metrics-port"],
                         "hybridspend-sink": ["sink", "--metrics-port"],

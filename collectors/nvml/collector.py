@@ -23,7 +23,6 @@ from contracts.catalog import gpu_class_of
 from contracts.config import Config
 from contracts.events import GpuReading, GpuSample, WorkloadShare, safe_label
 from costmodel.sharing import SharingError, mig_compute_fraction
-from infra.broker import WATERMARK_EVERY_MS, send_watermarks
 
 from ..base import CollectReport
 
@@ -109,7 +108,6 @@ class NvmlCollector:
     clock: Callable[[], float] = time.time
     _initialized: bool = False
     _last_sample_ms: int = -1  # the interval boundary sampled last
-    _last_mark_ms: int = -WATERMARK_EVERY_MS  # event time of the last watermark sent
 
     def start(self) -> None:
         self.nvml.nvmlInit()
@@ -252,7 +250,7 @@ class NvmlCollector:
         The sample covers the interval that ends at its stamp, so stamps fall on interval
         boundaries of the wall clock whenever the poll runs; a boundary already sampled (a poll
         that came early) sends nothing.  Every ``WATERMARK_EVERY_MS`` of event time the host's
-        watermark goes to every ``gpu-samples`` partition, so partitions that carry no samples
+        watermark goes to every ``gpu-samples`` partition (``Publisher.watermark``), so partitions that carry no samples
         still move on (``streams.topology``).  Nothing is checkpointed: a reading is of the moment.
         """
         report = CollectReport(self.name)
@@ -273,10 +271,7 @@ class NvmlCollector:
             return report
         self.publisher.send("gpu-samples", sample.resource, sample)
         report.count("gpu-samples")
-        if ts_ms - self._last_mark_ms >= WATERMARK_EVERY_MS:
-            send_watermarks(self.publisher.producer, self.publisher.topics, f"nvml:{self.host}", ts_ms,
-                            ("gpu-samples",))
-            self._last_mark_ms = ts_ms
+        if self.publisher.watermark(f"nvml:{self.host}", ts_ms):
             report.count("watermarks")
         self.publisher.flush()
         return report
