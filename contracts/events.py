@@ -15,6 +15,7 @@ that the positional constructor keeps its order).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -190,7 +191,7 @@ def _finish(cls: type) -> type:
     """Derive a record's decoder and its REQUIRED / null-as-default fields from its declaration."""
     required, blank = [], []
     nothing = msgspec.NODEFAULT
-    for f in msgspec.inspect.type_info(cls).fields:
+    for f in _type_info(cls).fields:
         if not f.required and f.default is nothing and f.default_factory is nothing:  # REQUIRED (UNSET)
             required.append(f.name)
         elif not f.required and isinstance(f.type, msgspec.inspect.UnionType) and any(
@@ -200,7 +201,7 @@ def _finish(cls: type) -> type:
                 blank.append((f.name, type(default) if default == type(default)() else lambda d=default: d))
     cls._required = tuple(required)
     cls._blank = tuple(blank)
-    cls._labels = _label_plan(msgspec.inspect.type_info(cls))
+    cls._labels = _label_plan(_type_info(cls))
     cls._decoder = msgspec.json.Decoder(cls | _Unknown, dec_hook=_dec_hook)
     return cls
 
@@ -502,7 +503,7 @@ def _explain(cls: type, payload: bytes | str, exc: msgspec.DecodeError) -> str:
         return f"{_where(cls, path)}: missing field '{message.split('`')[1]}'"
     if path and isinstance(path[-1], str):
         try:
-            declared = _declared(msgspec.inspect.type_info(cls), path)
+            declared = _declared(_type_info(cls), path)
             value = _lookup(data, path)
         except (LookupError, TypeError, StopIteration):  # a key given twice, read differently by the two parsers
             return f"{_where(cls, path[:-1])}: '{path[-1]}': {message}"
@@ -510,6 +511,12 @@ def _explain(cls: type, payload: bytes | str, exc: msgspec.DecodeError) -> str:
     if message.startswith("Expected `object`"):
         return f"{_where(cls, path)} must be an object"
     return f"{_where(cls, path)}: {message}"  # a check across fields (``__post_init__``)
+
+
+@functools.cache
+def _type_info(cls: type) -> Any:
+    """msgspec's description of a record type (built once: it costs a third of a worker's time on bad input)."""
+    return msgspec.inspect.type_info(cls)
 
 
 def _label_plan(t: Any) -> tuple:

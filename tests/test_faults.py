@@ -121,7 +121,9 @@ def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_go
                                                                                    topic_prefix):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonInteractiveExampleWarning)
-        events = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)].example() for i in range(MALFORMED)]
+        # 550 drawn (drawing is slow), sent again and again: each copy is a record of its own to dead-letter
+        drawn = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)].example() for i in range(50 * len(MALFORMED_KINDS))]
+    events = [drawn[i % len(drawn)] for i in range(MALFORMED)]
     config, topics, services = _a_worker(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka, linger_ms=20)
     try:
