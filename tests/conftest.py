@@ -184,15 +184,38 @@ def http_pages():
     server.server_close()
 
 
-def consume(bootstrap: str, topic: str, decode) -> list:
-    """Every event on a topic from the beginning, decoded (a consumer without a group)."""
-    from kafka import KafkaConsumer
+def pytest_collection_modifyitems(items) -> None:
+    """The files with slow tests first: `make test` runs the files on two workers (``--dist loadfile``), and a
+    long test started last would run alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=2500)
-    events = [decode(m.value) for m in consumer]
-    consumer.close()
-    return events
+
+def consume(bootstrap: str, topic: str, decode) -> list:
+    """Every event on a topic from its start to its end as of now, decoded (a consumer without a group).
+
+    Read up to the end offsets, then polled a little longer: Tansu may report an end offset a little
+    behind a batched produce (docs/design.md, "Broker profiles")."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        wait_until(lambda: consumer.partitions_for_topic(topic), 10, f"topic {topic}", interval_s=0.05)
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        events: list = []
+        deadline, settled = time.monotonic() + 60, None
+        while settled is None or time.monotonic() < settled:
+            polled = consumer.poll(timeout_ms=100)
+            events.extend(decode(r.value) for records in polled.values() for r in records)
+            if settled is None and all(consumer.position(tp) >= end[tp] for tp in partitions):
+                settled = time.monotonic() + 0.3
+            assert time.monotonic() < deadline, f"{topic}: not read to its end in 60 s"
+        return events
+    finally:
+        consumer.close()
 
 
 # -- waiting for what the code under test does: poll a condition, never sleep a fixed time -----------

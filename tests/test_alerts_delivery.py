@@ -66,6 +66,7 @@ def test_429_with_retry_after_and_500_are_retried_and_each_alert_arrives_once(tm
     assert [row["status"] for row in log].count("retry") == 2 and "HTTP 429" in log[0]["detail"]
 
 
+@pytest.mark.slow
 def test_slack_down_for_a_while_then_back_delivers_everything_once(tmp_path, database, monkeypatch):
     port = free_port()
     received: list[str] = []

@@ -141,6 +141,7 @@ def focus_export(rows: list[tuple[str, str, str]]) -> bytes:
     return gzip.compress(out.getvalue().encode())
 
 
+@pytest.mark.slow
 def test_collector_publishes_prices_instances_events_and_costs_and_resumes_without_repeats(
         tmp_path, broker, moto, pricing_server, topic_prefix):
     pricing_url, pricing_calls = pricing_server

@@ -22,6 +22,7 @@ SECRETS = {
 }
 
 
+@pytest.mark.slow
 def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
     state = tmp_path / "hs-demo-test"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDSPEND")}
@@ -74,6 +75,7 @@ def _every_stored_row(state) -> str:
         pg.stop()
 
 
+@pytest.mark.slow
 def test_a_second_demo_in_the_same_state_directory_gives_the_same_summary_and_no_dead_letters(tmp_path):
     """The second run replays the same simulated day against the database the first one filled; its
     broker is new, its raw samples replace the earlier ones instead of being refused as a replay."""

@@ -116,6 +116,7 @@ def _letters_and_windows(broker, config, topics, services, group: str, letters_w
     return letters, windows
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_ten_thousand_malformed_events_all_dead_lettered_and_the_worker_keeps_going(tmp_path: Path, broker, database,
                                                                                    topic_prefix):

@@ -96,6 +96,7 @@ def metrics_ports(services) -> dict[str, int]:
             for name in SERVICES}
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_every_service_serves_its_metrics(tmp_path, broker, database, topic_prefix):
     config, topics, services = services_serving_metrics(tmp_path, broker, database, topic_prefix)

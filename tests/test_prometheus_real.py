@@ -98,6 +98,7 @@ def test_collect_prometheus_reads_back_what_collect_dcgm_reads_from_the_pages(re
     assert set(_comparable(latest)) == {"dgx-a100-01", "hgx-h100-01"}  # both host-label spellings
 
 
+@pytest.mark.slow
 @needs_prometheus
 def test_a_real_prometheus_scrapes_the_services_and_a_collector_while_the_pipeline_runs(tmp_path, broker, database,
                                                                                        topic_prefix, exporters):  # noqa: F811

@@ -135,6 +135,7 @@ def gpu_mix(draw):
     return gpus
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(gpus=gpu_mix(), interval_s=st.integers(1, 900))
 def test_per_workload_costs_plus_idle_equal_the_physical_gpus_cost_to_the_micro_dollar(gpus, interval_s):

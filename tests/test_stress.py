@@ -51,6 +51,7 @@ def test_comparison_names_each_changed_missing_and_extra_row():
     assert lines[2].startswith("only in this run:      2026-11-02T03:00Z")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_killed_worker_and_a_killed_sink_leave_the_cost_windows_of_one_worker():
     # six hours of the example day (the instances start, the spot one stops), two workers, one of
@@ -64,6 +65,7 @@ def test_a_killed_worker_and_a_killed_sink_leave_the_cost_windows_of_one_worker(
     assert any("identical cost windows" in line for line in said)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
     """Stopping `hybridspend stress` (a scheduler's SIGTERM, `kill`) leaves no broker, database,
