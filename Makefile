@@ -7,7 +7,7 @@ VENV   ?= .venv
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test test-future install clean node-packages
+.PHONY: demo test test-future install clean node-packages wheel-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,22 @@ FUTURE_SKIP ?= --ignore=tests/test_aws_collector.py \
 test-future: $(STAMP) node-packages
 	@command -v faketime >/dev/null || { echo "test-future needs faketime: apt-get install faketime"; exit 2; }
 	faketime -f '$(FUTURE)' $(VENV)/bin/python -m pytest $(FUTURE_SKIP) $(PYTEST_ARGS)
+
+# the wheel puts everything under hybridspend/ (nothing generic at the top of site-packages) and leaves
+# bench/ out; installed into a fresh venv that also has a foreign package named `contracts`, it runs the
+# demo and the foreign package still imports
+WHEEL_CHECK ?= /tmp/hybridspend-wheel-check
+wheel-check:
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEEL_CHECK)/dist .
+	$(PYTHON) -m zipfile -l $(WHEEL_CHECK)/dist/hybridspend-*.whl | awk 'NR > 1 {print $$1}' \
+		| grep -v -e '^hybridspend/' -e '^hybridspend-[^/]*\.dist-info/' && exit 1 || true
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/pip install --quiet $(WHEEL_CHECK)/dist/hybridspend-*.whl
+	site=$$($(WHEEL_CHECK)/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+		&& mkdir -p $$site/contracts && echo 'FOREIGN = "not ours"' > $$site/contracts/__init__.py
+	cd $(WHEEL_CHECK) && venv/bin/hybridspend demo --state-dir $(WHEEL_CHECK)/state
+	cd $(WHEEL_CHECK) && venv/bin/python -c 'import contracts; assert contracts.FOREIGN == "not ours"; print("the foreign contracts package still imports")'
 
 clean:
 	rm -rf $(VENV) .hybridspend node_modules

@@ -17,11 +17,11 @@ from typing import Callable
 
 import psycopg
 
-from contracts.config import AlertRoute, Config
-from contracts.events import BreakevenDecision, EventError
-from costmodel import REPATRIATE_BUY, TRENDING_REPATRIATION
-from infra.clock import Every
-from storage import outbox, queries
+from hybridspend.contracts.config import AlertRoute, Config
+from hybridspend.contracts.events import BreakevenDecision, EventError
+from hybridspend.costmodel import REPATRIATE_BUY, TRENDING_REPATRIATION
+from hybridspend.infra.clock import Every
+from hybridspend.storage import outbox, queries
 
 from .checks import Figures, Notice, all_notices
 from .slack import decision_message, notice_message

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from costmodel.money import month_forecast_usd
+from hybridspend.costmodel.money import month_forecast_usd
 
 FINANCE, PLATFORM = "finance", "platform"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import quote
 
-from contracts.events import BreakevenDecision
-from costmodel.money import range_text
+from hybridspend.contracts.events import BreakevenDecision
+from hybridspend.costmodel.money import range_text
 
 ENV_NAMES = {"onprem": "on-prem", "cloud": "cloud"}
 KIND_TITLES = {

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from contracts.config import EXAMPLE_CONFIG, load_config
-from contracts.events import GpuReading, GpuSample, WorkloadShare
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer, send_watermarks
-from infra.local import Endpoints
-from infra.services import Services
+from hybridspend.contracts.config import EXAMPLE_CONFIG, load_config
+from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.local import Endpoints
+from hybridspend.infra.services import Services
 
 WINDOW_MS = 60_000
 INTERVAL_MS = 20_000
@@ -69,7 +69,7 @@ def _sample(host: str, workload: str, ts: int, pct: float) -> GpuSample:
 
 
 def run(bootstrap: str, profile, dsn: str, quick: bool, say=print) -> dict:
-    from storage.db import migrate
+    from hybridspend.storage.db import migrate
 
     crossings = 11 if quick else 41  # the first one is a warm-up
     receiver = Receiver()

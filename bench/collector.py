@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from collectors.nvml.collector import NvmlCollector
-from collectors.nvml.fake import FakeGpu, FakeNvml
-from contracts.config import Config
+from hybridspend.collectors.nvml.collector import NvmlCollector
+from hybridspend.collectors.nvml.fake import FakeGpu, FakeNvml
+from hybridspend.contracts.config import Config
 
 CALL_COST_S = 30e-6
 GPUS = 8

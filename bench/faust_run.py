@@ -19,12 +19,12 @@ import uuid
 
 import faust
 
-from contracts.config import load_config
-from contracts.topics import Topics
-from infra.broker import LOCAL_PROFILE
-from streams.faust_compat import apply_broker_profile
-from streams.topology import BATCH_MAX, BATCH_WITHIN_S, STREAM_BUFFER
-from streams.worker import quiet_worker
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import LOCAL_PROFILE
+from hybridspend.streams.faust_compat import apply_broker_profile
+from hybridspend.streams.topology import BATCH_MAX, BATCH_WITHIN_S, STREAM_BUFFER
+from hybridspend.streams.worker import quiet_worker
 
 
 def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path: str) -> None:
@@ -56,8 +56,8 @@ def main(mode: str, config_path: str, bootstrap: str, expected: int, result_path
             async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
                 seen(len(events))
     else:
-        from streams import processing
-        from streams.topology import build_app
+        from hybridspend.streams import processing
+        from hybridspend.streams.topology import build_app
 
         add, close = processing.UsageProcessor.add, processing.UsageProcessor.close
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from contracts.config import EXAMPLE_CONFIG
-from contracts.events import GpuReading, GpuSample, WorkloadShare
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.contracts.config import EXAMPLE_CONFIG
+from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
 
 GPUS = 8
 NODES = 100
@@ -89,7 +89,7 @@ def run(bootstrap: str, quick: bool, say=print) -> dict:
         config["state_dir"] = str(tmp)
         config_path = tmp / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        from contracts.config import load_config
+        from hybridspend.contracts.config import load_config
 
         cfg = load_config(config_path, {})
         topics = Topics.from_config(cfg.kafka)

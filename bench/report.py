@@ -15,13 +15,13 @@ from pathlib import Path
 
 import psycopg
 
-from contracts.config import EXAMPLE_CONFIG, load_config
-from contracts.events import BreakevenDecision, CostLine, CostWindow
-from costmodel.timeunits import MS_PER_HOUR
-from reports import monthly
-from storage.db import migrate
-from storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.contracts.config import EXAMPLE_CONFIG, load_config
+from hybridspend.contracts.events import BreakevenDecision, CostLine, CostWindow
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+from hybridspend.reports import monthly
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 MONTH = "2026-10"
 MONTH_START_MS = 1_790_812_800_000  # 2026-10-01T00:00:00Z

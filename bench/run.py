@@ -9,8 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from infra.broker import LOCAL_PROFILE
-from infra.local import LocalBroker, LocalPostgres
+from hybridspend.infra.broker import LOCAL_PROFILE
+from hybridspend.infra.local import LocalBroker, LocalPostgres
 
 from . import alerts, collector, pipeline, report, sink
 from .results import results_path, summarize

@@ -18,14 +18,14 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from collectors.sim import demo_fleet
-from contracts.config import KafkaConfig
-from contracts.events import GpuSample
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_consumer, make_producer
-from storage.db import migrate
-from storage.sink import Sink, copy_rows, gpu_sample_rows
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.collectors.sim import demo_fleet
+from hybridspend.contracts.config import KafkaConfig
+from hybridspend.contracts.events import GpuSample
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Sink, copy_rows, gpu_sample_rows
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 
 def _samples(messages: int):

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from contracts.redact import one_line, printable
-from infra import metrics
+from hybridspend.contracts.redact import one_line, printable
+from hybridspend.infra import metrics
 
 log = logging.getLogger(__name__)
 

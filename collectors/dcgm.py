@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
-from collectors.base import CollectReport
-from collectors.nvml.collector import UNATTRIBUTED, safe_labels
-from contracts.catalog import gpu_class_of
-from contracts.events import GpuReading, GpuSample, WorkloadShare
-from costmodel.sharing import SharingError, mig_compute_fraction
+from hybridspend.collectors.base import CollectReport
+from hybridspend.collectors.nvml.collector import UNATTRIBUTED, safe_labels
+from hybridspend.contracts.catalog import gpu_class_of
+from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare
+from hybridspend.costmodel.sharing import SharingError, mig_compute_fraction
 
 PROF_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
 DEV_UTIL = "DCGM_FI_DEV_GPU_UTIL"

@@ -21,8 +21,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterator
 
-from contracts.catalog import Catalog, provider_key
-from contracts.events import MAX_LABEL_LEN, MAX_MONEY_PLACES, CostLine, EventError
+from hybridspend.contracts.catalog import Catalog, provider_key
+from hybridspend.contracts.events import MAX_LABEL_LEN, MAX_MONEY_PLACES, CostLine, EventError
 
 MAX_LINE_USD_DIGITS = 12  # a trillion dollars: no single billing line is that large
 MAX_NUMBER_CHARS = 64

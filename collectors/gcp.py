@@ -26,10 +26,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from contracts.catalog import Catalog
-from contracts.config import Config
-from contracts.events import CostLine, InstanceEvent, PriceUpdate
-from infra.checkpoint import Checkpoint
+from hybridspend.contracts.catalog import Catalog
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import CostLine, InstanceEvent, PriceUpdate
+from hybridspend.infra.checkpoint import Checkpoint
 
 from .base import CollectReport
 

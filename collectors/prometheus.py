@@ -22,9 +22,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
-from collectors.base import CollectReport
-from collectors.dcgm import METRICS, EnergyMeter, Resolve, gather, node_sample, readings
-from infra.checkpoint import Checkpoint
+from hybridspend.collectors.base import CollectReport
+from hybridspend.collectors.dcgm import METRICS, EnergyMeter, Resolve, gather, node_sample, readings
+from hybridspend.infra.checkpoint import Checkpoint
 
 MAX_STEPS = 1000  # per query_range call (Prometheus refuses more than 11,000 points per series)
 

@@ -26,9 +26,9 @@ from typing import Any, Iterator
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from contracts.config import ConfigError, StrictModel, format_validation_errors
-from contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
-from costmodel.timeunits import MS_PER_HOUR
+from hybridspend.contracts.config import ConfigError, StrictModel, format_validation_errors
+from hybridspend.contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
 
 
 

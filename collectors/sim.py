@@ -17,8 +17,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
-from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
-from costmodel.timeunits import MS_PER_DAY, MS_PER_HOUR
+from hybridspend.contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from hybridspend.costmodel.timeunits import MS_PER_DAY, MS_PER_HOUR
 
 
 

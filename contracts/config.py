@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from costmodel import (
+from hybridspend.costmodel import (
     DEFAULT_BUY_TARGET_UTILIZATION,
     DEFAULT_EVIDENCE_HOURS,
     MIGRATE_TO_CLOUD,
@@ -29,7 +29,7 @@ from costmodel import (
     OnPremGpuCost,
     Thresholds,
 )
-from costmodel.rates import PURCHASE_OPTIONS
+from hybridspend.costmodel.rates import PURCHASE_OPTIONS
 from .redact import redact, remember
 
 ENV_PREFIX = "HYBRIDSPEND__"
@@ -509,7 +509,7 @@ class Config(StrictModel):
         return next((o for o in exact if o.region == region), exact[0] if exact else None)
 
     def catalog(self):
-        from contracts.catalog import Catalog, GpuInstanceType
+        from hybridspend.contracts.catalog import Catalog, GpuInstanceType
 
         return Catalog([GpuInstanceType(**t.model_dump()) for t in self.gpu_instance_types])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from contracts.config import KafkaConfig
+    from hybridspend.contracts.config import KafkaConfig
 
 # logical topic name -> key it is partitioned by
 TOPICS = {

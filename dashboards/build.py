@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from contracts.files import write_replacing
+from hybridspend.contracts.files import write_replacing
 
 DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "hybridspend-pg"}
 OUT = Path(__file__).parent / "json"

@@ -16,10 +16,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
-from contracts.config import Config, ConfigError, load_config, resolve_config
-from contracts.files import write_replacing
-from contracts.redact import install_log_redaction, one_line, printable, redact
-from infra.broker import quiet_client_diagnostics
+from hybridspend.contracts.config import Config, ConfigError, load_config, resolve_config
+from hybridspend.contracts.files import write_replacing
+from hybridspend.contracts.redact import install_log_redaction, one_line, printable, redact
+from hybridspend.infra.broker import quiet_client_diagnostics
 
 
 class UsageError(Exception):
@@ -58,8 +58,8 @@ def _dec(name: str):
 
 
 def cmd_tco(args) -> int:
-    from costmodel import tco
-    from costmodel.money import micro
+    from hybridspend.costmodel import tco
+    from hybridspend.costmodel.money import micro
 
     result = tco(
         gpu_price_usd=args.gpu_price_usd, amortization_months=args.amortization_months, power_w=args.power_w,
@@ -102,7 +102,7 @@ def cmd_tco(args) -> int:
 
 def _tco_options(args, result):
     """The options table, when any option flag is given (None otherwise: the output is as before)."""
-    from costmodel.options import calculator_options
+    from hybridspend.costmodel.options import calculator_options
 
     wanted = (args.horizon_months, args.discount_rate_pct, args.commitment_usd_per_gpu_hour,
               args.commitment_term_months, args.one_time_usd)
@@ -156,9 +156,9 @@ def cmd_config_check(args) -> int:
 
 def _endpoints(config: Config):
     """External endpoints for a single service; the embedded ones are started by `demo` only."""
-    from contracts.topics import Topics
-    from infra.broker import ensure_topics, profile_named
-    from infra.local import database_dsn
+    from hybridspend.contracts.topics import Topics
+    from hybridspend.infra.broker import ensure_topics, profile_named
+    from hybridspend.infra.local import database_dsn
 
     bootstrap = config.kafka.bootstrap_servers
     dsn = database_dsn(config)
@@ -171,7 +171,7 @@ def _endpoints(config: Config):
 
 
 def cmd_worker(args, config: Config) -> int:
-    from streams.worker import run_worker
+    from hybridspend.streams.worker import run_worker
 
     bootstrap, _, profile = _endpoints(config)
     _serve_metrics(args)
@@ -183,7 +183,7 @@ def cmd_worker(args, config: Config) -> int:
 def _serve_metrics(args) -> None:
     """Serve Prometheus metrics on ``--metrics-host``:``--metrics-port`` (0: any free port, printed)."""
     if args.metrics_port is not None:
-        from infra.metrics import serve
+        from hybridspend.infra.metrics import serve
 
         port = serve(args.metrics_port, args.metrics_host)
         print(f"metrics: http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
@@ -191,8 +191,8 @@ def _serve_metrics(args) -> None:
 
 def _run_consumer_service(args, config: Config, role: str, topic_names, build) -> int:
     """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
-    from contracts.topics import Topics
-    from infra.broker import make_consumer
+    from hybridspend.contracts.topics import Topics
+    from hybridspend.infra.broker import make_consumer
 
     bootstrap, dsn, profile = _endpoints(config)
     if dsn is None:
@@ -210,9 +210,9 @@ def _run_consumer_service(args, config: Config, role: str, topic_names, build) -
 
 
 def cmd_sink(args, config: Config) -> int:
-    from infra.broker import LagProbe
-    from storage.metrics import SinkMetrics
-    from storage.sink import Sink, sink_topics
+    from hybridspend.infra.broker import LagProbe
+    from hybridspend.storage.metrics import SinkMetrics
+    from hybridspend.storage.sink import Sink, sink_topics
 
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
@@ -224,8 +224,8 @@ def cmd_sink(args, config: Config) -> int:
 
 
 def cmd_alerter(args, config: Config) -> int:
-    from alerts.alerter import Alerter
-    from storage.metrics import AlerterMetrics
+    from hybridspend.alerts.alerter import Alerter
+    from hybridspend.storage.metrics import AlerterMetrics
 
     return _run_consumer_service(
         args, config, "alerter", lambda t: [t.decisions],
@@ -244,8 +244,8 @@ def _collect(args, config: Config, logical_topics: list[str], make) -> int:
     interval until SIGTERM/SIGINT (each poll's report on stderr, metrics served with ``--metrics-port``).
     ``--dry-run`` prints the events as JSON lines on stdout, the reports on stderr, and needs no broker;
     without a configured Kafka, ``--once`` publishes through the embedded stack (``publishing``)."""
-    from collectors.base import run
-    from infra.publish import PrintingPublisher
+    from hybridspend.collectors.base import run
+    from hybridspend.infra.publish import PrintingPublisher
 
     from .publishing import publishing
 
@@ -270,8 +270,8 @@ def _collect(args, config: Config, logical_topics: list[str], make) -> int:
 
 
 def cmd_collect_nvml(args, config: Config) -> int:
-    from collectors.k8s import KubernetesInspector
-    from collectors.nvml.collector import NvmlCollector, ProcessInspector, default_nvml, host_name
+    from hybridspend.collectors.k8s import KubernetesInspector
+    from hybridspend.collectors.nvml.collector import NvmlCollector, ProcessInspector, default_nvml, host_name
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -300,7 +300,7 @@ def _pod_directory(config: Config):
     settings = config.collectors.kubernetes
     if not settings.enabled:
         return None
-    from collectors.k8s import PodDirectory, api_client
+    from hybridspend.collectors.k8s import PodDirectory, api_client
 
     try:
         pods = PodDirectory(api_client(settings.api_url), watch_timeout_s=settings.watch_timeout_seconds)
@@ -320,7 +320,7 @@ def _workload_resolver(config: Config):
 
 
 def cmd_collect_dcgm(args, config: Config) -> int:
-    from collectors.dcgm import DcgmCollector, UrlList
+    from hybridspend.collectors.dcgm import DcgmCollector, UrlList
 
     settings = config.collectors.dcgm
     urls_file = Path(args.urls_file) if args.urls_file else settings.urls_file
@@ -334,7 +334,7 @@ def cmd_collect_dcgm(args, config: Config) -> int:
 
 
 def cmd_collect_prometheus(args, config: Config) -> int:
-    from collectors.prometheus import PrometheusCollector
+    from hybridspend.collectors.prometheus import PrometheusCollector
 
     settings = config.collectors.prometheus
     url = args.url or settings.url
@@ -350,13 +350,13 @@ def cmd_collect_prometheus(args, config: Config) -> int:
 
 def _checkpoint(config: Config, args, name: str):
     """A collector's checkpoint (a dry run keeps its own, so it never skips data for the real one)."""
-    from infra.checkpoint import Checkpoint
+    from hybridspend.infra.checkpoint import Checkpoint
 
     return Checkpoint(config.state_dir / "checkpoints" / (f"{name}-dry-run.json" if args.dry_run else f"{name}.json"))
 
 
 def cmd_collect_aws(args, config: Config) -> int:
-    from collectors.aws.collector import AwsCollector
+    from hybridspend.collectors.aws.collector import AwsCollector
 
     if not config.collectors.aws.accounts:
         raise UsageError("collectors.aws.accounts is empty: name at least one account and its regions")
@@ -366,7 +366,7 @@ def cmd_collect_aws(args, config: Config) -> int:
 
 
 def cmd_collect_gcp(args, config: Config) -> int:
-    from collectors.gcp import GcpCollector
+    from hybridspend.collectors.gcp import GcpCollector
 
     checkpoint = _checkpoint(config, args, "gcp")
     return _collect(args, config, ["prices", "instance-events", "cost-lines"],
@@ -377,8 +377,8 @@ def cmd_collect_gcp(args, config: Config) -> int:
 
 
 def cmd_db_migrate(args, config: Config) -> int:
-    from infra.local import local_database
-    from storage.db import migrate, sync_budgets
+    from hybridspend.infra.local import local_database
+    from hybridspend.storage.db import migrate, sync_budgets
 
     with local_database(config) as dsn:
         before, after, engine = migrate(dsn)
@@ -389,7 +389,7 @@ def cmd_db_migrate(args, config: Config) -> int:
 
 
 def cmd_dashboards_push(args) -> int:
-    from dashboards.push import PushError, datasource_spec, grafana_client, push
+    from hybridspend.dashboards.push import PushError, datasource_spec, grafana_client, push
 
     try:
         token = Path(args.token_file).read_text().strip()
@@ -405,7 +405,7 @@ def cmd_dashboards_push(args) -> int:
 
 
 def cmd_dashboards_build(args) -> int:
-    from dashboards.build import OUT, write
+    from hybridspend.dashboards.build import OUT, write
 
     for path in write(Path(args.out) if args.out else OUT):
         print(path)
@@ -415,7 +415,7 @@ def cmd_dashboards_build(args) -> int:
 def cmd_ingest_focus(args, config: Config) -> int:
     from datetime import datetime, timezone
 
-    from collectors.focus import FocusSummary, file_digest, read_files
+    from hybridspend.collectors.focus import FocusSummary, file_digest, read_files
 
     from .publishing import publishing
 
@@ -477,8 +477,8 @@ def _print_focus_summary(summary, as_json: bool) -> None:
 def cmd_report_monthly(args, config: Config) -> int:
     import psycopg
 
-    from infra.local import local_database
-    from reports import monthly
+    from hybridspend.infra.local import local_database
+    from hybridspend.reports import monthly
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in monthly.FORMATS]
@@ -490,7 +490,7 @@ def cmd_report_monthly(args, config: Config) -> int:
         raise UsageError(str(exc)) from None
     err = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with local_database(config) as dsn, psycopg.connect(dsn) as conn:
-        from storage.db import check_schema
+        from hybridspend.storage.db import check_schema
 
         check_schema(conn)
         err(f"reading {args.month} from the database")
@@ -512,11 +512,11 @@ def cmd_plan(args, config: Config) -> int:
 
     import psycopg
 
-    from costmodel.money import micro
-    from infra.local import local_database
-    from reports.plans import plan_for
-    from storage import queries
-    from storage.db import check_schema
+    from hybridspend.costmodel.money import micro
+    from hybridspend.infra.local import local_database
+    from hybridspend.reports.plans import plan_for
+    from hybridspend.storage import queries
+    from hybridspend.storage.db import check_schema
 
     if args.gpus is not None and not 1 <= args.gpus <= 100_000:
         raise UsageError(f"--gpus must be from 1 to 100,000, got {args.gpus}")
@@ -575,7 +575,7 @@ def cmd_plan(args, config: Config) -> int:
 
 def _what_if(hour, gpus: int | None, utilization: Decimal | None):
     """An hour as it would be with ``gpus`` allocated (cost and busy scaled alike) and busy ``utilization``."""
-    from costmodel.options import HourOfDemand
+    from hybridspend.costmodel.options import HourOfDemand
 
     allocated, busy, cost = hour.allocated_gpus, hour.busy_gpus, hour.cost_usd
     if gpus is not None and allocated > 0:
@@ -610,7 +610,7 @@ def _date_arg(text: str | None):
 
 
 def cmd_pricing_export_opencost(args, config: Config) -> int:
-    from reports import opencost
+    from hybridspend.reports import opencost
 
     at = opencost.at_datetime(_date_arg(args.at))
     try:
@@ -629,7 +629,7 @@ def cmd_pricing_export_opencost(args, config: Config) -> int:
 
 
 def cmd_pricing_import_opencost(args) -> int:
-    from reports import opencost
+    from hybridspend.reports import opencost
 
     try:
         text = Path(args.file).read_text(encoding="utf-8-sig")
@@ -661,7 +661,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from collectors.scenario import load_scenario
+    from hybridspend.collectors.scenario import load_scenario
     from hybridspend.simulate import render, run_scenario
 
     scenario = load_scenario(args.scenario)
@@ -673,7 +673,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_stress(args) -> int:
-    from collectors.scenario import load_scenario
+    from hybridspend.collectors.scenario import load_scenario
     from hybridspend.stress import stress
 
     if args.runs < 1:
@@ -981,8 +981,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.excepthook = lambda a: _redacted_excepthook(a.exc_type, a.exc_value, a.exc_traceback)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning, module="pynvml")
-    from costmodel import CostModelError
-    from storage.db import SchemaError
+    from hybridspend.costmodel import CostModelError
+    from hybridspend.storage.db import SchemaError
 
     command = args.command_spec
     try:

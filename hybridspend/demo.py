@@ -10,14 +10,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from contracts.config import Config, resolve_config
-from contracts.files import write_replacing
-from contracts.topics import Topics
-from costmodel.money import range_text
-from costmodel.timeunits import MS_PER_HOUR
-from infra.broker import ensure_topics, make_producer, send_watermarks
-from infra.local import Endpoints, running_services
-from infra.services import Services
+from hybridspend.contracts.config import Config, resolve_config
+from hybridspend.contracts.files import write_replacing
+from hybridspend.contracts.topics import Topics
+from hybridspend.costmodel.money import range_text
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.local import Endpoints, running_services
+from hybridspend.infra.services import Services
 
 
 def _say(msg: str) -> None:
@@ -37,11 +37,11 @@ def _progress(sim_ms: int, start_ms: int, hours: float, sent: int, counts: dict[
 def run_demo(args) -> int:
     import psycopg
 
-    from collectors.sim import demo_fleet
-    from contracts.config import EXAMPLE_CONFIG
-    from storage.db import migrate, sync_budgets
-    from storage.timeseries import delete_raw_samples
-    from storage.queries import counts
+    from hybridspend.collectors.sim import demo_fleet
+    from hybridspend.contracts.config import EXAMPLE_CONFIG
+    from hybridspend.storage.db import migrate, sync_budgets
+    from hybridspend.storage.timeseries import delete_raw_samples
+    from hybridspend.storage.queries import counts
 
     state_dir = Path(args.state_dir or os.environ.get("HYBRIDSPEND__STATE_DIR") or ".hybridspend")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def ingest_simulated_bill(config: Config, fleet, start_ms: int, hours: float, pr
     import csv
     from datetime import datetime as dt
 
-    from collectors.focus import FocusSummary, read_files
+    from hybridspend.collectors.focus import FocusSummary, read_files
 
     def price(node) -> "Decimal":
         offer = config.offer_for(node.provider, node.region, node.instance_type)
@@ -167,7 +167,7 @@ def _savings_range(d: dict) -> str:
 
 def summary(conn, start: datetime, end: datetime, config: Config, services: Services, endpoints: Endpoints,
             elapsed_s: float) -> str:
-    from storage.queries import cloud_cost_estimated_and_billed, counts, decisions_between, workload_summary
+    from hybridspend.storage.queries import cloud_cost_estimated_and_billed, counts, decisions_between, workload_summary
 
     lines = ["", f"hybridspend demo — {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (simulated), ran in {elapsed_s:.0f} s", ""]
     lines.append("Workloads (estimated from live samples)")

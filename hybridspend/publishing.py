@@ -12,13 +12,13 @@ import contextlib
 import time
 from typing import Callable, Iterator
 
-from contracts.config import Config
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_consumer, make_producer
-from infra.local import running_services
-from infra.publish import Publisher
-from storage.db import migrate
-from storage.sink import Sink
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.infra.local import running_services
+from hybridspend.infra.publish import Publisher
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Sink
 
 
 @contextlib.contextmanager

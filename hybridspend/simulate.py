@@ -18,14 +18,14 @@ from typing import Any, Callable
 
 import yaml
 
-from collectors.scenario import Scenario, Simulation, iso, scenario_config
-from costmodel.timeunits import MS_PER_HOUR
-from contracts.config import Config
-from contracts.files import write_replacing
-from contracts.topics import Topics
-from infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
-from infra.local import running_services
-from infra.services import Services
+from hybridspend.collectors.scenario import Scenario, Simulation, iso, scenario_config
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.files import write_replacing
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.local import running_services
+from hybridspend.infra.services import Services
 
 
 def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hours: float | None = None,
@@ -40,7 +40,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
     """
     import psycopg
 
-    from storage.db import migrate
+    from hybridspend.storage.db import migrate
 
     with ExitStack() as stack:
         if state_dir is None:
@@ -140,7 +140,7 @@ def _wait_until_settled(conn, services: Services, expected_cost_lines: int, time
     """Until nothing new arrives for a few seconds, every billed line is stored and ``caught_up()``
     (the consumers have committed everything: a worker restarted or rebalanced may be silent for
     longer than those seconds)."""
-    from storage.queries import pipeline_progress
+    from hybridspend.storage.queries import pipeline_progress
 
     deadline = time.monotonic() + timeout_s
     previous, stable = None, 0
@@ -157,7 +157,7 @@ def _wait_until_settled(conn, services: Services, expected_cost_lines: int, time
 
 
 def results(conn, scenario: Scenario) -> dict[str, Any]:
-    from storage import queries
+    from hybridspend.storage import queries
 
     def num(v):
         return None if v is None else str(v)

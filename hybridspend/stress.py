@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from collectors.scenario import Scenario
-from costmodel.timeunits import MS_PER_HOUR
+from hybridspend.collectors.scenario import Scenario
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
 from hybridspend.simulate import run_scenario
-from infra.services import Services
+from hybridspend.infra.services import Services
 
 FIRST_DIFFERENCES = 5  # differing rows printed per run
 SETTLE_TIMEOUT_S = 120  # a run that has not settled by then counts as differing (a stuck partition)
@@ -162,7 +162,7 @@ def _cpu_seconds() -> float:
 
 
 def _one_run(scenario: Scenario, workers: int, on_tick, state_dir: Path) -> tuple[list[tuple], dict[str, Any]]:
-    from storage.queries import cost_windows_in_order
+    from hybridspend.storage.queries import cost_windows_in_order
 
     rows: list[tuple] = []
     result = run_scenario(scenario, workers=workers, on_tick=on_tick, state_dir=state_dir,

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from contracts.config import ConfigError, KafkaConfig
-from contracts.topics import Topics
+from hybridspend.contracts.config import ConfigError, KafkaConfig
+from hybridspend.contracts.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def send_watermarks(producer, topics: Topics, source: str, ts_ms: int,
     The stream closes windows on event time per partition; a partition that carries no data
     would otherwise hold every decision back (see ``streams.topology``).
     """
-    from contracts.events import Watermark
+    from hybridspend.contracts.events import Watermark
 
     mark = Watermark(f"{source}|{ts_ms}", source, ts_ms).encode()
     for logical in logical_topics:

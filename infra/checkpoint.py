@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contracts.files import write_replacing
+from hybridspend.contracts.files import write_replacing
 
 from . import metrics
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from contracts.config import Config
-from infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
+from hybridspend.contracts.config import Config
+from hybridspend.infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
-from contracts.redact import redact
+from hybridspend.contracts.redact import redact
 
 REGISTRY = CollectorRegistry()
 OTHER = "other"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from contracts.topics import Topics
+from hybridspend.contracts.topics import Topics
 
 from .broker import WATERMARK_EVERY_MS, send_watermarks
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contracts.config import Config
-from infra.local import Endpoints, die_with_parent
+from hybridspend.contracts.config import Config
+from hybridspend.infra.local import Endpoints, die_with_parent
 
 
 class Services:

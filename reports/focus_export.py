@@ -34,10 +34,10 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Iterable
 
-from contracts.config import Config
-from costmodel import IDLE_WORKLOAD
-from costmodel.timeunits import MS_PER_HOUR
-from storage.onprem_allocation import NodeDayShare, onprem_node_day_shares
+from hybridspend.contracts.config import Config
+from hybridspend.costmodel import IDLE_WORKLOAD
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+from hybridspend.storage.onprem_allocation import NodeDayShare, onprem_node_day_shares
 
 MJ_PER_KWH = 3_600_000_000
 RATIO_PLACES = 12  # AllocatedRatio digits; the ratios of one origin charge still sum to exactly 1

@@ -20,23 +20,23 @@ from typing import Callable
 
 import psycopg
 
-from contracts.config import Config
-from contracts.files import write_replacing
-from costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
-from costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
-from costmodel.options import PlannedOption, cheapest
-from costmodel.timeunits import MS_PER_HOUR
-from costmodel.tco import (
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.files import write_replacing
+from hybridspend.costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
+from hybridspend.costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
+from hybridspend.costmodel.options import PlannedOption, cheapest
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+from hybridspend.costmodel.tco import (
     breakeven_band,
     breakeven_utilization,
     effective_usd_per_busy_gpu_hour,
     share_of_month_usd,
     usd_per_year,
 )
-from reports import charts, focus_export, pdf
-from reports.plans import plan_for
-from storage import report_queries as q
-from storage.queries import WorkloadSummary, workload_hours, workload_providers
+from hybridspend.reports import charts, focus_export, pdf
+from hybridspend.reports.plans import plan_for
+from hybridspend.storage import report_queries as q
+from hybridspend.storage.queries import WorkloadSummary, workload_hours, workload_providers
 
 FORMATS = ("md", "csv", "html", "pdf", "focus")
 TEMPLATE = "monthly.html.j2"

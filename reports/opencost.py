@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 
-from contracts.catalog import gpu_class_of
-from contracts.config import AssetProfile, Config
-from costmodel import HOURS_PER_YEAR
-from costmodel.money import micro
+from hybridspend.contracts.catalog import gpu_class_of
+from hybridspend.contracts.config import AssetProfile, Config
+from hybridspend.costmodel import HOURS_PER_YEAR
+from hybridspend.costmodel.money import micro
 
 HEADER = ("EndTimestamp", "InstanceID", "Region", "AssetClass", "InstanceIDField", "InstanceType",
           "MarketPriceHourly", "Version")

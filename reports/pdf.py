@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contracts.files import write_replacing
+from hybridspend.contracts.files import write_replacing
 
-from reports import fonts
+from hybridspend.reports import fonts
 
 
 def pdf_from_html(html_text: str) -> bytes:
@@ -31,10 +31,10 @@ class PdfJob:
     rendered), `send` the HTML, then `wait`."""
 
     def __init__(self, path: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        # the child imports from where this process does (a source tree or an install)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.path = path
-        self.process = subprocess.Popen([sys.executable, "-m", "reports.pdf", str(path)], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "hybridspend.reports.pdf", str(path)], stdin=subprocess.PIPE,
                                         stderr=subprocess.PIPE, env=env)
 
     def send(self, html_text: str) -> None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Sequence
 
-from contracts.config import Config
-from costmodel.options import HourOfDemand, PlannedOption, cheapest, plan_workload
+from hybridspend.contracts.config import Config
+from hybridspend.costmodel.options import HourOfDemand, PlannedOption, cheapest, plan_workload
 
 
 @dataclass(frozen=True)

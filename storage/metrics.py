@@ -17,11 +17,11 @@ from typing import Iterable
 
 import psycopg
 
-from contracts.config import Config
-from contracts.events import is_watermark
-from costmodel.tco import breakeven_utilization
-from infra import metrics
-from infra.clock import Every, utc_now
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import is_watermark
+from hybridspend.costmodel.tco import breakeven_utilization
+from hybridspend.infra import metrics
+from hybridspend.infra.clock import Every, utc_now
 
 from .sink import Batch
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from contracts.redact import redact
+from hybridspend.contracts.redact import redact
 
 
 @dataclass(frozen=True)

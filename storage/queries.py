@@ -13,8 +13,8 @@ from decimal import Decimal
 import psycopg
 from psycopg.rows import class_row, dict_row
 
-from costmodel.options import HourOfDemand
-from costmodel.timeunits import MS_PER_HOUR
+from hybridspend.costmodel.options import HourOfDemand
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
 
 
 class UsageFigures:

@@ -33,7 +33,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError
 from psycopg.types.json import Jsonb
 
-from contracts.events import (
+from hybridspend.contracts.events import (
     BreakevenDecision,
     CostLine,
     CostWindow,
@@ -44,10 +44,10 @@ from contracts.events import (
     PriceUpdate,
     is_watermark,
 )
-from costmodel import TRENDING_REPATRIATION
-from costmodel.timeunits import utc_from_ms
-from infra.broker import TopicIds
-from infra.clock import Every, utc_now
+from hybridspend.costmodel import TRENDING_REPATRIATION
+from hybridspend.costmodel.timeunits import utc_from_ms
+from hybridspend.infra.broker import TopicIds
+from hybridspend.infra.clock import Every, utc_now
 
 from .db import check_schema, connect, engine_of
 from .timeseries import POSTGRESQL, ROLLUPS, TIMESCALEDB, Partitions, apply_retention, refresh_materialized_rollups

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 
 import faust
 
-from infra.broker import BrokerProfile
+from hybridspend.infra.broker import BrokerProfile
 
 # the versions every internal below was read and tested against (upper bounds in pyproject.toml)
 log = logging.getLogger(__name__)

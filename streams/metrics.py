@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
-from infra import metrics
+from hybridspend.infra import metrics
 
 EXPORT_EVERY_S = 5.0
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import NamedTuple
 
-from contracts.config import Config
-from contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
-from costmodel import (
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
+from hybridspend.costmodel import (
     IDLE_WORKLOAD,
     AttributedGpu,
     CrossingState,
@@ -29,10 +29,10 @@ from costmodel import (
     price_cloud_usage,
     price_onprem_usage,
 )
-from costmodel.money import micro
-from costmodel.sharing import SharingError, apportion_micro
-from costmodel.rates import discounted_usd_per_gpu_hour
-from costmodel.timeunits import utc_from_ms
+from hybridspend.costmodel.money import micro
+from hybridspend.costmodel.sharing import SharingError, apportion_micro
+from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
+from hybridspend.costmodel.timeunits import utc_from_ms
 
 
 @dataclass

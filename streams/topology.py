@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import faust
 
-from contracts.config import Config
-from contracts.events import (
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import (
     CostWindow,
     DeadLetter,
     EventError,
@@ -53,9 +53,9 @@ from contracts.events import (
     Watermark,
     is_watermark,
 )
-from contracts.topics import Topics
-from costmodel import IDLE_WORKLOAD, PriceBook
-from infra.broker import BrokerProfile, client_security
+from hybridspend.contracts.topics import Topics
+from hybridspend.costmodel import IDLE_WORKLOAD, PriceBook
+from hybridspend.infra.broker import BrokerProfile, client_security
 
 from .faust_compat import (
     DurableTable,

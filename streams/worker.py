@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from contracts.config import Config
-from infra.broker import BrokerProfile
+from hybridspend.contracts.config import Config
+from hybridspend.infra.broker import BrokerProfile
 
 from .topology import build_app
 

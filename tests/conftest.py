@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
-from infra.local import LocalBroker, LocalPostgres
+from hybridspend.infra.broker import KAFKA_PROFILE, LOCAL_PROFILE, BrokerProfile
+from hybridspend.infra.local import LocalBroker, LocalPostgres
 from tests.timescale import timescale_database, timescale_server  # noqa: F401  (TimescaleDB fixtures)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -185,7 +185,7 @@ def http_pages():
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """The files with slow tests first: `make test` runs the files on two workers (``--dist loadfile``), and a
+    """The files with slow tests first: `make test` runs the files on three workers (``--dist loadfile``), and a
     long test started last would run alone at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)

@@ -14,13 +14,13 @@ import psycopg
 import pytest
 import yaml
 
-from alerts.alerter import Alerter
-from alerts.checks import Figures, budget_notices, idle_notices, silence_notices, spend_rate_notices
-from contracts.config import ConfigError, load_config
-from contracts.events import CostWindow, GpuReading, GpuSample
-from storage.db import migrate, sync_budgets
-from storage.sink import Batch, cost_window_row, gpu_sample_rows, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.alerts.alerter import Alerter
+from hybridspend.alerts.checks import Figures, budget_notices, idle_notices, silence_notices, spend_rate_notices
+from hybridspend.contracts.config import ConfigError, load_config
+from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample
+from hybridspend.storage.db import migrate, sync_budgets
+from hybridspend.storage.sink import Batch, cost_window_row, gpu_sample_rows, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 from tests.conftest import wait_until
 
 NOW = datetime(2026, 11, 11, 0, tzinfo=timezone.utc)  # 10 days into a 30-day month
@@ -160,7 +160,7 @@ def test_bot_token_posts_with_chat_post_message_honouring_429_and_slack_errors(t
         "slack_channel": "#gpu-spend", "slack_api_url": api.url}]}}))
     migrate(database)
     alerter = Alerter(load_config(path, {}), database, say=lambda m: None)
-    from alerts.checks import Notice
+    from hybridspend.alerts.checks import Notice
 
     assert alerter.enqueue_notices([Notice("idle|A100", 1, "platform", "Idle", "Idle capacity: A100")]) == 1
     wait_until(lambda: alerter.deliver_pending() is not None and alerter.pending_count() == 0, 20,

@@ -14,11 +14,11 @@ import pytest
 from psycopg.rows import dict_row
 import yaml
 
-from alerts.alerter import Alerter
-from contracts.config import load_config
-from contracts.events import BreakevenDecision
-from infra.local import free_port
-from storage.db import migrate
+from hybridspend.alerts.alerter import Alerter
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import BreakevenDecision
+from hybridspend.infra.local import free_port
+from hybridspend.storage.db import migrate
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

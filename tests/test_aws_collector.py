@@ -18,14 +18,14 @@ import pytest
 import requests
 import yaml
 
-from collectors.aws.collector import AwsCollector
-from contracts.config import load_config
-from contracts.events import CostLine, InstanceEvent, PriceUpdate
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer
-from infra.checkpoint import Checkpoint
-from infra.local import free_port
-from infra.publish import Publisher
+from hybridspend.collectors.aws.collector import AwsCollector
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import CostLine, InstanceEvent, PriceUpdate
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer
+from hybridspend.infra.checkpoint import Checkpoint
+from hybridspend.infra.local import free_port
+from hybridspend.infra.publish import Publisher
 from tests.conftest import consume, wait_until
 
 pytestmark = pytest.mark.integration

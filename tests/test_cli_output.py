@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from infra.broker import quiet_client_diagnostics
+from hybridspend.infra.broker import quiet_client_diagnostics
 
 
 def test_kafka_pythons_slow_step_notice_is_quieted_and_its_other_warnings_kept(caplog):

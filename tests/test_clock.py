@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.clock import Every
+from hybridspend.infra.clock import Every
 
 
 def _due_times(origin_s: float) -> list[float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contracts.config import ConfigError, load_config
+from hybridspend.contracts.config import ConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"
 
@@ -99,9 +99,9 @@ def test_kafka_tls_and_sasl_settings_reach_every_client_with_the_password_from_t
 
     import faust
 
-    from contracts.config import Config, KafkaConfig
-    from infra.broker import client_security
-    from streams.topology import _credentials
+    from hybridspend.contracts.config import Config, KafkaConfig
+    from hybridspend.infra.broker import client_security
+    from hybridspend.streams.topology import _credentials
 
     kafka = KafkaConfig(bootstrap_servers="kafka.internal:9093", security_protocol="SASL_SSL",
                         sasl_mechanism="SCRAM-SHA-512", sasl_username="hybridspend",

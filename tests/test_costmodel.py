@@ -5,7 +5,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from costmodel import (
+from hybridspend.costmodel import (
     CloudOffer,
     CostModelError,
     CrossingState,
@@ -19,7 +19,7 @@ from costmodel import (
     price_onprem_usage,
     tco,
 )
-from costmodel.money import cents
+from hybridspend.costmodel.money import cents
 
 HOUR_MS = 3_600_000
 
@@ -241,7 +241,7 @@ def test_cloud_h100_alternative_buys_three_a100s_per_h100():
 
 def test_crossing_needs_margin_and_dwell_then_withdraws_with_hysteresis():
     state, th, alt_cost = CrossingState(), Thresholds(D("0.10"), 3, evidence_hours={}), D(10)  # the dwell alone
-    from costmodel import Alternative
+    from hybridspend.costmodel import Alternative
     alt = Alternative("cloud", "migrate_to_cloud", alt_cost, D(4), "aws", 1)
     costs = [D(11), D(12), D(12), D("10.5"), D(12), D(12), D(12)]
     decisions = []
@@ -266,7 +266,7 @@ def test_crossing_needs_margin_and_dwell_then_withdraws_with_hysteresis():
 
 
 def test_cloud_workload_fits_into_idle_owned_gpus_at_marginal_cost_else_buys_with_payback():
-    from costmodel import REPATRIATE_FILL_IDLE
+    from hybridspend.costmodel import REPATRIATE_FILL_IDLE
 
     w = window("cloud", 7 * HOUR_MS, 8 * HOUR_MS, D("32.7726"), 0)  # a p4d (8 A100) for one hour
     fill = market().alternative(w, idle_gpus={"A100": D(8)})
@@ -288,7 +288,7 @@ def test_cloud_workload_fits_into_idle_owned_gpus_at_marginal_cost_else_buys_wit
 
 
 def test_rental_ends_at_the_stop_or_two_minutes_after_a_spot_warning():
-    from costmodel import Rental
+    from hybridspend.costmodel import Rental
 
     r = Rental(gpus=8)
     assert r.on_event(30 * 60_000, "running", HOUR_MS)
@@ -306,7 +306,7 @@ def test_rental_ends_at_the_stop_or_two_minutes_after_a_spot_warning():
 
 
 def test_rented_time_without_samples_is_charged_to_the_instance_owner_as_allocated_time():
-    from costmodel import Usage, UsageKey, add_rented_time
+    from hybridspend.costmodel import Usage, UsageKey, add_rented_time
 
     sampled = [(UsageKey(0, "embed", "search", "cloud", "A100", "i-1"), Usage(allocated_gpu_ms=600, busy_gpu_ms=300))]
     owner = UsageKey(0, "embed", "search", "cloud", "A100", "i-1")
@@ -318,7 +318,7 @@ def test_rented_time_without_samples_is_charged_to_the_instance_owner_as_allocat
 
 
 def test_price_book_prices_a_window_at_the_price_in_force_when_it_started():
-    from costmodel import PriceBook
+    from hybridspend.costmodel import PriceBook
 
     book = PriceBook()
     assert book.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", 0) is None
@@ -334,7 +334,7 @@ def test_price_book_prices_a_window_at_the_price_in_force_when_it_started():
 
 
 def test_a_sample_for_a_closed_window_is_refused_not_folded_into_a_new_one():
-    from costmodel import LateSample
+    from hybridspend.costmodel import LateSample
 
     state = ResourceWindows()
     args = dict(interval_ms=60_000, window_ms=HOUR_MS, environment="onprem", resource="n1", gpus=[_reading(50)])
@@ -347,7 +347,7 @@ def test_a_sample_for_a_closed_window_is_refused_not_folded_into_a_new_one():
 
 
 def test_an_instance_event_arriving_after_its_samples_closed_windows_does_not_reopen_them():
-    from costmodel import Rental
+    from hybridspend.costmodel import Rental
 
     r = Rental(gpus=8)
     r.not_before(2 * HOUR_MS)  # the samples already closed windows 0 and 1
@@ -359,7 +359,7 @@ def test_an_instance_event_arriving_after_its_samples_closed_windows_does_not_re
 
 
 def test_payback_is_capex_over_the_monthly_margin_of_cloud_over_onprem_opex():
-    from costmodel import payback_months
+    from hybridspend.costmodel import payback_months
 
     # 8 A100s at $30,000 = $240,000 of capex; cloud $18,000 a month vs $2,000 of energy and upkeep:
     # 240,000 / (18,000 - 2,000) = 15 months
@@ -370,7 +370,7 @@ def test_payback_is_capex_over_the_monthly_margin_of_cloud_over_onprem_opex():
 
 
 def test_tco_payback_goes_through_the_same_formula():
-    from costmodel import payback_months
+    from hybridspend.costmodel import payback_months
 
     result = tco(gpu_price_usd=D(30000), amortization_months=36, power_w=D(400), pue=D("1.5"),
                  usd_per_kwh=D("0.12"), upkeep_usd_per_year=D(2900), cloud_usd_per_gpu_hour=D("4.10"),
@@ -385,7 +385,7 @@ def test_tco_payback_goes_through_the_same_formula():
 
 
 def test_discounted_per_gpu_price_is_instance_price_less_discount_over_its_gpus():
-    from costmodel import discounted_usd_per_gpu_hour
+    from hybridspend.costmodel import discounted_usd_per_gpu_hour
 
     # p4d.24xlarge at $32.7726 an hour, 8 GPUs, 20 % contract discount: 32.7726 * 0.8 / 8 = 3.27726
     assert discounted_usd_per_gpu_hour(D("32.7726"), D(20), 8) == D("3.27726")
@@ -401,7 +401,7 @@ def test_discounted_per_gpu_price_is_instance_price_less_discount_over_its_gpus(
 
 
 def test_a_reservation_spreads_its_upfront_fee_over_the_8760_hours_of_a_year():
-    from costmodel import effective_usd_per_hour
+    from hybridspend.costmodel import effective_usd_per_hour
 
     # $30.10 an hour plus $8,760 upfront: 30.10 + 8760 / 8760 = 31.10 an hour
     assert effective_usd_per_hour(D("30.10"), D(8760)) == D("31.10")
@@ -410,7 +410,7 @@ def test_a_reservation_spreads_its_upfront_fee_over_the_8760_hours_of_a_year():
 
 
 def test_amounts_scale_to_a_730_hour_month_and_an_8760_hour_year():
-    from costmodel import usd_per_month, usd_per_year
+    from hybridspend.costmodel import usd_per_month, usd_per_year
 
     # $2,400 over 10 days (240 h) is $10 an hour: 7,300 a month, 87,600 a year
     assert usd_per_month(D(2400), D(240)) == D(7300)
@@ -420,7 +420,7 @@ def test_amounts_scale_to_a_730_hour_month_and_an_8760_hour_year():
 
 
 def test_month_forecast_extrapolates_month_to_date_spend_over_the_calendar_month():
-    from costmodel import calendar_month_hours, month_forecast_usd
+    from hybridspend.costmodel import calendar_month_hours, month_forecast_usd
 
     assert calendar_month_hours(datetime(2026, 11, 5, tzinfo=timezone.utc)) == D(720)  # 30 days * 24
     assert calendar_month_hours(datetime(2026, 12, 5, tzinfo=timezone.utc)) == D(744)  # 31 days * 24
@@ -433,7 +433,7 @@ def test_month_forecast_extrapolates_month_to_date_spend_over_the_calendar_month
 
 
 def test_a_savings_range_whose_ends_are_equal_says_so():
-    from costmodel.money import range_text
+    from hybridspend.costmodel.money import range_text
 
     usd = lambda v: f"${v:,.2f}"  # noqa: E731
     assert range_text(D("572.79"), D("572.79"), usd) == "the same in every window"

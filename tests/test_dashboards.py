@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from contracts.events import (
+from hybridspend.contracts.events import (
     BreakevenDecision,
     CostLine,
     CostWindow,
@@ -27,10 +27,10 @@ from contracts.events import (
     LiveSpend,
     WorkloadShare,
 )
-from contracts.topics import Topics
-from dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
-from storage.db import migrate, sync_budgets
-from storage.sink import (
+from hybridspend.contracts.topics import Topics
+from hybridspend.dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
+from hybridspend.storage.db import migrate, sync_budgets
+from hybridspend.storage.sink import (
     Batch,
     Sink,
     cost_line_row,
@@ -41,7 +41,7 @@ from storage.sink import (
     live_instance_row,
     write_batch,
 )
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 from tests.grafana_sql import expand
 
 ROOT = Path(__file__).resolve().parents[1]

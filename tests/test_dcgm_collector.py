@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collectors.dcgm import DcgmCollector, UrlList
-from contracts.config import Config
-from contracts.events import GpuSample
+from hybridspend.collectors.dcgm import DcgmCollector, UrlList
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import GpuSample
 from hybridspend.cli import main
-from streams.processing import ResourceState, UsageProcessor
+from hybridspend.streams.processing import ResourceState, UsageProcessor
 
 pytestmark = pytest.mark.integration  # a local HTTP server
 
@@ -275,13 +275,13 @@ def test_mig_and_time_sliced_costs_through_the_real_pipeline_match_hand_computat
         tmp_path, http_pages, broker, database, topic_prefix):
     import psycopg
 
-    from contracts.config import load_config
-    from contracts.topics import Topics
-    from infra.broker import ensure_topics, make_producer
-    from infra.local import Endpoints
-    from infra.publish import Publisher
-    from infra.services import Services
-    from storage.db import migrate
+    from hybridspend.contracts.config import load_config
+    from hybridspend.contracts.topics import Topics
+    from hybridspend.infra.broker import ensure_topics, make_producer
+    from hybridspend.infra.local import Endpoints
+    from hybridspend.infra.publish import Publisher
+    from hybridspend.infra.services import Services
+    from hybridspend.storage.db import migrate
     from tests.conftest import wait_until
 
     http_pages.pages["/metrics"] = (200, PIPELINE_PAGE)
@@ -353,7 +353,7 @@ def test_mig_and_time_sliced_costs_through_the_real_pipeline_match_hand_computat
 
 
 def test_hostile_pages_are_reported_and_never_stop_the_other_endpoints(exporters, tmp_path, monkeypatch):
-    from collectors import dcgm
+    from hybridspend.collectors import dcgm
 
     monkeypatch.setattr(dcgm, "MAX_PAGE_BYTES", 1 << 20)  # 1 MiB instead of 64: a quicker test
     h100 = f"{exporters.url}/h100/metrics"
@@ -425,7 +425,7 @@ def test_a_trickling_endpoint_is_cut_off_at_the_timeout(exporters):
 
 
 def test_a_poll_that_fails_outright_is_reported_and_the_collector_goes_on():
-    from collectors.base import CollectReport, run
+    from hybridspend.collectors.base import CollectReport, run
 
     class Flaky:
         name, interval_s, polls = "flaky", 0.0, 0
@@ -469,8 +469,8 @@ def test_malformed_urls_and_replies_that_are_not_http_are_reported(exporters):
 
 
 def test_a_running_collectors_polls_are_counted_for_prometheus():
-    from collectors.base import CollectReport, run
-    from infra import metrics
+    from hybridspend.collectors.base import CollectReport, run
+    from hybridspend.infra import metrics
 
     def value(name, **labels):
         return metrics.REGISTRY.get_sample_value(name, labels) or 0
@@ -499,8 +499,8 @@ def test_a_running_collectors_polls_are_counted_for_prometheus():
 
 
 def test_a_collectors_checkpoint_age_is_served(tmp_path):
-    from infra import metrics
-    from infra.checkpoint import Checkpoint
+    from hybridspend.infra import metrics
+    from hybridspend.infra.checkpoint import Checkpoint
 
     Checkpoint(tmp_path / "aws-test.json").set("cursor", 1)
     age = metrics.REGISTRY.get_sample_value("hybridspend_collector_checkpoint_age_seconds", {"checkpoint": "aws-test"})

@@ -20,11 +20,11 @@ from decimal import Decimal as D
 import psycopg
 import pytest
 
-from alerts.alerter import routes_for
-from alerts.slack import decision_message
-from contracts.config import EXAMPLE_CONFIG, Config, ConfigError, load_config
-from contracts.events import BreakevenDecision
-from costmodel import (
+from hybridspend.alerts.alerter import routes_for
+from hybridspend.alerts.slack import decision_message
+from hybridspend.contracts.config import EXAMPLE_CONFIG, Config, ConfigError, load_config
+from hybridspend.contracts.events import BreakevenDecision
+from hybridspend.costmodel import (
     MIGRATE_TO_CLOUD,
     REPATRIATE_BUY,
     REPATRIATE_FILL_IDLE,
@@ -38,10 +38,10 @@ from costmodel import (
     WorkloadWindow,
     evaluate,
 )
-from costmodel.breakeven import percentile
-from storage.db import migrate
-from storage.sink import Batch, decision_row, decision_rows, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.costmodel.breakeven import percentile
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Batch, decision_row, decision_rows, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 HOUR_MS = 3_600_000
 MICRO = D("0.000001")

@@ -61,7 +61,7 @@ def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
 def _every_stored_row(state) -> str:
     import psycopg
 
-    from infra.local import LocalPostgres
+    from hybridspend.infra.local import LocalPostgres
 
     pg = LocalPostgres(state / "pgdata").start()
     try:

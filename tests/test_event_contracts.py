@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import events
-from contracts.events import (
+from hybridspend.contracts import events
+from hybridspend.contracts.events import (
     BreakevenDecision,
     CostLine,
     CostWindow,
@@ -238,7 +238,7 @@ def test_the_tightened_junk_is_refused_with_the_field_named():
 
 
 def test_a_hostile_workload_label_is_replaced_and_the_sample_kept():
-    from contracts.events import EventError, GpuReading, GpuSample, WorkloadShare
+    from hybridspend.contracts.events import EventError, GpuReading, GpuSample, WorkloadShare
 
     long_name, control = "w" * 300, "train\x1b[31m"
     sample = GpuSample("e1", 60_000, 60_000, "node-1", "onprem", "nvml", [
@@ -264,9 +264,9 @@ def test_a_hostile_workload_label_is_replaced_and_the_sample_kept():
 def test_the_sink_stores_a_sample_with_a_hostile_label_under_the_replaced_name():
     from types import SimpleNamespace
 
-    from contracts.events import GpuReading, GpuSample, WorkloadShare
-    from contracts.topics import Topics
-    from storage.sink import Sink
+    from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare
+    from hybridspend.contracts.topics import Topics
+    from hybridspend.storage.sink import Sink
 
     topics = Topics("t.", 1)
     sample = GpuSample("e1", 60_000, 60_000, "node-1", "onprem", "nvml", [

@@ -5,8 +5,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from alerts.slack import decision_message, escape
-from contracts.events import BreakevenDecision, EventError, GpuReading, GpuSample, WorkloadShare
+from hybridspend.alerts.slack import decision_message, escape
+from hybridspend.contracts.events import BreakevenDecision, EventError, GpuReading, GpuSample, WorkloadShare
 
 
 def good_sample(**changes) -> dict:

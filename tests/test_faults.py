@@ -21,12 +21,12 @@ import yaml
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from contracts.config import load_config
-from contracts.events import CostWindow, DeadLetter
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_consumer, make_producer, send_watermarks
-from infra.local import Endpoints
-from infra.services import Services
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import CostWindow, DeadLetter
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer, send_watermarks
+from hybridspend.infra.local import Endpoints
+from hybridspend.infra.services import Services
 from tests.test_focus import focus_row, write_csv
 from tests.test_spine_integration import CONFIG, T0_MS, sample
 
@@ -181,7 +181,7 @@ def test_a_hostile_workload_label_is_replaced_and_the_nodes_costs_kept(tmp_path:
                                                                        topic_prefix):
     """Any process on a GPU node can set HYBRIDSPEND_WORKLOAD: a name with an escape sequence or 300
     characters long must not dead-letter the node's sample (every GPU, workload and idle cost of it)."""
-    from contracts.events import WorkloadShare
+    from hybridspend.contracts.events import WorkloadShare
 
     config, topics, services = _a_worker(tmp_path, broker, database, topic_prefix)
     producer = make_producer(broker.bootstrap, config.kafka, linger_ms=20)

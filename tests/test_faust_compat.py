@@ -14,10 +14,10 @@ import pytest
 from faust.transport.drivers import aiokafka as driver
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from contracts.config import Config
-from infra.broker import KAFKA_PROFILE, LOCAL_PROFILE
-from streams import faust_compat
-from streams.faust_compat import IncompatibleFramework, apply_broker_profile, check_internals, keep_fetched_records
+from hybridspend.contracts.config import Config
+from hybridspend.infra.broker import KAFKA_PROFILE, LOCAL_PROFILE
+from hybridspend.streams import faust_compat
+from hybridspend.streams.faust_compat import IncompatibleFramework, apply_broker_profile, check_internals, keep_fetched_records
 from tests.test_spine_integration import CONFIG
 
 
@@ -65,7 +65,7 @@ def test_a_current_event_that_faust_no_longer_reads_stops_the_worker(monkeypatch
 
 
 def test_the_build_of_the_app_runs_the_check(monkeypatch, tmp_path):
-    from streams.topology import build_app
+    from hybridspend.streams.topology import build_app
 
     monkeypatch.delattr(FlowControlEvent, "is_active")
     config = Config.model_validate(dict(CONFIG, state_dir=str(tmp_path)))
@@ -111,7 +111,7 @@ def test_flow_control_keeps_fetched_records_unless_it_resumes_from_a_suspension(
 
 
 def test_faust_writes_its_data_directory_under_the_state_directory(tmp_path):
-    from streams.topology import build_app
+    from hybridspend.streams.topology import build_app
 
     config = Config.model_validate(dict(CONFIG, state_dir=str(tmp_path / "state")))
     app = build_app(config, "127.0.0.1:1", LOCAL_PROFILE, app_id="compat-datadir")

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collectors.focus import FocusSummary, read_files
-from contracts.catalog import Catalog
+from hybridspend.collectors.focus import FocusSummary, read_files
+from hybridspend.contracts.catalog import Catalog
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def ingest(state: Path, *files: Path) -> tuple[subprocess.CompletedProcess, dict
 
 
 def stored(state: Path) -> tuple[int, D, D]:
-    from infra.local import LocalPostgres
+    from hybridspend.infra.local import LocalPostgres
 
     pg = LocalPostgres(state / "pgdata").start()
     try:
@@ -193,11 +193,11 @@ def test_a_bill_is_replaced_only_by_a_delivery_read_whole(tmp_path, broker, data
     stays whole; with --publish-partial the operator chooses to replace it with the readable rows."""
     import yaml
 
-    from contracts.config import load_config
-    from contracts.topics import Topics
-    from infra.broker import ensure_topics, make_consumer
-    from storage.db import migrate
-    from storage.sink import Sink
+    from hybridspend.contracts.config import load_config
+    from hybridspend.contracts.topics import Topics
+    from hybridspend.infra.broker import ensure_topics, make_consumer
+    from hybridspend.storage.db import migrate
+    from hybridspend.storage.sink import Sink
     from tests.conftest import wait_until
 
     migrate(database)

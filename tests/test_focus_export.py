@@ -20,16 +20,16 @@ import psycopg
 import pytest
 import yaml
 
-from collectors.focus import FocusSummary, read_files
-from contracts.catalog import Catalog
-from contracts.config import load_config
-from contracts.events import CostWindow
-from reports import focus_export
-from reports.focus_export import allocated_ratios
-from storage.db import migrate
-from storage.onprem_allocation import onprem_cost_usd
-from storage.sink import Batch, cost_window_row, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.collectors.focus import FocusSummary, read_files
+from hybridspend.contracts.catalog import Catalog
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import CostWindow
+from hybridspend.reports import focus_export
+from hybridspend.reports.focus_export import allocated_ratios
+from hybridspend.storage.db import migrate
+from hybridspend.storage.onprem_allocation import onprem_cost_usd
+from hybridspend.storage.sink import Batch, cost_window_row, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 # -- the validator, from the specification ---------------------------------------------------------
 

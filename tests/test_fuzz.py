@@ -10,10 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.alerter import MAX_BACKOFF_S, retry_after_s
-from collectors.dcgm import EnergyMeter, PageError, gather, parse_page, readings
-from contracts.config import ConfigError, load_config
-from reports import opencost
+from hybridspend.alerts.alerter import MAX_BACKOFF_S, retry_after_s
+from hybridspend.collectors.dcgm import EnergyMeter, PageError, gather, parse_page, readings
+from hybridspend.contracts.config import ConfigError, load_config
+from hybridspend.reports import opencost
 
 FUZZ = settings(max_examples=120, deadline=3000)
 

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from google.cloud import billing_v1
 
-from collectors import gcp
-from contracts.config import load_config
-from contracts.events import CostLine, PriceUpdate
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer
-from infra.checkpoint import Checkpoint
-from infra.publish import Publisher
+from hybridspend.collectors import gcp
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import CostLine, PriceUpdate
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer
+from hybridspend.infra.checkpoint import Checkpoint
+from hybridspend.infra.publish import Publisher
 from tests.conftest import consume
 
 pytestmark = pytest.mark.integration
@@ -227,7 +227,7 @@ def compute_api():
 def test_gpu_vm_inventory_becomes_instance_events_once(tmp_path, broker, compute_api, topic_prefix):
     import requests
 
-    from contracts.events import InstanceEvent
+    from hybridspend.contracts.events import InstanceEvent
 
     cfg = {"kafka": {"topic_prefix": topic_prefix},
            "collectors": {"gcp": {"catalog": False, "projects": ["ml-prod", "missing-project"],

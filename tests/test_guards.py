@@ -1,7 +1,7 @@
 """The worker's per-partition guards without a broker, driven by recorded sequences of deliveries."""
 
-from streams.guards import OffsetGuard, Seek, Silence, StallWatch
-from streams.processing import PartitionClock
+from hybridspend.streams.guards import OffsetGuard, Seek, Silence, StallWatch
+from hybridspend.streams.processing import PartitionClock
 
 SAMPLES = "gpu-samples"
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collectors import focus
-from collectors.focus import FocusSummary, read_files
-from contracts.catalog import Catalog
+from hybridspend.collectors import focus
+from hybridspend.collectors.focus import FocusSummary, read_files
+from hybridspend.contracts.catalog import Catalog
 from tests.test_focus import COLUMNS, focus_row, write_csv
 
 

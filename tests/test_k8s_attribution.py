@@ -10,10 +10,10 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from collectors.dcgm import DcgmCollector, UrlList
-from collectors.k8s import KubernetesInspector, PodDirectory, api_client
-from collectors.nvml.collector import ProcessInspector
-from contracts.config import Config
+from hybridspend.collectors.dcgm import DcgmCollector, UrlList
+from hybridspend.collectors.k8s import KubernetesInspector, PodDirectory, api_client
+from hybridspend.collectors.nvml.collector import ProcessInspector
+from hybridspend.contracts.config import Config
 from tests.test_dcgm_collector import EXAMPLE, T0, Recorder
 
 pytestmark = pytest.mark.integration  # a local HTTP server

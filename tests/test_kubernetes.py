@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from contracts.config import load_config
+from hybridspend.contracts.config import load_config
 from hybridspend.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -49,7 +49,14 @@ def _imports(path: Path, module: str) -> set[str]:
                 target = node.module or ""
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] in ALLOWED}
+    return {_in_tree(name) for name in found if _in_tree(name).split(".")[0] in ALLOWED}
+
+
+def _in_tree(name: str) -> str:
+    """A module's name as its folder in the source tree: hybridspend.streams.topology -> streams.topology
+    (everything installs under hybridspend; the folders sit at the top of the repository)."""
+    head, _, rest = name.partition(".")
+    return rest if head == "hybridspend" and rest.split(".")[0] in ALLOWED else name
 
 
 def _graph() -> dict[str, set[str]]:
@@ -108,4 +115,31 @@ def test_every_module_imports():
         for path in sorted((ROOT / package).rglob("*.py")):
             module = _module_name(path)
             if not module.endswith("__main__"):
-                importlib.import_module(module)
+                importlib.import_module(module if package in ("hybridspend", "bench") else f"hybridspend.{module}")
+
+
+def test_everything_installs_under_one_name():
+    """Nothing of ours is imported by a generic top-level name (``contracts``, ``storage``, ...): in an
+    environment that has another package of that name, one of the two would break."""
+    generic = sorted(f"{path.relative_to(ROOT)}: {line.strip()}"
+                     for package in [*ALLOWED, "tests"] for path in (ROOT / package).rglob("*.py")
+                     for line in path.read_text().splitlines()
+                     if line.lstrip().startswith(("from ", "import ")) and len(line.split()) > 1
+                     and line.split()[1].split(".")[0] in set(ALLOWED) - {"hybridspend", "bench"})
+    assert generic == []
+
+
+def test_the_wheel_maps_every_package_folder_under_hybridspend_and_leaves_the_benchmarks_out():
+    """pyproject.toml lists each installed package and the folder it comes from; a new folder of code
+    that is not listed would be missing from the wheel (``make wheel-check`` builds it and runs the demo
+    beside a foreign ``contracts`` package)."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {str(path.parent.relative_to(ROOT)).replace("/", ".") for package in ALLOWED if package != "bench"
+               for path in (ROOT / package).rglob("__init__.py")}
+    installed = {name.removeprefix("hybridspend.") if name != "hybridspend" else name for name in setup["packages"]}
+    assert installed == folders
+    top = {name.split(".")[1] for name in setup["package-dir"] if name != "hybridspend"}
+    assert all(setup["package-dir"][f"hybridspend.{t}"] == t for t in top) and "bench" not in top
+    assert all(name == "hybridspend" or name.startswith("hybridspend.") for name in setup["packages"])

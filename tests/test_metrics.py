@@ -14,15 +14,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.config import load_config
-from contracts.events import BreakevenDecision, GpuReading, GpuSample, WorkloadShare
-from contracts.topics import Topics
-from infra import metrics
-from infra.broker import ensure_topics, make_producer, send_watermarks
-from infra.local import Endpoints
-from infra.services import Services
-from storage.db import migrate
-from streams.metrics import lag_by_topic
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import BreakevenDecision, GpuReading, GpuSample, WorkloadShare
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra import metrics
+from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.local import Endpoints
+from hybridspend.infra.services import Services
+from hybridspend.storage.db import migrate
+from hybridspend.streams.metrics import lag_by_topic
 from tests.conftest import eventually, wait_until
 
 WINDOW_S = 600
@@ -194,7 +194,7 @@ def test_label_values_stay_bounded():
 
 def test_the_metrics_server_listens_on_this_machine_only_unless_told_otherwise(monkeypatch):
     from hybridspend.cli import build_parser
-    from infra import metrics
+    from hybridspend.infra import metrics
 
     monkeypatch.delenv("HYBRIDSPEND_METRICS_HOST", raising=False)
     args = build_parser().parse_args(["sink", "--metrics-port", "0"])

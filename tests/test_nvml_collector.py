@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from collectors.nvml.collector import NvmlCollector, ProcessInspector
-from contracts.catalog import gpu_class_of
-from collectors.nvml.fake import FakeGpu, FakeNvml
-from contracts.config import load_config
-from contracts.events import EventError, GpuSample, Watermark
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer
-from infra.publish import Publisher
+from hybridspend.collectors.nvml.collector import NvmlCollector, ProcessInspector
+from hybridspend.contracts.catalog import gpu_class_of
+from hybridspend.collectors.nvml.fake import FakeGpu, FakeNvml
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import EventError, GpuSample, Watermark
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer
+from hybridspend.infra.publish import Publisher
 from tests.conftest import consume
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contracts.config import load_config
-from reports import opencost
+from hybridspend.contracts.config import load_config
+from hybridspend.reports import opencost
 
 ROOT = Path(__file__).resolve().parents[1]
 

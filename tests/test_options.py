@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costmodel.options import (
+from hybridspend.costmodel.options import (
     BUY,
     COMMITMENT,
     ON_DEMAND,
@@ -18,7 +18,7 @@ from costmodel.options import (
     discount_factor,
     size_to_demand,
 )
-from costmodel.rates import CostModelError
+from hybridspend.costmodel.rates import CostModelError
 
 
 def _annuity_closed_form(months: int, annual_rate: D) -> D:
@@ -146,8 +146,8 @@ def test_the_chosen_quantity_is_never_worse_than_none_or_the_peak(demand, gpus_p
 
 
 def test_a_cloud_workloads_plan_prices_staying_committing_its_floor_and_buying_nodes():
-    from costmodel.options import HourOfDemand, plan_workload
-    from costmodel.rates import CloudOffer, OnPremGpuCost
+    from hybridspend.costmodel.options import HourOfDemand, plan_workload
+    from hybridspend.costmodel.rates import CloudOffer, OnPremGpuCost
 
     # 24 measured hours: 8 A100s allocated for 16 of them, 16 for the other 8, at 4.00 per allocated
     # GPU-hour: (16 x 32 + 8 x 64) / 24 = 42.67 an hour, x 730 = 31,146.67 a month staying.
@@ -173,8 +173,8 @@ def test_a_cloud_workloads_plan_prices_staying_committing_its_floor_and_buying_n
 
 
 def test_an_onprem_workloads_plan_prices_moving_with_the_one_time_cost():
-    from costmodel.options import HourOfDemand, plan_workload
-    from costmodel.rates import CloudOffer
+    from hybridspend.costmodel.options import HourOfDemand, plan_workload
+    from hybridspend.costmodel.rates import CloudOffer
 
     # 8 owned A100s, 2 busy every hour, costing 9.20 an hour: staying is 6,716 a month.  Moving rents
     # the busy GPU-hours: 2 x 4.00 x 730 = 5,840 a month, plus 20,000 of egress and work at month 0;
@@ -191,8 +191,8 @@ def test_an_onprem_workloads_plan_prices_moving_with_the_one_time_cost():
 
 
 def test_a_cloud_workload_commits_only_at_its_own_provider_and_nothing_committed_is_no_option():
-    from costmodel.options import HourOfDemand, plan_workload
-    from costmodel.rates import CloudOffer
+    from hybridspend.costmodel.options import HourOfDemand, plan_workload
+    from hybridspend.costmodel.rates import CloudOffer
 
     hours = [HourOfDemand(D(8), D(6), D(32))] * 24
     aws = CloudOffer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, {"on_demand": D(32), "reserved": D("19.2")})

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 import yaml
 
-from contracts.events import CostWindow
-from storage.db import migrate
-from storage.sink import Batch, cost_window_row, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.contracts.events import CostWindow
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Batch, cost_window_row, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_plan_reads_the_stored_hours_and_prices_every_option(tmp_path, database)
 
 
 def test_hours_without_windows_between_the_first_and_last_are_hours_of_no_demand(database):
-    from storage.queries import workload_hours
+    from hybridspend.storage.queries import workload_hours
 
     migrate(database)
     batch = Batch()

@@ -9,9 +9,9 @@ samples alone, the instance would be charged as running through its stop.
 
 from __future__ import annotations
 
-from contracts.config import Config
-from contracts.events import EventError, GpuReading, GpuSample, InstanceEvent, Watermark, WorkloadShare
-from streams.processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import EventError, GpuReading, GpuSample, InstanceEvent, Watermark, WorkloadShare
+from hybridspend.streams.processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor
 from tests.test_spine_integration import CONFIG, T0_MS, WINDOW_S
 
 WINDOW_MS = WINDOW_S * 1000

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from collectors.prometheus import PrometheusCollector
-from contracts.events import GpuSample
+from hybridspend.collectors.prometheus import PrometheusCollector
+from hybridspend.contracts.events import GpuSample
 from hybridspend.cli import main
-from infra.checkpoint import Checkpoint
+from hybridspend.infra.checkpoint import Checkpoint
 from tests.test_dcgm_collector import Recorder, config
 
 pytestmark = pytest.mark.integration  # a local HTTP server

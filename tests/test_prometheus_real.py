@@ -15,10 +15,10 @@ from typing import Iterator
 import pytest
 import yaml
 
-from collectors.dcgm import DcgmCollector, UrlList
-from collectors.prometheus import PrometheusCollector
-from infra.checkpoint import Checkpoint
-from infra.local import free_port
+from hybridspend.collectors.dcgm import DcgmCollector, UrlList
+from hybridspend.collectors.prometheus import PrometheusCollector
+from hybridspend.infra.checkpoint import Checkpoint
+from hybridspend.infra.local import free_port
 from tests.conftest import wait_until
 from tests.test_dcgm_collector import Recorder, config, exporters  # noqa: F401  (the fixture)
 
@@ -105,7 +105,7 @@ def test_a_real_prometheus_scrapes_the_services_and_a_collector_while_the_pipeli
     import os
     import sys
 
-    from infra.broker import make_producer, send_watermarks
+    from hybridspend.infra.broker import make_producer, send_watermarks
     from tests.test_metrics import SAMPLE_S, T0_MS, metrics_port, metrics_ports, sample, services_serving_metrics
 
     config, topics, services = services_serving_metrics(tmp_path, broker, database, topic_prefix)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import metrics
+from hybridspend.infra import metrics
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")

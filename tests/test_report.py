@@ -18,14 +18,14 @@ import psycopg
 import pytest
 import yaml
 
-from collectors.focus import FocusSummary, read_files
-from contracts.catalog import Catalog
-from contracts.config import load_config
-from contracts.events import BreakevenDecision, CostLine, CostWindow
-from reports import monthly
-from storage.db import migrate
-from storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.collectors.focus import FocusSummary, read_files
+from hybridspend.contracts.catalog import Catalog
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import BreakevenDecision, CostLine, CostWindow
+from hybridspend.reports import monthly
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Batch, cost_line_row, cost_window_row, decision_row, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import psycopg
 import pytest
 import yaml
 
-from alerts.alerter import Alerter
-from contracts.config import ConfigError, load_config
-from contracts.redact import install_log_redaction, redact, remember
+from hybridspend.alerts.alerter import Alerter
+from hybridspend.contracts.config import ConfigError, load_config
+from hybridspend.contracts.redact import install_log_redaction, redact, remember
 from hybridspend.cli import main
-from storage.db import migrate
+from hybridspend.storage.db import migrate
 from tests.test_alerts_delivery import decision
 
 PLANTED = "Pl4nted-s3cret-7f3a9c"
@@ -110,7 +110,7 @@ def test_an_out_of_range_number_or_date_in_the_config_is_a_clear_error_at_once(t
                                                                                 message):
     import time
 
-    from contracts.config import EXAMPLE_CONFIG
+    from hybridspend.contracts.config import EXAMPLE_CONFIG
 
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     data["onprem_assets"][0][field] = value
@@ -124,9 +124,9 @@ def test_an_out_of_range_number_or_date_in_the_config_is_a_clear_error_at_once(t
 
 
 def test_files_a_user_names_are_replaced_never_written_through_a_symlink(tmp_path):
-    from contracts.files import write_replacing
-    from dashboards.build import all_dashboards, write
-    from infra.checkpoint import Checkpoint
+    from hybridspend.contracts.files import write_replacing
+    from hybridspend.dashboards.build import all_dashboards, write
+    from hybridspend.infra.checkpoint import Checkpoint
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -152,7 +152,7 @@ def test_a_replaced_file_keeps_its_permissions_and_a_new_one_follows_the_umask(t
     import os
     import stat
 
-    from contracts.files import write_replacing
+    from hybridspend.contracts.files import write_replacing
 
     private = tmp_path / "report.md"
     private.write_text("old")

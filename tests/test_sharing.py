@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.config import load_config
-from contracts.events import EventError, GpuReading, GpuSample, WorkloadShare
-from costmodel.money import micro
-from costmodel.sharing import (
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import EventError, GpuReading, GpuSample, WorkloadShare
+from hybridspend.costmodel.money import micro
+from hybridspend.costmodel.sharing import (
     Charge,
     GpuSlice,
     SharingError,
@@ -24,7 +24,7 @@ from costmodel.sharing import (
     mig_compute_fraction,
     split_gpu,
 )
-from streams.processing import ResourceState, UsageProcessor
+from hybridspend.streams.processing import ResourceState, UsageProcessor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "fleet.yaml"
 HOUR_MS = 3_600_000
@@ -169,8 +169,8 @@ def test_per_workload_costs_plus_idle_equal_the_physical_gpus_cost_to_the_micro_
 
 
 def test_nvml_reads_mig_devices_and_per_process_shares_and_the_node_adds_up(tmp_path):
-    from collectors.nvml.collector import NvmlCollector, ProcessInspector
-    from collectors.nvml.fake import FakeGpu, FakeMigInstance, FakeNvml
+    from hybridspend.collectors.nvml.collector import NvmlCollector, ProcessInspector
+    from hybridspend.collectors.nvml.fake import FakeGpu, FakeMigInstance, FakeNvml
 
     for pid, environ in ((100, b"POD_NAMESPACE=ml-train-bert"), (200, b"SLURM_JOB_ACCOUNT=physics")):
         (tmp_path / str(pid)).mkdir()
@@ -228,7 +228,7 @@ def test_a_gpu_read_whole_and_as_mig_instances_in_one_sample_is_refused():
        energy_mj=st.one_of(st.none(), st.integers(0, 10**9)))
 def test_a_whole_gpu_of_one_workload_is_charged_as_the_general_split_would(interval_ms, utilization_pct, owners,
                                                                            measured, energy_mj):
-    from costmodel.sharing import GpuSlice, _split_slices, split_gpu
+    from hybridspend.costmodel.sharing import GpuSlice, _split_slices, split_gpu
 
     gpu = GpuSlice(1, utilization_pct, owners, measured[: len(owners)])
     assert split_gpu(interval_ms, [gpu], energy_mj) == _split_slices(interval_ms, [gpu], energy_mj)

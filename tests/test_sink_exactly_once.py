@@ -19,14 +19,14 @@ import psycopg.errors
 import pytest
 import yaml
 
-from contracts.config import KafkaConfig, load_config
-from contracts.events import CostWindow, GpuReading, GpuSample
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_consumer, make_producer
-from infra.local import Endpoints
-from infra.services import Services
-from storage.db import migrate
-from storage.sink import (
+from hybridspend.contracts.config import KafkaConfig, load_config
+from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.infra.local import Endpoints
+from hybridspend.infra.services import Services
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import (
     Batch,
     OffsetsMoved,
     Sink,
@@ -35,7 +35,7 @@ from storage.sink import (
     sink_topics,
     write_batch,
 )
-from storage.timeseries import POSTGRESQL, Partitions
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration  # a real broker, a real PostgreSQL, real sink processes

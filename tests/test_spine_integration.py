@@ -15,13 +15,13 @@ import pytest
 from psycopg.rows import namedtuple_row
 import yaml
 
-from contracts.config import load_config
-from contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
-from contracts.topics import Topics
-from infra.broker import ensure_topics, make_producer, send_watermarks
-from infra.local import Endpoints
-from infra.services import Services
-from storage.db import migrate
+from hybridspend.contracts.config import load_config
+from hybridspend.contracts.events import GpuReading, GpuSample, InstanceEvent, WorkloadShare
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.local import Endpoints
+from hybridspend.infra.services import Services
+from hybridspend.storage.db import migrate
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

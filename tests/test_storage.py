@@ -14,14 +14,14 @@ from typing import NamedTuple
 import psycopg
 import pytest
 
-from contracts.config import KafkaConfig
-from contracts.events import CostWindow, GpuReading, GpuSample, LiveSpend
-from contracts.topics import Topics
-from infra.broker import LOCAL_PROFILE, ensure_topics, make_consumer, make_producer
-from infra.local import LocalPostgres
-from storage.db import SchemaError, check_schema, migrate
-from storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
-from storage.timeseries import POSTGRESQL, Partitions, apply_retention
+from hybridspend.contracts.config import KafkaConfig
+from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample, LiveSpend
+from hybridspend.contracts.topics import Topics
+from hybridspend.infra.broker import LOCAL_PROFILE, ensure_topics, make_consumer, make_producer
+from hybridspend.infra.local import LocalPostgres
+from hybridspend.storage.db import SchemaError, check_schema, migrate
+from hybridspend.storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, Partitions, apply_retention
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration  # every test here talks to a real PostgreSQL or broker
@@ -348,7 +348,7 @@ def test_live_instances_keep_the_latest_state_whatever_order_batches_arrive_in(d
 
 
 def test_lag_probe_reports_what_a_group_has_not_committed(broker, topic_prefix):
-    from infra.broker import LagProbe, make_consumer, make_producer
+    from hybridspend.infra.broker import LagProbe, make_consumer, make_producer
 
     kafka = KafkaConfig(topic_prefix=topic_prefix, topic_partitions=1)
     topics = Topics.from_config(kafka)
@@ -381,7 +381,7 @@ def test_every_sink_table_spec_names_the_columns_the_migrations_create_with_thei
 
     from psycopg.types.json import Jsonb
 
-    from storage.sink import TABLES, cost_line_row, dead_letter_row, decision_row, live_instance_row, price_row
+    from hybridspend.storage.sink import TABLES, cost_line_row, dead_letter_row, decision_row, live_instance_row, price_row
     from tests.test_event_contracts import EXAMPLES
 
     pg_types = {datetime: {"timestamp with time zone"}, str: {"text"}, int: {"bigint", "integer", "smallint"},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.scenario import load_scenario
+from hybridspend.collectors.scenario import load_scenario
 from hybridspend.stress import compare, draw_plan, stress
 
 SCENARIO = Path(__file__).resolve().parents[1] / "contracts" / "examples" / "scenarios" / "stress-day.yaml"

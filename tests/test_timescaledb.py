@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from contracts.config import KafkaConfig
-from contracts.events import (
+from hybridspend.contracts.config import KafkaConfig
+from hybridspend.contracts.events import (
     BreakevenDecision,
     CostLine,
     CostWindow,
@@ -35,12 +35,12 @@ from contracts.events import (
     LiveSpend,
     WorkloadShare,
 )
-from contracts.topics import Topics
-from dashboards.build import all_dashboards
-from infra.broker import ensure_topics, make_consumer, make_producer
-from storage import onprem_allocation, queries, report_queries
-from storage.db import SchemaError, check_schema, migrate, sync_budgets
-from storage.sink import (
+from hybridspend.contracts.topics import Topics
+from hybridspend.dashboards.build import all_dashboards
+from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.storage import onprem_allocation, queries, report_queries
+from hybridspend.storage.db import SchemaError, check_schema, migrate, sync_budgets
+from hybridspend.storage.sink import (
     Batch,
     Sink,
     cost_line_row,
@@ -50,8 +50,8 @@ from storage.sink import (
     gpu_sample_rows,
     live_instance_row,
 )
-from storage.timeseries import POSTGRESQL, TIMESCALEDB
-from storage.timeseries import TABLES as TIME_SERIES
+from hybridspend.storage.timeseries import POSTGRESQL, TIMESCALEDB
+from hybridspend.storage.timeseries import TABLES as TIME_SERIES
 from tests.grafana_sql import expand
 
 pytestmark = pytest.mark.integration  # every test here talks to a real TimescaleDB (and PostgreSQL)

@@ -17,10 +17,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from contracts.catalog import Catalog
-from contracts.config import AwsAccount, Config
-from contracts.events import PriceUpdate
-from infra.checkpoint import Checkpoint
+from hybridspend.contracts.catalog import Catalog
+from hybridspend.contracts.config import AwsAccount, Config
+from hybridspend.contracts.events import PriceUpdate
+from hybridspend.infra.checkpoint import Checkpoint
 
 from ..base import CollectReport
 from ..focus import FocusSummary, read_files

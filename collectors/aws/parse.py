@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
 
-from contracts.catalog import Catalog
-from contracts.events import CostLine, InstanceEvent
-from costmodel.rates import effective_usd_per_hour
+from hybridspend.contracts.catalog import Catalog
+from hybridspend.contracts.events import CostLine, InstanceEvent
+from hybridspend.costmodel.rates import effective_usd_per_hour
 
 EC2_STATES = {"pending": "running", "running": "running", "stopping": "stopped", "stopped": "stopped",
               "shutting-down": "terminated", "terminated": "terminated"}

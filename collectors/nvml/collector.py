@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from contracts.catalog import gpu_class_of
-from contracts.config import Config
-from contracts.events import GpuReading, GpuSample, WorkloadShare, safe_label
-from costmodel.sharing import SharingError, mig_compute_fraction
+from hybridspend.contracts.catalog import gpu_class_of
+from hybridspend.contracts.config import Config
+from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare, safe_label
+from hybridspend.costmodel.sharing import SharingError, mig_compute_fraction
 
 from ..base import CollectReport
 
