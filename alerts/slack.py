@@ -18,6 +18,7 @@ KIND_TITLES = {
     "migrate_to_cloud": "Migrate to cloud",
     "repatriate_buy_capacity": "Repatriate (buy capacity)",
     "repatriate_fill_idle": "Repatriate (fill idle capacity)",
+    "commit_in_cloud": "Commit in the cloud",
     "stay": "Stay: earlier recommendation withdrawn",
     "trending_repatriation": "Trending toward repatriation",
 }

@@ -19,6 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridspend.costmodel import (
+    COMMIT_IN_CLOUD,
     DEFAULT_BUY_TARGET_UTILIZATION,
     DEFAULT_EVIDENCE_HOURS,
     MIGRATE_TO_CLOUD,
@@ -263,6 +264,9 @@ class EvidenceHours(StrictModel):
     repatriate_buy_capacity: Amount = Field(
         default=DEFAULT_EVIDENCE_HOURS[REPATRIATE_BUY], ge=0,
         description="buying hardware is a multi-year commitment: a week by default")
+    commit_in_cloud: Amount = Field(
+        default=DEFAULT_EVIDENCE_HOURS[COMMIT_IN_CLOUD], ge=0,
+        description="a reserved instance, savings plan or committed use is paid for its whole term: a week")
 
 
 class ThresholdsConfig(StrictModel):

@@ -5,6 +5,7 @@ No I/O and no framework imports: every function here can be tested with nothing 
 
 from .breakeven import (
     CLOUD,
+    COMMIT_IN_CLOUD,
     DEFAULT_BUY_TARGET_UTILIZATION,
     DEFAULT_EVIDENCE_HOURS,
     MIGRATE_TO_CLOUD,
@@ -25,6 +26,7 @@ from .breakeven import (
 )
 from .money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, dec, micro, month_forecast_usd
 from .rates import (
+    COMMITTED_OPTIONS,
     PURCHASE_OPTIONS,
     CloudOffer,
     CostModelError,

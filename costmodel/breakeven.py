@@ -2,8 +2,9 @@
 
 docs/design.md, "Domain model": a crossing is a sign change of ``current - alternative`` that exceeds a margin
 and persists.  How long it must persist depends on what the decision commits to: filling idle
-owned GPUs is cheap to reverse and needs only the dwell; a migration needs a day of evidence and
-buying hardware a week by default (``Thresholds.evidence_hours``).  Once a move is recommended
+owned GPUs is cheap to reverse and needs only the dwell; a migration needs a day of evidence, and
+buying hardware or committing to a cloud price for a term a week by default
+(``Thresholds.evidence_hours``).  Once a move is recommended
 the recommendation only flips back ("stay") when the current environment wins by the margin for
 as long as the recommendation it withdraws needed, so a workload hovering around breakeven
 produces at most one decision.
@@ -23,7 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
-from .rates import CloudOffer, OnPremGpuCost, throughput_factor
+from .rates import COMMITTED_OPTIONS, CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
 from .tco import usd_per_month
 from .timeunits import MS_PER_HOUR
@@ -35,11 +36,14 @@ CLOUD = "cloud"
 MIGRATE_TO_CLOUD = "migrate_to_cloud"
 REPATRIATE_BUY = "repatriate_buy_capacity"
 REPATRIATE_FILL_IDLE = "repatriate_fill_idle"
+# a cloud workload paying on demand that should stay in the cloud but commit its steady floor for a term
+COMMIT_IN_CLOUD = "commit_in_cloud"
 STAY = "stay"  # a previous recommendation is withdrawn: the current environment wins again
 # not a decision: half of a purchase's evidence horizon has passed with owning cheaper (platform notice)
 TRENDING_REPATRIATION = "trending_repatriation"
 
-DEFAULT_EVIDENCE_HOURS = {REPATRIATE_FILL_IDLE: Decimal(0), MIGRATE_TO_CLOUD: Decimal(24), REPATRIATE_BUY: Decimal(168)}
+DEFAULT_EVIDENCE_HOURS = {REPATRIATE_FILL_IDLE: Decimal(0), MIGRATE_TO_CLOUD: Decimal(24), REPATRIATE_BUY: Decimal(168),
+                          COMMIT_IN_CLOUD: Decimal(168)}
 DEFAULT_BUY_TARGET_UTILIZATION = Decimal("0.8")
 
 
@@ -95,6 +99,8 @@ class WorkloadWindow:
     busy_gpu_ms: int
     cost_usd: Decimal
     coverage: Decimal  # fraction of the window covered by samples, 0..1
+    provider: str = ""  # where a cloud workload runs ("": not known, or several)
+    purchase_option: str = ""  # how it pays there ("": not known, or several)
 
     @property
     def allocated_gpu_hours(self) -> Decimal:
@@ -226,7 +232,7 @@ class Market:
                 unit_name=offer.instance_type,
                 gpus_per_unit=offer.gpus_per_instance,
             )
-        return self._fill_idle(window, idle_gpus or {}) or self._buy(window)
+        return self._fill_idle(window, idle_gpus or {}) or _cheaper(self._buy(window), self._commit(window))
 
     def _candidates(self, gpu_class: str):
         for onprem_class, gpu in sorted(self.onprem.items()):
@@ -247,6 +253,28 @@ class Market:
                 best = Alternative(
                     environment=ONPREM, kind=REPATRIATE_FILL_IDLE, cost_usd=cost, usd_per_gpu_hour=marginal,
                     label=f"idle on-prem {gpu.gpu_class}", gpus_needed=math.ceil(needed),
+                )
+        return best
+
+    def _commit(self, window: WorkloadWindow) -> Alternative | None:
+        """Stay in the cloud on a committed price (``COMMITTED_OPTIONS``) of an offer of the workload's class at
+        its own provider (another provider's is a move), for every GPU-hour it holds: only for a workload
+        paying on demand (spot is cheaper still, a committed one has committed)."""
+        if window.environment != CLOUD or window.purchase_option != "on_demand" or not window.provider:
+            return None
+        best: Alternative | None = None
+        for offer in self.offers:
+            if offer.gpu_class != window.gpu_class or offer.provider != window.provider:
+                continue
+            for option in COMMITTED_OPTIONS:
+                price = offer.usd_per_gpu_hour(option)
+                if price is None or (best is not None and window.allocated_gpu_hours * price >= best.cost_usd):
+                    continue
+                best = Alternative(
+                    environment=CLOUD, kind=COMMIT_IN_CLOUD, cost_usd=window.allocated_gpu_hours * price,
+                    usd_per_gpu_hour=price, label=f"{offer.provider} {offer.region} {offer.instance_type} {option}",
+                    gpus_needed=math.ceil(window.allocated_gpu_ms / window.window_ms) if window.window_ms else 0,
+                    unit="instance", unit_name=offer.instance_type, gpus_per_unit=offer.gpus_per_instance,
                 )
         return best
 
@@ -275,6 +303,13 @@ class Market:
             unit_name=f"{gpu.gpu_class} node",
             gpus_per_unit=per_node,
         )
+
+
+def _cheaper(a: Alternative | None, b: Alternative | None) -> Alternative | None:
+    """The cheaper of two alternatives for the same window (the first on a tie), either may be None."""
+    if a is None or b is None:
+        return a or b
+    return b if b.cost_usd < a.cost_usd else a
 
 
 @dataclass(frozen=True)
@@ -540,6 +575,17 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         alt_total = gpus * _hours(t.span_ms) * alternative.usd_per_gpu_hour
         if not t.current_usd > alt_total * (1 + thresholds.margin):
             return None  # the windows crossed one by one, but not against buying for the busiest of them
+    elif alternative.kind == COMMIT_IN_CLOUD:
+        # what would really be committed: the whole instances every window of the evidence holds (its floor),
+        # paid every hour; what it holds above them stays on demand at what it pays now
+        floor_gpus = min(Decimal(e.allocated_gpu_ms) / e.window_ms for e in evidence)
+        gpus = int(floor_gpus // alternative.gpus_per_unit) * alternative.gpus_per_unit
+        if gpus == 0:
+            return None  # not one whole instance busy through the evidence: nothing steady to commit
+        per_window_alt = [_committed_usd(e, gpus, alternative.usd_per_gpu_hour) for e in evidence]
+        alt_total = sum(per_window_alt, ZERO)
+        if not t.current_usd > alt_total * (1 + thresholds.margin):
+            return None
     monthly_savings = _monthly(t.current_usd - alt_total, t.span_ms)
     low, high = _savings_range(
         [_monthly(_usd(e.cost_umicro) - a, e.window_ms) for e, a in zip(evidence, per_window_alt)], monthly_savings)
@@ -551,6 +597,8 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
                               f"(energy only: their capex is sunk)",
         REPATRIATE_BUY: f"buying {units} {alternative.unit_name}{'s' if units != 1 else ''} ({gpus} GPUs)"
                         + (f", payback {payback:.1f} months," if payback is not None else ""),
+        COMMIT_IN_CLOUD: f"committing {units} × {alternative.unit_name} ({alternative.gpus_per_unit} GPUs each, the "
+                         f"floor it held through every window) and leaving the rest on demand",
     }.get(alternative.kind, "the other environment")
     hours = _hours(t.span_ms)
     cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(alt_total)
@@ -585,8 +633,17 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         monthly_savings_high_usd=high,
         evidence_hours=hours,
         nodes_needed=units if alternative.kind == REPATRIATE_BUY else None,
-        instances_needed=units if alternative.kind == MIGRATE_TO_CLOUD else None,
+        instances_needed=units if alternative.kind in (MIGRATE_TO_CLOUD, COMMIT_IN_CLOUD) else None,
     )
+
+
+def _committed_usd(e: EvidenceWindow, gpus: int, usd_per_gpu_hour: Decimal) -> Decimal:
+    """One window with ``gpus`` committed at ``usd_per_gpu_hour`` (every hour), the GPU-hours it held above
+    them at what an allocated GPU-hour cost it in that window."""
+    committed_gpu_hours = gpus * _hours(e.window_ms)
+    held_gpu_hours = _hours(e.allocated_gpu_ms)
+    above = max(ZERO, held_gpu_hours - committed_gpu_hours)
+    return committed_gpu_hours * usd_per_gpu_hour + (above * _usd(e.cost_umicro) / held_gpu_hours if above else ZERO)
 
 
 def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Sequence
 
 from .money import HOURS_PER_MONTH, ZERO
-from .rates import CostModelError
+from .rates import COMMITTED_OPTIONS, CostModelError
 
 ON_DEMAND = "on_demand"
 MAX_UNITS = 10_000  # instances or nodes one sizing considers (a peak of 80,000 GPUs in 8-GPU units)
@@ -199,9 +199,6 @@ def calculator_options(
                              horizon_months, gpus, "GPU"))
     results = compare(options, stay, annual_rate)
     return CalculatorOptions(results, cheapest(results))
-
-
-COMMITTED_OPTIONS = ("reserved", "savings_plan", "committed_use")
 
 
 @dataclass(frozen=True)

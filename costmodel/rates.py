@@ -125,6 +125,8 @@ def effective_usd_per_hour(usd_per_hour: Decimal, upfront_usd: Decimal, term_yea
 
 
 PURCHASE_OPTIONS = ("on_demand", "spot", "reserved", "savings_plan", "committed_use")
+# paid for every hour of a term, used or not: AWS Reserved Instances and Savings Plans, GCP committed use
+COMMITTED_OPTIONS = ("reserved", "savings_plan", "committed_use")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ REGISTRY = CollectorRegistry()
 OTHER = "other"
 MAX_WORKLOADS = 50  # workloads exported by cost, largest first
 RECOMMENDATION_STATES = ("stay", "migrate_to_cloud", "repatriate_fill_idle", "repatriate_buy_capacity",
-                         "trending_repatriation", OTHER)
+                         "commit_in_cloud", "trending_repatriation", OTHER)
 
 
 class BoundedLabel:

@@ -22,7 +22,16 @@ import psycopg
 
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.files import write_replacing
-from hybridspend.costmodel import MIGRATE_TO_CLOUD, ONPREM, REPATRIATE_BUY, REPATRIATE_FILL_IDLE, STAY, Market, WorkloadWindow
+from hybridspend.costmodel import (
+    COMMIT_IN_CLOUD,
+    MIGRATE_TO_CLOUD,
+    ONPREM,
+    REPATRIATE_BUY,
+    REPATRIATE_FILL_IDLE,
+    STAY,
+    Market,
+    WorkloadWindow,
+)
 from hybridspend.costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
 from hybridspend.costmodel.options import PlannedOption, cheapest
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
@@ -146,11 +155,15 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
         workload=row["workload"], team=row["team"], environment=row["environment"], gpu_class=row["gpu_class"],
         window_start_ms=0, window_ms=int(observed_hours * MS_PER_HOUR), allocated_gpu_ms=row["allocated_gpu_ms"],
         busy_gpu_ms=row["busy_gpu_ms"], cost_usd=row["estimated_usd"], coverage=Decimal(1))
+    kind = decision["kind"] if decision is not None else STAY
+    if kind == COMMIT_IN_CLOUD:  # priced on the decision's own evidence: the month's rows carry no offer
+        monthly = decision["monthly_savings_usd"]
+        return (row["estimated_usd"] - monthly * observed_hours / HOURS_PER_MONTH, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}; "
+                f"{decision['instances_needed']} instances)", usd_per_year(monthly, HOURS_PER_MONTH), kind, None)
     alternative = market.alternative(window, allow_spot=False)
     if alternative is None:
         return None, "no matching offer or asset", "stay", Decimal(0), STAY, None
     savings = usd_per_year(row["estimated_usd"] - alternative.cost_usd, observed_hours)
-    kind = decision["kind"] if decision is not None else STAY
     if kind != STAY and savings <= 0:
         return (alternative.cost_usd, alternative.label,
                 f"stay (the in-month {kind.replace('_', ' ')} decision does not hold over the month)", Decimal(0),

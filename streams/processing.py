@@ -230,6 +230,8 @@ class ResourceWindow(NamedTuple):
     first_ms: int
     last_ms: int
     window_ms: int
+    provider: str = ""  # a cloud resource's provider and purchase option (older table values have neither)
+    purchase_option: str = ""
 
 
 @dataclass
@@ -384,7 +386,8 @@ class DecisionProcessor:
         state.allow_spot = cw.allow_spot
         key = f"{subject}|{cw.window_start_ms}"
         state.open.setdefault(key, {})[cw.resource] = ResourceWindow(
-            cw.allocated_gpu_ms, cw.busy_gpu_ms, str(cw.cost_usd), cw.first_ms, cw.last_ms, cw.window_ms)
+            cw.allocated_gpu_ms, cw.busy_gpu_ms, str(cw.cost_usd), cw.first_ms, cw.last_ms, cw.window_ms,
+            cw.provider or "", cw.purchase_option or "")
         return True
 
     @staticmethod
@@ -431,6 +434,8 @@ class DecisionProcessor:
                 busy_gpu_ms=sum(r.busy_gpu_ms for r in resources.values()),
                 cost_usd=sum((Decimal(r.cost_usd) for r in resources.values()), Decimal(0)),
                 coverage=coverage,
+                provider=_the_one({r.provider for r in resources.values()}),
+                purchase_option=_the_one({r.purchase_option for r in resources.values()}),
             )
             idle = self.idle_gpus(clock, start) if clock is not None and env == "cloud" else None
             crossing = state.crossing.setdefault(subject, CrossingState())
@@ -456,6 +461,11 @@ class DecisionProcessor:
                     )
                 )
         return decisions
+
+
+def _the_one(values: set[str]) -> str:
+    """The value all of a window's resources share, else "" (several, or not known)."""
+    return next(iter(values)) if len(values) == 1 else ""
 
 
 def _opt_micro(value: Decimal | None) -> Decimal | None:

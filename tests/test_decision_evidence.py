@@ -213,12 +213,13 @@ def test_an_older_table_value_keeps_its_recommendation_and_restarts_its_streak()
 def test_configuration_defaults_are_the_documented_horizons_and_headroom():
     t = Config().thresholds
     assert (t.evidence_hours.repatriate_fill_idle, t.evidence_hours.migrate_to_cloud,
-            t.evidence_hours.repatriate_buy_capacity, t.buy_target_utilization_pct) == (0, 24, 168, 80)
+            t.evidence_hours.repatriate_buy_capacity, t.evidence_hours.commit_in_cloud,
+            t.buy_target_utilization_pct) == (0, 24, 168, 168, 80)
     assert Config().market().buy_target_utilization == D("0.8")
     example = load_config(EXAMPLE_CONFIG, {})  # the example fleet: nodes of 8
     assert example.market().gpus_per_node == {"A100": 8, "H100": 8}
     assert example.thresholds.domain().evidence_hours == {
-        REPATRIATE_FILL_IDLE: 0, MIGRATE_TO_CLOUD: 24, REPATRIATE_BUY: 168}
+        REPATRIATE_FILL_IDLE: 0, MIGRATE_TO_CLOUD: 24, REPATRIATE_BUY: 168, "commit_in_cloud": 168}
 
 
 def test_an_evidence_horizon_too_long_for_the_window_is_refused_with_the_numbers(tmp_path):

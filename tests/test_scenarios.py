@@ -151,6 +151,27 @@ def test_h100_cloud_workload_buys_whole_a100_nodes_exactly_at_hour_168(one_worke
 
 
 @pytest.mark.integration
+def test_an_on_demand_l4_service_with_nowhere_to_move_commits_its_instance_at_hour_168(one_worker):
+    (d,) = by_workload(one_worker)["serve"]
+    # one g6.12xlarge (4 L4) all month at 50 %: no owned L4 and no throughput ratio to another class, so no
+    # move is possible; its 1-year reserved price, $2.90 an hour against $4.60 on demand, is cheaper by
+    # more than the margin every hour, and a commitment needs a week of evidence like a purchase
+    assert (d["kind"], d["from_env"], d["to_env"]) == ("commit_in_cloud", "cloud", "cloud")
+    assert d["decided_at"] == "2026-11-09T00:00:00Z" and D(d["evidence_hours"]) == 168
+    assert (d["gpus_needed"], d["instances_needed"]) == (4, 1)
+    assert d["alternative"] == "aws us-east-1 g6.12xlarge reserved"
+    assert D(d["monthly_savings_usd"]) == (D("4.60") - D("2.90")) * 730  # $1,241 a month, every hour the same
+    assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
+    assert d["payback_months"] is None  # nothing is paid up front
+
+
+@pytest.mark.integration
+def test_the_month_shows_every_kind_of_decision(one_worker):
+    assert {d["kind"] for d in one_worker["decisions"]} == {
+        "repatriate_fill_idle", "migrate_to_cloud", "repatriate_buy_capacity", "commit_in_cloud"}
+
+
+@pytest.mark.integration
 def test_no_purchase_on_less_than_a_week_and_every_figure_with_its_range(one_worker):
     for d in one_worker["decisions"]:
         assert D(d["monthly_savings_low_usd"]) <= D(d["monthly_savings_usd"]) <= D(d["monthly_savings_high_usd"])
@@ -169,7 +190,8 @@ def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_wo
     assert aws["hours_estimated_not_billed"] == 0 and aws["hours_billed_not_estimated"] == 0
     spec = yaml.safe_load(SCENARIO.read_text())
     hours = D(spec["hours"])
-    expected_billed = hours * 32 + hours * 64 + D("89.75") * 12 + (300 - 200) * 12 + (D("350.3") - 300) * 14
+    expected_billed = (hours * 32 + hours * 64 + D("89.75") * 12 + (300 - 200) * 12 + (D("350.3") - 300) * 14
+                       + hours * D("4.60"))  # the L4 instance of serve
     assert D(aws["billed_usd"]).quantize(D("0.01")) == expected_billed.quantize(D("0.01"))
     assert one_worker["dead_letters"] == 0
 

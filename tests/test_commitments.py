@@ -1,0 +1,123 @@
+"""Commit in the cloud: a workload paying on demand told to commit its steady floor, hand-computed."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+from hybridspend.alerts.slack import decision_message
+from hybridspend.contracts.config import load_config
+from hybridspend.costmodel import COMMIT_IN_CLOUD, CrossingState, Market, Thresholds, WorkloadWindow, evaluate
+from hybridspend.costmodel.rates import CloudOffer, OnPremGpuCost
+from hybridspend.costmodel.timeunits import MS_PER_HOUR
+
+# one p5-like instance: 8 GPUs, $64 an hour on demand ($8 a GPU-hour), $40 reserved ($5)
+P5 = CloudOffer("aws", "us-east-1", "p5.48xlarge", "H100", 8, {"on_demand": D(64), "reserved": D(40)})
+THRESHOLDS = Thresholds(D("0.10"), 3, evidence_hours={COMMIT_IN_CLOUD: D(3)})
+
+
+def cloud_hour(hour: int, gpus: int, purchase_option: str = "on_demand", provider: str = "aws") -> WorkloadWindow:
+    """An hour of `serve` holding ``gpus`` H100s on demand at $8 a GPU-hour, 70 % busy."""
+    return WorkloadWindow("serve", "web", "cloud", "H100", hour * MS_PER_HOUR, MS_PER_HOUR, gpus * MS_PER_HOUR,
+                          gpus * MS_PER_HOUR * 7 // 10, D(8) * gpus, D(1), provider, purchase_option)
+
+
+def decide(market: Market, hours: list[WorkloadWindow]):
+    state, decisions = CrossingState(), []
+    for w in hours:
+        d = evaluate(state, w, market.alternative(w), THRESHOLDS)
+        if d is not None:
+            decisions.append(d)
+    return decisions
+
+
+def test_a_steady_on_demand_workload_commits_what_it_holds():
+    (d,) = decide(Market(onprem={}, offers=(P5,), throughput={}), [cloud_hour(h, 8) for h in range(3)])
+    assert (d.kind, d.from_env, d.to_env) == (COMMIT_IN_CLOUD, "cloud", "cloud")
+    assert (d.instances_needed, d.gpus_needed, d.nodes_needed, d.payback_months) == (1, 8, None, None)
+    # $64 an hour on demand against $40 committed, 3 hours: (192 - 120) / 3 h * 730 h = $17,520 a month
+    assert d.monthly_savings_usd == D(17520)
+    assert d.monthly_savings_low_usd == d.monthly_savings_high_usd == D(17520)
+    assert d.alternative_label == "aws us-east-1 p5.48xlarge reserved"
+    assert "committing 1 × p5.48xlarge" in d.reason
+
+
+def test_a_bursty_workload_commits_only_its_floor_and_leaves_the_burst_on_demand():
+    # 16, 8 and 24 GPUs: one instance is held every hour; the rest stays at $8 a GPU-hour
+    (d,) = decide(Market(onprem={}, offers=(P5,), throughput={}), [cloud_hour(0, 16), cloud_hour(1, 8),
+                                                                   cloud_hour(2, 24)])
+    assert (d.instances_needed, d.gpus_needed) == (1, 8)
+    # committed: 3 h x $40; on demand above it: (8 + 0 + 16) GPU-hours x $8 = $192; now: 48 GPU-hours x $8 = $384
+    # (384 - 312) / 3 h * 730 h = $17,520 a month, the steady case's: only the floor saves
+    assert d.monthly_savings_usd == D(17520)
+    # per hour: 128 - 104, 64 - 40, 192 - 168: $24 in every hour
+    assert d.monthly_savings_low_usd == d.monthly_savings_high_usd == D(17520)
+
+
+def test_nothing_to_commit_when_not_one_whole_instance_is_held_through_the_evidence():
+    assert decide(Market(onprem={}, offers=(P5,), throughput={}), [cloud_hour(0, 8), cloud_hour(1, 4),
+                                                                   cloud_hour(2, 8)]) == []
+
+
+def test_only_a_workload_paying_on_demand_at_the_offers_provider_is_told_to_commit():
+    market = Market(onprem={}, offers=(P5,), throughput={})
+    assert market.alternative(cloud_hour(0, 8, purchase_option="spot")) is None
+    assert market.alternative(cloud_hour(0, 8, purchase_option="reserved")) is None
+    assert market.alternative(cloud_hour(0, 8, provider="gcp")) is None  # another provider's price is a move
+    assert market.alternative(cloud_hour(0, 8, provider="")) is None  # several providers, or not known
+
+
+def test_buying_wins_over_committing_where_it_costs_less_and_the_other_way_round():
+    def owned(price_per_gpu: int) -> OnPremGpuCost:
+        return OnPremGpuCost("H100", D(price_per_gpu), 36, D(700), D("1.2"), D("0.10"), D(0))
+
+    hour = cloud_hour(0, 8)
+    # bought: 8 x 0.7 / 0.8 busy -> 7 GPUs, 8 in whole nodes of 8; an owned GPU-hour: price / (36 x 730) + energy
+    cheap = Market(onprem={"H100": owned(20_000)}, offers=(P5,), throughput={}, gpus_per_node={"H100": 8})
+    assert cheap.alternative(hour).kind == "repatriate_buy_capacity"  # 8 x ~$0.85 < 8 x $5
+    dear = Market(onprem={"H100": owned(200_000)}, offers=(P5,), throughput={}, gpus_per_node={"H100": 8})
+    assert dear.alternative(hour).kind == COMMIT_IN_CLOUD  # 8 x ~$7.69 > 8 x $5
+
+
+def test_the_decision_reads_as_a_commitment_in_slack_and_routes_to_finance(tmp_path):
+    from hybridspend.alerts.alerter import routes_for
+    from hybridspend.contracts.events import BreakevenDecision
+
+    (d,) = decide(Market(onprem={}, offers=(P5,), throughput={}), [cloud_hour(h, 8) for h in range(3)])
+    event = BreakevenDecision(d.decision_id, d.workload, d.team, d.from_env, d.to_env, d.kind, d.gpu_class,
+                              d.window_start_ms, d.window_end_ms, d.current_usd_per_busy_gpu_hour,
+                              d.alternative_usd_per_busy_gpu_hour, d.utilization, d.monthly_savings_usd,
+                              d.confidence, d.alternative_label, d.gpus_needed, d.reason,
+                              instances_needed=d.instances_needed)
+    assert decision_message(event)["text"].startswith("Commit in the cloud: serve (cloud), saves about $17,520.00/month")
+    config = tmp_path / "config.yaml"
+    config.write_text("alerts:\n  routes:\n    - {name: finance, audience: finance, slack_webhook_url: {env: F},"
+                      " min_monthly_savings_usd: 1000}\n"
+                      "    - {name: platform, audience: platform, slack_webhook_url: {env: P}}\n")
+    assert [r.name for r in routes_for(load_config(config, {}), event)] == ["finance", "platform"]
+
+
+def test_the_decision_agent_commits_a_workload_whose_cost_windows_say_it_pays_on_demand():
+    """The stream's own path (``DecisionProcessor``): cost windows carry the provider and purchase option of
+    each resource; a table value written before they did reads them as not known."""
+    from hybridspend.contracts.config import Config
+    from hybridspend.contracts.events import CostWindow, Watermark
+    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+
+    config = Config.model_validate({
+        "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "gpu_model": "NVIDIA H100", "gpu_class": "H100",
+                          "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 64, "reserved": 40}}],
+        "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
+    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
+    for hour in range(3):
+        start = hour * MS_PER_HOUR
+        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
+                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
+                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
+    state = WorkloadState.from_dict(state.to_dict())  # through the table's form
+    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
+    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    assert (decision.kind, decision.instances_needed, decision.monthly_savings_usd) == (COMMIT_IN_CLOUD, 1, D(17520))
+    old = {"open": {"cloud|H100|0": {"i-1": [1, 1, "1", 0, 1, 3600000]}}, "crossing": {}, "team": "",
+           "allow_spot": False, "closed_through_ms": {}}
+    (window,) = WorkloadState.from_dict(old).open["cloud|H100|0"].values()
+    assert (window.provider, window.purchase_option) == ("", "")
