@@ -65,6 +65,18 @@ def _evidence(d: BreakevenDecision) -> str:
     return "" if d.evidence_hours is None else f", {d.evidence_hours.normalize():f} h of evidence"
 
 
+def options_text(d: BreakevenDecision, most: int = 6) -> str:
+    """The decision's options table, cheapest present value first: what each costs over the horizon."""
+    rows = sorted(d.options, key=lambda o: o.npv_usd)[:most]
+    lines = [f"*Options over {d.horizon_months} months* (present value at {d.discount_rate_pct.normalize():f}% a year)"]
+    for o in rows:
+        overtakes = "" if o.option == "stay" else (
+            f", overtakes staying in month {o.breakeven_month}" if o.breakeven_month is not None else ", never cheaper")
+        lines.append(f"• {escape(o.label)}: {_usd(o.npv_usd)} ({_usd(o.upfront_usd)} up front, "
+                     f"{_usd(o.monthly_usd)} a month{overtakes})")
+    return "\n".join(lines)
+
+
 def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> dict:
     """A Slack message (``text`` fallback + ``blocks``) for one decision."""
     title = KIND_TITLES.get(d.kind, d.kind)
@@ -92,6 +104,8 @@ def decision_message(d: BreakevenDecision, dashboard_url: str | None = None) -> 
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
         {"type": "section", "text": {"type": "mrkdwn", "text": escape(d.reason)}},
     ]
+    if d.options:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": options_text(d)[:3000]}})
     if dashboard_url:
         link = f"{dashboard_url.rstrip('/')}/d/hybridspend-breakeven?var-workload={quote(d.workload, safe='')}"
         blocks.append(

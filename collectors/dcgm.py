@@ -296,7 +296,7 @@ class DcgmCollector:
             sample = node_sample(host, gpus, tick_ms, interval_ms, "dcgm", report.errors)
             self.publisher.send("gpu-samples", sample.resource, sample)
             report.count("gpu samples")
-        if by_host and self.publisher.watermark(self.name, tick_ms):
-            report.count("watermarks")
         self.publisher.flush()
+        if by_host and self.publisher.watermark(self.name, tick_ms):  # after its samples are acknowledged
+            report.count("watermarks")
         return report

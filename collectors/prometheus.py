@@ -97,10 +97,10 @@ class PrometheusCollector:
             except QueryError as exc:
                 report.errors.append(f"{self.url}: {exc}")
                 break
-            if published and self.publisher.watermark(self.name, chunk_end_ms):
-                report.count("watermarks")
             self.publisher.flush()
             self.checkpoint.set(self._key, chunk_end_ms)
+            if published and self.publisher.watermark(self.name, chunk_end_ms):  # after the samples are stored
+                report.count("watermarks")
             last_ms = chunk_end_ms
         return report
 

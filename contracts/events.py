@@ -297,6 +297,21 @@ class CostWindow(_Record, tag="cost_window.v1"):
         return f"{resource}|{workload}|{environment}|{gpu_class}|{window_start_ms}"
 
 
+class DecisionOption(Struct, gc=False):
+    """One row of a decision's options table: an option over the horizon and what it costs."""
+
+    label: Label  # for a person: "commit 1 x aws us-east-1 p5.48xlarge (reserved)"
+    option: Label  # stay, on_demand, commitment, buy
+    quantity: NonNegative | None = None  # whole units committed or bought (None: staying, moving on demand)
+    unit: OptionalLabel = ""  # what a unit is: an instance type, "<profile> node"
+    term_months: NonNegative | None = None  # a commitment's term, when known
+    upfront_usd: Money = REQUIRED  # at month 0: purchases and one-time move costs
+    monthly_usd: Money = REQUIRED  # at the end of every month 1..horizon
+    total_usd: Money = REQUIRED  # over the horizon, undiscounted
+    npv_usd: Money = REQUIRED  # present value at the decision's discount rate
+    breakeven_month: NonNegative | None = None  # first month its cumulative cost is at most staying's
+
+
 class BreakevenDecision(_Record, tag="decision.v1"):
     """A crossing that held for its kind's evidence horizon: move (or stay again); or, with kind
     ``trending_repatriation``, the platform notice that half a purchase's horizon has passed. Key: workload."""
@@ -328,6 +343,11 @@ class BreakevenDecision(_Record, tag="decision.v1"):
     evidence_hours: Money | None = None  # hours of consecutive windows the crossing held
     nodes_needed: NonNegative | None = None  # buy capacity: whole nodes of the owned profile (gpus_needed GPUs)
     instances_needed: NonNegative | None = None  # migration: whole instances of the chosen instance type
+    # every option for the workload over a horizon, from the evidence's hours repeated (costmodel.options);
+    # staying first; empty in events written before options existed, and for withdrawals and notices
+    options: Annotated[list[DecisionOption], Meta(max_length=64)] = []
+    horizon_months: NonNegative | None = None
+    discount_rate_pct: Money | None = None
 
     def _received(self) -> None:
         self.reason = self.reason[:2000]

@@ -21,9 +21,10 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
+from .options import HourOfDemand, PlannedOption
 from .rates import COMMITTED_OPTIONS, CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
 from .tco import usd_per_month
@@ -266,12 +267,19 @@ class Market:
         for offer in self.offers:
             if offer.gpu_class != window.gpu_class or offer.provider != window.provider:
                 continue
+            whole = window.allocated_gpu_ms // window.window_ms // offer.gpus_per_instance if window.window_ms else 0
+            if whole == 0:
+                continue  # not one whole instance held: nothing to commit
             for option in COMMITTED_OPTIONS:
                 price = offer.usd_per_gpu_hour(option)
-                if price is None or (best is not None and window.allocated_gpu_hours * price >= best.cost_usd):
+                if price is None:
+                    continue
+                cost = _committed_window_usd(window.allocated_gpu_ms, window.window_ms, window.cost_usd,
+                                             whole * offer.gpus_per_instance, price)
+                if best is not None and cost >= best.cost_usd:
                     continue
                 best = Alternative(
-                    environment=CLOUD, kind=COMMIT_IN_CLOUD, cost_usd=window.allocated_gpu_hours * price,
+                    environment=CLOUD, kind=COMMIT_IN_CLOUD, cost_usd=cost,
                     usd_per_gpu_hour=price, label=f"{offer.provider} {offer.region} {offer.instance_type} {option}",
                     gpus_needed=math.ceil(window.allocated_gpu_ms / window.window_ms) if window.window_ms else 0,
                     unit="instance", unit_name=offer.instance_type, gpus_per_unit=offer.gpus_per_instance,
@@ -336,6 +344,7 @@ class Decision:
     evidence_hours: Decimal = ZERO  # hours of consecutive windows the crossing held
     nodes_needed: int | None = None  # buy capacity: whole nodes of the owned profile
     instances_needed: int | None = None  # migration: whole instances of the chosen type
+    options: tuple[PlannedOption, ...] = ()  # every option over a horizon, from the evidence's hours (a planner)
 
     @property
     def decision_id(self) -> str:
@@ -460,17 +469,23 @@ def _evidence(recent: list[EvidenceWindow], dwell_windows: int, evidence_ms: int
     return None
 
 
+Planner = Callable[[list[HourOfDemand]], Sequence[PlannedOption]]  # the options for hours of demand
+
+
 def evaluate(
     state: CrossingState,
     window: WorkloadWindow,
     alternative: Alternative | None,
     thresholds: Thresholds,
+    planner: Planner | None = None,
 ) -> Decision | None:
     """Feed one closed window; return a decision when a crossing has held for its evidence horizon.
 
     Windows must arrive in event-time order; an older or repeated window is ignored, which
     makes replays harmless.  Before a purchase is recommended, a trending notice (kind
     ``TRENDING_REPATRIATION``) is returned once per streak when half its horizon has passed.
+    A recommendation carries the options ``planner`` prices for the evidence's hours (every option
+    over a horizon: staying, committing, buying, moving; ``costmodel.options.plan_workload``).
     """
     if window.window_start_ms <= state.last_window_start_ms:
         return None
@@ -478,6 +493,9 @@ def evaluate(
         # a gap (no usage in between) breaks the streak: "consecutive" means consecutive
         state.reset_streak()
     state.last_window_start_ms = window.window_start_ms
+    if state.moved and state.moved_kind == COMMIT_IN_CLOUD and window.purchase_option in COMMITTED_OPTIONS:
+        state.moved, state.moved_kind = False, ""  # the commitment was made: what it pays now is the baseline
+        state.reset_streak()
     if alternative is None or window.allocated_gpu_ms == 0:
         state.reset_streak()
         return None
@@ -507,7 +525,7 @@ def evaluate(
     evidence_ms = thresholds.evidence_ms(kind)
     evidence = _evidence(state.recent, thresholds.dwell_windows, evidence_ms)
     if evidence is not None:
-        decision = _recommendation(window, alternative, thresholds, evidence, kind)
+        decision = _recommendation(window, alternative, thresholds, evidence, kind, planner)
         if decision is not None:
             state.moved, state.moved_kind = True, kind
             state.reset_streak()
@@ -564,7 +582,7 @@ def _savings_range(per_window: list[Decimal], point: Decimal) -> tuple[Decimal, 
 
 
 def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
-                    evidence: list[EvidenceWindow], kind: str) -> Decision | None:
+                    evidence: list[EvidenceWindow], kind: str, planner: Planner | None = None) -> Decision | None:
     t = _Totals.of(evidence)
     gpus = t.gpus_needed
     alt_total = t.alternative_usd
@@ -582,7 +600,8 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         gpus = int(floor_gpus // alternative.gpus_per_unit) * alternative.gpus_per_unit
         if gpus == 0:
             return None  # not one whole instance busy through the evidence: nothing steady to commit
-        per_window_alt = [_committed_usd(e, gpus, alternative.usd_per_gpu_hour) for e in evidence]
+        per_window_alt = [_committed_window_usd(e.allocated_gpu_ms, e.window_ms, _usd(e.cost_umicro), gpus,
+                                                alternative.usd_per_gpu_hour) for e in evidence]
         alt_total = sum(per_window_alt, ZERO)
         if not t.current_usd > alt_total * (1 + thresholds.margin):
             return None
@@ -634,16 +653,24 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         evidence_hours=hours,
         nodes_needed=units if alternative.kind == REPATRIATE_BUY else None,
         instances_needed=units if alternative.kind in (MIGRATE_TO_CLOUD, COMMIT_IN_CLOUD) else None,
+        options=tuple(planner([_hour_of(e) for e in evidence])) if planner and kind != TRENDING_REPATRIATION else (),
     )
 
 
-def _committed_usd(e: EvidenceWindow, gpus: int, usd_per_gpu_hour: Decimal) -> Decimal:
+def _hour_of(e: EvidenceWindow) -> HourOfDemand:
+    """A window of the evidence as an hour of demand: GPUs held and busy on average, and its cost per hour."""
+    return HourOfDemand(Decimal(e.allocated_gpu_ms) / e.window_ms, Decimal(e.busy_gpu_ms) / e.window_ms,
+                        _usd(e.cost_umicro) * MS_PER_HOUR / e.window_ms)
+
+
+def _committed_window_usd(allocated_gpu_ms: int, window_ms: int, cost_usd: Decimal, gpus: int,
+                          usd_per_gpu_hour: Decimal) -> Decimal:
     """One window with ``gpus`` committed at ``usd_per_gpu_hour`` (every hour), the GPU-hours it held above
-    them at what an allocated GPU-hour cost it in that window."""
-    committed_gpu_hours = gpus * _hours(e.window_ms)
-    held_gpu_hours = _hours(e.allocated_gpu_ms)
+    them at what an allocated GPU-hour cost it in that window (``cost_usd`` over what it held)."""
+    committed_gpu_hours = gpus * _hours(window_ms)
+    held_gpu_hours = _hours(allocated_gpu_ms)
     above = max(ZERO, held_gpu_hours - committed_gpu_hours)
-    return committed_gpu_hours * usd_per_gpu_hour + (above * _usd(e.cost_umicro) / held_gpu_hours if above else ZERO)
+    return committed_gpu_hours * usd_per_gpu_hour + (above * cost_usd / held_gpu_hours if above else ZERO)
 
 
 def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,

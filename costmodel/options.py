@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .money import HOURS_PER_MONTH, ZERO
-from .rates import COMMITTED_OPTIONS, CostModelError
+from .rates import COMMITTED_OPTIONS, CostModelError, throughput_factor
 
 ON_DEMAND = "on_demand"
 MAX_UNITS = 10_000  # instances or nodes one sizing considers (a peak of 80,000 GPUs in 8-GPU units)
@@ -229,6 +229,7 @@ def plan_workload(
     one_time_usd: Decimal = ZERO,
     ongoing_usd_per_month: Decimal = ZERO,
     provider: str = "",
+    throughput: Mapping[str, Decimal] | None = None,
 ) -> list[PlannedOption]:
     """Every option for one workload of one GPU class, from its measured hours repeated over the
     horizon; the first is staying as it runs (the baseline).  An option that covers nothing
@@ -243,7 +244,9 @@ def plan_workload(
       GPUs, the rest on demand), with ``one_time_usd`` up front.
 
     ``offers`` are ``costmodel.rates.CloudOffer``; ``gpu_costs`` are (profile name, GPUs per node,
-    purchase price per node, ``OnPremGpuCost``).
+    purchase price per node, ``OnPremGpuCost``).  With a ``throughput`` table, a move or a purchase may
+    be of another class, as the stream's ``Market`` weighs them: the demand in GPUs of that class is
+    the workload's times ``throughput_factor`` (a commitment in the cloud stays of the workload's class).
     """
     if not hours:
         raise CostModelError("no measured hours to plan from")
@@ -254,18 +257,29 @@ def plan_workload(
     now_usd_per_gpu_hour = stay.monthly_usd / HOURS_PER_MONTH * n / allocated_gpu_hours if allocated_gpu_hours else ZERO
     allocated = [h.allocated_gpus for h in hours]
     busy = [h.busy_gpus for h in hours]
-    for offer in (o for o in offers if o.gpu_class == gpu_class
-                  and (environment != "cloud" or not provider or o.provider == provider)):
+    def factor(other_class: str) -> Decimal | None:  # GPUs of other_class per GPU of the workload's class
+        if other_class == gpu_class:
+            return Decimal(1)
+        if throughput and gpu_class in throughput and other_class in throughput:
+            return throughput_factor(gpu_class, other_class, dict(throughput))
+        return None
+
+    for offer in offers:
+        f = factor(offer.gpu_class) if environment != "cloud" else (
+            Decimal(1) if offer.gpu_class == gpu_class and (not provider or offer.provider == provider) else None)
+        if f is None:
+            continue
         name = f"{offer.provider} {offer.region} {offer.instance_type}"
         on_demand = offer.usd_per_gpu_hour("on_demand")
         if environment != "cloud" and on_demand is not None:
             planned.append((f"move to {name} on demand", CashFlows(
-                ON_DEMAND, one_time_usd, sum(busy, ZERO) / n * on_demand * HOURS_PER_MONTH, horizon_months)))
+                ON_DEMAND, one_time_usd, sum(busy, ZERO) / n * f * on_demand * HOURS_PER_MONTH, horizon_months)))
         for option in COMMITTED_OPTIONS:
             per_gpu = offer.usd_per_gpu_hour(option)
             if per_gpu is None:
                 continue
-            demand, uncovered = (allocated, now_usd_per_gpu_hour) if environment == "cloud" else (busy, on_demand)
+            demand, uncovered = (allocated, now_usd_per_gpu_hour) if environment == "cloud" else (
+                [b * f for b in busy], on_demand)
             if uncovered is None:
                 continue
             flows = size_to_demand(option=COMMITMENT, unit=offer.instance_type, demand_gpus_by_hour=demand,
@@ -282,12 +296,13 @@ def plan_workload(
                 planned.append((f"move and {committed}", replace(flows, upfront_usd=flows.upfront_usd + one_time_usd)))
     if environment == "cloud":
         for profile, gpus_per_node, price_per_node, gpu in gpu_costs:
-            if gpu.gpu_class != gpu_class:
+            f = factor(gpu.gpu_class)
+            if f is None:
                 continue
             opex = (gpu.energy_usd_per_gpu_hour() + gpu.upkeep_usd_per_gpu_hour()) * gpus_per_node
-            flows = size_to_demand(option=BUY, unit=f"{profile} node", demand_gpus_by_hour=allocated,
+            flows = size_to_demand(option=BUY, unit=f"{profile} node", demand_gpus_by_hour=[a * f for a in allocated],
                                    gpus_per_unit=gpus_per_node, upfront_usd_per_unit=price_per_node,
-                                   covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour,
+                                   covered_usd_per_unit_hour=opex, uncovered_usd_per_gpu_hour=now_usd_per_gpu_hour / f,
                                    horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd,
                                    ongoing_usd_per_month=ongoing_usd_per_month)
             if flows.quantity:

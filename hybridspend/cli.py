@@ -514,7 +514,7 @@ def cmd_plan(args, config: Config) -> int:
 
     from hybridspend.costmodel.money import micro
     from hybridspend.infra.local import local_database
-    from hybridspend.reports.plans import plan_for
+    from hybridspend.contracts.plans import plan_for
     from hybridspend.storage import queries
     from hybridspend.storage.db import check_schema
 

@@ -175,6 +175,8 @@ def results(conn, scenario: Scenario) -> dict[str, Any]:
             "monthly_savings_high_usd": num(d["monthly_savings_high_usd"]),
             "evidence_hours": num(d["evidence_hours"]), "nodes_needed": d["nodes_needed"],
             "instances_needed": d["instances_needed"],
+            "options": d["options"] or [], "horizon_months": d["horizon_months"],
+            "discount_rate_pct": num(d["discount_rate_pct"]),
         }
         for d in queries.all_decisions(conn)
     ]
@@ -237,6 +239,11 @@ def render(result: dict[str, Any]) -> str:
             f" ({usd(d['monthly_savings_low_usd'])} to {usd(d['monthly_savings_high_usd'])})"
             f"{extra}, confidence {Decimal(d['confidence']):.0%}")
         lines.append(f"      {d['reason']}")
+        if d["options"]:
+            ranked = sorted(d["options"], key=lambda o: Decimal(o["npv_usd"]))
+            best = "; runner-up: ".join(f"{o['label']} ({usd(o['npv_usd'])})" for o in ranked[:2])
+            lines.append(f"      over {d['horizon_months']} months at {Decimal(d['discount_rate_pct']).normalize():f}% a year, "
+                         f"cheapest by present value: {best}")
     lines += ["", "Workloads", f"  {'workload':<22} {'where':<7} {'GPU':<5} {'GPU-h':>9} {'busy GPU-h':>11} "
               f"{'cost':>12} {'$/busy GPU-h':>13}"]
     for w in result["workloads"]:

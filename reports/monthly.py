@@ -43,7 +43,7 @@ from hybridspend.costmodel.tco import (
     usd_per_year,
 )
 from hybridspend.reports import charts, focus_export, pdf
-from hybridspend.reports.plans import plan_for
+from hybridspend.contracts.plans import plan_for
 from hybridspend.storage import report_queries as q
 from hybridspend.storage.queries import WorkloadSummary, workload_hours, workload_providers
 
@@ -301,7 +301,7 @@ def _cheapest(options: list[PlannedOption]) -> PlannedOption:
 def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadMonth], start: datetime,
              end: datetime) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
     """Each workload's options over its horizon from the month's hours, priced as ``hybridspend plan``
-    prices them (``reports.plans.plan_for``: configured horizon, cost of capital and move costs)."""
+    prices them (``contracts.plans.plan_for``: configured horizon, cost of capital and move costs)."""
     out = {}
     for w in workloads:
         hours = workload_hours(conn, w.workload, start, end).get((w.environment, w.gpu_class))

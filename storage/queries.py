@@ -113,7 +113,8 @@ def all_decisions(conn: psycopg.Connection) -> list[dict]:
             "SELECT workload, team, from_env, to_env, kind, gpu_class, decided_at, current_usd_per_busy_gpu_hour,"
             " alternative_usd_per_busy_gpu_hour, utilization, monthly_savings_usd, confidence, alternative_label,"
             " gpus_needed, payback_months, reason, monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours,"
-            " nodes_needed, instances_needed FROM decisions ORDER BY decided_at, workload").fetchall()
+            " nodes_needed, instances_needed, options, horizon_months, discount_rate_pct"
+            " FROM decisions ORDER BY decided_at, workload").fetchall()
 
 
 def workload_totals(conn: psycopg.Connection) -> list[dict]:

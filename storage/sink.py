@@ -27,6 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Callable, Collection, Iterable, NamedTuple
 
+import msgspec
 import psycopg
 import psycopg.errors
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -106,6 +107,9 @@ class DecisionRow(NamedTuple):
     evidence_hours: Decimal | None
     nodes_needed: int | None
     instances_needed: int | None
+    options: Jsonb | None
+    horizon_months: int | None
+    discount_rate_pct: Decimal | None
 
 
 class DeadLetterRow(NamedTuple):
@@ -241,7 +245,10 @@ def decision_row(d: BreakevenDecision) -> DecisionRow:
         monthly_savings_usd=d.monthly_savings_usd, confidence=d.confidence, alternative_label=d.alternative_label,
         gpus_needed=d.gpus_needed, reason=d.reason, basis=d.basis, payback_months=d.payback_months,
         monthly_savings_low_usd=d.monthly_savings_low_usd, monthly_savings_high_usd=d.monthly_savings_high_usd,
-        evidence_hours=d.evidence_hours, nodes_needed=d.nodes_needed, instances_needed=d.instances_needed)
+        evidence_hours=d.evidence_hours, nodes_needed=d.nodes_needed, instances_needed=d.instances_needed,
+        options=Jsonb(msgspec.to_builtins(d.options, enc_hook=str)) if d.options else None,
+        horizon_months=d.horizon_months,
+        discount_rate_pct=d.discount_rate_pct)
 
 
 def decision_rows(d: BreakevenDecision) -> list[DecisionRow]:

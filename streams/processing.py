@@ -10,11 +10,25 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import NamedTuple
 
+import logging
+
 from hybridspend.contracts.config import Config
-from hybridspend.contracts.events import BreakevenDecision, CostWindow, EventError, GpuSample, InstanceEvent, LiveSpend, Watermark
+from hybridspend.contracts.events import (
+    MAX_LABEL_LEN,
+    BreakevenDecision,
+    CostWindow,
+    DecisionOption,
+    EventError,
+    GpuSample,
+    InstanceEvent,
+    LiveSpend,
+    Watermark,
+)
+from hybridspend.contracts.plans import plan_for
 from hybridspend.costmodel import (
     IDLE_WORKLOAD,
     AttributedGpu,
+    CostModelError,
     CrossingState,
     LateSample,
     Market,
@@ -34,6 +48,7 @@ from hybridspend.costmodel.sharing import SharingError, apportion_micro
 from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
 from hybridspend.costmodel.timeunits import utc_from_ms
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class ResourceState:
@@ -439,28 +454,51 @@ class DecisionProcessor:
             )
             idle = self.idle_gpus(clock, start) if clock is not None and env == "cloud" else None
             crossing = state.crossing.setdefault(subject, CrossingState())
-            decision = evaluate(crossing, window, self.market_at(start).alternative(window, state.allow_spot, idle),
-                                self.thresholds)
+            market = self.market_at(start)
+            decision = evaluate(crossing, window, market.alternative(window, state.allow_spot, idle),
+                                self.thresholds, self._planner(window, market))
             if decision is not None:
-                decisions.append(
-                    BreakevenDecision(
-                        event_id=decision.decision_id, workload=decision.workload, team=decision.team,
-                        from_env=decision.from_env, to_env=decision.to_env, kind=decision.kind,
-                        gpu_class=decision.gpu_class, window_start_ms=decision.window_start_ms,
-                        window_end_ms=decision.window_end_ms,
-                        current_usd_per_busy_gpu_hour=_opt_micro(decision.current_usd_per_busy_gpu_hour),
-                        alternative_usd_per_busy_gpu_hour=_opt_micro(decision.alternative_usd_per_busy_gpu_hour),
-                        utilization=micro(decision.utilization), monthly_savings_usd=micro(decision.monthly_savings_usd),
-                        confidence=micro(decision.confidence), alternative_label=decision.alternative_label,
-                        gpus_needed=decision.gpus_needed, reason=decision.reason,
-                        payback_months=_opt_micro(decision.payback_months),
-                        monthly_savings_low_usd=_opt_micro(decision.monthly_savings_low_usd),
-                        monthly_savings_high_usd=_opt_micro(decision.monthly_savings_high_usd),
-                        evidence_hours=micro(decision.evidence_hours), nodes_needed=decision.nodes_needed,
-                        instances_needed=decision.instances_needed,
-                    )
-                )
+                decisions.append(self._event(decision))
         return decisions
+
+    def _planner(self, window: WorkloadWindow, market: Market):
+        """The options of the window's workload for hours of demand (``contracts.plans.plan_for``), at the
+        prices in force; none when they cannot be priced (an absurd peak), never a stopped stream."""
+        def plan(hours):
+            try:
+                return plan_for(self.config, window.workload, window.environment, window.gpu_class, hours,
+                                window.provider, offers=market.offers).options
+            except CostModelError as exc:
+                log.warning("%s: no options table: %s", window.workload, exc)
+                return []
+        return plan
+
+    def _event(self, decision) -> BreakevenDecision:
+        th = self.config.thresholds
+        options = [DecisionOption(
+            label=o.label[:MAX_LABEL_LEN], option=o.result.option, quantity=o.result.quantity,
+            unit=o.result.unit[:MAX_LABEL_LEN], term_months=o.result.term_months,
+            upfront_usd=micro(o.result.upfront_usd), monthly_usd=micro(o.result.monthly_usd),
+            total_usd=micro(o.result.total_usd), npv_usd=micro(o.result.npv_usd),
+            breakeven_month=o.result.breakeven_month) for o in decision.options]
+        return BreakevenDecision(
+            event_id=decision.decision_id, workload=decision.workload, team=decision.team,
+            from_env=decision.from_env, to_env=decision.to_env, kind=decision.kind,
+            gpu_class=decision.gpu_class, window_start_ms=decision.window_start_ms,
+            window_end_ms=decision.window_end_ms,
+            current_usd_per_busy_gpu_hour=_opt_micro(decision.current_usd_per_busy_gpu_hour),
+            alternative_usd_per_busy_gpu_hour=_opt_micro(decision.alternative_usd_per_busy_gpu_hour),
+            utilization=micro(decision.utilization), monthly_savings_usd=micro(decision.monthly_savings_usd),
+            confidence=micro(decision.confidence), alternative_label=decision.alternative_label,
+            gpus_needed=decision.gpus_needed, reason=decision.reason,
+            payback_months=_opt_micro(decision.payback_months),
+            monthly_savings_low_usd=_opt_micro(decision.monthly_savings_low_usd),
+            monthly_savings_high_usd=_opt_micro(decision.monthly_savings_high_usd),
+            evidence_hours=micro(decision.evidence_hours), nodes_needed=decision.nodes_needed,
+            instances_needed=decision.instances_needed, options=options,
+            horizon_months=th.horizon_for(self.config.onprem_assets, decision.gpu_class) if options else None,
+            discount_rate_pct=th.discount_rate_pct if options else None,
+        )
 
 
 def _the_one(values: set[str]) -> str:

@@ -7,6 +7,8 @@ from decimal import Decimal as D
 from hybridspend.alerts.slack import decision_message
 from hybridspend.contracts.config import load_config
 from hybridspend.costmodel import COMMIT_IN_CLOUD, CrossingState, Market, Thresholds, WorkloadWindow, evaluate
+from hybridspend.costmodel.money import micro
+from hybridspend.costmodel.options import annuity_factor
 from hybridspend.costmodel.rates import CloudOffer, OnPremGpuCost
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
 
@@ -117,7 +119,36 @@ def test_the_decision_agent_commits_a_workload_whose_cost_windows_say_it_pays_on
     decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
     (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
     assert (decision.kind, decision.instances_needed, decision.monthly_savings_usd) == (COMMIT_IN_CLOUD, 1, D(17520))
+    # its options over 36 months (no owned profile: the default horizon) at 8 %: staying pays $64 x 730 a month,
+    # committing one instance $40 x 730, from month 1 cheaper; nothing to buy (no owned profile)
+    assert (decision.horizon_months, decision.discount_rate_pct) == (36, D(8))
+    stay, commit = decision.options
+    annuity = annuity_factor(36, D("0.08"))
+    assert (stay.option, stay.monthly_usd, stay.total_usd, stay.breakeven_month) == ("stay", D(46720), D(1681920), 1)
+    assert stay.npv_usd == micro(D(46720) * annuity)
+    assert (commit.label, commit.quantity, commit.unit) == ("commit 1 x aws us-east-1 p5.48xlarge (reserved)", 1,
+                                                            "p5.48xlarge")
+    assert (commit.upfront_usd, commit.monthly_usd, commit.total_usd) == (0, D(29200), D(1051200))
+    assert commit.npv_usd == micro(D(29200) * annuity) and commit.breakeven_month == 1
+    text = decision_message(decision)["blocks"][-1]["text"]["text"]
+    assert text.splitlines() == [
+        "*Options over 36 months* (present value at 8% a year)",
+        f"• commit 1 x aws us-east-1 p5.48xlarge (reserved): ${commit.npv_usd:,.2f} ($0.00 up front, $29,200.00 a "
+        "month, overtakes staying in month 1)",
+        f"• stay (cloud, as it runs): ${stay.npv_usd:,.2f} ($0.00 up front, $46,720.00 a month)"]
     old = {"open": {"cloud|H100|0": {"i-1": [1, 1, "1", 0, 1, 3600000]}}, "crossing": {}, "team": "",
            "allow_spot": False, "closed_through_ms": {}}
     (window,) = WorkloadState.from_dict(old).open["cloud|H100|0"].values()
     assert (window.provider, window.purchase_option) == ("", "")
+
+
+def test_once_the_commitment_is_made_it_is_not_withdrawn_as_a_stay():
+    """After the recommendation the workload pays a committed price: nothing is left to weigh that against
+    (its offer's committed price is what it pays), and no "stay" withdraws the commitment."""
+    market = Market(onprem={}, offers=(P5,), throughput={})
+    state = CrossingState()
+    decisions = [evaluate(state, w, market.alternative(w), THRESHOLDS) for w in [cloud_hour(h, 8) for h in range(3)]]
+    assert [d.kind for d in decisions if d] == [COMMIT_IN_CLOUD] and state.moved
+    committed = [cloud_hour(h, 8, purchase_option="reserved") for h in range(3, 12)]
+    assert [evaluate(state, w, market.alternative(w), THRESHOLDS) for w in committed] == [None] * 9
+    assert not state.moved

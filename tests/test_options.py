@@ -202,3 +202,31 @@ def test_a_cloud_workload_commits_only_at_its_own_provider_and_nothing_committed
                             gpu_costs=[], horizon_months=12, annual_rate=D(0), provider="aws")
     # GCP's committed use would be a move (with egress), not a commitment; committing 0 at 40.00 is staying
     assert [o.label for o in options] == ["stay (cloud, as it runs)", "commit 1 x aws us-east-1 p4d.24xlarge (reserved)"]
+
+
+def test_with_a_throughput_table_a_plan_weighs_other_classes_as_the_stream_does():
+    """H100 = 3 A100 of work: an H100 cloud workload may buy A100 nodes, an A100 workload move to an H100 offer."""
+    from hybridspend.costmodel.options import HourOfDemand, plan_workload
+    from hybridspend.costmodel.rates import CloudOffer, OnPremGpuCost
+
+    throughput = {"A100": D(1), "H100": D(3)}
+    a100 = OnPremGpuCost("A100", D(30_000), 36, D(400), D("1.5"), D("0.10"), D(8760))  # $0.06 energy, $1 upkeep
+    llm = [HourOfDemand(D(8), D("4.8"), D(64))] * 24  # one p5 at 60 %, $8 an H100-hour
+    options = plan_workload(environment="cloud", gpu_class="H100", hours=llm, offers=[],
+                            gpu_costs=[("dgx-a100", 8, D(240_000), a100)], horizon_months=36, annual_rate=D("0.08"),
+                            throughput=throughput)
+    assert [o.label for o in options] == ["stay (cloud, as it runs)", "buy 3 x dgx-a100 node (8 GPUs each)"]
+    buy = options[1].result
+    # 8 H100 = 24 A100 of work every hour: three nodes cover it, each $1.06 x 8 an hour to run
+    assert (buy.quantity, buy.upfront_usd, buy.monthly_usd) == (3, D(720_000), 3 * 8 * D("1.06") * 730)
+    # without the table an H100 workload has no A100 to buy
+    assert len(plan_workload(environment="cloud", gpu_class="H100", hours=llm, offers=[],
+                             gpu_costs=[("dgx-a100", 8, D(240_000), a100)], horizon_months=36,
+                             annual_rate=D("0.08"))) == 1
+    p5 = CloudOffer("aws", "us-east-1", "p5.48xlarge", "H100", 8, {"on_demand": D(64)})
+    vision = [HourOfDemand(D(4), D("0.6"), D("8.81"))] * 24  # 4 owned A100 at 15 %
+    stay, move = (o.result for o in plan_workload(environment="onprem", gpu_class="A100", hours=vision, offers=[p5],
+                                                  gpu_costs=[], horizon_months=36, annual_rate=D(0),
+                                                  throughput=throughput))
+    # 0.6 busy A100 = 0.2 busy H100 an hour at $8: $1.60 an hour
+    assert move.monthly_usd == D("0.6") / 3 * 8 * 730

@@ -1,5 +1,5 @@
-"""One workload's options over a horizon, priced from the configuration as `hybridspend plan` and
-the monthly report's Figure 6 both price them (``costmodel.options.plan_workload``)."""
+"""One workload's options over a horizon, priced from the configuration as `hybridspend plan`, the
+monthly report's Figure 6 and the stream's decisions all price them (``costmodel.options.plan_workload``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Sequence
 
-from hybridspend.contracts.config import Config
 from hybridspend.costmodel.options import HourOfDemand, PlannedOption, cheapest, plan_workload
+from hybridspend.costmodel.rates import CloudOffer
+
+from .config import Config
 
 
 @dataclass(frozen=True)
@@ -26,16 +28,19 @@ class Plan:
 
 def plan_for(config: Config, workload: str, environment: str, gpu_class: str, hours: Sequence[HourOfDemand],
              provider: str = "", *, horizon_months: int | None = None, discount_rate_pct: Decimal | None = None,
-             one_time_usd: Decimal | None = None) -> Plan:
+             one_time_usd: Decimal | None = None, offers: Sequence[CloudOffer] | None = None) -> Plan:
     """The options with the configured horizon, cost of capital and move costs (``moves``), each
-    overridable; ``provider`` is where a cloud workload runs ("" on-prem)."""
+    overridable; ``provider`` is where a cloud workload runs ("" on-prem); ``offers``: the cloud offers
+    with the prices in force (default: as configured)."""
     horizon = horizon_months or config.thresholds.horizon_for(config.onprem_assets, gpu_class)
     rate_pct = discount_rate_pct if discount_rate_pct is not None else config.thresholds.discount_rate_pct
     cloud = provider if environment == "cloud" else None
     one_time = one_time_usd if one_time_usd is not None else config.moves.one_time_usd(workload, cloud)
     options = plan_workload(
-        environment=environment, gpu_class=gpu_class, hours=hours, offers=[o.offer() for o in config.cloud_offers],
+        environment=environment, gpu_class=gpu_class, hours=hours,
+        offers=offers if offers is not None else [o.offer() for o in config.cloud_offers],
         gpu_costs=[(a.name, a.gpus_per_node, a.purchase_price_usd_per_node, a.gpu_cost()) for a in config.onprem_assets],
         horizon_months=horizon, annual_rate=rate_pct / 100, one_time_usd=one_time,
-        ongoing_usd_per_month=config.moves.ongoing_usd_per_month(workload, cloud), provider=cloud or "")
+        ongoing_usd_per_month=config.moves.ongoing_usd_per_month(workload, cloud), provider=cloud or "",
+        throughput=config.gpu_throughput)
     return Plan(horizon, rate_pct, one_time, options)
