@@ -650,8 +650,14 @@ def cmd_bench(args) -> int:
     # a separate program: the benchmarks drive the entrypoints, never the reverse
     import subprocess
 
+    import hybridspend
+
+    repository = Path(hybridspend.__file__).resolve().parents[1]
+    if not (repository / "bench" / "__main__.py").is_file():
+        raise UsageError("the benchmarks live in the repository (bench/), not in the installed package: run "
+                         "`hybridspend bench` from a clone")
     return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else []),
-                            *(["--runs", str(args.runs)] if args.runs else [])])
+                            *(["--runs", str(args.runs)] if args.runs else [])], cwd=repository)
 
 
 def cmd_demo(args) -> int:
