@@ -13,7 +13,7 @@ parser = argparse.ArgumentParser(
 parser.add_argument("--quick", action="store_true", help="smaller inputs, one run: a smoke test, never a result")
 parser.add_argument("--runs", type=int, default=None, help="how many passes (default 3 full, 1 quick)")
 parser.add_argument("--readme", action="store_true",
-                    help="only rewrite the README's figures table from the committed bench/results.json")
+                    help="only rewrite the figures table of docs/performance.md from the committed bench/results.json")
 args = parser.parse_args()
 if args.readme:
     write_readme(load())

@@ -63,5 +63,5 @@ def main(quick: bool = False, runs: int | None = None, out: Path | None = None, 
         say(f"  {'met   ' if met else 'MISSED'}  {name}")
     out = out or results_path(quick)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"\nwrote {out}" + ("" if quick else "; `python -m bench --readme` puts it in the README"))
+    say(f"\nwrote {out}" + ("" if quick else "; `python -m bench --readme` puts it in docs/performance.md"))
     return results

@@ -8,7 +8,7 @@ time (pure: ``ticks()``, ``instance_events()``, ``price_updates()``, ``bill()``)
 workers and the sink, and reads back the decisions, the estimate-vs-billed reconciliation and
 the totals.
 
-The format is documented in the README (section "Scenario files"); ``examples/scenarios/`` has
+The format is documented in docs/scenarios.md; ``examples/scenarios/`` has
 complete ones.
 """
 

@@ -144,6 +144,13 @@ def _print_options(args, table) -> None:
 # -- config ---------------------------------------------------------------------------------------
 
 
+def cmd_config_reference(args) -> int:
+    from hybridspend.contracts.config_reference import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 def cmd_config_check(args) -> int:
     config = load_config(args.file)
     print(f"{args.file}: valid")
@@ -781,6 +788,10 @@ COMMANDS = (
                 JSON), config=True),
     Command(("config", "check"), cmd_config_check, "validate a configuration and print it with secrets redacted",
             args=(arg("file"),)),
+    Command(("config", "reference"), cmd_config_reference,
+            "print every configuration field with its type, default and meaning (Markdown)",
+            "Prints the configuration reference generated from the configuration's models: the page "
+            "docs/configuration-reference.md is this output."),
     Command(("demo",), cmd_demo, "run the whole pipeline on embedded defaults over a simulated fleet",
             "Starts a local broker and PostgreSQL, the Faust worker, the sink and the alerter, replays a simulated "
             "day of a hybrid fleet at an accelerated clock, and prints the workloads, their rates in each "
@@ -795,7 +806,7 @@ COMMANDS = (
             "stops, prices, the bill) through the local broker, the Faust worker(s), the sink and PostgreSQL, and "
             "prints the decisions (workload, from and to environment, kind, effective rates, utilization, monthly "
             "savings, confidence), the totals and the estimate-vs-billed reconciliation. The format is in the "
-            "README, section 'Scenario files'.", (
+            "documentation, docs/scenarios.md.", (
                 arg("scenario", help="the scenario YAML file"),
                 arg("--json", action="store_true", help="print the result as JSON"),
                 arg("--workers", type=int, default=1, choices=range(1, 9), metavar="N",

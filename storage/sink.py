@@ -576,7 +576,7 @@ _COLUMN_TYPES: dict[str, list[int]] = {}  # table -> the type OIDs of its spec's
 
 def copy_rows(conn: psycopg.Connection, target: str, table: str, rows: Iterable[tuple], binary: bool = True) -> None:
     """COPY rows of ``table``'s spec into ``target``, in PostgreSQL's binary format unless told
-    otherwise: twice as fast as text for the GPU samples (measured; README, "Performance"), since
+    otherwise: twice as fast as text for the GPU samples (measured; docs/performance.md), since
     neither side formats or parses numbers, timestamps and arrays as text."""
     columns = TABLES[table].columns
     if not binary:

@@ -20,7 +20,7 @@ def test_each_record_is_applied_once_and_in_order_replays_are_skipped():
 
 
 def test_seed_5_a_new_owner_delivered_past_records_its_tables_never_applied_is_sent_back():
-    """Seed 5 (README, "Records lost after rapid rebalances"): the tables at 268, the consumer at 348."""
+    """Seed 5 (docs/decisions/0002-records-lost-after-rapid-rebalances.md): the tables at 268, the consumer at 348."""
     guard, clock = OffsetGuard(), PartitionClock(offsets={SAMPLES: 268})
     assert deliver(guard, clock, range(348, 400)) == []  # past a gap: nothing applied
     assert guard.seeks_due(now_s=100.0) == [Seek(SAMPLES, 1, 268)]
@@ -34,7 +34,7 @@ def test_seed_5_a_new_owner_delivered_past_records_its_tables_never_applied_is_s
 
 
 def test_a_partition_never_applied_expects_the_first_record_of_its_log():
-    """Seed 10041 (README, "Decisions made late"): first delivered at offset 21 of a log starting at 0."""
+    """Seed 10041 (docs/decisions/0004-decisions-made-late.md): first delivered at offset 21 of a log starting at 0."""
     guard, clock = OffsetGuard(), PartitionClock()
     assert guard.unknown_starts([("cost-windows", 3)]) == {("cost-windows", 3)}
     guard.learn_starts({("cost-windows", 3): 0})
@@ -77,7 +77,7 @@ def test_a_new_gap_further_on_counts_its_skipped_records_afresh():
 
 
 def test_seed_121_a_gap_at_the_end_of_a_partition_is_found_only_by_the_stall_watch():
-    """Seed 121 (README, "The tail stall of a restarted worker"): the tables at offset 21 of
+    """Seed 121 (docs/decisions/0003-the-tail-stall-of-a-restarted-worker.md): the tables at offset 21 of
     instance-events[3], the log's end at 25, and nothing more delivered: records a rebalance held
     back were skipped by Faust and nothing after them shows the gap, so ``OffsetGuard`` never sees
     it.  This is the case the timer (``read_what_never_came``) is kept for."""
