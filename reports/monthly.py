@@ -33,7 +33,7 @@ from hybridspend.costmodel import (
     WorkloadWindow,
 )
 from hybridspend.costmodel.money import HOURS_PER_MONTH, HOURS_PER_YEAR, calendar_month_hours, cents, range_text
-from hybridspend.costmodel.options import PlannedOption, cheapest
+from hybridspend.costmodel.options import OptionResult, PlannedOption, cheapest
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
 from hybridspend.costmodel.tco import (
     breakeven_band,
@@ -159,7 +159,7 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
     if kind == COMMIT_IN_CLOUD:  # priced on the decision's own evidence: the month's rows carry no offer
         monthly = decision["monthly_savings_usd"]
         return (row["estimated_usd"] - monthly * observed_hours / HOURS_PER_MONTH, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}; "
-                f"{decision['instances_needed']} instances)", usd_per_year(monthly, HOURS_PER_MONTH), kind, None)
+                f"{decision['instances_needed']} instance{'' if decision['instances_needed'] == 1 else 's'})", usd_per_year(monthly, HOURS_PER_MONTH), kind, None)
     alternative = market.alternative(window, allow_spot=False)
     if alternative is None:
         return None, "no matching offer or asset", "stay", Decimal(0), STAY, None
@@ -278,7 +278,7 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         band = _band(market, w, margin)
         if band is not None:
             bands[(w.workload, w.environment)] = band
-    options = _options(conn, config, movers[:charts.HORIZON_PANELS], start, end)
+    options = _options(conn, config, movers[:charts.HORIZON_PANELS], start, end, decisions)
     budget = sum(config.budgets.values(), Decimal(0))
     daily_budget = share_of_month_usd(budget, Decimal(24), calendar_month_hours(start)) if budget else None
     previous_month = (start - timedelta(days=1)).strftime("%Y-%m")
@@ -299,11 +299,17 @@ def _cheapest(options: list[PlannedOption]) -> PlannedOption:
 
 
 def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadMonth], start: datetime,
-             end: datetime) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
-    """Each workload's options over its horizon from the month's hours, priced as ``hybridspend plan``
-    prices them (``contracts.plans.plan_for``: configured horizon, cost of capital and move costs)."""
+             end: datetime, decisions: dict) -> dict[tuple[str, str], tuple[int, list[PlannedOption]]]:
+    """Each workload's options over its horizon: the table its decision carried (the figures Slack and
+    ``simulate`` showed for it), else from the month's hours, priced as ``hybridspend plan`` prices them
+    (``contracts.plans.plan_for``: configured horizon, cost of capital and move costs)."""
     out = {}
     for w in workloads:
+        decision = decisions.get((w.workload, w.environment))
+        if decision is not None and decision.get("options"):
+            out[(w.workload, w.environment)] = (decision["horizon_months"],
+                                                [_stored_option(o) for o in decision["options"]])
+            continue
         hours = workload_hours(conn, w.workload, start, end).get((w.environment, w.gpu_class))
         if not hours:
             continue
@@ -311,6 +317,13 @@ def _options(conn: psycopg.Connection, config: Config, workloads: list[WorkloadM
         plan = plan_for(config, w.workload, w.environment, w.gpu_class, hours, provider)
         out[(w.workload, w.environment)] = (plan.horizon_months, plan.options)
     return out
+
+
+def _stored_option(o: dict) -> PlannedOption:
+    """An option of a stored decision's table (jsonb: amounts as decimal strings)."""
+    return PlannedOption(o["label"], OptionResult(
+        o["option"], o["quantity"], o["unit"] or "", o["term_months"], Decimal(o["upfront_usd"]),
+        Decimal(o["monthly_usd"]), Decimal(o["total_usd"]), Decimal(o["npv_usd"]), o["breakeven_month"]))
 
 
 def assumptions(config: Config) -> list[tuple[str, str]]:
@@ -539,7 +552,8 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
          f"later; {gap}."),
         ("What would each option cost over the years ahead?", horizon_svg,
          "Cumulative cost of staying as it runs (dashed) against committing to cloud capacity and buying owned "
-         "nodes, each sized to the workload's demand floor, from this month's measured hours repeated; a dot "
+         "nodes, each sized to the workload's demand floor, from the hours its decision rested on (the table Slack "
+         "showed; else this month's measured hours) repeated; a dot "
          f"marks the month an option overtakes staying. Cheapest by present value at {report.discount_rate_pct:g}% a year: "
          + (cheapest_text or "no recommended move to compare") + "."),
     ]

@@ -11,6 +11,7 @@ The thresholds are the defaults: filling idle GPUs needs the dwell (3 hourly win
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -64,6 +65,21 @@ def test_the_months_onprem_focus_export_conforms_with_a_chargeback_invoice_on_ev
     assert focus_violations(text) == []
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows and {r["InvoiceId"] for r in rows} == {"chargeback-on-prem-2026-11"}
+
+
+@pytest.mark.integration
+def test_the_report_shows_the_options_table_each_decision_carried(one_worker, simulated_state, tmp_path):
+    """The same figures in the report as in the decision (and so in Slack and simulate): its cheapest option
+    by present value, to the dollar the report rounds to."""
+    done = subprocess.run([sys.executable, "-m", "hybridspend.cli", "report", "monthly", "--month", "2026-11",
+                           "--format", "html", "--state-dir", str(simulated_state), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = html.unescape(next(tmp_path.glob("*.html")).read_text())
+    (serve,) = by_workload(one_worker)["serve"]
+    best = min(serve["options"], key=lambda o: D(o["npv_usd"]))
+    assert best["label"] == "commit 1 x aws us-east-1 g6.12xlarge (reserved)"
+    assert f"serve: {best['label']} (${D(best['npv_usd']):,.0f} over {serve['horizon_months']} months)" in text
 
 
 def by_workload(result: dict) -> dict[str, list[dict]]:
