@@ -156,10 +156,17 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
         window_start_ms=0, window_ms=int(observed_hours * MS_PER_HOUR), allocated_gpu_ms=row["allocated_gpu_ms"],
         busy_gpu_ms=row["busy_gpu_ms"], cost_usd=row["estimated_usd"], coverage=Decimal(1))
     kind = decision["kind"] if decision is not None else STAY
-    if kind == COMMIT_IN_CLOUD:  # priced on the decision's own evidence: the month's rows carry no offer
-        monthly = decision["monthly_savings_usd"]
-        return (row["estimated_usd"] - monthly * observed_hours / HOURS_PER_MONTH, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}; "
-                f"{decision['instances_needed']} instance{'' if decision['instances_needed'] == 1 else 's'})", usd_per_year(monthly, HOURS_PER_MONTH), kind, None)
+    if kind == COMMIT_IN_CLOUD:  # the month's rows carry no offer: the decision's committed rate, its own savings
+        rate = decision["alternative_usd_per_busy_gpu_hour"]  # None: not busy at all through its evidence
+        alt = (rate * Decimal(row["busy_gpu_ms"]) / MS_PER_HOUR if rate is not None
+               else row["estimated_usd"] - decision["monthly_savings_usd"] * observed_hours / HOURS_PER_MONTH)
+        if alt >= row["estimated_usd"]:
+            return alt, decision["alternative_label"], "stay (the in-month commit decision does not hold over the " \
+                "month)", Decimal(0), STAY, None
+        n = decision["instances_needed"]
+        return (alt, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}; {n} "
+                f"instance{'' if n == 1 else 's'})", usd_per_year(decision["monthly_savings_usd"], HOURS_PER_MONTH),
+                kind, None)
     alternative = market.alternative(window, allow_spot=False)
     if alternative is None:
         return None, "no matching offer or asset", "stay", Decimal(0), STAY, None
