@@ -187,7 +187,8 @@ class AssetProfile(StrictModel):
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts)
 
 
-PurchaseOption = Literal["on_demand", "spot", "reserved", "savings_plan", "committed_use"]
+PurchaseOption = Literal["on_demand", "spot", "reserved", "savings_plan", "committed_use", "reserved_3y",
+                         "savings_plan_3y", "committed_use_3y"]  # the plain committed names: 1-year terms
 assert set(PurchaseOption.__args__) == set(PURCHASE_OPTIONS)  # type: ignore[attr-defined]
 
 

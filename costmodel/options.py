@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Mapping, Sequence
 
 from .money import HOURS_PER_MONTH, ZERO
-from .rates import COMMITTED_OPTIONS, CostModelError, throughput_factor
+from .rates import COMMITMENT_TERM_MONTHS, COMMITTED_OPTIONS, CostModelError, throughput_factor
 
 ON_DEMAND = "on_demand"
 MAX_UNITS = 10_000  # instances or nodes one sizing considers (a peak of 80,000 GPUs in 8-GPU units)
@@ -286,7 +286,7 @@ def plan_workload(
                                    gpus_per_unit=offer.gpus_per_instance, upfront_usd_per_unit=ZERO,
                                    covered_usd_per_unit_hour=per_gpu * offer.gpus_per_instance,
                                    uncovered_usd_per_gpu_hour=uncovered, horizon_months=horizon_months,
-                                   annual_rate=annual_rate)
+                                   annual_rate=annual_rate, term_months=COMMITMENT_TERM_MONTHS[option])
             if not flows.quantity:
                 continue  # nothing committed: staying (in the cloud) or the on-demand move (from owned)
             committed = f"commit {flows.quantity} x {name} ({option.replace('_', ' ')})"

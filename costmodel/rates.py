@@ -124,9 +124,13 @@ def effective_usd_per_hour(usd_per_hour: Decimal, upfront_usd: Decimal, term_yea
     return usd_per_hour + upfront_usd / (HOURS_PER_YEAR * term_years)
 
 
-PURCHASE_OPTIONS = ("on_demand", "spot", "reserved", "savings_plan", "committed_use")
-# paid for every hour of a term, used or not: AWS Reserved Instances and Savings Plans, GCP committed use
-COMMITTED_OPTIONS = ("reserved", "savings_plan", "committed_use")
+PURCHASE_OPTIONS = ("on_demand", "spot", "reserved", "savings_plan", "committed_use", "reserved_3y",
+                    "savings_plan_3y", "committed_use_3y")
+# paid for every hour of a term, used or not: AWS Reserved Instances and Savings Plans, GCP committed use;
+# the plain names are 1-year terms, the _3y ones 3-year terms
+COMMITMENT_TERM_MONTHS = {"reserved": 12, "savings_plan": 12, "committed_use": 12,
+                          "reserved_3y": 36, "savings_plan_3y": 36, "committed_use_3y": 36}
+COMMITTED_OPTIONS = tuple(COMMITMENT_TERM_MONTHS)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def pricing_server():
                 return self._answer({"searchResults": [
                     sp_rate("p4d.24xlarge", "us-east-1", "EC2Instance", "20.6700"),
                     sp_rate("p4d.24xlarge", "us-east-1", "Compute", "22.9400"),
-                    sp_rate("p4d.24xlarge", "us-east-1", "Compute", "17.1000", years=3),  # 3 years: not used
+                    sp_rate("p4d.24xlarge", "us-east-1", "Compute", "17.1000", years=3),  # a 3-year plan
                 ]})
             calls.append(self.headers.get("X-Amz-Target"))
             wanted = {f["Field"]: f["Value"] for f in body.get("Filters", [])}
@@ -104,6 +104,19 @@ def pricing_server():
     yield f"http://127.0.0.1:{server.server_address[1]}", calls
     server.shutdown()
     server.server_close()
+
+
+def test_a_3_year_no_upfront_reservation_is_read_as_reserved_3y_with_its_upfront_spread_over_three_years():
+    from hybridspend.collectors.aws import parse
+
+    doc = json.loads(product("p4d.24xlarge", "us-east-1", "32.77", "19.23"))
+    (term,) = [t for t in doc["terms"]["Reserved"].values() if t["termAttributes"]["LeaseContractLength"] == "3yr"]
+    term["termAttributes"]["PurchaseOption"] = "No Upfront"
+    term["priceDimensions"] = {"h": {"unit": "Hrs", "pricePerUnit": {"USD": "12.00"}},
+                               "u": {"unit": "Quantity", "pricePerUnit": {"USD": "26280"}}}
+    prices = {(option, itype): usd for itype, _, option, usd in parse.prices_from_price_list([json.dumps(doc)])}
+    assert prices[("reserved_3y", "p4d.24xlarge")] == D(12) + D(26280) / (3 * 8760)  # $13.00 an hour
+    assert prices[("reserved", "p4d.24xlarge")] == D("19.23")
 
 
 def sp_rate(itype: str, region: str, plan: str, rate: str, years: int = 1) -> dict:
@@ -200,6 +213,8 @@ def test_collector_publishes_prices_instances_events_and_costs_and_resumes_witho
         assert prices[("p5.48xlarge", "reserved")] == D("30.1") + D(8760) / D(8760)  # upfront spread over the year
         assert ("p4d.24xlarge", "spot") in prices  # moto's spot price history
         assert prices[("p4d.24xlarge", "savings_plan")] == D("20.67")  # 1-year No Upfront, the lower plan
+        assert prices[("p4d.24xlarge", "savings_plan_3y")] == D("17.1")  # 3-year No Upfront
+        assert ("p5.48xlarge", "reserved_3y") not in prices  # only an All Upfront 3-year reservation: not read
         assert set(pricing_calls) == {"AWSPriceListService.GetProducts", "savingsplans"}
 
         instance_events = consume(broker.bootstrap, topics.instance_events, InstanceEvent.decode)

@@ -78,7 +78,7 @@ def test_the_report_shows_the_options_table_each_decision_carried(one_worker, si
     text = html.unescape(next(tmp_path.glob("*.html")).read_text())
     (serve,) = by_workload(one_worker)["serve"]
     best = min(serve["options"], key=lambda o: D(o["npv_usd"]))
-    assert best["label"] == "commit 1 x aws us-east-1 g6.12xlarge (reserved)"
+    assert best["label"] == "commit 1 x aws us-east-1 g6.12xlarge (reserved 3y)"
     assert f"serve: {best['label']} (${D(best['npv_usd']):,.0f} over {serve['horizon_months']} months)" in text
 
 
@@ -170,13 +170,22 @@ def test_h100_cloud_workload_buys_whole_a100_nodes_exactly_at_hour_168(one_worke
 def test_an_on_demand_l4_service_with_nowhere_to_move_commits_its_instance_at_hour_168(one_worker):
     (d,) = by_workload(one_worker)["serve"]
     # one g6.12xlarge (4 L4) all month at 50 %: no owned L4 and no throughput ratio to another class, so no
-    # move is possible; its 1-year reserved price, $2.90 an hour against $4.60 on demand, is cheaper by
-    # more than the margin every hour, and a commitment needs a week of evidence like a purchase
+    # move is possible; its 3-year reserved price, $1.95 an hour against $4.60 on demand (the 1-year one is
+    # $2.90), is cheaper by more than the margin every hour, and a commitment needs a week of evidence
     assert (d["kind"], d["from_env"], d["to_env"]) == ("commit_in_cloud", "cloud", "cloud")
     assert d["decided_at"] == "2026-11-09T00:00:00Z" and D(d["evidence_hours"]) == 168
     assert (d["gpus_needed"], d["instances_needed"]) == (4, 1)
-    assert d["alternative"] == "aws us-east-1 g6.12xlarge reserved"
-    assert D(d["monthly_savings_usd"]) == (D("4.60") - D("2.90")) * 730  # $1,241 a month, every hour the same
+    assert d["alternative"] == "aws us-east-1 g6.12xlarge reserved_3y"
+    assert D(d["monthly_savings_usd"]) == (D("4.60") - D("1.95")) * 730  # $1,934.50 a month, every hour the same
+    # its options answer "did you compare with a 3-year plan?": staying, and committing for 1 and for 3 years
+    by_label = {o["label"]: o for o in d["options"]}
+    assert set(by_label) == {"stay (cloud, as it runs)", "commit 1 x aws us-east-1 g6.12xlarge (reserved)",
+                             "commit 1 x aws us-east-1 g6.12xlarge (reserved 3y)"}
+    one, three = by_label["commit 1 x aws us-east-1 g6.12xlarge (reserved)"], \
+        by_label["commit 1 x aws us-east-1 g6.12xlarge (reserved 3y)"]
+    assert (one["term_months"], three["term_months"]) == (12, 36)
+    assert (D(one["monthly_usd"]), D(three["monthly_usd"])) == (D("2.90") * 730, D("1.95") * 730)
+    assert D(three["npv_usd"]) < D(one["npv_usd"]) < D(by_label["stay (cloud, as it runs)"]["npv_usd"])
     assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
     assert d["payback_months"] is None  # nothing is paid up front
 

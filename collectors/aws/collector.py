@@ -118,8 +118,8 @@ class AwsCollector:
             if token:
                 kwargs["nextToken"] = token
             page = savingsplans.describe_savings_plans_offering_rates(**kwargs)
-            for itype, region, rate in parse.savings_plan_rates(page.get("searchResults", [])):
-                found.append((itype, region, "savings_plan", rate))
+            for itype, region, option, rate in parse.savings_plan_rates(page.get("searchResults", [])):
+                found.append((itype, region, option, rate))
             token = page.get("nextToken")
             if not token:
                 break

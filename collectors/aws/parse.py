@@ -27,7 +27,8 @@ def prices_from_price_list(price_list: Iterable[str]) -> list[tuple[str, str, st
     """Pricing API ``get_products`` documents -> (instance type, region, purchase option, $/h).
 
     On-demand is the hourly price. ``reserved`` is the 1-year standard No Upfront reservation's
-    effective hourly price (hourly fee plus any upfront fee spread over the year's hours).
+    effective hourly price (hourly fee plus any upfront fee spread over the year's hours), ``reserved_3y``
+    the 3-year one's (spread over three years).
     """
     out = []
     for raw in price_list:
@@ -43,8 +44,8 @@ def prices_from_price_list(price_list: Iterable[str]) -> list[tuple[str, str, st
                     out.append((itype, region, "on_demand", Decimal(dim["pricePerUnit"]["USD"])))
         for term in terms.get("Reserved", {}).values():
             ta = term.get("termAttributes", {})
-            if (ta.get("LeaseContractLength"), ta.get("OfferingClass"), ta.get("PurchaseOption")) != (
-                    "1yr", "standard", "No Upfront"):
+            years = {"1yr": 1, "3yr": 3}.get(ta.get("LeaseContractLength"))
+            if years is None or (ta.get("OfferingClass"), ta.get("PurchaseOption")) != ("standard", "No Upfront"):
                 continue
             hourly = upfront = Decimal(0)
             for dim in term.get("priceDimensions", {}).values():
@@ -53,20 +54,23 @@ def prices_from_price_list(price_list: Iterable[str]) -> list[tuple[str, str, st
                     hourly += amount
                 elif dim.get("unit") == "Quantity":
                     upfront += amount
-            out.append((itype, region, "reserved", effective_usd_per_hour(hourly, upfront, term_years=1)))
+            out.append((itype, region, "reserved" if years == 1 else "reserved_3y",
+                        effective_usd_per_hour(hourly, upfront, term_years=years)))
     return out
 
 
 ONE_YEAR_S = 31_536_000
 
 
-def savings_plan_rates(results: Iterable[dict]) -> list[tuple[str, str, Decimal]]:
-    """Savings Plans offering rates -> (instance type, region, $/h) of 1-year No Upfront plans,
-    the lowest where a type has several (an EC2 Instance plan beats a Compute plan)."""
-    best: dict[tuple[str, str], Decimal] = {}
+def savings_plan_rates(results: Iterable[dict]) -> list[tuple[str, str, str, Decimal]]:
+    """Savings Plans offering rates -> (instance type, region, purchase option, $/h) of No Upfront plans:
+    ``savings_plan`` for 1-year plans, ``savings_plan_3y`` for 3-year ones; the lowest where a type has
+    several (an EC2 Instance plan beats a Compute plan)."""
+    best: dict[tuple[str, str, str], Decimal] = {}
     for item in results:
         offering = item.get("savingsPlanOffering", {})
-        if offering.get("durationSeconds") != ONE_YEAR_S or offering.get("paymentOption") != "No Upfront":
+        option = {ONE_YEAR_S: "savings_plan", 3 * ONE_YEAR_S: "savings_plan_3y"}.get(offering.get("durationSeconds"))
+        if option is None or offering.get("paymentOption") != "No Upfront":
             continue
         if item.get("unit") != "Hrs":
             continue
@@ -75,9 +79,9 @@ def savings_plan_rates(results: Iterable[dict]) -> list[tuple[str, str, Decimal]
         if not itype or not region:
             continue
         rate = Decimal(str(item["rate"]))
-        if (itype, region) not in best or rate < best[(itype, region)]:
-            best[(itype, region)] = rate
-    return [(itype, region, rate) for (itype, region), rate in sorted(best.items())]
+        if (itype, region, option) not in best or rate < best[(itype, region, option)]:
+            best[(itype, region, option)] = rate
+    return [(itype, region, option, rate) for (itype, region, option), rate in sorted(best.items())]
 
 
 def cheapest_spot(history: Iterable[dict]) -> dict[str, tuple[Decimal, int]]:
