@@ -297,19 +297,26 @@ class CostWindow(_Record, tag="cost_window.v1"):
         return f"{resource}|{workload}|{environment}|{gpu_class}|{window_start_ms}"
 
 
+MAX_OPTIONS = 64  # rows of a decision's options table
+
+
 class DecisionOption(Struct, gc=False):
     """One row of a decision's options table: an option over the horizon and what it costs."""
 
     label: Label  # for a person: "commit 1 x aws us-east-1 p5.48xlarge (reserved)"
     option: Label  # stay, on_demand, commitment, buy
+    upfront_usd: Money  # at month 0: purchases and one-time move costs
+    monthly_usd: Money  # at the end of every month 1..horizon
+    total_usd: Money  # over the horizon, undiscounted
+    npv_usd: Money  # present value at the decision's discount rate
     quantity: NonNegative | None = None  # whole units committed or bought (None: staying, moving on demand)
     unit: OptionalLabel = ""  # what a unit is: an instance type, "<profile> node"
     term_months: NonNegative | None = None  # a commitment's term, when known
-    upfront_usd: Money = REQUIRED  # at month 0: purchases and one-time move costs
-    monthly_usd: Money = REQUIRED  # at the end of every month 1..horizon
-    total_usd: Money = REQUIRED  # over the horizon, undiscounted
-    npv_usd: Money = REQUIRED  # present value at the decision's discount rate
     breakeven_month: NonNegative | None = None  # first month its cumulative cost is at most staying's
+
+    def __post_init__(self) -> None:
+        if self.unit is None:
+            self.unit = ""
 
 
 class BreakevenDecision(_Record, tag="decision.v1"):
@@ -345,14 +352,17 @@ class BreakevenDecision(_Record, tag="decision.v1"):
     instances_needed: NonNegative | None = None  # migration: whole instances of the chosen instance type
     # every option for the workload over a horizon, from the evidence's hours repeated (costmodel.options);
     # staying first; empty in events written before options existed, and for withdrawals and notices
-    options: Annotated[list[DecisionOption], Meta(max_length=64)] = []
+    options: Annotated[list[DecisionOption], Meta(max_length=MAX_OPTIONS)] = []
     horizon_months: NonNegative | None = None
     discount_rate_pct: Money | None = None
 
-    def _received(self) -> None:
+    def _received(self) -> str | None:
         self.reason = self.reason[:2000]
         if not self.basis:
             self.basis = "estimated"
+        if self.options and (self.horizon_months is None or self.discount_rate_pct is None):
+            return "an options table needs its horizon_months and discount_rate_pct"
+        return None
 
 
 class InstanceEvent(_Record, tag="instance_event.v1"):

@@ -276,8 +276,8 @@ def plan_workload(
                 ON_DEMAND, one_time_usd, sum(busy, ZERO) / n * f * on_demand * HOURS_PER_MONTH, horizon_months)))
         for option in COMMITTED_OPTIONS:
             per_gpu = offer.usd_per_gpu_hour(option)
-            if per_gpu is None:
-                continue
+            if per_gpu is None or COMMITMENT_TERM_MONTHS[option] > horizon_months:
+                continue  # a term past the horizon would be paid beyond it (`tco` refuses it alike)
             demand, uncovered = (allocated, now_usd_per_gpu_hour) if environment == "cloud" else (
                 [b * f for b in busy], on_demand)
             if uncovered is None:

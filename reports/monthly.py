@@ -164,9 +164,9 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
             return alt, decision["alternative_label"], "stay (the in-month commit decision does not hold over the " \
                 "month)", Decimal(0), STAY, None
         n = decision["instances_needed"]
-        return (alt, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}; {n} "
-                f"instance{'' if n == 1 else 's'})", usd_per_year(decision["monthly_savings_usd"], HOURS_PER_MONTH),
-                kind, None)
+        count = f"; {n} instance{'' if n == 1 else 's'}" if n is not None else ""
+        return (alt, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}{count})",
+                usd_per_year(decision["monthly_savings_usd"], HOURS_PER_MONTH), kind, None)
     alternative = market.alternative(window, allow_spot=False)
     if alternative is None:
         return None, "no matching offer or asset", "stay", Decimal(0), STAY, None

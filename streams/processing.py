@@ -15,6 +15,7 @@ import logging
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.events import (
     MAX_LABEL_LEN,
+    MAX_OPTIONS,
     BreakevenDecision,
     CostWindow,
     DecisionOption,
@@ -475,12 +476,16 @@ class DecisionProcessor:
 
     def _event(self, decision) -> BreakevenDecision:
         th = self.config.thresholds
+        # at most MAX_OPTIONS rows: staying and the cheapest others by present value, in their own order
+        kept = set(sorted(range(1, len(decision.options)),
+                          key=lambda i: (decision.options[i].result.npv_usd, i))[:MAX_OPTIONS - 1]) | {0}
         options = [DecisionOption(
             label=o.label[:MAX_LABEL_LEN], option=o.result.option, quantity=o.result.quantity,
             unit=o.result.unit[:MAX_LABEL_LEN], term_months=o.result.term_months,
             upfront_usd=micro(o.result.upfront_usd), monthly_usd=micro(o.result.monthly_usd),
             total_usd=micro(o.result.total_usd), npv_usd=micro(o.result.npv_usd),
-            breakeven_month=o.result.breakeven_month) for o in decision.options]
+            breakeven_month=o.result.breakeven_month)
+            for i, o in enumerate(decision.options) if i in kept]
         return BreakevenDecision(
             event_id=decision.decision_id, workload=decision.workload, team=decision.team,
             from_env=decision.from_env, to_env=decision.to_env, kind=decision.kind,

@@ -152,3 +152,59 @@ def test_once_the_commitment_is_made_it_is_not_withdrawn_as_a_stay():
     committed = [cloud_hour(h, 8, purchase_option="reserved") for h in range(3, 12)]
     assert [evaluate(state, w, market.alternative(w), THRESHOLDS) for w in committed] == [None] * 9
     assert not state.moved
+
+
+def test_an_options_table_of_many_offers_is_cut_to_what_the_contract_carries_and_decodes():
+    from hybridspend.contracts.config import Config
+    from hybridspend.contracts.events import MAX_OPTIONS, BreakevenDecision, CostWindow, Watermark
+    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+
+    offers = [{"provider": "aws", "region": f"region-{i}", "instance_type": "p5.48xlarge", "gpu_model": "H100",
+               "gpu_class": "H100", "gpus_per_instance": 8,
+               "usd_per_hour": {"on_demand": 64, "reserved": 40 + i, "savings_plan": 41 + i, "reserved_3y": 30 + i,
+                                "savings_plan_3y": 31 + i}} for i in range(20)]
+    config = Config.model_validate({"cloud_offers": offers,
+                                    "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
+    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
+    for hour in range(3):
+        start = hour * MS_PER_HOUR
+        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
+                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
+                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
+    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
+    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    # 20 offers x 4 committed prices + staying = 81 rows priced; staying and the 63 cheapest are carried
+    assert len(decision.options) == MAX_OPTIONS and decision.options[0].option == "stay"
+    assert "commit 1 x aws region-0 p5.48xlarge (reserved 3y)" in [o.label for o in decision.options]
+    assert BreakevenDecision.decode(decision.encode()) == decision
+
+
+def test_a_commitment_whose_term_outlasts_the_horizon_is_not_an_option():
+    from hybridspend.costmodel.options import HourOfDemand, plan_workload
+
+    offer = CloudOffer("aws", "us-east-1", "p5.48xlarge", "H100", 8, {"on_demand": D(64), "reserved": D(40),
+                                                                         "reserved_3y": D(30)})
+    hours = [HourOfDemand(D(8), D(6), D(64))] * 24
+
+    def labels(horizon):
+        return [o.label for o in plan_workload(environment="cloud", gpu_class="H100", hours=hours, offers=[offer],
+                                               gpu_costs=[], horizon_months=horizon, annual_rate=D(0))]
+    assert labels(12) == ["stay (cloud, as it runs)", "commit 1 x aws us-east-1 p5.48xlarge (reserved)"]
+    assert labels(36)[-1] == "commit 1 x aws us-east-1 p5.48xlarge (reserved 3y)"
+
+
+def test_a_decision_whose_options_lack_their_terms_or_amounts_is_refused_with_the_reason():
+    import json
+
+    import pytest
+
+    from hybridspend.contracts.events import BreakevenDecision, EventError
+    from tests.test_event_contracts import EXAMPLES
+
+    good = json.loads(EXAMPLES["BreakevenDecision"].encode())
+    no_horizon = dict(good, horizon_months=None)
+    with pytest.raises(EventError, match="needs its horizon_months and discount_rate_pct"):
+        BreakevenDecision.decode(json.dumps(no_horizon))
+    no_amount = dict(good, options=[{k: v for k, v in good["options"][0].items() if k != "npv_usd"}])
+    with pytest.raises(EventError, match="npv_usd"):
+        BreakevenDecision.decode(json.dumps(no_amount))

@@ -71,8 +71,7 @@ EXAMPLES = {
     "BreakevenDecision": BreakevenDecision(
         "d1", "train", "ml", "onprem", "cloud", "migrate_to_cloud", "A100", 0, 1, D("5.75"), None, D("0.2"),
         D("401.5"), D("1"), "aws p4d", 8, "idle", "estimated", D("12"), D("300"), D("500"), D("168"), 1, 2,
-        [DecisionOption("stay (onprem, as it runs)", "stay", 0, "", None, D(0), D("6424"), D("231264"), D("205000"),
-                        None)], 36, D(8)),
+        [DecisionOption("stay (onprem, as it runs)", "stay", D(0), D("6424"), D("231264"), D("205000"))], 36, D(8)),
     "InstanceEvent": InstanceEvent("i1", 5, "aws", "us-east-1", "123", "i-1", "p4d.24xlarge", "running", "spot", "w",
                                    "t"),
     "LiveSpend": LiveSpend("l1", 5, "i-1", "aws", "us-east-1", "p4d.24xlarge", "spot", "w", "t", "A100", 8, "running",
