@@ -132,6 +132,22 @@ def breakeven() -> dict:
                    monthly_savings_usd, monthly_savings_high_usd, evidence_hours, confidence
               FROM decision_log WHERE $__timeFilter(decided_at) AND workload IN ($workload)
              ORDER BY decided_at DESC""", fmt="table", w=12, x=12, y=9),
+        _panel(4, "Options of the last recommendation per workload", "table", """
+            WITH last AS (
+                SELECT DISTINCT ON (workload) workload, kind, decided_at, options, horizon_months, discount_rate_pct
+                  FROM decision_log WHERE workload IN ($workload) AND options IS NOT NULL
+                 ORDER BY workload, decided_at DESC
+            )
+            SELECT l.workload, l.kind AS recommended, o.label AS "option", o.quantity, o.term_months,
+                   o.upfront_usd::numeric AS "up front", o.monthly_usd::numeric AS "a month",
+                   o.total_usd::numeric AS "total", o.npv_usd::numeric AS "present value",
+                   o.breakeven_month AS "overtakes staying in month", l.horizon_months, l.discount_rate_pct
+              FROM last l CROSS JOIN LATERAL jsonb_to_recordset(l.options) AS o(
+                   label text, quantity int, term_months int, upfront_usd text, monthly_usd text, total_usd text,
+                   npv_usd text, breakeven_month int)
+             ORDER BY l.workload, o.npv_usd::numeric""", fmt="table", w=24, h=9, y=17,
+               description="Every option the last recommendation weighed over its horizon (the table Slack, "
+                           "simulate and the monthly report show), cheapest present value first."),
     ], "Where each workload should run, and why.")
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from hybridspend.contracts.events import (
     BreakevenDecision,
+    DecisionOption,
     CostLine,
     CostWindow,
     DeadLetter,
@@ -112,12 +113,7 @@ def _seed(dsn: str, now: datetime) -> None:
                 GpuReading("GPU-0", 0, "A100", "A100", 55.0, 1, 2, 300_000, [WorkloadShare("train", "ml")])])
             for row in gpu_sample_rows(sample):
                 batch.add("gpu_samples", row)
-    batch.add("decisions", decision_row(BreakevenDecision(
-        event_id="d1", workload=HOSTILE, team="ml", from_env="cloud", to_env="onprem",
-        kind="repatriate_buy_capacity", gpu_class="A100", window_start_ms=start_ms, window_end_ms=start_ms + 2_700_000,
-        current_usd_per_busy_gpu_hour=D("4.6"), alternative_usd_per_busy_gpu_hour=D("1.1"), utilization=D("0.66"),
-        monthly_savings_usd=D("2000"), confidence=D("1"), alternative_label="on-prem A100", gpus_needed=1,
-        reason="test")))
+    batch.add("decisions", decision_row(seeded_decision(start_ms)))
     batch.add("dead_letters", dead_letter_row(DeadLetter.of(topic="t.gpu-samples", partition=0, offset=1,
                                                             reason="not JSON", payload=b"{",
                                                             ts_ms=int(now.timestamp() * 1000) - 3600_000)))
@@ -134,6 +130,19 @@ def _seed(dsn: str, now: datetime) -> None:
     sink = Sink(consumer=None, dsn=dsn, topics=Topics("t.", 1))
     sink.record_lag([("t.sink", "t.cost-windows", 0, 12)])
     sink.close()
+
+
+def seeded_decision(start_ms: int) -> BreakevenDecision:
+    """The decision the panels are run against: the hostile workload buys capacity, with its options table."""
+    return BreakevenDecision(
+        event_id="d1", workload=HOSTILE, team="ml", from_env="cloud", to_env="onprem",
+        kind="repatriate_buy_capacity", gpu_class="A100", window_start_ms=start_ms, window_end_ms=start_ms + 2_700_000,
+        current_usd_per_busy_gpu_hour=D("4.6"), alternative_usd_per_busy_gpu_hour=D("1.1"), utilization=D("0.66"),
+        monthly_savings_usd=D("2000"), confidence=D("1"), alternative_label="on-prem A100", gpus_needed=1,
+        reason="test", horizon_months=36, discount_rate_pct=D(8), options=[
+            DecisionOption("stay (cloud, as it runs)", "stay", D(0), D("3358"), D("120888"), D("107000")),
+            DecisionOption("buy 1 x dgx node (8 GPUs each)", "buy", D(240000), D(800), D(268800), D(265500),
+                           quantity=1, unit="dgx node", breakeven_month=47)])
 
 
 @pytest.mark.integration
@@ -162,6 +171,12 @@ def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
                         assert columns[0] == "time", f"{where}: first column is {columns[0]}"
                         assert "value" in columns or len(columns) == 2, f"{where}: {columns}"
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1  # the hostile name stayed data
+        # the last recommendation's options, cheapest present value first, amounts exact
+        options = conn.execute(expand(
+            next(p for p in all_dashboards()["hybridspend-breakeven"]["panels"] if p["id"] == 4)["targets"][0]["rawSql"],
+            time_from=now - timedelta(days=7), time_to=now, interval="1h", variables=variables)).fetchall()
+        assert [(r[2], r[8]) for r in options] == [("stay (cloud, as it runs)", D(107000)),
+                                                   ("buy 1 x dgx node (8 GPUs each)", D(265500))]
         # the bill is 2 % above the estimate, matched by instance id out of the ARN, attributed to its workload
         ((provider, estimated, billed, error, unbilled),) = conn.execute(expand(
             next(p for p in all_dashboards()["hybridspend-reconciliation"]["panels"] if p["id"] == 3)

@@ -26,7 +26,6 @@ import pytest
 
 from hybridspend.contracts.config import KafkaConfig
 from hybridspend.contracts.events import (
-    BreakevenDecision,
     CostLine,
     CostWindow,
     DeadLetter,
@@ -53,13 +52,13 @@ from hybridspend.storage.sink import (
 from hybridspend.storage.timeseries import POSTGRESQL, TIMESCALEDB
 from hybridspend.storage.timeseries import TABLES as TIME_SERIES
 from tests.grafana_sql import expand
+from tests.test_dashboards import HOSTILE, seeded_decision
 
 pytestmark = pytest.mark.integration  # every test here talks to a real TimescaleDB (and PostgreSQL)
 
 WINDOW_MS = 900_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-HOSTILE = "<!channel> o'brien\"; DROP TABLE decisions; --"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -438,12 +437,7 @@ def _fleet(now: datetime) -> list[Batch]:
                 batch.add("gpu_samples", row)
     for w in windows:
         batch.add("cost_windows", cost_window_row(w))
-    batch.add("decisions", decision_row(BreakevenDecision(
-        event_id="d1", workload=HOSTILE, team="ml", from_env="cloud", to_env="onprem",
-        kind="repatriate_buy_capacity", gpu_class="A100", window_start_ms=start_ms, window_end_ms=start_ms + 2_700_000,
-        current_usd_per_busy_gpu_hour=D("4.6"), alternative_usd_per_busy_gpu_hour=D("1.1"), utilization=D("0.66"),
-        monthly_savings_usd=D("2000"), confidence=D("1"), alternative_label="on-prem A100", gpus_needed=1,
-        reason="test")))
+    batch.add("decisions", decision_row(seeded_decision(start_ms)))
     now_ms = int(now.timestamp() * 1000)
     batch.add("dead_letters", dead_letter_row(DeadLetter.of(topic="t.gpu-samples", partition=0, offset=1,
                                                             reason="not JSON", payload=b"{", ts_ms=now_ms - HOUR_MS)))
