@@ -101,23 +101,12 @@ def test_the_decision_reads_as_a_commitment_in_slack_and_routes_to_finance(tmp_p
 def test_the_decision_agent_commits_a_workload_whose_cost_windows_say_it_pays_on_demand():
     """The stream's own path (``DecisionProcessor``): cost windows carry the provider and purchase option of
     each resource; a table value written before they did reads them as not known."""
-    from hybridspend.contracts.config import Config
-    from hybridspend.contracts.events import CostWindow, Watermark
-    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+    from hybridspend.streams.processing import WorkloadState
 
-    config = Config.model_validate({
-        "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "gpu_model": "NVIDIA H100", "gpu_class": "H100",
-                          "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 64, "reserved": 40}}],
-        "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
-    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
-    for hour in range(3):
-        start = hour * MS_PER_HOUR
-        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
-                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
-                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
-    state = WorkloadState.from_dict(state.to_dict())  # through the table's form
-    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
-    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    decision = decide_in_the_stream([{
+        "provider": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "gpu_model": "NVIDIA H100",
+        "gpu_class": "H100", "gpus_per_instance": 8, "usd_per_hour": {"on_demand": 64, "reserved": 40}}],
+        round_trip=True)
     assert (decision.kind, decision.instances_needed, decision.monthly_savings_usd) == (COMMIT_IN_CLOUD, 1, D(17520))
     # its options over 36 months (no owned profile: the default horizon) at 8 %: staying pays $64 x 730 a month,
     # committing one instance $40 x 730, from month 1 cheaper; nothing to buy (no owned profile)
@@ -155,24 +144,13 @@ def test_once_the_commitment_is_made_it_is_not_withdrawn_as_a_stay():
 
 
 def test_an_options_table_of_many_offers_is_cut_to_what_the_contract_carries_and_decodes():
-    from hybridspend.contracts.config import Config
-    from hybridspend.contracts.events import MAX_OPTIONS, BreakevenDecision, CostWindow, Watermark
-    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+    from hybridspend.contracts.events import MAX_OPTIONS, BreakevenDecision
 
     offers = [{"provider": "aws", "region": f"region-{i}", "instance_type": "p5.48xlarge", "gpu_model": "H100",
                "gpu_class": "H100", "gpus_per_instance": 8,
                "usd_per_hour": {"on_demand": 64, "reserved": 40 + i, "savings_plan": 41 + i, "reserved_3y": 30 + i,
                                 "savings_plan_3y": 31 + i}} for i in range(20)]
-    config = Config.model_validate({"cloud_offers": offers,
-                                    "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
-    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
-    for hour in range(3):
-        start = hour * MS_PER_HOUR
-        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
-                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
-                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
-    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
-    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    decision = decide_in_the_stream(offers)
     # 20 offers x 4 committed prices + staying = 81 rows priced; staying and the 63 cheapest are carried
     assert len(decision.options) == MAX_OPTIONS and decision.options[0].option == "stay"
     assert "commit 1 x aws region-0 p5.48xlarge (reserved 3y)" in [o.label for o in decision.options]
@@ -208,3 +186,25 @@ def test_a_decision_whose_options_lack_their_terms_or_amounts_is_refused_with_th
     no_amount = dict(good, options=[{k: v for k, v in good["options"][0].items() if k != "npv_usd"}])
     with pytest.raises(EventError, match="npv_usd"):
         BreakevenDecision.decode(json.dumps(no_amount))
+
+
+def decide_in_the_stream(offers: list[dict], round_trip: bool = False):
+    """Three on-demand hours of `serve` (one p5 at $64 an hour) through the stream's ``DecisionProcessor``
+    with ``offers`` configured and a commitment's evidence of 3 hours: the decision it makes."""
+    from hybridspend.contracts.config import Config
+    from hybridspend.contracts.events import CostWindow, Watermark
+    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+
+    config = Config.model_validate({"cloud_offers": offers,
+                                    "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
+    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
+    for hour in range(3):
+        start = hour * MS_PER_HOUR
+        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
+                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
+                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
+    if round_trip:
+        state = WorkloadState.from_dict(state.to_dict())  # through the table's form
+    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
+    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    return decision
