@@ -93,7 +93,9 @@ def install_log_redaction() -> None:
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it later; keep the raw text
             message = str(record.msg)
-        record.msg, record.args = printable(redact(message)), None
+        # args () not None: Faust's formatter (mode's ExtensionFormatter) turns None into (None,), and the
+        # record would then fail to format ("not all arguments converted") and be lost
+        record.msg, record.args = printable(redact(message)), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
