@@ -471,9 +471,11 @@ class Watermark(_Record, tag=WATERMARK_SCHEMA):
     Sent to every partition of a topic.  On the input topics, collectors and the simulator send
     them so that partitions without traffic still advance; on ``cost-windows`` the usage agent
     sends one per input partition it owns, with the owned GPU capacity that sat idle in the
-    windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]) and whether
-    that partition still had input to read (``pending``: then the decision agent waits for it
-    however long it is silent).
+    windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]), the cloud
+    windows it closed (``cloud``: [window_start_ms, workload, gpu_class, resource, allocated_gpu_ms,
+    cost in micro-dollars]: every decision partition sees every claim on idle owned capacity, so each
+    promises it once, the same way) and whether that partition still had input to read (``pending``:
+    then the decision agent waits for it however long it is silent).
     """
 
     SCHEMA: ClassVar[str] = WATERMARK_SCHEMA
@@ -482,6 +484,7 @@ class Watermark(_Record, tag=WATERMARK_SCHEMA):
     ts_ms: NonNegative
     idle: list[tuple[int, str, str, NonNegative]] | None = []
     pending: bool = False
+    cloud: list[tuple[int, str, str, str, NonNegative, NonNegative]] | None = []
 
 
 class DeadLetter(_Record, tag="dead_letter.v1"):

@@ -17,6 +17,7 @@ from .breakeven import (
     Alternative,
     CrossingState,
     Decision,
+    IdleClaim,
     Market,
     Thresholds,
     WorkloadWindow,

@@ -18,13 +18,13 @@ utilization, and a whole number of cloud instances.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Callable, NamedTuple, Sequence
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
-from .options import HourOfDemand, PlannedOption
+from .options import BUY, COMMITMENT, HourOfDemand, PlannedOption
 from .rates import COMMITTED_OPTIONS, CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
 from .tco import usd_per_month
@@ -116,6 +116,16 @@ class WorkloadWindow:
         return Decimal(self.window_ms) / MS_PER_HOUR
 
 
+class IdleClaim(NamedTuple):
+    """One cloud workload's window as it asks for idle owned GPUs (``Market.allocate_idle``)."""
+
+    workload: str
+    gpu_class: str
+    allocated_gpu_ms: int
+    window_ms: int
+    cost_usd: Decimal  # what the window cost where it runs
+
+
 @dataclass(frozen=True)
 class Alternative:
     """The cheapest way to run one window's work in the other environment.
@@ -136,6 +146,12 @@ class Alternative:
     unit: str = "GPU"
     unit_name: str = ""  # what one unit is called when ordered: "p5.48xlarge", "A100 node"
     gpus_per_unit: int = 1
+    gpu_class: str = ""  # the class of the GPUs it runs on, when owned (fill idle, buy)
+    factor: Decimal = Decimal(1)  # GPUs of ``gpu_class`` per GPU of the workload's class (throughput)
+    option: str = ""  # the purchase option it rents at (migrate, commit)
+    # the other long-term option of the same window (buying or committing), weighed by present value once the
+    # evidence is complete: the decision is the cheaper over the horizon, not the cheaper this hour
+    other: Alternative | None = None
 
     @property
     def capex_usd(self) -> Decimal:
@@ -233,12 +249,58 @@ class Market:
                 unit_name=offer.instance_type,
                 gpus_per_unit=offer.gpus_per_instance,
             )
-        return self._fill_idle(window, idle_gpus or {}) or _cheaper(self._buy(window), self._commit(window))
+        fill = self._fill_idle(window, idle_gpus or {})
+        if fill is not None:
+            return fill
+        buy, commit = self._buy(window), self._commit(window)
+        best = _cheaper(buy, commit)
+        if buy is not None and commit is not None:
+            best = replace(best, other=commit if best is buy else buy)
+        return best
 
     def _candidates(self, gpu_class: str):
         for onprem_class, gpu in sorted(self.onprem.items()):
             if onprem_class == gpu_class or (gpu_class in self.throughput and onprem_class in self.throughput):
                 yield gpu, throughput_factor(gpu_class, onprem_class, self.throughput)
+
+    def fill_idle_usd_per_gpu_hour(self, gpu: OnPremGpuCost) -> Decimal:
+        """What one idle owned GPU-hour costs when a workload fills it: energy (+ upkeep); its capex is sunk."""
+        rate = gpu.rate()
+        return rate.energy_usd_per_gpu_hour + (rate.upkeep_usd_per_gpu_hour if self.fill_idle_includes_upkeep
+                                               else ZERO)
+
+    def allocate_idle(self, idle_gpus: dict[str, Decimal], claims: Sequence[IdleClaim],
+                      margin: Decimal) -> dict[tuple[str, str], dict[str, Decimal]]:
+        """Idle owned capacity promised once: which cloud workloads of one window fill which idle GPUs.
+
+        ``idle_gpus``: owned GPUs (GPU-equivalents) of each class that sat idle through the window;
+        ``claims``: every cloud workload's window (GPUs held and what they cost).  A claim asks for the
+        GPUs it held, times the throughput factor, in each owned class it can run on, and only where
+        running there at the marginal cost beats what it pays by ``margin`` (a crossing).  Claims are
+        granted whole, in order of savings per GPU (then workload and class, so every worker grants the
+        same), while the class has the GPUs left; a workload granted once takes nothing more, and one
+        that no longer fits gets nothing here (its next-best option, buying or committing).
+
+        Returns (workload, its GPU class) -> {owned class: GPUs granted}.
+        """
+        asks = []
+        for claim in claims:
+            if claim.window_ms <= 0 or claim.allocated_gpu_ms <= 0:
+                continue
+            for gpu, factor in self._candidates(claim.gpu_class):
+                needed = Decimal(claim.allocated_gpu_ms) * factor / claim.window_ms
+                cost = _hours(claim.allocated_gpu_ms) * factor * self.fill_idle_usd_per_gpu_hour(gpu)
+                if claim.cost_usd > cost * (1 + margin):
+                    asks.append((-(claim.cost_usd - cost) / needed, claim.workload, claim.gpu_class, gpu.gpu_class,
+                                 needed))
+        left = dict(idle_gpus)
+        granted: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for _, workload, gpu_class, owned_class, needed in sorted(asks):
+            if (workload, gpu_class) in granted or left.get(owned_class, ZERO) < needed:
+                continue
+            left[owned_class] -= needed
+            granted[(workload, gpu_class)] = {owned_class: needed}
+        return granted
 
     def _fill_idle(self, window: WorkloadWindow, idle_gpus: dict[str, Decimal]) -> Alternative | None:
         best: Alternative | None = None
@@ -246,14 +308,13 @@ class Market:
             needed = Decimal(window.allocated_gpu_ms) * factor / window.window_ms if window.window_ms else ZERO
             if needed <= 0 or idle_gpus.get(gpu.gpu_class, ZERO) < needed:
                 continue
-            rate = gpu.rate()
-            marginal = rate.energy_usd_per_gpu_hour + (rate.upkeep_usd_per_gpu_hour if self.fill_idle_includes_upkeep
-                                                       else ZERO)
+            marginal = self.fill_idle_usd_per_gpu_hour(gpu)
             cost = window.allocated_gpu_hours * factor * marginal
             if best is None or cost < best.cost_usd:
                 best = Alternative(
                     environment=ONPREM, kind=REPATRIATE_FILL_IDLE, cost_usd=cost, usd_per_gpu_hour=marginal,
-                    label=f"idle on-prem {gpu.gpu_class}", gpus_needed=math.ceil(needed),
+                    label=f"idle on-prem {gpu.gpu_class}", gpus_needed=math.ceil(needed), gpu_class=gpu.gpu_class,
+                    factor=factor,
                 )
         return best
 
@@ -283,6 +344,7 @@ class Market:
                     usd_per_gpu_hour=price, label=f"{offer.provider} {offer.region} {offer.instance_type} {option}",
                     gpus_needed=math.ceil(window.allocated_gpu_ms / window.window_ms) if window.window_ms else 0,
                     unit="instance", unit_name=offer.instance_type, gpus_per_unit=offer.gpus_per_instance,
+                    option=option,
                 )
         return best
 
@@ -310,6 +372,8 @@ class Market:
             unit="node",
             unit_name=f"{gpu.gpu_class} node",
             gpus_per_unit=per_node,
+            gpu_class=gpu.gpu_class,
+            factor=factor,
         )
 
 
@@ -503,15 +567,18 @@ def evaluate(
     one_plus = 1 + thresholds.margin
     if not state.moved:
         crossing = current > alt * one_plus  # the other environment is cheaper by the margin
-        if alternative.kind != state.streak_kind:
+        if _family(alternative.kind) != _family(state.streak_kind):
             state.reset_streak(alternative.kind)  # evidence for one kind of move is not evidence for another
     else:
-        crossing = alt > current * one_plus  # the current environment is cheaper again
+        # the current environment is cheaper again, or the idle GPUs it was told to fill are gone (busy again,
+        # or promised to a workload that saves more per GPU: ``Market.allocate_idle``)
+        crossing = alt > current * one_plus or _lost_capacity(state, alternative)
     if not crossing:
         state.reset_streak(state.streak_kind)
         return None
+    sized = alternative.other if alternative.other and alternative.other.kind == REPATRIATE_BUY else alternative
     state.recent.append(EvidenceWindow(_umicro(current), _umicro(alt), window.busy_gpu_ms, window.allocated_gpu_ms,
-                                       window.window_ms, _umicro(window.coverage), alternative.gpus_needed))
+                                       window.window_ms, _umicro(window.coverage), sized.gpus_needed))
     del state.recent[:-thresholds.max_windows(window.window_ms)]
 
     if state.moved:
@@ -523,12 +590,10 @@ def evaluate(
 
     kind = alternative.kind
     evidence_ms = thresholds.evidence_ms(kind)
-    evidence = _evidence(state.recent, thresholds.dwell_windows, evidence_ms)
-    if evidence is not None:
-        decision = _recommendation(window, alternative, thresholds, evidence, kind, planner)
-        if decision is not None:
-            state.moved, state.moved_kind = True, kind
-            state.reset_streak()
+    decision = _best_recommendation(state, window, alternative, thresholds, planner)
+    if decision is not None:
+        state.moved, state.moved_kind = True, decision.kind
+        state.reset_streak()
         return decision
     if kind == REPATRIATE_BUY and not state.trend_sent and evidence_ms > 0:
         half = _evidence(state.recent, thresholds.dwell_windows, evidence_ms // 2)
@@ -538,6 +603,37 @@ def evaluate(
                 state.trend_sent = True
             return notice
     return None
+
+
+def _family(kind: str) -> str:
+    """Buying and committing are one streak: both answer "keep this capacity for years", and the
+    evidence of one is the evidence of the other (each recomputes what it would have cost from it)."""
+    return REPATRIATE_BUY if kind == COMMIT_IN_CLOUD else kind
+
+
+def _best_recommendation(state: CrossingState, window: WorkloadWindow, alternative: Alternative,
+                         thresholds: Thresholds, planner: Planner | None) -> Decision | None:
+    """The recommendation whose evidence is complete; of buying and committing, the one with the lower present
+    value over the horizon (the cheapest row of its kind in its options table), else the cheaper this window."""
+    made = []
+    for candidate in (alternative, alternative.other):
+        if candidate is None:
+            continue
+        evidence = _evidence(state.recent, thresholds.dwell_windows, thresholds.evidence_ms(candidate.kind))
+        if evidence is not None:
+            decision = _recommendation(window, candidate, thresholds, evidence, candidate.kind, planner)
+            if decision is not None:
+                made.append(decision)
+    if len(made) < 2:
+        return made[0] if made else None
+    return min(made, key=lambda d: (_present_value(d), made.index(d)))
+
+
+def _present_value(decision: Decision) -> Decimal:
+    """The lowest present value among the options of the decision's own kind (buy, commitment) in its table."""
+    option = {REPATRIATE_BUY: BUY, COMMIT_IN_CLOUD: COMMITMENT}.get(decision.kind)
+    values = [o.result.npv_usd for o in decision.options if o.result.option == option]
+    return min(values) if values else Decimal("Infinity")
 
 
 @dataclass(frozen=True)
@@ -587,28 +683,33 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
     gpus = t.gpus_needed
     alt_total = t.alternative_usd
     per_window_alt = [_usd(e.alternative_umicro) for e in evidence]
-    if alternative.kind == REPATRIATE_BUY:
-        # what would really be bought: enough whole nodes for the busiest window, owned every hour
-        per_window_alt = [gpus * _hours(e.window_ms) * alternative.usd_per_gpu_hour for e in evidence]
-        alt_total = gpus * _hours(t.span_ms) * alternative.usd_per_gpu_hour
-        if not t.current_usd > alt_total * (1 + thresholds.margin):
-            return None  # the windows crossed one by one, but not against buying for the busiest of them
-    elif alternative.kind == COMMIT_IN_CLOUD:
-        # what would really be committed: the whole instances every window of the evidence holds (its floor),
-        # paid every hour; what it holds above them stays on demand at what it pays now
-        floor_gpus = min(Decimal(e.allocated_gpu_ms) / e.window_ms for e in evidence)
-        gpus = int(floor_gpus // alternative.gpus_per_unit) * alternative.gpus_per_unit
+    table = tuple(planner([_hour_of(e) for e in evidence])) if planner else ()
+    uncovered_usd = ZERO  # what stays where it runs beside what is bought (buy capacity)
+    if alternative.kind in (REPATRIATE_BUY, COMMIT_IN_CLOUD):
+        # what would really be bought or committed: the quantity its options table sized to the demand floor by
+        # present value (else: buying enough whole nodes for the busiest window at the target utilization,
+        # committing the whole instances every window held), paid every hour; what the workload holds above it
+        # stays where it runs, at what it pays there now
+        units_in_table = _table_quantity(table, alternative)
+        if units_in_table is not None:
+            gpus = units_in_table * alternative.gpus_per_unit
+        elif table:
+            return None  # over the horizon no quantity of it beats staying: the windows crossed, the years do not
+        elif alternative.kind == COMMIT_IN_CLOUD:
+            floor_gpus = min(Decimal(e.allocated_gpu_ms) / e.window_ms for e in evidence)
+            gpus = int(floor_gpus // alternative.gpus_per_unit) * alternative.gpus_per_unit
         if gpus == 0:
-            return None  # not one whole instance busy through the evidence: nothing steady to commit
-        per_window_alt = [_committed_window_usd(e.allocated_gpu_ms, e.window_ms, _usd(e.cost_umicro), gpus,
-                                                alternative.usd_per_gpu_hour) for e in evidence]
-        alt_total = sum(per_window_alt, ZERO)
+            return None  # not one whole unit held through the evidence: nothing steady to commit
+        above = [_uncovered_usd(e, Decimal(gpus) / alternative.factor) for e in evidence]
+        per_window_alt = [gpus * _hours(e.window_ms) * alternative.usd_per_gpu_hour + a for e, a in zip(evidence, above)]
+        uncovered_usd = sum(above, ZERO)
+        alt_total = gpus * _hours(t.span_ms) * alternative.usd_per_gpu_hour + uncovered_usd
         if not t.current_usd > alt_total * (1 + thresholds.margin):
-            return None
+            return None  # the windows crossed one by one, but not against what would really be bought or committed
     monthly_savings = _monthly(t.current_usd - alt_total, t.span_ms)
     low, high = _savings_range(
         [_monthly(_usd(e.cost_umicro) - a, e.window_ms) for e, a in zip(evidence, per_window_alt)], monthly_savings)
-    payback = alternative.payback_months(t.current_usd / _hours(t.span_ms), gpus)
+    payback = alternative.payback_months((t.current_usd - uncovered_usd) / _hours(t.span_ms), gpus)
     units = alternative.units(gpus)
     order = {
         MIGRATE_TO_CLOUD: f"renting {units} × {alternative.unit_name} ({alternative.gpus_per_unit} GPUs each)",
@@ -616,8 +717,8 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
                               f"(energy only: their capex is sunk)",
         REPATRIATE_BUY: f"buying {units} {alternative.unit_name}{'s' if units != 1 else ''} ({gpus} GPUs)"
                         + (f", payback {payback:.1f} months," if payback is not None else ""),
-        COMMIT_IN_CLOUD: f"committing {units} × {alternative.unit_name} ({alternative.gpus_per_unit} GPUs each, the "
-                         f"floor it held through every window) and leaving the rest on demand",
+        COMMIT_IN_CLOUD: f"committing {units} × {alternative.unit_name} ({alternative.gpus_per_unit} GPUs each, sized "
+                         f"to the floor of its demand) and leaving the rest on demand",
     }.get(alternative.kind, "the other environment")
     hours = _hours(t.span_ms)
     cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(alt_total)
@@ -653,8 +754,21 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         evidence_hours=hours,
         nodes_needed=units if alternative.kind == REPATRIATE_BUY else None,
         instances_needed=units if alternative.kind in (MIGRATE_TO_CLOUD, COMMIT_IN_CLOUD) else None,
-        options=tuple(planner([_hour_of(e) for e in evidence])) if planner and kind != TRENDING_REPATRIATION else (),
+        options=table if kind != TRENDING_REPATRIATION else (),
     )
+
+
+def _table_quantity(table: Sequence[PlannedOption], alternative: Alternative) -> int | None:
+    """Units of ``alternative`` (nodes to buy, instances to commit) its options table chose by present value:
+    the cheapest row of the same kind and unit; None when the table has none (or no table)."""
+    if alternative.kind == REPATRIATE_BUY:
+        each = f"({alternative.gpus_per_unit} GPU{'s' if alternative.gpus_per_unit != 1 else ''} each)"
+        rows = [o for o in table if o.result.option == BUY and o.label.endswith(each)]
+    else:
+        name = alternative.label.removesuffix(f" {alternative.option}")
+        rows = [o for o in table if o.result.option == COMMITMENT
+                and o.label.endswith(f" x {name} ({alternative.option.replace('_', ' ')})")]
+    return min(rows, key=lambda o: o.result.npv_usd).result.quantity if rows else None
 
 
 def _hour_of(e: EvidenceWindow) -> HourOfDemand:
@@ -673,23 +787,48 @@ def _committed_window_usd(allocated_gpu_ms: int, window_ms: int, cost_usd: Decim
     return committed_gpu_hours * usd_per_gpu_hour + (above * cost_usd / held_gpu_hours if above else ZERO)
 
 
+def _uncovered_usd(e: EvidenceWindow, covered_gpus: Decimal) -> Decimal:
+    """What a window's GPU-hours above ``covered_gpus`` (GPUs of the workload's class bought or committed) cost
+    where it runs: their share of what it paid."""
+    held_gpu_hours = _hours(e.allocated_gpu_ms)
+    above = held_gpu_hours - covered_gpus * _hours(e.window_ms)
+    return above * _usd(e.cost_umicro) / held_gpu_hours if above > 0 else ZERO
+
+
+def _lost_capacity(state: CrossingState, alternative: Alternative) -> bool:
+    """Whether the idle owned GPUs a standing fill-idle recommendation promised are no longer its to fill."""
+    return state.moved_kind == REPATRIATE_FILL_IDLE and alternative.kind != REPATRIATE_FILL_IDLE
+
+
 def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alternative, thresholds: Thresholds,
                 evidence: list[EvidenceWindow]) -> Decision:
     t = _Totals.of(evidence)
+    lost = _lost_capacity(state, alternative)
     withdrawn = state.moved_kind or alternative.kind
     state.moved, state.moved_kind = False, ""
     state.reset_streak()
-    monthly_savings = _monthly(t.alternative_usd - t.current_usd, t.span_ms)
-    low, high = _savings_range([_monthly(_usd(e.alternative_umicro - e.cost_umicro), e.window_ms) for e in evidence],
-                               monthly_savings)
+    # what staying saves against the alternative (nothing, when the alternative is cheaper but the GPUs are gone)
+    per_window = [max(ZERO, _usd(e.alternative_umicro - e.cost_umicro)) if lost else
+                  _usd(e.alternative_umicro - e.cost_umicro) for e in evidence]
+    monthly_savings = _monthly(sum(per_window, ZERO), t.span_ms)
+    low, high = _savings_range([_monthly(s, e.window_ms) for s, e in zip(per_window, evidence)], monthly_savings)
     cur_rate, alt_rate = t.per_busy_hour(t.current_usd), t.per_busy_hour(t.alternative_usd)
     hours = _hours(t.span_ms)
-    reason = (
-        f"{window.workload} is back at {t.utilization:.0%} utilization for {_fmt_hours(hours)}; staying on "
-        f"{window.environment} ({_fmt_usd(cur_rate)} per busy GPU-hour) is cheaper than "
-        f"{alternative.label} ({_fmt_usd(alt_rate)}) again: the earlier recommendation "
-        f"({withdrawn.replace('_', ' ')}) is withdrawn."
-    )
+    if lost:
+        reason = (
+            f"the idle owned GPUs {window.workload} was to fill are no longer free for it (busy again, or promised "
+            f"to a workload that saves more per GPU) for {_fmt_hours(hours)}: the earlier recommendation "
+            f"(repatriate fill idle) is withdrawn; it stays on {window.environment} "
+            f"({_fmt_usd(cur_rate)} per busy GPU-hour) while its next option, {alternative.label} "
+            f"({_fmt_usd(alt_rate)}), gathers its own evidence."
+        )
+    else:
+        reason = (
+            f"{window.workload} is back at {t.utilization:.0%} utilization for {_fmt_hours(hours)}; staying on "
+            f"{window.environment} ({_fmt_usd(cur_rate)} per busy GPU-hour) is cheaper than "
+            f"{alternative.label} ({_fmt_usd(alt_rate)}) again: the earlier recommendation "
+            f"({withdrawn.replace('_', ' ')}) is withdrawn."
+        )
     return Decision(
         workload=window.workload,
         team=window.team,

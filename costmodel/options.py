@@ -34,6 +34,7 @@ ON_DEMAND = "on_demand"
 MAX_UNITS = 10_000  # instances or nodes one sizing considers (a peak of 80,000 GPUs in 8-GPU units)
 COMMITMENT = "commitment"
 BUY = "buy"
+FILL_IDLE = "fill_idle"
 
 
 def discount_factor(month: int, annual_rate: Decimal) -> Decimal:
@@ -230,6 +231,7 @@ def plan_workload(
     ongoing_usd_per_month: Decimal = ZERO,
     provider: str = "",
     throughput: Mapping[str, Decimal] | None = None,
+    fill_idle: tuple[str, Decimal] | None = None,
 ) -> list[PlannedOption]:
     """Every option for one workload of one GPU class, from its measured hours repeated over the
     horizon; the first is staying as it runs (the baseline).  An option that covers nothing
@@ -242,6 +244,10 @@ def plan_workload(
       energy and upkeep every hour, plus ``ongoing_usd_per_month`` for data left in the cloud).
     - on-prem: stay; move to each offer on demand (busy hours only) and committed (sized to the busy
       GPUs, the rest on demand), with ``one_time_usd`` up front.
+
+    - in the cloud, with ``fill_idle`` (owned GPU class, $ per owned GPU-hour at the margin: energy, and
+      upkeep where configured) when idle owned GPUs were promised to it: run on them, the GPUs it holds
+      every hour (times the throughput factor) at that price, plus the one-time and ongoing move costs.
 
     ``offers`` are ``costmodel.rates.CloudOffer``; ``gpu_costs`` are (profile name, GPUs per node,
     purchase price per node, ``OnPremGpuCost``).  With a ``throughput`` table, a move or a purchase may
@@ -294,6 +300,13 @@ def plan_workload(
                 planned.append((committed, flows))
             else:
                 planned.append((f"move and {committed}", replace(flows, upfront_usd=flows.upfront_usd + one_time_usd)))
+    if environment == "cloud" and fill_idle is not None and factor(fill_idle[0]) is not None:
+        owned_class, usd_per_gpu_hour = fill_idle
+        f = factor(owned_class)
+        peak = math.ceil(max(allocated) * f)
+        planned.append((f"fill {peak} idle owned {owned_class} GPU{'s' if peak != 1 else ''}", CashFlows(
+            FILL_IDLE, one_time_usd, sum(allocated, ZERO) / n * f * usd_per_gpu_hour * HOURS_PER_MONTH
+            + ongoing_usd_per_month, horizon_months, peak, "GPU")))
     if environment == "cloud":
         for profile, gpus_per_node, price_per_node, gpu in gpu_costs:
             f = factor(gpu.gpu_class)

@@ -28,9 +28,12 @@ from hybridspend.contracts.events import (
 from hybridspend.contracts.plans import plan_for
 from hybridspend.costmodel import (
     IDLE_WORKLOAD,
+    REPATRIATE_FILL_IDLE,
+    Alternative,
     AttributedGpu,
     CostModelError,
     CrossingState,
+    IdleClaim,
     LateSample,
     Market,
     PriceBook,
@@ -44,7 +47,7 @@ from hybridspend.costmodel import (
     price_cloud_usage,
     price_onprem_usage,
 )
-from hybridspend.costmodel.money import micro
+from hybridspend.costmodel.money import MICRO, micro
 from hybridspend.costmodel.sharing import SharingError, apportion_micro
 from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
 from hybridspend.costmodel.timeunits import utc_from_ms
@@ -294,7 +297,8 @@ class PartitionClock:
     the upstream partitions reported.  ``offsets`` is the next record expected from each input
     topic's partition: the tables, not the consumer's committed offsets, say what was applied.
     ``pending`` (decision agent): the upstream sources whose latest watermark said they still had
-    input to read.
+    input to read.  ``cloud`` (decision agent): every cloud workload's windows, the claims on idle
+    owned capacity that every decision partition weighs alike.
     """
 
     open: set[str] = field(default_factory=set)
@@ -302,17 +306,19 @@ class PartitionClock:
     idle: dict[str, int] = field(default_factory=dict)  # "window_start|gpu_class|resource" -> idle GPU-ms
     offsets: dict[str, int] = field(default_factory=dict)  # input topic -> next offset to apply
     pending: set[str] = field(default_factory=set)
+    # "window_start|resource|gpu_class|workload" -> [allocated GPU-ms, cost in micro-dollars]
+    cloud: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets,
-                "pending": sorted(self.pending)}
+                "pending": sorted(self.pending), "cloud": self.cloud}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PartitionClock":
         if not data:
             return cls()
         return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
-                   set(data.get("pending", ())))
+                   set(data.get("pending", ())), dict(data.get("cloud", {})))
 
     def take(self, topic: str, offset: int, log_start: int | None = None) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
@@ -410,8 +416,10 @@ class DecisionProcessor:
     def on_watermark(clock: PartitionClock, wm: Watermark) -> None:
         clock.advance(wm.source, wm.ts_ms)
         (clock.pending.add if wm.pending else clock.pending.discard)(wm.source)
-        for ws, gpu_class, resource, idle_ms in wm.idle:
+        for ws, gpu_class, resource, idle_ms in wm.idle or ():
             clock.idle[f"{ws}|{gpu_class}|{resource}"] = idle_ms
+        for ws, workload, gpu_class, resource, allocated_ms, cost_umicro in wm.cloud or ():
+            clock.cloud[f"{ws}|{resource}|{gpu_class}|{workload}"] = [allocated_ms, cost_umicro]
 
     def idle_gpus(self, clock: PartitionClock, window_start_ms: int) -> dict[str, Decimal]:
         """Owned GPUs (GPU-equivalents) of each class that sat idle through the window."""
@@ -422,9 +430,28 @@ class DecisionProcessor:
                 idle[gpu_class] = idle.get(gpu_class, Decimal(0)) + Decimal(idle_ms) / self.window_ms
         return idle
 
+    def idle_granted(self, clock: PartitionClock, window: WorkloadWindow, market: Market) -> dict[str, Decimal]:
+        """The idle owned GPUs the window's workload may fill: the window's idle capacity promised once among
+        every cloud workload's claim on it (``Market.allocate_idle``), the same on every partition."""
+        claims: dict[tuple[str, str], list] = {}
+        for key, (allocated_ms, cost_umicro) in clock.cloud.items():
+            ws, _, gpu_class, workload = key.split("|", 3)
+            if int(ws) == window.window_start_ms:
+                claim = claims.setdefault((workload, gpu_class), [0, 0])
+                claim[0] += allocated_ms
+                claim[1] += cost_umicro
+        # the window itself, as this partition closed it (an upstream worker of an older version sends no claims)
+        claims[(window.workload, window.gpu_class)] = [window.allocated_gpu_ms, int(window.cost_usd / MICRO)]
+        grants = market.allocate_idle(
+            self.idle_gpus(clock, window.window_start_ms),
+            [IdleClaim(w, c, a, window.window_ms, Decimal(u) * MICRO) for (w, c), (a, u) in sorted(claims.items())],
+            self.thresholds.margin)
+        return grants.get((window.workload, window.gpu_class), {})
+
     def forget_idle(self, clock: PartitionClock, watermark_ms: int) -> None:
-        for key in [k for k in clock.idle if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
-            del clock.idle[key]
+        for table in (clock.idle, clock.cloud):
+            for key in [k for k in table if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
+                del table[key]
 
     def close(self, workload: str, state: WorkloadState, watermark_ms: int,
               clock: PartitionClock | None = None) -> list[BreakevenDecision]:
@@ -453,22 +480,27 @@ class DecisionProcessor:
                 provider=_the_one({r.provider for r in resources.values()}),
                 purchase_option=_the_one({r.purchase_option for r in resources.values()}),
             )
-            idle = self.idle_gpus(clock, start) if clock is not None and env == "cloud" else None
             crossing = state.crossing.setdefault(subject, CrossingState())
             market = self.market_at(start)
-            decision = evaluate(crossing, window, market.alternative(window, state.allow_spot, idle),
-                                self.thresholds, self._planner(window, market))
+            idle = self.idle_granted(clock, window, market) if clock is not None and env == "cloud" else None
+            alternative = market.alternative(window, state.allow_spot, idle)
+            decision = evaluate(crossing, window, alternative, self.thresholds, self._planner(window, market, alternative))
             if decision is not None:
                 decisions.append(self._event(decision))
         return decisions
 
-    def _planner(self, window: WorkloadWindow, market: Market):
+    def _planner(self, window: WorkloadWindow, market: Market, alternative: Alternative | None):
         """The options of the window's workload for hours of demand (``contracts.plans.plan_for``), at the
-        prices in force; none when they cannot be priced (an absurd peak), never a stopped stream."""
+        prices in force, with the idle owned GPUs promised to it; none when they cannot be priced (an absurd
+        peak), never a stopped stream."""
+        fill = None
+        if alternative is not None and alternative.kind == REPATRIATE_FILL_IDLE:
+            fill = (alternative.gpu_class, alternative.usd_per_gpu_hour)
+
         def plan(hours):
             try:
                 return plan_for(self.config, window.workload, window.environment, window.gpu_class, hours,
-                                window.provider, offers=market.offers).options
+                                window.provider, offers=market.offers, fill_idle=fill).options
             except CostModelError as exc:
                 log.warning("%s: no options table: %s", window.workload, exc)
                 return []

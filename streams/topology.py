@@ -15,11 +15,13 @@
   (owned GPUs: capex + energy + upkeep; cloud: the live price in force at the window's start,
   else the configured offer) and emits it keyed by workload.
   After each batch it sends a watermark per input partition to every ``cost-windows``
-  partition, carrying the owned capacity that sat idle in the windows it closed.
+  partition, carrying the owned capacity that sat idle in the windows it closed and the cloud
+  windows it closed (every claim on that capacity).
 * ``decide`` gathers each workload's windows from all resources (``workload-windows``), closes
   a window once every upstream partition's watermark has passed it, compares it with the
   other environment (migrate to the cheapest allowed offer; repatriate into idle owned GPUs
-  at their marginal cost, or by buying GPUs) and emits a decision once a crossing has lasted
+  at their marginal cost, each idle GPU promised to one workload however the workloads are
+  partitioned, or by buying GPUs or committing) and emits a decision once a crossing has lasted
   the dwell.
 
 Both agents take batches and write each table key once per batch, because every table update
@@ -55,6 +57,7 @@ from hybridspend.contracts.events import (
 )
 from hybridspend.contracts.topics import Topics
 from hybridspend.costmodel import IDLE_WORKLOAD, PriceBook
+from hybridspend.costmodel.money import MICRO
 from hybridspend.infra.broker import BrokerProfile, client_security
 
 from .faust_compat import (
@@ -357,7 +360,8 @@ class Pipeline:
 
         The input topics are not ordered among themselves: a partition is as far as the slower one,
         unless that one has been silent for a while (no cloud collector marking it) with nothing of
-        it left unread.  The watermark sent on carries the owned capacity that sat idle.
+        it left unread.  The watermark sent on carries the owned capacity that sat idle and every cloud
+        window closed (the claims on it).
         """
         out: list[CostWindow] = []
         marks = []
@@ -367,7 +371,7 @@ class Pipeline:
                      if clock.applied_through(t, highwater(self.app, t, part))}
             mark_ms = clock.watermark(1, stale) or 0
             watermark = mark_ms - self.grace_ms
-            idle = []
+            idle, cloud = [], []
             for resource in self._resources_to_close(batch, part, watermark):
                 state = batch.states.get(resource)
                 if state is None:
@@ -379,13 +383,15 @@ class Pipeline:
                 out.extend(closed)
                 idle.extend([cw.window_start_ms, cw.gpu_class, cw.resource, cw.allocated_gpu_ms]
                             for cw in closed if cw.workload == IDLE_WORKLOAD)
+                cloud.extend([cw.window_start_ms, cw.workload, cw.gpu_class, cw.resource, cw.allocated_gpu_ms,
+                              int(cw.cost_usd / MICRO)] for cw in closed if cw.environment == "cloud")
                 if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
                     clock.open.add(resource)
                 else:
                     clock.open.discard(resource)
             pending = not all(clock.applied_through(t, highwater(self.app, t, part)) for t in self.input_topics)
             marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
-                                   pending=pending).encode())
+                                   pending=pending, cloud=cloud).encode())
         return out, marks
 
     def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> list[str]:

@@ -208,3 +208,51 @@ def decide_in_the_stream(offers: list[dict], round_trip: bool = False):
     decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
     (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
     return decision
+
+
+def decide_buy_or_commit(node_price_usd: int):
+    """168 on-demand hours of `train` (one p4d, 8 A100 at $4 a GPU-hour, half busy) through the stream's
+    ``DecisionProcessor``, with one owned A100 node profile at ``node_price_usd`` and a 3-year reservation at
+    $2.30 a GPU-hour: the decision it makes and the cheapest buy and commitment rows of its table."""
+    from hybridspend.contracts.config import Config
+    from hybridspend.contracts.events import CostWindow, Watermark
+    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+
+    config = Config.model_validate({
+        "onprem_assets": [{
+            "name": "dgx", "gpu_model": "NVIDIA A100-SXM4-80GB", "gpu_class": "A100", "gpu_count": 8,
+            "gpus_per_node": 8, "hosts": ["dgx-*"], "purchase_price_usd_per_node": node_price_usd,
+            "in_service_date": "2026-01-01", "amortization_months": 36, "power_w_per_gpu": 400, "pue": 1.5,
+            "electricity_usd_per_kwh": 0.10, "support_usd_per_year_per_node": 70_080}],  # $1 a GPU-hour
+        "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge",
+                          "gpu_model": "A100", "gpu_class": "A100", "gpus_per_instance": 8,
+                          "usd_per_hour": {"on_demand": 32, "reserved_3y": D("18.40")}}],
+        "thresholds": {"window_seconds": 3600}})
+    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
+    for hour in range(168):
+        start = hour * MS_PER_HOUR
+        decider.add(state, CostWindow(f"w{hour}", "train", "ml", False, "cloud", "A100", "i-1", start, MS_PER_HOUR,
+                                      8 * MS_PER_HOUR, 4 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
+                                      start + MS_PER_HOUR, D(32), "estimated", "aws", "p4d.24xlarge", "on_demand"))
+    decider.on_watermark(clock, Watermark("m", "usage|0", 168 * MS_PER_HOUR))
+    decisions = [d for d in decider.close("train", state, 168 * MS_PER_HOUR, clock) if d.kind != "trending_repatriation"]
+    (decision,) = decisions
+    best = {kind: min(o.npv_usd for o in decision.options if o.option == kind) for kind in ("buy", "commitment")}
+    return decision, best
+
+
+def test_buying_or_committing_is_chosen_by_present_value_not_by_the_cheaper_hour():
+    # a node at $240,000: owned, a GPU-hour costs 240,000 / 8 / (36 x 730) + 0.06 + 1 = $2.20, less than the $2.30
+    # reserved, so buying is the cheaper hour.  Over 36 months at 8 % a year the purchase is paid up front:
+    # buy 240,000 + 8 x 1.06 x 730 x annuity(36) against commit 8 x 2.30 x 730 x annuity(36), and committing wins
+    annuity = annuity_factor(36, D("0.08"))
+    decision, best = decide_buy_or_commit(240_000)
+    assert best["buy"] == micro(240_000 + 8 * D("1.06") * 730 * annuity)
+    assert best["commitment"] == micro(8 * D("2.30") * 730 * annuity)
+    assert best["commitment"] < best["buy"]
+    assert decision.kind == COMMIT_IN_CLOUD and decision.instances_needed == 1
+    assert decision.alternative_label == "aws us-east-1 p4d.24xlarge reserved_3y"
+    # at $150,000 a node buying is cheaper over the horizon too: the decision buys
+    decision, best = decide_buy_or_commit(150_000)
+    assert best["buy"] < best["commitment"]
+    assert decision.kind == "repatriate_buy_capacity" and decision.nodes_needed == 1

@@ -161,8 +161,10 @@ def test_a_streak_of_one_kind_is_not_evidence_for_another():
                 out[w.window_start_ms // HOUR_MS] = d.kind
         return out
 
-    # by default fill idle is decided at the dwell (window 2) and never withdrawn (owning stays cheaper)
-    assert kinds(DEFAULTS) == {2: REPATRIATE_FILL_IDLE}
+    # by default fill idle is decided at the dwell (window 2); when the idle GPUs are gone (hour 100) it is
+    # withdrawn after the dwell it needed (windows 100-102), and buying gathers its own week from hour 103
+    decided = kinds(DEFAULTS)
+    assert decided == {2: REPATRIATE_FILL_IDLE, 102: STAY, 186: TRENDING_REPATRIATION, 270: REPATRIATE_BUY}
     # when filling idle GPUs needs more evidence than they were idle for, the 100 hours of that streak do not
     # count toward buying: the purchase's 168 h start at hour 100 (notice at 100 + 83, decision at 100 + 167)
     slow_fill = Thresholds(evidence_hours={**DEFAULTS.evidence_hours, REPATRIATE_FILL_IDLE: D(200)})

@@ -4,9 +4,10 @@ checked against figures computed here by hand from the scenario file.
 
 The scenario is contracts/examples/scenarios/hybrid-month.yaml; the numbers below come from it:
 A100 assets at $30,000 per GPU over 36 months, 400 W x PUE 1.5 x $0.10/kWh, $1.00/GPU-hour upkeep,
-in nodes of 8; live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h; H100 = 3 A100.
+in nodes of 8; live prices p4d $32/h on demand, $12/h spot ($14 from hour 300), p5 $64/h (Savings Plans
+$41.60 for 1 year, $28.80 for 3); H100 = 3 A100.
 The thresholds are the defaults: filling idle GPUs needs the dwell (3 hourly windows), a migration
-24 h of evidence, a purchase 168 h, sized for 80 % utilization of the GPUs bought.
+24 h of evidence, a purchase or a commitment 168 h; purchases and commitments are sized by present value.
 """
 
 from __future__ import annotations
@@ -148,22 +149,58 @@ def test_workload_oscillating_around_breakeven_for_a_month_gets_one_decision_wit
 
 
 @pytest.mark.integration
-def test_h100_cloud_workload_buys_whole_a100_nodes_exactly_at_hour_168(one_worker):
-    (d,) = by_workload(one_worker)["llm"]
-    # 8 H100 at 60 % do the work of 8 * 0.6 * 3 = 14.4 busy A100; at the 80 % target utilization that is
-    # 14.4 / 0.8 = 18 A100, not enough idle ones, so buy whole nodes of 8: 3 nodes, 24 GPUs, at the full rate
-    assert (d["kind"], d["gpus_needed"], d["nodes_needed"]) == ("repatriate_buy_capacity", 24, 3)
+def test_a_cloud_workload_the_idle_gpus_are_not_left_for_buys_whole_a100_nodes_at_hour_168(one_worker):
+    (d,) = by_workload(one_worker)["finetune"]
+    # 16 A100 on two p4d at 60 %: 16 idle owned A100 (the third node, half of the other two) would hold it, but
+    # they are promised once: embed saves as much per GPU ($4 - $0.06) and comes first, and 16 do not fit in the
+    # 8 left (batch fills those later).  Buying: 9.6 busy A100 at the 80 % target is 12, in whole nodes of 8: 2,
+    # and the options table sizes the purchase to the 16 it holds every hour: 2 nodes
+    assert (d["kind"], d["gpus_needed"], d["nodes_needed"]) == ("repatriate_buy_capacity", 16, 2)
     assert d["decided_at"] == "2026-11-09T00:00:00Z" and D(d["evidence_hours"]) == 168  # a week from hour 0
-    busy_h = 168 * 8 * D("0.6")
-    assert close(d["current_usd_per_busy_gpu_hour"], (168 * 8 * P5 / busy_h).quantize(MICRO))  # $13.33
-    assert close(d["alternative_usd_per_busy_gpu_hour"], (168 * 24 * A100_RATE / busy_h).quantize(MICRO))  # $11.01
-    # payback = capex / (monthly cloud - monthly on-prem opex of the 24 GPUs bought)
-    # = 720,000 / ((64 - 24 * 1.06) * 730) = 720,000 / 28,148.80 = 25.58 months
-    payback = 24 * D(30000) / ((8 * P5 - 24 * (ENERGY + UPKEEP)) * 730)
+    busy_h = 168 * 16 * D("0.6")
+    assert close(d["current_usd_per_busy_gpu_hour"], (168 * 16 * P4D / busy_h).quantize(MICRO))  # $6.67
+    assert close(d["alternative_usd_per_busy_gpu_hour"], (168 * 16 * A100_RATE / busy_h).quantize(MICRO))  # $3.67
+    # payback = capex / (monthly cloud - monthly on-prem opex of the 16 GPUs bought)
+    # = 480,000 / ((64 - 16 * 1.06) * 730) = 480,000 / 34,339.20 = 13.98 months
+    payback = 16 * D(30000) / ((16 * P4D - 16 * (ENERGY + UPKEEP)) * 730)
     assert close(d["payback_months"], payback.quantize(MICRO))
-    # (64 - 24 * 2.201553) * 730 = 8,148.80 $/month in every window: the range is the point
-    assert close(d["monthly_savings_usd"], ((8 * P5 - 24 * A100_RATE) * 730).quantize(MICRO))
+    # (64 - 16 * 2.201553) * 730 = 21,005.87 $/month in every window: the range is the point
+    assert close(d["monthly_savings_usd"], ((16 * P4D - 16 * A100_RATE) * 730).quantize(MICRO))
     assert d["monthly_savings_low_usd"] == d["monthly_savings_usd"] == d["monthly_savings_high_usd"]
+
+
+@pytest.mark.integration
+def test_idle_owned_gpus_are_promised_once(one_worker):
+    fills = [d for d in one_worker["decisions"] if d["kind"] == "repatriate_fill_idle"]
+    assert sorted((d["workload"], d["gpus_needed"]) for d in fills) == [("batch", 8), ("embed", 8)]
+    # 16 A100 sit idle every hour (the idle workload's GPU-hours over the month): never promised twice
+    idle = next(w for w in one_worker["workloads"] if w["workload"] == "idle")
+    assert sum(d["gpus_needed"] for d in fills) <= D(idle["allocated_gpu_hours"]) / 720 == 16
+
+
+@pytest.mark.integration
+def test_an_h100_workload_commits_for_three_years_where_that_beats_buying_over_the_horizon(one_worker):
+    (d,) = by_workload(one_worker)["llm"]
+    # 8 H100 on a p5 at 60 %: buying 3 A100 nodes (24 A100 do its work) costs 24 * 2.20 = $52.84 an hour, less
+    # than $64 on demand; a 3-year Savings Plan costs $28.80.  Over 36 months at 8 % the purchase is
+    # 720,000 + 24 * 1.06 * 730 * annuity, the plan 28.80 * 730 * annuity: commit, after the week both need
+    assert (d["kind"], d["from_env"], d["to_env"]) == ("commit_in_cloud", "cloud", "cloud")
+    assert d["decided_at"] == "2026-11-09T00:00:00Z" and D(d["evidence_hours"]) == 168
+    assert (d["gpus_needed"], d["instances_needed"], d["nodes_needed"]) == (8, 1, None)
+    assert d["alternative"] == "aws us-east-1 p5.48xlarge savings_plan_3y"
+    assert D(d["monthly_savings_usd"]) == (64 - D("28.80")) * 730  # $25,696 a month
+    assert close(d["alternative_usd_per_busy_gpu_hour"], D("28.80") / (8 * D("0.6")))  # $6.00
+    # "did you compare with a 3-year savings plan?": its table holds both plans and the purchase
+    annuity = sum(D("1.08") ** (D(-m) / 12) for m in range(1, 37))
+    npv = {o["label"]: D(o["npv_usd"]) for o in d["options"]}
+    assert set(npv) == {"stay (cloud, as it runs)", "commit 1 x aws us-east-1 p5.48xlarge (savings plan)",
+                        "commit 1 x aws us-east-1 p5.48xlarge (savings plan 3y)", "buy 3 x dgx-a100 node (8 GPUs each)"}
+    assert close(str(npv["buy 3 x dgx-a100 node (8 GPUs each)"]), 720000 + 24 * (ENERGY + UPKEEP) * 730 * annuity,
+                 D("0.01"))
+    assert close(str(npv["commit 1 x aws us-east-1 p5.48xlarge (savings plan 3y)"]), D("28.80") * 730 * annuity,
+                 D("0.01"))
+    assert min(npv, key=npv.get) == "commit 1 x aws us-east-1 p5.48xlarge (savings plan 3y)"
+    assert npv["buy 3 x dgx-a100 node (8 GPUs each)"] < npv["stay (cloud, as it runs)"]
 
 
 @pytest.mark.integration
@@ -215,8 +252,8 @@ def test_spot_batch_is_charged_to_the_second_and_reconciles_with_the_bill(one_wo
     assert aws["hours_estimated_not_billed"] == 0 and aws["hours_billed_not_estimated"] == 0
     spec = yaml.safe_load(SCENARIO.read_text())
     hours = D(spec["hours"])
-    expected_billed = (hours * 32 + hours * 64 + D("89.75") * 12 + (300 - 200) * 12 + (D("350.3") - 300) * 14
-                       + hours * D("4.60"))  # the L4 instance of serve
+    expected_billed = (hours * 32 + hours * 64 + 2 * hours * 32 + D("89.75") * 12 + (300 - 200) * 12 + (D("350.3") - 300) * 14
+                       + hours * D("4.60"))  # embed, llm, finetune's two p4d, batch, serve's L4
     assert D(aws["billed_usd"]).quantize(D("0.01")) == expected_billed.quantize(D("0.01"))
     assert one_worker["dead_letters"] == 0
 
