@@ -77,3 +77,13 @@ def range_text(low: Decimal | None, high: Decimal | None, usd: Callable[[Decimal
     if low is None or high is None:
         return None
     return "the same in every window" if low == high else f"{usd(low)} to {usd(high)}"
+
+
+def options_ranking_text(horizon_months: int, discount_rate_pct: Decimal, rows: list[tuple[str, Decimal]],
+                         usd: Callable[[Decimal], str]) -> str:
+    """A decision's options table in one line for a person: the cheapest by present value and the runner-up
+    (``rows``: label and present value of each option)."""
+    ranked = sorted(rows, key=lambda r: r[1])[:2]
+    best = "; runner-up: ".join(f"{label} ({usd(npv)})" for label, npv in ranked)
+    return (f"over {horizon_months} months at {Decimal(discount_rate_pct).normalize():f}% a year, "
+            f"cheapest by present value: {best}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from hybridspend.contracts.config import Config, resolve_config
 from hybridspend.contracts.files import write_replacing
 from hybridspend.contracts.topics import Topics
-from hybridspend.costmodel.money import range_text
+from hybridspend.costmodel.money import options_ranking_text, range_text
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
 from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
 from hybridspend.infra.local import Endpoints, running_services
@@ -190,6 +190,10 @@ def summary(conn, start: datetime, end: datetime, config: Config, services: Serv
             f"[{d['alerts_delivered']} alert(s) delivered]"
         )
         lines.append(f"        {d['reason']}")
+        if d["options"]:
+            lines.append("        " + options_ranking_text(d["horizon_months"], d["discount_rate_pct"],
+                                                           [(o["label"], Decimal(o["npv_usd"])) for o in d["options"]],
+                                                           _money))
     estimated, billed = cloud_cost_estimated_and_billed(conn, start, end)
     lines += ["", f"Cloud cost: estimated live {_money(estimated)}, billed {_money(billed)}"
               + (f" (estimate {float((estimated - billed) / billed):+.2%} against the bill)" if billed else "")]

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from hybridspend.collectors.scenario import Scenario, Simulation, iso, scenario_config
+from hybridspend.costmodel.money import options_ranking_text, range_text
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.files import write_replacing
@@ -218,6 +219,12 @@ def results(conn, scenario: Scenario) -> dict[str, Any]:
     }
 
 
+def _range(d: dict, usd) -> str:
+    low, high = d["monthly_savings_low_usd"], d["monthly_savings_high_usd"]
+    text = range_text(None if low is None else Decimal(low), None if high is None else Decimal(high), usd)
+    return f" ({text})" if text else ""
+
+
 def render(result: dict[str, Any]) -> str:
     def usd(v):
         return "—" if v is None else f"${Decimal(v):,.2f}"
@@ -236,14 +243,12 @@ def render(result: dict[str, Any]) -> str:
             f"  {d['decided_at']} {d['workload']}: {d['kind']} ({d['from_env']} -> {d['to_env']}) "
             f"{usd(d['current_usd_per_busy_gpu_hour'])} vs {usd(d['alternative_usd_per_busy_gpu_hour'])} per busy "
             f"GPU-hour at {Decimal(d['utilization']):.0%} busy, saves {usd(d['monthly_savings_usd'])}/month"
-            f" ({usd(d['monthly_savings_low_usd'])} to {usd(d['monthly_savings_high_usd'])})"
-            f"{extra}, confidence {Decimal(d['confidence']):.0%}")
+            f"{_range(d, usd)}{extra}, confidence {Decimal(d['confidence']):.0%}")
         lines.append(f"      {d['reason']}")
         if d["options"]:
-            ranked = sorted(d["options"], key=lambda o: Decimal(o["npv_usd"]))
-            best = "; runner-up: ".join(f"{o['label']} ({usd(o['npv_usd'])})" for o in ranked[:2])
-            lines.append(f"      over {d['horizon_months']} months at {Decimal(d['discount_rate_pct']).normalize():f}% a year, "
-                         f"cheapest by present value: {best}")
+            lines.append("      " + options_ranking_text(d["horizon_months"], d["discount_rate_pct"],
+                                                         [(o["label"], Decimal(o["npv_usd"])) for o in d["options"]],
+                                                         usd))
     lines += ["", "Workloads", f"  {'workload':<22} {'where':<7} {'GPU':<5} {'GPU-h':>9} {'busy GPU-h':>11} "
               f"{'cost':>12} {'$/busy GPU-h':>13}"]
     for w in result["workloads"]:

@@ -66,7 +66,7 @@ def decisions_between(conn: psycopg.Connection, start: datetime, end: datetime) 
                current_usd_per_busy_gpu_hour, alternative_usd_per_busy_gpu_hour, utilization,
                monthly_savings_usd, confidence, alternative_label, reason, alerts_delivered,
                monthly_savings_low_usd, monthly_savings_high_usd, evidence_hours, gpus_needed, nodes_needed,
-               instances_needed
+               instances_needed, options, horizon_months, discount_rate_pct
           FROM decision_log
          WHERE decided_at >= %s AND decided_at <= %s
          ORDER BY decided_at, workload

@@ -1,9 +1,11 @@
 """`hybridspend demo` as a user runs it: a crossing and its alert, and nothing left running."""
 
+import json
 import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
 
 import psutil
 import pytest
@@ -46,13 +48,21 @@ def test_demo_prints_a_crossing_and_its_alert_and_cleans_up(tmp_path, slack):
     assert [path for path, _ in posted] == [SECRETS["HYBRIDSPEND_SLACK_PLATFORM_WEBHOOK"]]
     assert posted[0][1].startswith("Repatriate (fill idle capacity): inference-small (cloud → on-prem), saves about")
     assert not _children_alive()
+    # the same options table, to the cent, in the summary, in Slack and in the database
+    label, npv = re.search(r"cheapest by present value: (.+?) \((\$[\d,.]+)\); runner-up", out).groups()
+    assert label == "fill 1 idle owned A100 GPU"
+    assert f"• {label}: {npv} (" in json.dumps(slack.posts[0]["body"], ensure_ascii=False).replace("\\n", "\n")
+    rows = _every_stored_row(state)
+    stored = json.loads(next(row for row in rows.split("\n") if '"options"' in row and "inference-small" in row))
+    cheapest = min(stored["options"], key=lambda o: Decimal(o["npv_usd"]))
+    assert (cheapest["label"], f"${Decimal(cheapest['npv_usd']):,.2f}") == (label, npv)
     # the webhook URLs are secrets: nothing the demo printed or logged may contain them
     secret_parts = [part for path in SECRETS.values() for part in path.split("/") if "SECRET" in part or "Secret" in part]
     written = [out, proc.stderr] + [f.read_text(errors="replace") for f in (state / "logs").rglob("*") if f.is_file()]
     written += [(state / name).read_text(errors="replace") for name in ("config.yaml", "broker.log")
                 if (state / name).exists()]
     assert len(written) >= 5  # stdout, stderr, the worker's, sink's and alerter's logs at least
-    written.append(_every_stored_row(state))  # and every row of every table
+    written.append(rows)  # and every row of every table
     for text in written:
         for part in secret_parts:
             assert part not in text
