@@ -41,6 +41,15 @@ def short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def short_keeping_tail(text: str, limit: int) -> str:
+    """Cut in the middle so that a closing "(...)" stays: two options that differ only there (a 1- and a 3-year
+    term of one instance type) stay apart."""
+    tail = text[text.rfind(" ("):] if text.endswith(")") and " (" in text else ""
+    if len(text) <= limit or not tail or len(tail) > limit // 2:
+        return short(text, limit)
+    return text[: limit - len(tail) - 1] + "…" + tail
+
+
 def class_colors(classes: list[str]) -> dict[str, str]:
     return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(sorted(set(classes)))}
 
@@ -261,7 +270,7 @@ def options_over_horizon(panels: list[tuple[str, int, list[tuple[str, float, flo
             for i, (label, upfront, monthly, crossover) in enumerate(options):
                 color = "#555" if i == 0 else PALETTE[(i - 1) % len(PALETTE)]
                 ax.plot(months, [upfront + monthly * m for m in months], color=color, linewidth=2 if i == 0 else 1.4,
-                        linestyle="--" if i == 0 else "-", label=short(label, 46))
+                        linestyle="--" if i == 0 else "-", label=short_keeping_tail(label, 46))
                 if i and crossover is not None:
                     y = upfront + monthly * crossover
                     ax.scatter([crossover], [y], color=color, s=22, zorder=3)

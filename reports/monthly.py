@@ -149,7 +149,9 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
     """(alternative $, label, recommendation, annualized savings $, kind, payback months) for one workload.
 
     The other environment is priced over the hours the month has data for (owned GPUs cost every
-    one of them); savings are annualized from those hours.
+    one of them): a decision whose move the month does not bear out is shown as staying.  The savings
+    of a move are the decision's own (its monthly figure x 12), so the report, Slack, the dashboard and
+    the demo show one figure for one decision.
     """
     window = WorkloadWindow(
         workload=row["workload"], team=row["team"], environment=row["environment"], gpu_class=row["gpu_class"],
@@ -167,7 +169,11 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
         count = f"; {n} instance{'' if n == 1 else 's'}" if n is not None else ""
         return (alt, decision["alternative_label"], f"commit in the cloud ({decision['alternative_label']}{count})",
                 usd_per_year(decision["monthly_savings_usd"], HOURS_PER_MONTH), kind, None)
-    alternative = market.alternative(window, allow_spot=False)
+    # a fill-idle decision is priced at the idle GPUs it was promised (the month's rows do not say which were idle)
+    promised = {c: Decimal(row["allocated_gpu_ms"]) for c in market.onprem} if kind == REPATRIATE_FILL_IDLE else None
+    alternative = market.alternative(window, allow_spot=False, idle_gpus=promised)
+    if kind == REPATRIATE_BUY and alternative is not None and alternative.kind != REPATRIATE_BUY:
+        alternative = alternative.other or alternative  # buying was decided by present value, not by the hour
     if alternative is None:
         return None, "no matching offer or asset", "stay", Decimal(0), STAY, None
     savings = usd_per_year(row["estimated_usd"] - alternative.cost_usd, observed_hours)
@@ -175,13 +181,19 @@ def _recommend(row: dict, decision: dict | None, market: Market, observed_hours:
         return (alternative.cost_usd, alternative.label,
                 f"stay (the in-month {kind.replace('_', ' ')} decision does not hold over the month)", Decimal(0),
                 STAY, None)
+    if kind != STAY:
+        # one savings figure for the decision wherever it is shown (Slack, simulate, demo, the dashboard): its own,
+        # with its range; the month's re-pricing above only says whether it still holds
+        savings = usd_per_year(decision["monthly_savings_usd"], HOURS_PER_MONTH)
     payback = None
     if kind == MIGRATE_TO_CLOUD:
         text = f"migrate to cloud ({alternative.label})"
     elif kind == REPATRIATE_BUY and alternative.kind == REPATRIATE_BUY:
-        payback = alternative.payback_months(row["estimated_usd"] / observed_hours)
-        text = f"repatriate by buying {alternative.gpus_needed} {alternative.label.removeprefix('on-prem ')} GPUs" + (
-            f" (payback {payback:.1f} months)" if payback is not None else "")
+        # what the decision recommends buying (the quantity its options table chose), and its payback
+        payback = decision["payback_months"]
+        nodes = f" ({decision['nodes_needed']} nodes)" if decision["nodes_needed"] is not None else ""
+        text = f"repatriate by buying {decision['gpus_needed']} {decision['alternative_label'].removeprefix('on-prem ')} " \
+               f"GPUs{nodes}" + (f" (payback {payback:.1f} months)" if payback is not None else "")
     elif kind == REPATRIATE_FILL_IDLE:
         text = "repatriate by filling idle capacity"
     else:
@@ -357,7 +369,8 @@ def assumptions(config: Config) -> list[tuple[str, str]]:
     budgets = ", ".join(f"{team} ${usd:,}" for team, usd in sorted(config.budgets.items()))
     out.append(("budgets", f"{budgets} a month (Figure 2 draws their daily share)" if budgets else "none configured"))
     out.append(("calendar", f"{HOURS_PER_MONTH} hours a month, {HOURS_PER_YEAR} a year; the other environment is "
-                            "priced over the days of the month that have data, and savings are annualized from them"))
+                            "priced over the days of the month that have data; a move's savings a year are its decision's "
+                            "monthly savings x 12"))
     return out
 
 
@@ -558,8 +571,9 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
          f"Cloud cost per day as estimated within seconds from instance events and prices, and as billed hours "
          f"later; {gap}."),
         ("What would each option cost over the years ahead?", horizon_svg,
-         "Cumulative cost of staying as it runs (dashed) against committing to cloud capacity and buying owned "
-         "nodes, each sized to the workload's demand floor, from the hours its decision rested on (the table Slack "
+         "Cumulative cost of staying as it runs (dashed) against filling the idle owned GPUs promised to it, "
+         "committing to cloud capacity and buying owned nodes (sized to the workload's demand floor by present "
+         "value) and moving, from the hours its decision rested on (the table Slack "
          "showed; else this month's measured hours) repeated; a dot "
          f"marks the month an option overtakes staying. Cheapest by present value at {report.discount_rate_pct:g}% a year: "
          + (cheapest_text or "no recommended move to compare") + "."),

@@ -59,7 +59,7 @@ def latest_decisions(conn: psycopg.Connection, start: datetime, end: datetime) -
         SELECT DISTINCT ON (workload, from_env)
                workload, from_env, kind, confidence, decided_at, monthly_savings_usd,
                monthly_savings_low_usd, monthly_savings_high_usd, alternative_label, instances_needed, options,
-               horizon_months, alternative_usd_per_busy_gpu_hour
+               horizon_months, alternative_usd_per_busy_gpu_hour, payback_months, gpus_needed, nodes_needed
           FROM decisions
          WHERE decided_at >= %s AND decided_at < %s
          ORDER BY workload, from_env, decided_at DESC

@@ -55,10 +55,11 @@ def window(workload, team, env, resource, day, alloc_h, busy_h, cost) -> CostWin
                       start + DAY_MS, D(cost), provider="aws" if env == "cloud" else "")
 
 
-def decision(workload, from_env, to_env, kind, low=None, high=None) -> BreakevenDecision:
+def decision(workload, from_env, to_env, kind, low=None, high=None, monthly=D(100), gpus_needed=1,
+             **extra) -> BreakevenDecision:
     return BreakevenDecision(f"{workload}|{kind}", workload, "t", from_env, to_env, kind, "A100", OCT1_MS,
-                             OCT1_MS + DAY_MS, D(1), D(1), D("0.5"), D(100), D("0.9"), "x", 1, "r",
-                             monthly_savings_low_usd=low, monthly_savings_high_usd=high)
+                             OCT1_MS + DAY_MS, D(1), D(1), D("0.5"), monthly, D("0.9"), "on-prem A100", gpus_needed, "r",
+                             monthly_savings_low_usd=low, monthly_savings_high_usd=high, **extra)
 
 
 def billed_line(resource, day, usd) -> CostLine:
@@ -81,8 +82,9 @@ def seed(dsn: str) -> None:
     batch.add("cost_lines", cost_line_row(billed_line("i-1", 0, "230.00")))  # day 1 is not billed yet
     batch.add("decisions", decision_row(decision("train", "onprem", "cloud", "migrate_to_cloud")))
     batch.add("decisions", decision_row(decision(EVIL, "cloud", "onprem", "repatriate_buy_capacity", D(2000),
-                                                 D(5000))))
-    batch.add("decisions", decision_row(decision(UNI, "onprem", "cloud", "migrate_to_cloud")))
+                                                 D(5000), D(3000), gpus_needed=4, nodes_needed=4,
+                                                 payback_months=D("15.3"))))
+    batch.add("decisions", decision_row(decision(UNI, "onprem", "cloud", "migrate_to_cloud", monthly=D(600))))
     with psycopg.connect(dsn) as conn:
         write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
 
@@ -116,19 +118,21 @@ def test_monthly_report_figures_equal_hand_computations(written):
     assert (train.allocated_gpu_hours, train.busy_gpu_hours, train.cost_usd) == (48, D("9.6"), D("55.20"))
     assert train.usd_per_busy_gpu_hour == D("5.75") and train.alternative_usd == D("28.80")
     assert train.recommendation.startswith("migrate to cloud") and train.days_with_data == 2
-    assert train.annualized_savings_usd == D("4818")  # (55.20 - 28.80) * 8760 / 48
+    # the month still holds the move ((55.20 - 28.80) * 8760 / 48 = $4,818 a year at its own prices); the savings
+    # shown are the decision's ($100 a month: 12 months of 730 hours), the figure Slack and the dashboard show
+    assert train.annualized_savings_usd == D(1200)
 
     evil = rows[EVIL]  # 160 GPU-hours in the cloud, 480.00; owned: ceil(160/48) = 4 GPUs * 48 h * 1.15 = 220.80
     assert evil.alternative_usd == D("220.80")
-    assert evil.annualized_savings_usd == D("47304")  # (480 - 220.80) * 182.5
-    # payback: 4 * 26280 = 105120 / (480 * 730/48 - 4 * 0.15 * 730) = 105120 / 6862 = 15.3 months
-    assert evil.recommendation == "repatriate by buying 4 A100 GPUs (payback 15.3 months)"
+    assert evil.annualized_savings_usd == D(36000)  # the decision's $3,000 a month (the month: (480 - 220.80) * 182.5)
+    # what the decision recommends buying, with its payback
+    assert evil.recommendation == "repatriate by buying 4 A100 GPUs (4 nodes) (payback 15.3 months)"
     # the decision's monthly range 2000..5000, a year of 8760 / 730 = 12 months
     assert (evil.annualized_savings_low_usd, evil.annualized_savings_high_usd) == (D(24000), D(60000))
     assert evil.billed_usd == D("230.00") and evil.basis == "billed"  # day 0 billed, day 1 not yet
 
-    uni = rows[UNI]  # 48 h at 10 % busy, 55.20; cloud 4.8 busy h * 3 = 14.40; (55.20 - 14.40) * 182.5 = 7446
-    assert uni.annualized_savings_usd == D("7446") and uni.recommended
+    uni = rows[UNI]  # 48 h at 10 % busy, 55.20; cloud 4.8 busy h * 3 = 14.40: the month holds it
+    assert uni.annualized_savings_usd == D(7200) and uni.recommended  # the decision's $600 a month
     assert [w.workload for w in report.recommended] == [EVIL, UNI, "train"]
     assert rows[LONG].recommendation == "stay" and rows[LONG].days_with_data == 1
 
@@ -147,7 +151,7 @@ def test_monthly_report_figures_equal_hand_computations(written):
 
     with by_name["gpu-spend-2026-10.csv"].open() as f:
         table = {r["workload"]: r for r in csv.DictReader(f)}
-    assert table["train"]["annualized_savings_usd"] == "4818.00"
+    assert table["train"]["annualized_savings_usd"] == "1200.00"
     assert table[EVIL]["annualized_savings_low_usd"] == "24000.00"
     md = by_name["gpu-spend-2026-10.md"].read_text()
     assert "## Assumptions" in md and "$1.15 per GPU-hour fully loaded" in md
@@ -182,7 +186,7 @@ def test_html_and_pdf_come_from_one_template_and_keep_every_character(written):
     # page 1 is the executive summary: spend, idle, the moves with their evidence, what changed
     first = " ".join(pages[0].split())  # cells wrap: compare words
     for part in ("GPU spend and placement — 2026-10", "Total GPU spend", "$673", "Idle owned capacity", "$55",
-                 "Recommended moves", "$47,304 decision's range: $24,000 to $60,000",
+                 "Recommended moves", "$36,000 decision's range: $24,000 to $60,000",
                  "2 days of data, billed, decision confidence 90%",
                  "What changed since last month", "up 2339% from $28 in 2026-09"):
         assert part in first, part
@@ -244,3 +248,12 @@ def test_a_hostile_name_cannot_become_a_formula_in_the_finance_csv():
             assert row[column] == "'" + name  # shown as text, the name still readable after the apostrophe
         assert row["estimated_usd"] == "-12.50"  # numbers are numbers: a negative amount is not escaped
     assert monthly.spreadsheet_text("train") == "train"
+
+
+def test_option_labels_that_differ_only_in_their_term_stay_apart_in_a_legend():
+    from hybridspend.reports.charts import short_keeping_tail
+
+    one, three = (short_keeping_tail(f"commit 1 x aws us-east-1 p5.48xlarge ({term})", 46)
+                  for term in ("savings plan", "savings plan 3y"))
+    assert one != three and one.endswith("… (savings plan)") and three.endswith("… (savings plan 3y)")
+    assert len(three) == 46 and short_keeping_tail("stay (cloud, as it runs)", 46) == "stay (cloud, as it runs)"

@@ -77,10 +77,14 @@ def test_the_report_shows_the_options_table_each_decision_carried(one_worker, si
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     text = html.unescape(next(tmp_path.glob("*.html")).read_text())
-    (serve,) = by_workload(one_worker)["serve"]
-    best = min(serve["options"], key=lambda o: D(o["npv_usd"]))
-    assert best["label"] == "commit 1 x aws us-east-1 g6.12xlarge (reserved 3y)"
-    assert f"serve: {best['label']} (${D(best['npv_usd']):,.0f} over {serve['horizon_months']} months)" in text
+    (llm,) = by_workload(one_worker)["llm"]
+    best = min(llm["options"], key=lambda o: D(o["npv_usd"]))
+    assert best["label"] == "commit 1 x aws us-east-1 p5.48xlarge (savings plan 3y)"
+    assert f"llm: {best['label']} (${D(best['npv_usd']):,.0f} over {llm['horizon_months']} months)" in text
+    # one savings figure a year per decision, the one it carried (Slack's and simulate's monthly figure x 12)
+    for workload in ("finetune", "llm", "embed"):
+        (d,) = by_workload(one_worker)[workload]
+        assert f"${D(d['monthly_savings_usd']) * 12:,.0f}" in text, workload
 
 
 def by_workload(result: dict) -> dict[str, list[dict]]:
