@@ -29,6 +29,9 @@ TARGETS = {
     "alert p99 < 1 s": ("alert_latency_p99_s", lambda v: v < 1),
     "report < 10 s": ("report_seconds", lambda v: v < 10),
     "collector < 1 % of a core": ("collector_cpu_fraction", lambda v: v < 0.01),
+    "forecast MAPE below the straight line's": ("forecast_weekly_cycles_mape_ratio", lambda v: v < 1),
+    "80 % interval covers 75-85 %": ("forecast_weekly_cycles_coverage_80_pct", lambda v: 75 <= v <= 85),
+    "95 % interval covers 90-100 %": ("forecast_weekly_cycles_coverage_95_pct", lambda v: 90 <= v <= 100),
 }
 
 # figure -> (what it measures, how to print it); the README table's rows, in order
@@ -46,6 +49,15 @@ ROWS = {
     "alert_latency_p99_s": ("the same, 99th percentile", "{:.2f} s"),
     "report_seconds": ("the monthly report, all formats ({report_gpus:,} GPUs × 30 days)", "{:.1f} s"),
     "collector_cpu_fraction": ("NVML collector CPU, 8 GPUs at 1 Hz", "{:.2%} of a core"),
+    "forecast_weekly_cycles_mape_pct": ("next week's spend, weekly-cycles.yaml: forecast error (MAPE)", "{:.2f} %"),
+    "forecast_weekly_cycles_straight_line_mape_pct": ("the same, the straight line the budget check draws", "{:.2f} %"),
+    "forecast_weekly_cycles_mape_ratio": ("forecast / straight-line error", "{:.2f}"),
+    "forecast_weekly_cycles_coverage_80_pct": ("actual totals inside the 80 % interval", "{:.1f} %"),
+    "forecast_weekly_cycles_coverage_95_pct": ("actual totals inside the 95 % interval", "{:.1f} %"),
+    "forecast_hybrid_month_mape_pct": ("next week's spend, hybrid-month.yaml: forecast error (MAPE)", "{:.2f} %"),
+    "forecast_hybrid_month_straight_line_mape_pct": ("the same, the straight line", "{:.2f} %"),
+    "forecast_hybrid_month_coverage_80_pct": ("actual totals inside the 80 % interval", "{:.1f} %"),
+    "forecast_hybrid_month_coverage_95_pct": ("actual totals inside the 95 % interval", "{:.1f} %"),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
-from . import alerts, collector, pipeline, report, sink
+from . import alerts, collector, forecast, pipeline, report, sink
 from .results import results_path, summarize
 
 
@@ -38,6 +38,8 @@ def run_once(quick: bool, say=print) -> dict:
             figures.update(report.run(_database(pg.dsn, "bench_report"), quick, say))
             say("collector: NVML collector CPU per sample, 8 GPUs")
             figures.update(collector.run(quick, say))
+            say("forecast: next week's spend from every second day of two scenarios, against what happened")
+            figures.update(forecast.run(quick, say))
         finally:
             broker.stop()
             pg.stop()

@@ -513,6 +513,83 @@ def cmd_report_monthly(args, config: Config) -> int:
 # -- plan ----------------------------------------------------------------------------------------------
 
 
+def cmd_forecast(args, config: Config) -> int:
+    """Spend forecasts for the rest of the month and the next, with calibrated intervals (``forecasting.spend``)."""
+    from datetime import datetime, timedelta, timezone
+
+    import psycopg
+
+    from hybridspend.forecasting.spend import LEVELS, calibrated_forecast
+    from hybridspend.infra.local import local_database
+    from hybridspend.storage import queries
+    from hybridspend.storage.db import check_schema
+
+    at = _day_arg(args.at, "--at") if args.at else datetime.now(timezone.utc)
+    now = at.replace(minute=0, second=0, microsecond=0)
+    month = now.replace(day=1, hour=0)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    after = (next_month + timedelta(days=32)).replace(day=1)
+    rest_h = int((next_month - now).total_seconds() // 3600)
+    both_h = int((after - now).total_seconds() // 3600)
+    with local_database(config) as dsn, psycopg.connect(dsn) as conn:
+        check_schema(conn)
+        teams = [args.team] if args.team else [None] + sorted(
+            {t for (t,) in conn.execute("SELECT DISTINCT team FROM cost_windows WHERE team <> '' AND "
+                                        "window_start >= %s - INTERVAL '180 days'", (now,))})
+        series = {team: queries.hourly_spend(conn, now - timedelta(days=182), now, team) for team in teams}
+    out = []
+    for team in teams:
+        first, hours = series[team]
+        if not hours:
+            if args.team:
+                raise UsageError(f"no spend of team {args.team!r} in the half year before {now:%Y-%m-%d %H:%M} UTC: "
+                                 "run the pipeline (or `hybridspend demo`) first")
+            continue
+        spent = sum(hours[max(0, int((month - first).total_seconds() // 3600)):], Decimal(0))
+        rest = calibrated_forecast(hours, now, rest_h) if rest_h else None
+        nxt = calibrated_forecast(hours, now, both_h, skip_hours=rest_h)
+        budget = config.budgets.get(team) if team else None
+        entry = {"scope": team or "total", "history_hours": len(hours), "model": nxt.model, "note": nxt.note,
+                 "month": f"{month:%Y-%m}", "month_to_date_usd": str(spent),
+                 "rest_of_month": _forecast_json(rest, LEVELS) if rest else None,
+                 "month_total_usd": str(spent + (rest.total_usd if rest else 0)),
+                 "month_total_intervals_usd": {str(level): [str(spent + low), str(spent + high)] for level, (low, high)
+                                               in rest.interval_usd.items()} if rest else {},
+                 "next_month": dict(_forecast_json(nxt, LEVELS), month=f"{next_month:%Y-%m}"),
+                 "budget_usd": str(budget) if budget is not None else None,
+                 "budget_overrun_probability": str(rest.probability_above(budget - spent))
+                 if rest is not None and budget is not None else None}
+        out.append(entry)
+    if args.json:
+        print(json.dumps({"at": f"{now:%Y-%m-%dT%H:%M:%SZ}", "forecasts": out}, indent=2))
+        return 0
+    usd = _usd_text
+    for e in out:
+        print(f"{e['scope']}: {e['history_hours']} h of hourly spend, {e['model']} ({e['note']})")
+        rest = e["rest_of_month"]
+        print(f"  {e['month']}: {usd(e['month_to_date_usd'])} so far; month total {usd(e['month_total_usd'])}"
+              + "".join(f", {level} %: {usd(low)} to {usd(high)}" for level, (low, high)
+                        in e["month_total_intervals_usd"].items()) + (f" ({rest['calibration']})" if rest else ""))
+        n = e["next_month"]
+        print(f"  {n['month']}: {usd(n['total_usd'])}"
+              + "".join(f", {level} %: {usd(low)} to {usd(high)}" for level, (low, high) in n["intervals_usd"].items())
+              + f" ({n['calibration']})")
+        if e["budget_usd"] is not None and e["budget_overrun_probability"] is not None:
+            print(f"  budget {usd(e['budget_usd'])}: {Decimal(e['budget_overrun_probability']):.0%} likely to be "
+                  f"exceeded this month")
+    return 0
+
+
+def _forecast_json(fc, levels) -> dict:
+    return {"from": f"{fc.start:%Y-%m-%dT%H:%M:%SZ}", "hours": len(fc.point_usd), "total_usd": str(fc.total_usd),
+            "intervals_usd": {str(level): [str(low), str(high)] for level, (low, high) in fc.interval_usd.items()
+                              if level in levels}, "calibration": fc.calibration}
+
+
+def _usd_text(value) -> str:
+    return f"${Decimal(value):,.0f}"
+
+
 def cmd_plan(args, config: Config) -> int:
     """The options table of one workload from its stored hours (``costmodel.options.plan_workload``)."""
     from datetime import datetime, timedelta, timezone
@@ -769,6 +846,17 @@ COMMANDS = (
                 arg("--one-time-usd", group=HORIZON, type=_dec("--one-time-usd"), metavar="O",
                     help="one-time cost of moving to owned GPUs (data egress, migration work), at month 0"),
                 JSON)),
+    Command(("forecast",), cmd_forecast, "spend forecasts for the rest of the month and the next, with intervals",
+            "Forecasts the estimated GPU spend, in total and per team (or --team), for the rest of this month and "
+            "for the next, from the stored hourly spend: statsforecast's MSTL with daily and weekly seasonality "
+            "(daily only under two weeks of history, the mean hour under two days; the output says which). "
+            "The 80 % and 95 % intervals of each total come from a bootstrap of whole days of the model's errors, "
+            "calibrated on the history's own past forecasts where it is long enough. A team with a budget gets the "
+            "probability of exceeding it this month.", (
+                arg("--team", help="one team (default: the total and every team)"),
+                arg("--at", metavar="YYYY-MM-DD", help="forecast as of this day, 00:00 UTC (default: now)"),
+                JSON,
+            ), config=True),
     Command(("plan",), cmd_plan, "the options for one workload from its stored data: stay, commit, buy, move",
             "Every option for one workload over a horizon, from its measured hours repeated: staying as it runs, "
             "cloud commitments sized to its demand floor, buying whole owned nodes, moving to the cloud on demand "

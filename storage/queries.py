@@ -284,3 +284,26 @@ def workload_providers(conn: psycopg.Connection, workload: str, start: datetime,
         (workload, start, end),
     ).fetchall()
     return {(environment, gpu_class): provider for environment, gpu_class, provider in rows}
+
+
+def hourly_spend(conn: psycopg.Connection, start: datetime, end: datetime,
+                 team: str | None = None) -> tuple[datetime | None, list[Decimal]]:
+    """(first hour, estimated spend of every hour from it to ``end``): of one team, or of everything (idle
+    owned capacity included); an hour without a window costs 0.  (None, []) when nothing was spent."""
+    rows = conn.execute(
+        """
+        SELECT date_trunc('hour', window_start) AS hour, sum(cost_usd)
+          FROM cost_windows
+         WHERE basis = 'estimated' AND window_start >= %s AND window_start < %s
+           AND (%s::text IS NULL OR team = %s::text)
+         GROUP BY 1 ORDER BY 1
+        """,
+        (start, end, team, team),
+    ).fetchall()
+    if not rows:
+        return None, []
+    by_hour = {hour: Decimal(cost) for hour, cost in rows}
+    first = rows[0][0]
+    last = end.replace(minute=0, second=0, microsecond=0)
+    span = int((last - first).total_seconds() // 3600)
+    return first, [by_hour.get(first + timedelta(hours=h), Decimal(0)) for h in range(span)]

@@ -1,0 +1,1 @@
+"""Spend forecasts with prediction intervals (statsforecast), backtested on the series' own history."""

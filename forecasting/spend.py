@@ -1,0 +1,267 @@
+"""Hourly spend forecasts with prediction intervals, and their rolling-origin backtest.
+
+The model is statsforecast's MSTL (a maintained library: Nixtla's StatsForecast): the hourly series is
+split into a trend and its daily and weekly seasonal parts (LOESS), the trend forecast by AutoETS and the
+seasonal parts repeated.  Which seasons it uses depends on the history, and the forecast says so:
+
+    two weeks or more     daily and weekly seasonality           MSTL(season_length=[24, 168])
+    two days or more      daily seasonality only                 MSTL(season_length=24)
+    less                  the mean hour of the history, flat     (too short for any season)
+
+Intervals are for what a budget needs: the total over the horizon.  statsforecast's conformal intervals
+calibrate each step from cross-validation windows of the horizon's length (n windows x h hours of
+history: three months for a month ahead), so they are not used here.  The total's distribution comes
+from a moving-block bootstrap of the model's in-sample errors instead: whole days of errors (blocks of 24
+hours, kept at their hour of the day), drawn again and again and added to the point path; the interval
+is the quantiles of the sums.  Errors of one day move together, so a day of errors is drawn as a block.
+That holds the shape of the noise but not the uncertainty of the trend and the seasons themselves, so
+the spread is widened by the ratio the rolling-origin backtest of the series' own history measures
+(``calibrate``): the empirical coverage of the bootstrap intervals on origins before the last one.
+
+Amounts are Decimal (micro-dollars) at the edges; the model works in floats.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Sequence
+
+from hybridspend.costmodel.money import MICRO
+
+HOURS_PER_DAY = 24
+HOURS_PER_WEEK = 168
+LEVELS = (80, 95)
+PATHS = 2000
+CALIBRATION_ORIGINS = 8  # past origins, a day apart, that calibrate the intervals
+MAX_HISTORY_HOURS = 24 * 7 * 26  # half a year of hours is plenty for two seasons
+
+
+class ForecastError(ValueError):
+    """A forecast that cannot be made (no history, a horizon out of bounds)."""
+
+
+@dataclass(frozen=True)
+class SpendForecast:
+    """What the next ``len(point_usd)`` hours will cost from ``start``: the point path, its total and the
+    total's interval at each level; ``model`` and ``note`` say how it was made."""
+
+    start: datetime
+    model: str
+    note: str
+    point_usd: tuple[Decimal, ...]
+    total_usd: Decimal
+    interval_usd: dict[int, tuple[Decimal, Decimal]]  # level (%) -> (low, high) of the total
+    _totals: tuple[float, ...]  # the bootstrap's totals, sorted: the distribution behind the intervals
+    calibration: str = "not calibrated"  # how the intervals were calibrated, for a person
+
+    def probability_above(self, usd: Decimal) -> Decimal:
+        """The share of the total's distribution above ``usd`` (0..1, to 3 places)."""
+        above = sum(1 for t in self._totals if t > float(usd))
+        return (Decimal(above) / len(self._totals)).quantize(Decimal("0.001"))
+
+    def quantile_usd(self, q: float) -> Decimal:
+        return _usd(_quantile(self._totals, q))
+
+
+def _usd(value: float) -> Decimal:
+    return Decimal(repr(float(value))).quantize(MICRO)
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _fit(history: list[float], horizon: int) -> tuple[str, str, list[float], list[float]]:
+    """(model, note, point path, in-sample errors) for the history."""
+    import numpy as np
+
+    n = len(history)
+    if n < 2 * HOURS_PER_DAY:
+        mean = sum(history) / n
+        return ("mean hour", f"{n} h of history is too short for a daily season (48 h): the mean hour, flat",
+                [mean] * horizon, [y - mean for y in history])
+    import pandas as pd
+    from statsforecast import StatsForecast
+    from statsforecast.models import MSTL
+
+    seasons = [HOURS_PER_DAY, HOURS_PER_WEEK] if n >= 2 * HOURS_PER_WEEK else [HOURS_PER_DAY]
+    note = ("daily and weekly seasonality" if len(seasons) == 2 else
+            f"daily seasonality only: {n} h of history is under the two weeks a weekly season needs")
+    frame = pd.DataFrame({"unique_id": "spend", "ds": pd.date_range("2000-01-03", periods=n, freq="h"),
+                          "y": np.asarray(history, dtype=float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sf = StatsForecast(models=[MSTL(season_length=seasons)], freq="h")
+        out = sf.forecast(df=frame, h=horizon, fitted=True)
+        fitted = sf.forecast_fitted_values()["MSTL"].to_numpy()
+    errors = [float(y - f) for y, f in zip(history, fitted) if not math.isnan(f)]
+    model = f"MSTL(season_length={seasons if len(seasons) > 1 else seasons[0]})"
+    return model, note, [float(v) for v in out["MSTL"].to_numpy()], errors
+
+
+def _bootstrap_totals(point: list[float], errors: list[float], history_hours: int, seed: int, skip: int = 0,
+                      paths: int = PATHS) -> list[float]:
+    """Totals over hours ``skip``.. of ``paths`` bootstrap paths: the point path plus days of in-sample errors
+    drawn at random, each block starting at the same hour of the day as the hour it is added to."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    errs = np.asarray(errors, dtype=float)
+    n, horizon = len(errs), len(point)
+    base = float(sum(point[skip:]))
+    if n == 0:
+        return [base] * paths
+    offset = (history_hours - n) % HOURS_PER_DAY  # the hour of the day of errs[0]
+    block = min(HOURS_PER_DAY, n)
+    # block starts that are at hour 0 of a day in the errors' own clock (then shifted to the path's hour)
+    starts = np.arange((HOURS_PER_DAY - offset) % HOURS_PER_DAY, max(1, n - block + 1), HOURS_PER_DAY)
+    if len(starts) == 0:
+        starts = np.array([0])
+    first_hour = history_hours % HOURS_PER_DAY  # the forecast's first hour, as an hour of the day
+    totals = np.full(paths, base)
+    filled = 0
+    while filled < horizon:
+        take = min(block - (first_hour if filled == 0 else 0), horizon - filled)
+        chosen = rng.choice(starts, size=paths) + (first_hour if filled == 0 else 0)
+        idx = np.minimum(chosen[:, None] + np.arange(take)[None, :], n - 1)
+        counted = np.arange(filled, filled + take) >= skip  # hours before ``skip`` are not in the total
+        totals += (errs[idx] * counted[None, :]).sum(axis=1)
+        filled += take
+    return sorted(float(t) for t in totals)
+
+
+def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int, *, seed: int = 0,
+                   widen: dict[int, float] | None = None, skip_hours: int = 0) -> SpendForecast:
+    """The next ``horizon_hours`` of an hourly spend series whose last hour ends at ``start``; the total and
+    its intervals count the hours from ``skip_hours`` on (next month's, seen from this one).
+
+    ``widen``: per level, how much to scale the bootstrap's spread around the point total (``calibrate``
+    measures it); the distribution behind ``probability_above`` is scaled by the 80 % level's.
+    """
+    if not history_usd:
+        raise ForecastError("no hours of spend to forecast from")
+    if not 1 <= horizon_hours <= 24 * 366:
+        raise ForecastError(f"the horizon must be from 1 hour to a year, got {horizon_hours} h")
+    if not 0 <= skip_hours < horizon_hours:
+        raise ForecastError(f"skip_hours must be from 0 to the horizon, got {skip_hours} of {horizon_hours}")
+    history = [float(v) for v in history_usd][-MAX_HISTORY_HOURS:]
+    model, note, point, errors = _fit(history, horizon_hours)
+    point = [max(0.0, p) for p in point]  # spend is never negative
+    totals = _bootstrap_totals(point, errors, len(history), seed, skip_hours)
+    centre = sum(point[skip_hours:])
+    widen = widen or {}
+    intervals = {}
+    for level in LEVELS:
+        w = widen.get(level, 1.0)
+        low, high = (_quantile(totals, (1 - level / 100) / 2), _quantile(totals, 1 - (1 - level / 100) / 2))
+        intervals[level] = (_usd(max(0.0, centre + (low - centre) * w)), _usd(max(0.0, centre + (high - centre) * w)))
+    w = widen.get(LEVELS[0], 1.0)
+    totals = sorted(max(0.0, centre + (t - centre) * w) for t in totals)
+    counted = tuple(_usd(p) for p in point[skip_hours:])  # the total is the sum of the hours shown
+    return SpendForecast(start + timedelta(hours=skip_hours), model, note, counted, sum(counted, Decimal(0)),
+                         intervals, tuple(totals))
+
+
+def straight_line_usd(history_usd: Sequence[Decimal], month_start_index: int, horizon_hours: int) -> Decimal:
+    """What the budget check extrapolates today: the month's mean hour so far (the last day when the month is
+    younger than a day), times the horizon."""
+    since = max(0, min(month_start_index, len(history_usd) - HOURS_PER_DAY))
+    hours = history_usd[since:]
+    return sum(hours, Decimal(0)) / len(hours) * horizon_hours
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """Rolling-origin backtest of the total over ``horizon_hours``: one forecast per origin."""
+
+    horizon_hours: int
+    origins: int
+    mape_pct: Decimal  # of the forecast total
+    straight_line_mape_pct: Decimal  # of the month-to-date straight line
+    coverage_pct: dict[int, Decimal]  # level -> share of origins whose actual total fell inside the interval
+
+
+def backtest(series_usd: Sequence[Decimal], hour0: datetime, *, horizon_hours: int = HOURS_PER_WEEK,
+             first_origin_hours: int = 2 * HOURS_PER_WEEK, step_hours: int = HOURS_PER_DAY,
+             calibrated: bool = True) -> Backtest:
+    """Forecast the total of the next ``horizon_hours`` from every ``step_hours`` origin after
+    ``first_origin_hours`` (each origin sees only the hours before it) and compare with what happened."""
+    ape, ape_line = [], []
+    inside = {level: 0 for level in LEVELS}
+    n = len(series_usd)
+    origins = list(range(first_origin_hours, n - horizon_hours + 1, step_hours))
+    if not origins:
+        raise ForecastError(f"{n} h is too short for a backtest from hour {first_origin_hours} with a "
+                            f"{horizon_hours} h horizon")
+    for origin in origins:
+        history = series_usd[:origin]
+        start = hour0 + timedelta(hours=origin)
+        widen = calibrate(history, start, horizon_hours) if calibrated else None
+        fc = forecast_spend(history, start, horizon_hours, widen=widen)
+        actual = sum(series_usd[origin:origin + horizon_hours], Decimal(0))
+        month_start = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        line = straight_line_usd(history, origin - int((start - month_start).total_seconds() // 3600), horizon_hours)
+        if actual > 0:
+            ape.append(abs(fc.total_usd - actual) / actual)
+            ape_line.append(abs(line - actual) / actual)
+        for level, (low, high) in fc.interval_usd.items():
+            inside[level] += low <= actual <= high
+    pct = Decimal(100)
+    return Backtest(horizon_hours, len(origins),
+                    (sum(ape, Decimal(0)) / len(ape) * pct).quantize(Decimal("0.01")) if ape else Decimal(0),
+                    (sum(ape_line, Decimal(0)) / len(ape_line) * pct).quantize(Decimal("0.01")) if ape_line else Decimal(0),
+                    {level: (Decimal(k) / len(origins) * pct).quantize(Decimal("0.1")) for level, k in inside.items()})
+
+
+def calibration_origins(history_hours: int, horizon_hours: int, origins: int = CALIBRATION_ORIGINS) -> list[int]:
+    """The past origins a calibration forecasts from: a day apart, the last one a horizon before the end, none
+    with under two days of history before it."""
+    first = history_hours - horizon_hours - (origins - 1) * HOURS_PER_DAY
+    return list(range(max(first, 2 * HOURS_PER_DAY), history_hours - horizon_hours + 1, HOURS_PER_DAY))
+
+
+def calibrate(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int, *,
+              origins: int = CALIBRATION_ORIGINS, skip_hours: int = 0) -> dict[int, float]:
+    """Per level, how much to widen the bootstrap's spread so that that share of the history's own past
+    totals falls inside (split conformal on the horizon's total): on up to ``origins`` earlier origins a day
+    apart, each seeing only what came before it, the ratio of each miss to the interval's half width, and
+    its conformal quantile (the ceil((k + 1) x level)-th smallest of k); no widening when the history is
+    too short for any."""
+    n = len(history_usd)
+    points = calibration_origins(n, horizon_hours, origins)
+    if not points:
+        return {}
+    needed: dict[int, list[float]] = {level: [] for level in LEVELS}
+    for origin in points:
+        fc = forecast_spend(history_usd[:origin], start - timedelta(hours=n - origin), horizon_hours,
+                            skip_hours=skip_hours)
+        actual = float(sum(history_usd[origin + skip_hours:origin + horizon_hours], Decimal(0)))
+        centre = float(fc.total_usd)
+        for level in LEVELS:
+            low, high = (float(v) for v in fc.interval_usd[level])
+            half = (high - low) / 2 or 1e-9
+            needed[level].append(abs(actual - centre) / half)
+    return {level: max(1.0, _quantile(sorted(r), min(1.0, level / 100 * (1 + 1 / len(r)))))
+            for level, r in needed.items()}
+
+
+def calibrated_forecast(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int,
+                        skip_hours: int = 0) -> SpendForecast:
+    """``forecast_spend`` with its intervals calibrated on the history's own past origins where the history
+    is long enough (its note says when it is not: then the intervals are the bootstrap's alone, likely
+    too narrow)."""
+    widen = calibrate(history_usd, start, horizon_hours, skip_hours=skip_hours)
+    fc = forecast_spend(history_usd, start, horizon_hours, widen=widen, skip_hours=skip_hours)
+    if not widen:
+        needed = horizon_hours + 2 * HOURS_PER_DAY
+        return replace(fc, calibration=f"not calibrated: {len(history_usd)} h of history is under the {needed} h a "
+                                       f"calibration needs, so the intervals are likely too narrow")
+    k = len(calibration_origins(len(history_usd), horizon_hours))
+    return replace(fc, calibration=f"calibrated on {k} past forecast{'s' if k != 1 else ''} of its own history")
