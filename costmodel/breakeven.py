@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from .money import HOURS_PER_MONTH, MICRO, ZERO
 from .options import BUY, COMMITMENT, HourOfDemand, PlannedOption
-from .rates import COMMITTED_OPTIONS, CloudOffer, OnPremGpuCost, throughput_factor
+from .rates import COMMITMENT_TERM_MONTHS, COMMITTED_OPTIONS, CloudOffer, OnPremGpuCost, throughput_factor
 from .tco import payback_months as _payback_months
 from .tco import usd_per_month
 from .timeunits import MS_PER_HOUR
@@ -222,7 +222,8 @@ class Market:
         return best[1], best[2]
 
     def alternative(
-        self, window: WorkloadWindow, allow_spot: bool = False, idle_gpus: dict[str, Decimal] | None = None
+        self, window: WorkloadWindow, allow_spot: bool = False, idle_gpus: dict[str, Decimal] | None = None,
+        max_term_months: int | None = None,
     ) -> Alternative | None:
         """The cheapest way to run ``window``'s work in the other environment.
 
@@ -252,7 +253,7 @@ class Market:
         fill = self._fill_idle(window, idle_gpus or {})
         if fill is not None:
             return fill
-        buy, commit = self._buy(window), self._commit(window)
+        buy, commit = self._buy(window), self._commit(window, max_term_months)
         best = _cheaper(buy, commit)
         if buy is not None and commit is not None:
             best = replace(best, other=commit if best is buy else buy)
@@ -318,7 +319,7 @@ class Market:
                 )
         return best
 
-    def _commit(self, window: WorkloadWindow) -> Alternative | None:
+    def _commit(self, window: WorkloadWindow, max_term_months: int | None = None) -> Alternative | None:
         """Stay in the cloud on a committed price (``COMMITTED_OPTIONS``) of an offer of the workload's class at
         its own provider (another provider's is a move), for every GPU-hour it holds: only for a workload
         paying on demand (spot is cheaper still, a committed one has committed)."""
@@ -333,8 +334,8 @@ class Market:
                 continue  # not one whole instance held: nothing to commit
             for option in COMMITTED_OPTIONS:
                 price = offer.usd_per_gpu_hour(option)
-                if price is None:
-                    continue
+                if price is None or (max_term_months is not None and COMMITMENT_TERM_MONTHS[option] > max_term_months):
+                    continue  # a term past the horizon is paid beyond it: not an option (as in the options table)
                 cost = _committed_window_usd(window.allocated_gpu_ms, window.window_ms, window.cost_usd,
                                              whole * offer.gpus_per_instance, price)
                 if best is not None and cost >= best.cost_usd:
@@ -623,17 +624,9 @@ def _best_recommendation(state: CrossingState, window: WorkloadWindow, alternati
         if evidence is not None:
             decision = _recommendation(window, candidate, thresholds, evidence, candidate.kind, planner)
             if decision is not None:
-                made.append(decision)
-    if len(made) < 2:
-        return made[0] if made else None
-    return min(made, key=lambda d: (_present_value(d), made.index(d)))
-
-
-def _present_value(decision: Decision) -> Decimal:
-    """The lowest present value among the options of the decision's own kind (buy, commitment) in its table."""
-    option = {REPATRIATE_BUY: BUY, COMMIT_IN_CLOUD: COMMITMENT}.get(decision.kind)
-    values = [o.result.npv_usd for o in decision.options if o.result.option == option]
-    return min(values) if values else Decimal("Infinity")
+                row = _table_row(decision.options, candidate)
+                made.append((row.result.npv_usd if row is not None else Decimal("Infinity"), len(made), decision))
+    return min(made)[2] if made else None
 
 
 @dataclass(frozen=True)
@@ -690,9 +683,9 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
         # present value (else: buying enough whole nodes for the busiest window at the target utilization,
         # committing the whole instances every window held), paid every hour; what the workload holds above it
         # stays where it runs, at what it pays there now
-        units_in_table = _table_quantity(table, alternative)
-        if units_in_table is not None:
-            gpus = units_in_table * alternative.gpus_per_unit
+        row = _table_row(table, alternative)
+        if row is not None and row.result.quantity:
+            gpus = row.result.quantity * alternative.gpus_per_unit
         elif table:
             return None  # over the horizon no quantity of it beats staying: the windows crossed, the years do not
         elif alternative.kind == COMMIT_IN_CLOUD:
@@ -758,17 +751,20 @@ def _recommendation(window: WorkloadWindow, alternative: Alternative, thresholds
     )
 
 
-def _table_quantity(table: Sequence[PlannedOption], alternative: Alternative) -> int | None:
-    """Units of ``alternative`` (nodes to buy, instances to commit) its options table chose by present value:
-    the cheapest row of the same kind and unit; None when the table has none (or no table)."""
+def _table_row(table: Sequence[PlannedOption], alternative: Alternative) -> PlannedOption | None:
+    """The row of ``alternative``'s options table that is ``alternative`` (buying nodes of its owned class,
+    committing its offer at its purchase option), the cheapest by present value; None when there is none."""
     if alternative.kind == REPATRIATE_BUY:
         each = f"({alternative.gpus_per_unit} GPU{'s' if alternative.gpus_per_unit != 1 else ''} each)"
-        rows = [o for o in table if o.result.option == BUY and o.label.endswith(each)]
-    else:
+        rows = [o for o in table if o.result.option == BUY and o.gpu_class == alternative.gpu_class
+                and o.label.endswith(each)]
+    elif alternative.kind == COMMIT_IN_CLOUD:
         name = alternative.label.removesuffix(f" {alternative.option}")
         rows = [o for o in table if o.result.option == COMMITMENT
                 and o.label.endswith(f" x {name} ({alternative.option.replace('_', ' ')})")]
-    return min(rows, key=lambda o: o.result.npv_usd).result.quantity if rows else None
+    else:
+        rows = []
+    return min(rows, key=lambda o: o.result.npv_usd) if rows else None
 
 
 def _hour_of(e: EvidenceWindow) -> HourOfDemand:
@@ -816,8 +812,9 @@ def _withdrawal(state: CrossingState, window: WorkloadWindow, alternative: Alter
     hours = _hours(t.span_ms)
     if lost:
         reason = (
-            f"the idle owned GPUs {window.workload} was to fill are no longer free for it (busy again, or promised "
-            f"to a workload that saves more per GPU) for {_fmt_hours(hours)}: the earlier recommendation "
+            f"the idle owned GPUs {window.workload} was to fill are no longer free for it (busy again, promised "
+            f"to a workload that saves more per GPU, or no longer worth filling at what it pays) for "
+            f"{_fmt_hours(hours)}: the earlier recommendation "
             f"(repatriate fill idle) is withdrawn; it stays on {window.environment} "
             f"({_fmt_usd(cur_rate)} per busy GPU-hour) while its next option, {alternative.label} "
             f"({_fmt_usd(alt_rate)}), gathers its own evidence."

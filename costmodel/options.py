@@ -216,6 +216,7 @@ class HourOfDemand:
 class PlannedOption:
     label: str  # what it is, for a person: "commit 1 x p5.48xlarge (reserved)", "buy 2 nodes of dgx-a100"
     result: OptionResult
+    gpu_class: str = ""  # a purchase: the class of the owned GPUs bought ("" otherwise, or not known)
 
 
 def plan_workload(
@@ -259,6 +260,7 @@ def plan_workload(
     n = Decimal(len(hours))
     stay = CashFlows("stay", ZERO, sum((h.cost_usd for h in hours), ZERO) / n * HOURS_PER_MONTH, horizon_months)
     planned: list[tuple[str, CashFlows]] = [(f"stay ({environment}, as it runs)", stay)]
+    bought_class: dict[int, str] = {}  # index in ``planned`` -> the owned class a purchase buys
     allocated_gpu_hours = sum((h.allocated_gpus for h in hours), ZERO)
     now_usd_per_gpu_hour = stay.monthly_usd / HOURS_PER_MONTH * n / allocated_gpu_hours if allocated_gpu_hours else ZERO
     allocated = [h.allocated_gpus for h in hours]
@@ -319,7 +321,9 @@ def plan_workload(
                                    horizon_months=horizon_months, annual_rate=annual_rate, one_time_usd=one_time_usd,
                                    ongoing_usd_per_month=ongoing_usd_per_month)
             if flows.quantity:
+                bought_class[len(planned)] = gpu.gpu_class
                 planned.append((f"buy {flows.quantity} x {profile} node ({gpus_per_node} GPU"
                                 f"{'s' if gpus_per_node != 1 else ''} each)", flows))
     results = compare([flows for _, flows in planned], stay, annual_rate)
-    return [PlannedOption(label, result) for (label, _), result in zip(planned, results)]
+    return [PlannedOption(label, result, bought_class.get(i, ""))
+            for i, ((label, _), result) in enumerate(zip(planned, results))]

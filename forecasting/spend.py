@@ -118,13 +118,14 @@ def _bootstrap_totals(point: list[float], errors: list[float], history_hours: in
     base = float(sum(point[skip:]))
     if n == 0:
         return [base] * paths
-    offset = (history_hours - n) % HOURS_PER_DAY  # the hour of the day of errs[0]
-    block = min(HOURS_PER_DAY, n)
-    # block starts that are at hour 0 of a day in the errors' own clock (then shifted to the path's hour)
-    starts = np.arange((HOURS_PER_DAY - offset) % HOURS_PER_DAY, max(1, n - block + 1), HOURS_PER_DAY)
-    if len(starts) == 0:
-        starts = np.array([0])
-    first_hour = history_hours % HOURS_PER_DAY  # the forecast's first hour, as an hour of the day
+    if n < 2 * HOURS_PER_DAY:  # under two days of errors: single hours, drawn anywhere
+        block, starts, first_hour = 1, np.arange(n), 0
+    else:
+        offset = (history_hours - n) % HOURS_PER_DAY  # the hour of the day of errs[0]
+        block = HOURS_PER_DAY
+        # block starts that are at hour 0 of a day in the errors' own clock (then shifted to the path's hour)
+        starts = np.arange((HOURS_PER_DAY - offset) % HOURS_PER_DAY, n - block + 1, HOURS_PER_DAY)
+        first_hour = history_hours % HOURS_PER_DAY  # the forecast's first hour, as an hour of the day
     totals = np.full(paths, base)
     filled = 0
     while filled < horizon:
@@ -248,7 +249,7 @@ def calibrate(history_usd: Sequence[Decimal], start: datetime, horizon_hours: in
             low, high = (float(v) for v in fc.interval_usd[level])
             half = (high - low) / 2 or 1e-9
             needed[level].append(abs(actual - centre) / half)
-    return {level: max(1.0, _quantile(sorted(r), min(1.0, level / 100 * (1 + 1 / len(r)))))
+    return {level: max(1.0, sorted(r)[min(len(r), math.ceil((len(r) + 1) * level / 100)) - 1])
             for level, r in needed.items()}
 
 

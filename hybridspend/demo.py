@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import io
+import os
 import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
@@ -15,7 +16,7 @@ from hybridspend.contracts.files import write_replacing
 from hybridspend.contracts.topics import Topics
 from hybridspend.costmodel.money import options_ranking_text, range_text
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
-from hybridspend.infra.broker import ensure_topics, make_producer, send_watermarks
+from hybridspend.infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
 from hybridspend.infra.local import Endpoints, running_services
 from hybridspend.infra.services import Services
 
@@ -110,14 +111,18 @@ def run_demo(args) -> int:
         _say(f"  the providers' bill for the day's cloud instances: {billed} FOCUS rows ingested "
              f"(the FOCUS ingest path, as `hybridspend ingest focus` runs it)")
 
-        # drain: wait until the pipeline has caught up (no new rows, raw samples included, no alert pending)
+        # drain: wait until the pipeline has caught up: the sink has stored everything it reads (raw samples
+        # included; a CPU-starved sink can sit still for seconds with records left), no new rows, no alert pending
+        lag = stack.enter_context(contextlib.closing(LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink")])))
+        sink_reads = {topics.gpu_samples, topics.cost_windows, topics.decisions, topics.cost_lines}
         stable, previous = 0, None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and stable < 3:
             time.sleep(1)
             services.check()
             now = counts(conn)
-            stable = stable + 1 if now == previous and now["alerts_pending"] == 0 else 0
+            drained = lag.behind(topics.group("sink"), sink_reads) == 0 and not any(b for *_, b in lag())
+            stable = stable + 1 if now == previous and now["alerts_pending"] == 0 and drained else 0
             previous = now
         _say(_progress(end_ms, start_ms, args.hours, sent, counts(conn)))
         _say(summary(conn, day_start, datetime.fromtimestamp(end_ms / 1000, tz=timezone.utc), config, services,

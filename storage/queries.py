@@ -292,7 +292,7 @@ def hourly_spend(conn: psycopg.Connection, start: datetime, end: datetime,
     owned capacity included); an hour without a window costs 0.  (None, []) when nothing was spent."""
     rows = conn.execute(
         """
-        SELECT date_trunc('hour', window_start) AS hour, sum(cost_usd)
+        SELECT date_trunc('hour', window_start, 'UTC') AS hour, sum(cost_usd)
           FROM cost_windows
          WHERE basis = 'estimated' AND window_start >= %s AND window_start < %s
            AND (%s::text IS NULL OR team = %s::text)

@@ -483,7 +483,8 @@ class DecisionProcessor:
             crossing = state.crossing.setdefault(subject, CrossingState())
             market = self.market_at(start)
             idle = self.idle_granted(clock, window, market) if clock is not None and env == "cloud" else None
-            alternative = market.alternative(window, state.allow_spot, idle)
+            alternative = market.alternative(
+                window, state.allow_spot, idle, self.config.thresholds.horizon_for(self.config.onprem_assets, gpu_class))
             decision = evaluate(crossing, window, alternative, self.thresholds, self._planner(window, market, alternative))
             if decision is not None:
                 decisions.append(self._event(decision))

@@ -381,10 +381,13 @@ class Pipeline:
                     batch.states[resource] = state
                     batch.key_event.setdefault(resource, part_event)
                 out.extend(closed)
+                # owned GPUs no workload held (a rented GPU no workload held is not capacity to fill), and every
+                # cloud workload's window: the claims on them
                 idle.extend([cw.window_start_ms, cw.gpu_class, cw.resource, cw.allocated_gpu_ms]
-                            for cw in closed if cw.workload == IDLE_WORKLOAD)
+                            for cw in closed if cw.workload == IDLE_WORKLOAD and cw.environment == "onprem")
                 cloud.extend([cw.window_start_ms, cw.workload, cw.gpu_class, cw.resource, cw.allocated_gpu_ms,
-                              int(cw.cost_usd / MICRO)] for cw in closed if cw.environment == "cloud")
+                              int(cw.cost_usd / MICRO)] for cw in closed
+                             if cw.environment == "cloud" and cw.workload != IDLE_WORKLOAD)
                 if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
                     clock.open.add(resource)
                 else:

@@ -256,3 +256,41 @@ def test_buying_or_committing_is_chosen_by_present_value_not_by_the_cheaper_hour
     decision, best = decide_buy_or_commit(150_000)
     assert best["buy"] < best["commitment"]
     assert decision.kind == "repatriate_buy_capacity" and decision.nodes_needed == 1
+
+
+def test_a_term_past_the_horizon_gives_way_to_the_one_within_it():
+    # over 24 months a 3-year reservation would be paid past the horizon: the 1-year one is committed instead
+    from hybridspend.contracts.config import Config
+    from hybridspend.contracts.events import CostWindow, Watermark
+    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
+
+    config = Config.model_validate({
+        "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "gpu_model": "H100",
+                          "gpu_class": "H100", "gpus_per_instance": 8,
+                          "usd_per_hour": {"on_demand": 64, "reserved": 40, "reserved_3y": 30}}],
+        "thresholds": {"window_seconds": 3600, "horizon_months": 24, "evidence_hours": {"commit_in_cloud": 3}}})
+    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
+    for hour in range(3):
+        start = hour * MS_PER_HOUR
+        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
+                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
+                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
+    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
+    (d,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    assert d.kind == COMMIT_IN_CLOUD and d.alternative_label == "aws us-east-1 p5.48xlarge reserved"
+    assert d.monthly_savings_usd == (64 - 40) * 730
+    assert {o.label for o in d.options} == {"stay (cloud, as it runs)", "commit 1 x aws us-east-1 p5.48xlarge (reserved)"}
+
+
+def test_a_purchase_takes_its_quantity_from_the_row_of_its_own_owned_class():
+    from hybridspend.costmodel.breakeven import REPATRIATE_BUY, Alternative, _table_row
+    from hybridspend.costmodel.options import BUY, OptionResult, PlannedOption
+
+    def row(label, gpu_class, quantity, npv):
+        return PlannedOption(label, OptionResult(BUY, quantity, "node", None, D(0), D(0), D(0), D(npv), None), gpu_class)
+
+    table = [row("buy 1 x hgx-h100 node (8 GPUs each)", "H100", 1, 100),  # cheaper, but of another class
+             row("buy 3 x dgx-a100 node (8 GPUs each)", "A100", 3, 200)]
+    a100 = Alternative("onprem", REPATRIATE_BUY, D(1), D(1), "on-prem A100", 24, unit="node", unit_name="A100 node",
+                       gpus_per_unit=8, gpu_class="A100")
+    assert _table_row(table, a100).result.quantity == 3

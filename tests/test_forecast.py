@@ -61,6 +61,8 @@ def test_short_histories_fall_back_and_say_so():
     fc = forecast_spend(day, START + timedelta(hours=30), 10)
     assert fc.model == "mean hour" and fc.point_usd == (D(5),) * 10 and fc.total_usd == 50
     assert fc.note.startswith("30 h of history is too short for a daily season")
+    hours = forecast_spend([D(1), D(3), D(2), D(2), D(2)], START, 30)  # under a day: single hours are drawn
+    assert hours.total_usd == 60 and hours.interval_usd[95][0] <= 60 <= hours.interval_usd[95][1]
     with pytest.raises(ForecastError, match="no hours of spend"):
         forecast_spend([], START, 10)
     with pytest.raises(ForecastError, match="from 1 hour to a year"):
