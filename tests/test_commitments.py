@@ -188,37 +188,41 @@ def test_a_decision_whose_options_lack_their_terms_or_amounts_is_refused_with_th
         BreakevenDecision.decode(json.dumps(no_amount))
 
 
-def decide_in_the_stream(offers: list[dict], round_trip: bool = False):
-    """Three on-demand hours of `serve` (one p5 at $64 an hour) through the stream's ``DecisionProcessor``
-    with ``offers`` configured and a commitment's evidence of 3 hours: the decision it makes."""
+def through_the_stream(config: dict, hours: int, *, workload: str = "serve", gpu_class: str = "H100",
+                       instance_type: str = "p5.48xlarge", usd_per_hour: D = D(64), busy_gpus: int = 5,
+                       round_trip: bool = False) -> list:
+    """``hours`` on-demand hours of ``workload`` (one 8-GPU instance at ``usd_per_hour``) through the stream's
+    ``DecisionProcessor`` configured with ``config``: the decisions it makes, trending notices left out."""
     from hybridspend.contracts.config import Config
     from hybridspend.contracts.events import CostWindow, Watermark
     from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
 
-    config = Config.model_validate({"cloud_offers": offers,
-                                    "thresholds": {"window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}})
-    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
-    for hour in range(3):
+    decider, state, clock = DecisionProcessor(Config.model_validate(config)), WorkloadState(), PartitionClock()
+    for hour in range(hours):
         start = hour * MS_PER_HOUR
-        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
-                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
-                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
+        decider.add(state, CostWindow(f"w{hour}", workload, "web", False, "cloud", gpu_class, "i-1", start,
+                                      MS_PER_HOUR, 8 * MS_PER_HOUR, busy_gpus * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60,
+                                      start, start + MS_PER_HOUR, usd_per_hour, "estimated", "aws", instance_type,
+                                      "on_demand"))
     if round_trip:
         state = WorkloadState.from_dict(state.to_dict())  # through the table's form
-    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
-    (decision,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+    decider.on_watermark(clock, Watermark("m", "usage|0", hours * MS_PER_HOUR))
+    return [d for d in decider.close(workload, state, hours * MS_PER_HOUR, clock) if d.kind != "trending_repatriation"]
+
+
+def decide_in_the_stream(offers: list[dict], round_trip: bool = False):
+    """Three on-demand hours of `serve` (one p5 at $64 an hour) with ``offers`` configured and a commitment's
+    evidence of 3 hours: the decision the stream makes."""
+    (decision,) = through_the_stream({"cloud_offers": offers, "thresholds": {
+        "window_seconds": 3600, "evidence_hours": {"commit_in_cloud": 3}}}, 3, round_trip=round_trip)
     return decision
 
 
 def decide_buy_or_commit(node_price_usd: int):
-    """168 on-demand hours of `train` (one p4d, 8 A100 at $4 a GPU-hour, half busy) through the stream's
-    ``DecisionProcessor``, with one owned A100 node profile at ``node_price_usd`` and a 3-year reservation at
-    $2.30 a GPU-hour: the decision it makes and the cheapest buy and commitment rows of its table."""
-    from hybridspend.contracts.config import Config
-    from hybridspend.contracts.events import CostWindow, Watermark
-    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
-
-    config = Config.model_validate({
+    """168 on-demand hours of `train` (one p4d, 8 A100 at $4 a GPU-hour, half busy), with one owned A100 node
+    profile at ``node_price_usd`` and a 3-year reservation at $2.30 a GPU-hour: the decision the stream makes
+    and the cheapest buy and commitment rows of its table."""
+    (decision,) = through_the_stream({
         "onprem_assets": [{
             "name": "dgx", "gpu_model": "NVIDIA A100-SXM4-80GB", "gpu_class": "A100", "gpu_count": 8,
             "gpus_per_node": 8, "hosts": ["dgx-*"], "purchase_price_usd_per_node": node_price_usd,
@@ -227,16 +231,8 @@ def decide_buy_or_commit(node_price_usd: int):
         "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge",
                           "gpu_model": "A100", "gpu_class": "A100", "gpus_per_instance": 8,
                           "usd_per_hour": {"on_demand": 32, "reserved_3y": D("18.40")}}],
-        "thresholds": {"window_seconds": 3600}})
-    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
-    for hour in range(168):
-        start = hour * MS_PER_HOUR
-        decider.add(state, CostWindow(f"w{hour}", "train", "ml", False, "cloud", "A100", "i-1", start, MS_PER_HOUR,
-                                      8 * MS_PER_HOUR, 4 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
-                                      start + MS_PER_HOUR, D(32), "estimated", "aws", "p4d.24xlarge", "on_demand"))
-    decider.on_watermark(clock, Watermark("m", "usage|0", 168 * MS_PER_HOUR))
-    decisions = [d for d in decider.close("train", state, 168 * MS_PER_HOUR, clock) if d.kind != "trending_repatriation"]
-    (decision,) = decisions
+        "thresholds": {"window_seconds": 3600}}, 168, workload="train", gpu_class="A100",
+        instance_type="p4d.24xlarge", usd_per_hour=D(32), busy_gpus=4)
     best = {kind: min(o.npv_usd for o in decision.options if o.option == kind) for kind in ("buy", "commitment")}
     return decision, best
 
@@ -260,23 +256,11 @@ def test_buying_or_committing_is_chosen_by_present_value_not_by_the_cheaper_hour
 
 def test_a_term_past_the_horizon_gives_way_to_the_one_within_it():
     # over 24 months a 3-year reservation would be paid past the horizon: the 1-year one is committed instead
-    from hybridspend.contracts.config import Config
-    from hybridspend.contracts.events import CostWindow, Watermark
-    from hybridspend.streams.processing import DecisionProcessor, PartitionClock, WorkloadState
-
-    config = Config.model_validate({
+    (d,) = through_the_stream({
         "cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p5.48xlarge", "gpu_model": "H100",
                           "gpu_class": "H100", "gpus_per_instance": 8,
                           "usd_per_hour": {"on_demand": 64, "reserved": 40, "reserved_3y": 30}}],
-        "thresholds": {"window_seconds": 3600, "horizon_months": 24, "evidence_hours": {"commit_in_cloud": 3}}})
-    decider, state, clock = DecisionProcessor(config), WorkloadState(), PartitionClock()
-    for hour in range(3):
-        start = hour * MS_PER_HOUR
-        decider.add(state, CostWindow(f"w{hour}", "serve", "web", False, "cloud", "H100", "i-1", start, MS_PER_HOUR,
-                                      8 * MS_PER_HOUR, 5 * MS_PER_HOUR, 8 * MS_PER_HOUR, 0, 60, start,
-                                      start + MS_PER_HOUR, D(64), "estimated", "aws", "p5.48xlarge", "on_demand"))
-    decider.on_watermark(clock, Watermark("m", "usage|0", 3 * MS_PER_HOUR))
-    (d,) = decider.close("serve", state, 3 * MS_PER_HOUR, clock)
+        "thresholds": {"window_seconds": 3600, "horizon_months": 24, "evidence_hours": {"commit_in_cloud": 3}}}, 3)
     assert d.kind == COMMIT_IN_CLOUD and d.alternative_label == "aws us-east-1 p5.48xlarge reserved"
     assert d.monthly_savings_usd == (64 - 40) * 730
     assert {o.label for o in d.options} == {"stay (cloud, as it runs)", "commit 1 x aws us-east-1 p5.48xlarge (reserved)"}
