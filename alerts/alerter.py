@@ -24,6 +24,7 @@ from hybridspend.infra.clock import Every
 from hybridspend.storage import outbox, queries
 
 from .checks import Figures, Notice, all_notices
+from .forecaster import BudgetForecaster
 from .slack import decision_message, notice_message
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Alerter:
         self.delivered = 0
         self._shown: set[str] = set()  # alert ids a dry run printed
         self.checks_due = Every(config.alerts.checks.interval_seconds)  # first with the first poll
+        self.forecaster = BudgetForecaster(dsn) if config.alerts.checks.budget_forecast else None
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -169,9 +171,13 @@ class Alerter:
         if now is None:
             return Figures(now=None, samples_now=samples_now)
         hosts = queries.onprem_hosts_last_seen(conn, samples_now) if samples_now is not None else []
+        team_month = [(m.team, m.spent_usd, m.budget_usd) for m in queries.team_month_spend(conn, now)]
+        if self.forecaster is not None:  # this hour's forecasts start in the background; the last ones are used
+            self.forecaster.request(now, [(team, budget) for team, _, budget in team_month])
         return Figures(
             now=now,
-            team_month=[(m.team, m.spent_usd, m.budget_usd) for m in queries.team_month_spend(conn, now)],
+            team_month=team_month,
+            team_forecasts=self.forecaster.latest() if self.forecaster is not None else {},
             team_rate=[(r.team, r.last_day_usd, r.baseline_usd_per_day, r.baseline_days)
                        for r in queries.team_spend_rate(conn, now)],
             idle=queries.idle_cost_last_day(conn, now),

@@ -28,6 +28,17 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class BudgetForecast:
+    """A team's month as forecast (``alerts.forecaster``): the hours so far plus the rest of the month."""
+
+    total_usd: Decimal  # month to date (whole hours) + the rest's point forecast
+    low_usd: Decimal  # the 80 % interval of that total
+    high_usd: Decimal
+    overrun_probability: Decimal  # 0..1: the share of the forecast's distribution above the budget
+    model: str  # how it was made, for a person (MSTL(...), calibrated or not)
+
+
+@dataclass(frozen=True)
 class Figures:
     now: datetime | None  # event time: end of the latest window (None: no data yet)
     team_month: list[tuple[str, Decimal, Decimal]] = field(default_factory=list)  # team, month-to-date $, budget $
@@ -36,38 +47,54 @@ class Figures:
     idle: list[tuple[str, Decimal]] = field(default_factory=list)  # GPU class, idle on-prem $ over the last 24 h
     hosts_last_seen: list[tuple[str, datetime]] = field(default_factory=list)  # on-prem host, its latest sample
     samples_now: datetime | None = None  # the latest on-prem sample of the fleet
+    team_forecasts: dict[str, BudgetForecast] = field(default_factory=dict)  # team -> its month, forecast
 
 
 def _usd(amount: Decimal) -> str:
     return f"${amount:,.2f}"
 
 
-def budget_notices(f: Figures) -> list[Notice]:
-    """Month-to-date spend and a straight-line forecast against each team's monthly budget."""
+def budget_notices(f: Figures, overrun_probability: Decimal = Decimal("0.8")) -> list[Notice]:
+    """Month-to-date spend and the month's forecast against each team's monthly budget.
+
+    With a forecast of the team's month (``Figures.team_forecasts``: seasonal, with an interval), the notice
+    fires when it gives at least ``overrun_probability`` of exceeding the budget; without one (too little
+    history, or not computed yet) on the straight line the month-to-date spend draws.
+    """
     if f.now is None:
         return []
     month_start = f.now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     out = []
     for team, spent, budget in f.team_month:
-        forecast = month_forecast_usd(spent, f.now)
-        if budget <= 0 or forecast is None:
+        fc = f.team_forecasts.get(team)
+        line = month_forecast_usd(spent, f.now)
+        if budget <= 0 or (fc is None and line is None):
             continue
         used = spent / budget
+        on_course = fc.overrun_probability >= overrun_probability if fc is not None else line > budget
         if used >= 1:
             severity, state = 3, "has spent its monthly budget"
         elif used >= Decimal("0.8"):
             severity, state = 2, "has spent 80 % of its monthly budget"
-        elif forecast > budget:
+        elif on_course:
             severity, state = 1, "is on course to exceed its monthly budget"
         else:
             continue
+        if fc is not None:
+            outlook = (f"{fc.overrun_probability:.0%} likely to exceed it; {month_start:%B} forecast "
+                       f"{_usd(fc.total_usd)} (80 %: {_usd(fc.low_usd)} to {_usd(fc.high_usd)}, {fc.model})")
+            forecast = f"{_usd(fc.total_usd)} (80 %: {_usd(fc.low_usd)} to {_usd(fc.high_usd)})"
+            extra = (("Chance to exceed", f"{fc.overrun_probability:.0%}"),)
+        else:
+            outlook = f"forecast for {month_start:%B}: {_usd(line)} (a straight line: too little history to model)"
+            forecast, extra = _usd(line), ()
         out.append(Notice(
             subject=f"budget|{team}|{month_start:%Y-%m}", severity=severity, audience=FINANCE,
             title=f"Budget: {team} {state}",
             text=(f"Budget: {team} {state}: {_usd(spent)} spent of {_usd(budget)} ({used:.0%}) by "
-                  f"{f.now:%Y-%m-%d %H:%M} UTC; forecast for {month_start:%B}: {_usd(forecast)}"),
+                  f"{f.now:%Y-%m-%d %H:%M} UTC; {outlook}"),
             fields=(("Team", team), ("Spent this month", _usd(spent)), ("Budget", _usd(budget)),
-                    ("Forecast", _usd(forecast)), ("Used", f"{used:.0%}")),
+                    ("Forecast", forecast), ("Used", f"{used:.0%}")) + extra,
         ))
     return out
 
@@ -136,7 +163,7 @@ def all_notices(f: Figures, checks) -> list[Notice]:
     """Every rule the configuration turns on (``checks``: contracts.config.AlertChecks)."""
     out: list[Notice] = []
     if checks.budget_forecast:
-        out += budget_notices(f)
+        out += budget_notices(f, Decimal(checks.budget_overrun_probability_pct) / 100)
     if checks.spend_rate_increase_pct is not None:
         out += spend_rate_notices(f, checks.spend_rate_increase_pct)
     if checks.idle_usd_per_day is not None:

@@ -333,6 +333,9 @@ class AlertChecks(StrictModel):
     cooldown_hours: float = Field(default=24, ge=0, description="an alert on the same subject is not repeated "
                                   "within this time unless it escalated")
     budget_forecast: bool = Field(default=True, description="month-to-date spend and forecast vs team budgets")
+    budget_overrun_probability_pct: Amount = Field(
+        default=Decimal(80), gt=0, le=100, description="a budget notice fires when the month's forecast gives at "
+        "least this chance of exceeding the budget (the straight line decides while there is too little history)")
     spend_rate_increase_pct: Amount | None = Field(
         default=Decimal(50), gt=0, description="last 24 h of a team's spend vs its 7-day daily average; null: off")
     idle_usd_per_day: Amount | None = Field(

@@ -41,6 +41,26 @@ def test_budget_forecast_then_80_then_100_percent_escalate():
     assert "forecast for November: $3,600.00" in n.text
 
 
+def test_with_a_forecast_the_budget_notice_fires_on_the_chance_of_exceeding_it():
+    from hybridspend.alerts.checks import BudgetForecast
+
+    def notices(probability, spent=1200):
+        fc = BudgetForecast(D(3400), D(3100), D(3800), D(probability), "MSTL(season_length=[24, 168]), calibrated")
+        return budget_notices(Figures(now=NOW, team_month=[("ml", D(spent), D(3000))], team_forecasts={"ml": fc}),
+                              D("0.8"))
+
+    # the straight line says $3,600 (over), but the seasonal forecast gives only 70 %: no notice
+    assert notices("0.7") == []
+    (n,) = notices("0.85")
+    assert n.severity == 1 and n.title == "Budget: ml is on course to exceed its monthly budget"
+    assert ("85% likely to exceed it; November forecast $3,400.00 (80 %: $3,100.00 to $3,800.00, "
+            "MSTL(season_length=[24, 168]), calibrated)") in n.text
+    assert ("Chance to exceed", "85%") in n.fields and ("Forecast", "$3,400.00 (80 %: $3,100.00 to $3,800.00)") in n.fields
+    # spending 80 % of the budget escalates whatever the forecast says, and carries it
+    (n,) = notices("0.1", spent=2400)
+    assert n.severity == 2 and "10% likely to exceed it" in n.text
+
+
 def test_spend_rate_needs_a_baseline_and_grades_the_jump():
     f = Figures(now=NOW, team_rate=[("ml", D(150), D(100), 7), ("new", D(500), D(10), 2), ("flat", D(120), D(100), 7)])
     (n,) = spend_rate_notices(f, D(50))  # +50 % for ml; "new" has 2 days of baseline only; "flat" is +20 %

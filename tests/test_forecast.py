@@ -176,6 +176,21 @@ def test_forecast_reads_the_stored_hours_and_weighs_the_budget(tmp_path, databas
     assert text.stdout.startswith("total: 504 h of hourly spend, MSTL(season_length=[24, 168])")
     assert "search: 504 h" in text.stdout and "budget $100,000: 0% likely to be exceeded this month" in text.stdout
 
+    # the alerter's budget check: the same month, forecast in its background thread
+    from hybridspend.alerts.forecaster import BudgetForecaster
+
+    forecaster = BudgetForecaster(database)
+    at = datetime(2026, 10, 26, tzinfo=timezone.utc)
+    forecaster.request(at, [("ml", D(5000)), ("search", D(100_000)), ("nobody", D(1))])
+    forecaster.wait(120)
+    latest = forecaster.latest()
+    assert set(latest) == {"ml", "search"}  # a team without a day of history gets the straight line
+    assert latest["ml"].total_usd == D(ml["month_total_usd"]) and latest["ml"].overrun_probability == 1
+    assert latest["ml"].low_usd == D(ml["month_total_intervals_usd"]["80"][0])
+    assert latest["search"].overrun_probability == 0
+    forecaster.request(at + timedelta(minutes=30), [("ml", D(5000))])  # the same hour: nothing new to compute
+    assert forecaster._thread is not None and not forecaster._thread.is_alive()
+
     missing = forecast("--team", "nobody")
     assert missing.returncode != 0 and "no spend of team 'nobody'" in missing.stderr
     assert not math.isnan(float(ml["next_month"]["total_usd"]))

@@ -17,7 +17,7 @@ ALLOWED = {
     "storage": {"contracts", "costmodel", "infra"},      # adapters ...
     "collectors": {"contracts", "costmodel", "infra"},
     "streams": {"contracts", "costmodel", "infra"},
-    "alerts": {"contracts", "costmodel", "infra", "storage"},
+    "alerts": {"contracts", "costmodel", "infra", "storage", "forecasting"},
     "reports": {"contracts", "costmodel", "storage"},
     "dashboards": {"contracts", "costmodel", "storage"},
     "hybridspend": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts",

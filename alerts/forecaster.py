@@ -1,0 +1,89 @@
+"""Each budgeted team's month, forecast off the alerter's loop.
+
+A forecast takes seconds (statsforecast's MSTL, calibrated on the series' own past), far longer than an
+alert may wait, so it runs in a thread with its own database connection, at most once per hour of event
+time; the budget check reads the latest finished ones and draws the straight line for a team that has
+none yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+
+from hybridspend.forecasting.spend import HOURS_PER_DAY, ForecastError, calibrated_forecast
+from hybridspend.storage import queries
+
+from .checks import BudgetForecast
+
+log = logging.getLogger(__name__)
+
+HISTORY = timedelta(days=182)
+
+
+def team_month_forecast(conn: psycopg.Connection, team: str, budget_usd: Decimal,
+                        now: datetime) -> BudgetForecast | None:
+    """The month of ``team`` as of ``now`` (event time): its whole hours so far and the rest forecast; None with
+    under a day of history or no hour of the month left."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    month = hour.replace(day=1, hour=0)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    rest_h = int((next_month - hour).total_seconds() // 3600)
+    first, hours = queries.hourly_spend(conn, hour - HISTORY, hour, team)
+    if first is None or len(hours) < HOURS_PER_DAY or rest_h == 0:
+        return None
+    so_far = sum(hours[max(0, int((month - first).total_seconds() // 3600)):], Decimal(0))
+    fc = calibrated_forecast(hours, hour, rest_h)
+    low, high = fc.interval_usd[80]
+    return BudgetForecast(so_far + fc.total_usd, so_far + low, so_far + high,
+                          fc.probability_above(budget_usd - so_far), f"{fc.model}, {fc.calibration}")
+
+
+class BudgetForecaster:
+    """Forecasts the budgeted teams' months in a background thread; ``latest`` is what has finished."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._latest: dict[str, BudgetForecast] = {}
+        self._hour: datetime | None = None  # the event hour the latest forecasts (or the running ones) are of
+        self._thread: threading.Thread | None = None
+
+    def latest(self) -> dict[str, BudgetForecast]:
+        return dict(self._latest)
+
+    def request(self, now: datetime, budgets: list[tuple[str, Decimal]]) -> None:
+        """Start forecasting ``budgets`` (team, budget) as of ``now`` unless that hour is done or running."""
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if hour == self._hour or (self._thread is not None and self._thread.is_alive()) or not budgets:
+            return
+        self._hour = hour
+        self._thread = threading.Thread(target=self._run, args=(now, list(budgets)), name="budget-forecasts",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self, now: datetime, budgets: list[tuple[str, Decimal]]) -> None:
+        out = {}
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=10, autocommit=True) as conn:
+                for team, budget in budgets:
+                    try:
+                        fc = team_month_forecast(conn, team, budget, now)
+                    except ForecastError as exc:
+                        log.warning("budget forecast of %s: %s", team, exc)
+                        continue
+                    if fc is not None:
+                        out[team] = fc
+        except psycopg.Error as exc:
+            log.warning("budget forecasts: database unavailable (%s); the straight line stands in",
+                        str(exc).splitlines()[0])
+            self._hour = None  # try again at the next check
+            return
+        self._latest = out
