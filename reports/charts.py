@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import matplotlib
+import matplotlib.dates
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
@@ -285,4 +286,31 @@ def options_over_horizon(panels: list[tuple[str, int, list[tuple[str, float, flo
             ax.legend(fontsize=6.5, frameon=False, loc="upper left")
         for ax in axes[len(shown):]:
             ax.set_visible(False)
+        return _svg(fig)
+
+
+def spend_forecast(actual: list[tuple[datetime, float]], forecast: list[tuple[datetime, float]],
+                   bands: dict[int, tuple[float, float]], label: str) -> str:
+    """Daily spend of the month (bars) and next month's forecast per day (line), with the forecast total's
+    intervals (``bands``: level -> (low, high) as a share of the point total) shaded around the line."""
+    with matplotlib.rc_context(RC):
+        fig = _figure(2.4)
+        ax = fig.add_subplot()
+        if not actual and not forecast:
+            _message(ax, "no spend recorded: nothing to forecast from")
+            return _svg(fig)
+        ax.bar([d for d, _ in actual], [v for _, v in actual], width=0.8, color="#4c78a8", label=f"{label}, actual")
+        if forecast:
+            days, values = [d for d, _ in forecast], [v for _, v in forecast]
+            for level, alpha in ((95, 0.15), (80, 0.3)):
+                if level in bands:
+                    low, high = bands[level]
+                    ax.fill_between(days, [v * low for v in values], [v * high for v in values], color="#f58518",
+                                    alpha=alpha, linewidth=0, label=f"{level} % interval of the month's total")
+            ax.plot(days, values, color="#f58518", linewidth=1.6, label="forecast")
+        ax.set_ylabel("$ per day")
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(_usd_axis)
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%b %d"))
+        ax.legend(loc="upper left", fontsize=7.5, frameon=False, ncols=4, bbox_to_anchor=(0, 1.14))
         return _svg(fig)

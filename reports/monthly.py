@@ -100,6 +100,21 @@ class BreakevenFigures:
 
 
 @dataclass(frozen=True)
+class NextMonth:
+    """Next month's spend of a team (or of everything), forecast from the hours up to the report's end."""
+
+    scope: str  # a team, or ALL_TEAMS
+    total_usd: Decimal
+    interval_usd: dict[int, tuple[Decimal, Decimal]]  # level (%) -> (low, high)
+    how: str  # the model and how its intervals were calibrated
+    daily_usd: list[tuple[datetime, Decimal]] = field(default_factory=list)  # the point forecast per day
+
+
+ALL_TEAMS = "all teams"
+FORECAST_TEAMS = 8  # the teams with the largest spend this month that get their own forecast
+
+
+@dataclass(frozen=True)
 class MonthlyReport:
     month: str
     start: datetime
@@ -121,6 +136,7 @@ class MonthlyReport:
     # recommended workloads' options over the horizon: (workload, environment) -> (horizon months, options)
     options: dict[tuple[str, str], tuple[int, list[PlannedOption]]] = field(default_factory=dict)
     discount_rate_pct: Decimal = Decimal(8)  # of the options' present values
+    next_month: list[NextMonth] = field(default_factory=list)  # all teams first, then the largest teams
 
     @property
     def recommended(self) -> list[WorkloadMonth]:
@@ -309,7 +325,34 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         overview=overview(conn, month), previous=overview(conn, previous_month), idle_daily=idle_daily,
         cloud_daily=[(day, est, billed) for day, (est, billed) in sorted(per_day.items())],
         utilization_daily=utilization_daily, bands=bands, breakeven=_breakeven(market, margin),
-        daily_budget_usd=daily_budget, options=options, discount_rate_pct=config.thresholds.discount_rate_pct)
+        daily_budget_usd=daily_budget, options=options, discount_rate_pct=config.thresholds.discount_rate_pct,
+        next_month=_next_month(conn, end, [w for w in workloads]))
+
+
+def _next_month(conn: psycopg.Connection, end: datetime, workloads: list[WorkloadMonth]) -> list[NextMonth]:
+    """Next month's spend, in total and for the teams that spent most this month, as ``hybridspend forecast``
+    forecasts it (``forecasting.spend``) from the half year of hours before ``end``."""
+    from hybridspend.forecasting.spend import calibrated_forecast
+    from hybridspend.storage.queries import hourly_spend
+
+    after = (end + timedelta(days=32)).replace(day=1)
+    horizon = int((after - end).total_seconds() // 3600)
+    by_team: dict[str, Decimal] = {}
+    for w in workloads:
+        if w.team:
+            by_team[w.team] = by_team.get(w.team, Decimal(0)) + w.cost_usd
+    teams = sorted(by_team, key=lambda t: (-by_team[t], t))[:FORECAST_TEAMS]
+    out = []
+    for team in [None] + teams:
+        first, hours = hourly_spend(conn, end - timedelta(days=182), end, team)
+        if len(hours) < 24:
+            continue
+        fc = calibrated_forecast(hours, end, horizon)
+        daily = [(end + timedelta(days=d), sum(fc.point_usd[d * 24:(d + 1) * 24], Decimal(0)))
+                 for d in range(horizon // 24)]
+        out.append(NextMonth(team or ALL_TEAMS, fc.total_usd, fc.interval_usd, f"{fc.model}; {fc.calibration}",
+                             daily if team is None else []))
+    return out
 
 
 def _cheapest(options: list[PlannedOption]) -> PlannedOption:
@@ -496,12 +539,18 @@ def render_md(report: MonthlyReport) -> str:
             w.recommendation, _usd(w.annualized_savings_usd), _evidence(w))) + " |")
     lines += ["", "## Top movers", ""] + [f"- {_md_cell(w.workload)}: {w.recommendation}, "
                                           f"{_usd(w.annualized_savings_usd)} a year" for w in report.recommended[:5]]
+    if report.next_month:
+        lines += ["", "## Next month's forecast", "", f"{report.next_month[0].how}.", "",
+                  "| team | forecast | 80 % interval | 95 % interval |", "|---|---:|---:|---:|"]
+        lines += [f"| {_md_cell(f.scope)} | {_usd(f.total_usd)} | {_usd(f.interval_usd[80][0])} to "
+                  f"{_usd(f.interval_usd[80][1])} | {_usd(f.interval_usd[95][0])} to {_usd(f.interval_usd[95][1])} |"
+                  for f in report.next_month]
     lines += ["", "## Assumptions", ""] + [f"- **{k}**: {v}" for k, v in report.assumptions]
     return "\n".join(lines) + "\n"
 
 
 def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
-    """The six figures as (title, SVG, caption), numbered in this order in the HTML and the PDF."""
+    """The seven figures as (title, SVG, caption), numbered in this order in the HTML and the PDF."""
     label = report.start.strftime("%B %Y")
     be = report.breakeven
     points = [(w.workload, w.environment, w.gpu_class, float(w.utilization), float(w.usd_per_busy_gpu_hour),
@@ -543,6 +592,18 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
         f"{w}: {_cheapest(opts).label} ({_usd0(_cheapest(opts).result.npv_usd)} over {horizon} months)"
         for (w, _), (horizon, opts) in report.options.items())
 
+    whole = next((f for f in report.next_month if f.scope == ALL_TEAMS), None)
+    actual: dict[datetime, float] = {}
+    for day, _, cost, _ in report.daily:
+        actual[day] = actual.get(day, 0.0) + float(cost)
+    bands = {level: (float(low / whole.total_usd), float(high / whole.total_usd))
+             for level, (low, high) in whole.interval_usd.items()} if whole and whole.total_usd else {}
+    forecast_svg = charts.spend_forecast(sorted(actual.items()), [(d, float(v)) for d, v in whole.daily_usd]
+                                         if whole else [], bands, label)
+    forecast_text = "; ".join(
+        f"{f.scope}: {_usd0(f.total_usd)} (80 %: {_usd0(f.interval_usd[80][0])} to {_usd0(f.interval_usd[80][1])})"
+        for f in report.next_month) or "too little history to forecast"
+
     cloud_days = [d for d, _, _ in report.cloud_daily]
     billed_svg = charts.estimated_vs_billed(cloud_days, [charts.as_float(e) for _, e, _ in report.cloud_daily],
                                             [charts.as_float(b) for _, _, b in report.cloud_daily], label)
@@ -577,6 +638,11 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
          "showed; else this month's measured hours) repeated; a dot "
          f"marks the month an option overtakes staying. Cheapest by present value at {report.discount_rate_pct:g}% a year: "
          + (cheapest_text or "no recommended move to compare") + "."),
+        ("What will next month cost?", forecast_svg,
+         "Daily spend this month (bars) and next month's forecast per day (line), from the hours up to the end of "
+         "this month: statsforecast's MSTL with daily and weekly seasons, as `hybridspend forecast` makes it. The "
+         "shading spreads the 80 % and 95 % intervals of the month's total over its days in proportion; the total's "
+         f"intervals are what is calibrated ({whole.how if whole else 'no forecast'}). Next month: {forecast_text}."),
     ]
 
 

@@ -18,7 +18,7 @@ ALLOWED = {
     "collectors": {"contracts", "costmodel", "infra"},
     "streams": {"contracts", "costmodel", "infra"},
     "alerts": {"contracts", "costmodel", "infra", "storage", "forecasting"},
-    "reports": {"contracts", "costmodel", "storage"},
+    "reports": {"contracts", "costmodel", "storage", "forecasting"},
     "dashboards": {"contracts", "costmodel", "storage"},
     "hybridspend": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts",
                     "reports", "dashboards", "forecasting"},             # entrypoints: the CLI, demo, simulate

@@ -193,11 +193,17 @@ def test_html_and_pdf_come_from_one_template_and_keep_every_character(written):
     # every page has the header (month) and the footer (page numbers)
     for n, body in enumerate(pages, start=1):
         assert "2026-10" in body and f"page {n} of {len(pages)}" in body
-    # six figures, numbered in order, with the same titles as in the HTML
+    # seven figures, numbered in order, with the same titles as in the HTML
     html_titles = [html.unescape(t) for t in re.findall(r"<figcaption>(.*?)</figcaption>", page)]
-    assert [t.split(":")[0] for t in html_titles] == [f"Figure {n}" for n in range(1, 7)]
+    assert [t.split(":")[0] for t in html_titles] == [f"Figure {n}" for n in range(1, 8)]
     assert [t for t in html_titles if t in text] == html_titles
-    assert re.findall(r"Figure \d:", text) == [f"Figure {n}:" for n in range(1, 7)]
+    assert re.findall(r"Figure \d:", text) == [f"Figure {n}:" for n in range(1, 8)]
+    # next month's forecast: the table (all teams first) and Figure 7, from the month's hours
+    assert [f.scope for f in report.next_month][0] == "all teams" and "Next month's forecast" in text
+    whole = report.next_month[0]
+    assert whole.interval_usd[95][0] <= whole.interval_usd[80][0] <= whole.total_usd <= whole.interval_usd[80][1]
+    assert len(whole.daily_usd) == 30 and sum((v for _, v in whole.daily_usd), D(0)) <= whole.total_usd
+    assert "## Next month's forecast" in by_name["gpu-spend-2026-10.md"].read_text()
     assert "Figure 1: What does a useful GPU-hour cost" in pages[1]  # the why, on page 2
     assert "$240 against $230 billed" in text
     # the same table rows: every workload's name as the table shows it
