@@ -15,8 +15,9 @@ from a moving-block bootstrap of the model's in-sample errors instead: whole day
 hours, kept at their hour of the day), drawn again and again and added to the point path; the interval
 is the quantiles of the sums.  Errors of one day move together, so a day of errors is drawn as a block.
 That holds the shape of the noise but not the uncertainty of the trend and the seasons themselves, so
-the spread is widened by the ratio the rolling-origin backtest of the series' own history measures
-(``calibrate``): the empirical coverage of the bootstrap intervals on origins before the last one.
+each level's spread is widened by what the series' own past forecasts measure (``calibrate``): from up to
+eight earlier origins, the ratio of each miss to its interval's half width, and the conformal quantile of
+those ratios (split conformal on the horizon's total).
 
 Amounts are Decimal (micro-dollars) at the edges; the model works in floats.
 """
