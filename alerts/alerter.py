@@ -177,7 +177,7 @@ class Alerter:
         return Figures(
             now=now,
             team_month=team_month,
-            team_forecasts=self.forecaster.latest() if self.forecaster is not None else {},
+            team_forecasts=self.forecaster.latest(now) if self.forecaster is not None else {},
             team_rate=[(r.team, r.last_day_usd, r.baseline_usd_per_day, r.baseline_days)
                        for r in queries.team_spend_rate(conn, now)],
             idle=queries.idle_cost_last_day(conn, now),

@@ -48,12 +48,17 @@ class BudgetForecaster:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._latest: dict[str, BudgetForecast] = {}
-        self._hour: datetime | None = None  # the event hour the latest forecasts (or the running ones) are of
+        self._latest: tuple[datetime | None, dict[str, BudgetForecast]] = (None, {})  # (their hour, forecasts)
+        self._hour: datetime | None = None  # the event hour the running (or latest) forecasts are of
         self._thread: threading.Thread | None = None
 
-    def latest(self) -> dict[str, BudgetForecast]:
-        return dict(self._latest)
+    def latest(self, now: datetime) -> dict[str, BudgetForecast]:
+        """The latest finished forecasts, if they are of ``now``'s month (a month's forecast never speaks for
+        the next one: the straight line stands in until this month's are done)."""
+        hour, forecasts = self._latest
+        if hour is None or (hour.year, hour.month) != (now.year, now.month):
+            return {}
+        return dict(forecasts)
 
     def request(self, now: datetime, budgets: list[tuple[str, Decimal]]) -> None:
         """Start forecasting ``budgets`` (team, budget) as of ``now`` unless that hour is done or running."""
@@ -76,14 +81,20 @@ class BudgetForecaster:
                 for team, budget in budgets:
                     try:
                         fc = team_month_forecast(conn, team, budget, now)
+                    except psycopg.Error:
+                        raise
                     except ForecastError as exc:
                         log.warning("budget forecast of %s: %s", team, exc)
+                        continue
+                    except Exception:  # one team's failure leaves the others theirs
+                        log.exception("budget forecast of %s failed; the straight line stands in for it", team)
                         continue
                     if fc is not None:
                         out[team] = fc
         except psycopg.Error as exc:
             log.warning("budget forecasts: database unavailable (%s); the straight line stands in",
                         str(exc).splitlines()[0])
+            self._latest = (None, {})
             self._hour = None  # try again at the next check
             return
-        self._latest = out
+        self._latest = (now.replace(minute=0, second=0, microsecond=0), out)

@@ -333,10 +333,14 @@ def _next_month(conn: psycopg.Connection, end: datetime, workloads: list[Workloa
     """Next month's spend, in total and for the teams that spent most this month, as ``hybridspend forecast``
     forecasts it (``forecasting.spend``) from the half year of hours before ``end``."""
     from hybridspend.forecasting.spend import calibrated_forecast
-    from hybridspend.storage.queries import hourly_spend
+    from hybridspend.storage.queries import hourly_spend, latest_window_end
 
     after = (end + timedelta(days=32)).replace(day=1)
-    horizon = int((after - end).total_seconds() // 3600)
+    # a month still in progress is forecast from its last stored hour, not from hours that have not come yet
+    latest = latest_window_end(conn)
+    origin = min(end, latest.replace(minute=0, second=0, microsecond=0)) if latest is not None else end
+    skip = int((end - origin).total_seconds() // 3600)  # the rest of the report's month: not next month's
+    horizon = int((after - origin).total_seconds() // 3600)
     by_team: dict[str, Decimal] = {}
     for w in workloads:
         if w.team:
@@ -344,12 +348,12 @@ def _next_month(conn: psycopg.Connection, end: datetime, workloads: list[Workloa
     teams = sorted(by_team, key=lambda t: (-by_team[t], t))[:FORECAST_TEAMS]
     out = []
     for team in [None] + teams:
-        first, hours = hourly_spend(conn, end - timedelta(days=182), end, team)
+        first, hours = hourly_spend(conn, origin - timedelta(days=182), origin, team)
         if len(hours) < 24:
             continue
-        fc = calibrated_forecast(hours, end, horizon)
+        fc = calibrated_forecast(hours, origin, horizon, skip_hours=skip)
         daily = [(end + timedelta(days=d), sum(fc.point_usd[d * 24:(d + 1) * 24], Decimal(0)))
-                 for d in range(horizon // 24)]
+                 for d in range(len(fc.point_usd) // 24)]
         out.append(NextMonth(team or ALL_TEAMS, fc.total_usd, fc.interval_usd, f"{fc.model}; {fc.calibration}",
                              daily if team is None else []))
     return out

@@ -183,7 +183,8 @@ def test_forecast_reads_the_stored_hours_and_weighs_the_budget(tmp_path, databas
     at = datetime(2026, 10, 26, tzinfo=timezone.utc)
     forecaster.request(at, [("ml", D(5000)), ("search", D(100_000)), ("nobody", D(1))])
     forecaster.wait(120)
-    latest = forecaster.latest()
+    latest = forecaster.latest(at)
+    assert forecaster.latest(datetime(2026, 11, 1, tzinfo=timezone.utc)) == {}  # never for another month
     assert set(latest) == {"ml", "search"}  # a team without a day of history gets the straight line
     assert latest["ml"].total_usd == D(ml["month_total_usd"]) and latest["ml"].overrun_probability == 1
     assert latest["ml"].low_usd == D(ml["month_total_intervals_usd"]["80"][0])
