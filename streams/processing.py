@@ -385,6 +385,9 @@ class DecisionProcessor:
         self._markets: dict[tuple, Market] = {}
         self.thresholds = config.thresholds.domain()
         self.window_ms = config.thresholds.window_seconds * 1000
+        # (window start, claims, idle entries) -> (the clock, its claims, their grants): a window's allocation,
+        # made once for all the cloud workloads a partition closes in it
+        self._grants: dict[tuple, tuple] = {}
 
     def market_at(self, at_ms: int) -> Market:
         """The configured market with the live prices in force at ``at_ms``."""
@@ -432,21 +435,35 @@ class DecisionProcessor:
 
     def idle_granted(self, clock: PartitionClock, window: WorkloadWindow, market: Market) -> dict[str, Decimal]:
         """The idle owned GPUs the window's workload may fill: the window's idle capacity promised once among
-        every cloud workload's claim on it (``Market.allocate_idle``), the same on every partition."""
-        claims: dict[tuple[str, str], list] = {}
+        every cloud workload's claim on it (``Market.allocate_idle``), the same on every partition.  The
+        allocation of a window is made once for all the workloads a partition closes in it."""
+        own_key, own = (window.workload, window.gpu_class), [window.allocated_gpu_ms, int(window.cost_usd / MICRO)]
+        key = (window.window_start_ms, len(clock.cloud), len(clock.idle))
+        cached = self._grants.get(key)
+        if cached is None or cached[0] is not clock or cached[1].get(own_key) != own:
+            claims = self._claims(clock, window.window_start_ms)
+            # the window itself, as this partition closed it (an upstream worker of an older version sends none)
+            claims[own_key] = own
+            grants = market.allocate_idle(
+                self.idle_gpus(clock, window.window_start_ms),
+                [IdleClaim(w, c, a, window.window_ms, Decimal(u) * MICRO) for (w, c), (a, u) in sorted(claims.items())],
+                self.thresholds.margin)
+            if len(self._grants) > 64:
+                self._grants.clear()
+            cached = self._grants[key] = (clock, claims, grants)
+        return cached[2].get(own_key, {})
+
+    @staticmethod
+    def _claims(clock: PartitionClock, window_start_ms: int) -> dict[tuple[str, str], list[int]]:
+        """Every cloud workload's claim in the window, summed over its resources: [allocated GPU-ms, micro-dollars]."""
+        claims: dict[tuple[str, str], list[int]] = {}
         for key, (allocated_ms, cost_umicro) in clock.cloud.items():
             ws, _, gpu_class, workload = key.split("|", 3)
-            if int(ws) == window.window_start_ms:
+            if int(ws) == window_start_ms:
                 claim = claims.setdefault((workload, gpu_class), [0, 0])
                 claim[0] += allocated_ms
                 claim[1] += cost_umicro
-        # the window itself, as this partition closed it (an upstream worker of an older version sends no claims)
-        claims[(window.workload, window.gpu_class)] = [window.allocated_gpu_ms, int(window.cost_usd / MICRO)]
-        grants = market.allocate_idle(
-            self.idle_gpus(clock, window.window_start_ms),
-            [IdleClaim(w, c, a, window.window_ms, Decimal(u) * MICRO) for (w, c), (a, u) in sorted(claims.items())],
-            self.thresholds.margin)
-        return grants.get((window.workload, window.gpu_class), {})
+        return claims
 
     def forget_idle(self, clock: PartitionClock, watermark_ms: int) -> None:
         for table in (clock.idle, clock.cloud):
