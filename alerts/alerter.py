@@ -18,12 +18,13 @@ from typing import Callable
 import psycopg
 
 from hybridspend.contracts.config import AlertRoute, Config
-from hybridspend.contracts.events import BreakevenDecision, EventError
+from hybridspend.contracts.events import Anomaly, BreakevenDecision, EventError
+from hybridspend.contracts.topics import Topics
 from hybridspend.costmodel import REPATRIATE_BUY, TRENDING_REPATRIATION
 from hybridspend.infra.clock import Every
 from hybridspend.storage import outbox, queries
 
-from .checks import Figures, Notice, all_notices
+from .checks import FINANCE, PLATFORM, Figures, Notice, all_notices, anomaly_notice
 from .forecaster import BudgetForecaster
 from .slack import decision_message, notice_message
 
@@ -106,10 +107,20 @@ def routes_for(config: Config, decision: BreakevenDecision) -> list[AlertRoute |
 
 
 def routes_for_notice(config: Config, notice: Notice) -> list[AlertRoute | None]:
-    """Budgets and spend rates go to finance, idle capacity and collector silence to the platform team."""
+    """Budgets go to finance, idle capacity to the platform team."""
     if not config.alerts.routes:
         return [None]
     return [r for r in config.alerts.routes if r.audience == notice.audience]
+
+
+def routes_for_anomaly(config: Config, anomaly: Anomaly) -> list[AlertRoute | None]:
+    """The platform team gets every anomaly; finance too when a day of it is worth at least
+    ``anomalies.finance_usd_per_day``."""
+    if not config.alerts.routes:
+        return [None]
+    audiences = {PLATFORM} | ({FINANCE} if anomaly.usd_per_day_at_stake >= config.anomalies.finance_usd_per_day
+                              else set())
+    return [r for r in config.alerts.routes if r.audience in audiences]
 
 
 class Alerter:
@@ -128,6 +139,7 @@ class Alerter:
         self._shown: set[str] = set()  # alert ids a dry run printed
         self.checks_due = Every(config.alerts.checks.interval_seconds)  # first with the first poll
         self.forecaster = BudgetForecaster(dsn) if config.alerts.checks.budget_forecast else None
+        self.anomaly_topic = Topics.from_config(config.kafka).anomalies
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -144,6 +156,21 @@ class Alerter:
                 for route in routes_for(self.config, d):
                     name = route.name if route else CONSOLE
                     added += outbox.queue_alert(conn, f"{d.event_id}|{name}", name, d.event_id, 1, message)
+        return added
+
+    def enqueue_anomalies(self, anomalies: list[Anomaly]) -> int:
+        """Queue each anomaly episode once per route, when it opens (its end is stored, not sent)."""
+        conn = self._connection()
+        added = 0
+        with conn.transaction():
+            for a in anomalies:
+                if a.state != "open":
+                    continue
+                notice = anomaly_notice(a, self.config.anomalies.finance_usd_per_day)
+                message = notice_message(notice, self.config.alerts.dashboard_url)
+                for route in routes_for_anomaly(self.config, a):
+                    name = route.name if route else CONSOLE
+                    added += outbox.queue_alert(conn, f"{a.episode_id}|{name}", name, a.episode_id, 1, message)
         return added
 
     def enqueue_notices(self, notices: list[Notice]) -> int:
@@ -167,10 +194,8 @@ class Alerter:
         """What the checks judge, read from the rollups; "now" is event time (the latest window's end)."""
         conn = self._connection()
         now = queries.latest_window_end(conn)
-        samples_now = queries.latest_onprem_sample(conn)
         if now is None:
-            return Figures(now=None, samples_now=samples_now)
-        hosts = queries.onprem_hosts_last_seen(conn, samples_now) if samples_now is not None else []
+            return Figures(now=None)
         team_month = [(m.team, m.spent_usd, m.budget_usd) for m in queries.team_month_spend(conn, now)]
         if self.forecaster is not None:  # this hour's forecasts start in the background; the last ones are used
             self.forecaster.request(now, [(team, budget) for team, _, budget in team_month])
@@ -178,10 +203,7 @@ class Alerter:
             now=now,
             team_month=team_month,
             team_forecasts=self.forecaster.latest(now) if self.forecaster is not None else {},
-            team_rate=[(r.team, r.last_day_usd, r.baseline_usd_per_day, r.baseline_days)
-                       for r in queries.team_spend_rate(conn, now)],
-            idle=queries.idle_cost_last_day(conn, now),
-            hosts_last_seen=[(h.host, h.last_sample) for h in hosts], samples_now=samples_now)
+            idle=queries.idle_cost_last_day(conn, now))
 
     def run_checks(self) -> int:
         return self.enqueue_notices(all_notices(self.figures(), self.config.alerts.checks))
@@ -243,17 +265,24 @@ class Alerter:
         try:
             if self.consumer is not None:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=1000)
-                decisions = []
+                decisions, anomalies = [], []
                 for recs in polled.values():
                     for rec in recs:
+                        is_anomaly = rec.topic == self.anomaly_topic
                         try:
-                            decisions.append(BreakevenDecision.decode(rec.value))
+                            if is_anomaly:
+                                anomalies.append(Anomaly.decode(rec.value))
+                            else:
+                                decisions.append(BreakevenDecision.decode(rec.value))
                         except EventError as exc:
                             # the sink stores bad result records as dead letters; the alerter skips them
-                            log.warning("alerter: skipping a bad decision at %s[%d]@%d: %s",
-                                        rec.topic, rec.partition, rec.offset, exc)
+                            log.warning("alerter: skipping a bad %s at %s[%d]@%d: %s",
+                                        "anomaly" if is_anomaly else "decision", rec.topic, rec.partition,
+                                        rec.offset, exc)
                 if decisions:
                     self.enqueue(decisions)
+                if anomalies:
+                    self.enqueue_anomalies(anomalies)
                 if polled:
                     self.consumer.commit()
                     if self.metrics is not None:

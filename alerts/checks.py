@@ -1,4 +1,6 @@
-"""Alerts beyond breakeven crossings, as pure rules over figures the alerter reads from the database.
+"""Alerts beyond breakeven crossings, as pure rules over figures the alerter reads from the database:
+budgets (with the spend forecasts) and idle owned capacity.  Spend rates off their seasonal baseline and
+silent collectors are anomalies the worker detects in the stream (streams/watch.py); the alerter routes them.
 
 Every notice has a *subject* (what it is about) and a *severity*.  The alerter sends a subject
 once per cooldown per route, and again within the cooldown only when the severity rises (an
@@ -9,7 +11,7 @@ the latest stored window, so a replayed or simulated fleet is judged by its own 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from hybridspend.costmodel.money import month_forecast_usd
@@ -42,11 +44,7 @@ class BudgetForecast:
 class Figures:
     now: datetime | None  # event time: end of the latest window (None: no data yet)
     team_month: list[tuple[str, Decimal, Decimal]] = field(default_factory=list)  # team, month-to-date $, budget $
-    team_rate: list[tuple[str, Decimal, Decimal, int]] = field(default_factory=list)
-    # team, last 24 h $, mean daily $ of the 7 days before, days of baseline with data
     idle: list[tuple[str, Decimal]] = field(default_factory=list)  # GPU class, idle on-prem $ over the last 24 h
-    hosts_last_seen: list[tuple[str, datetime]] = field(default_factory=list)  # on-prem host, its latest sample
-    samples_now: datetime | None = None  # the latest on-prem sample of the fleet
     team_forecasts: dict[str, BudgetForecast] = field(default_factory=dict)  # team -> its month, forecast
 
 
@@ -99,27 +97,6 @@ def budget_notices(f: Figures, overrun_probability: Decimal = Decimal("0.8")) ->
     return out
 
 
-def spend_rate_notices(f: Figures, increase_pct: Decimal) -> list[Notice]:
-    """A team's last 24 hours against its daily average over the 7 days before (3 days of data at least)."""
-    out = []
-    for team, last_day, baseline, days in f.team_rate:
-        if days < 3 or baseline <= 0:
-            continue
-        change_pct = (last_day - baseline) / baseline * 100
-        if change_pct < increase_pct:
-            continue
-        severity = 1 + int(change_pct >= 2 * increase_pct) + int(change_pct >= 4 * increase_pct)
-        out.append(Notice(
-            subject=f"spend-rate|{team}", severity=severity, audience=FINANCE,
-            title=f"Spend rate: {team} up {change_pct:.0f} %",
-            text=(f"Spend rate: {team} spent {_usd(last_day)} in the last 24 h, {change_pct:.0f} % above its "
-                  f"daily average of {_usd(baseline)} over the {days} days before"),
-            fields=(("Team", team), ("Last 24 h", _usd(last_day)), ("Daily average before", _usd(baseline)),
-                    ("Change", f"+{change_pct:.0f} %")),
-        ))
-    return out
-
-
 def idle_notices(f: Figures, threshold_usd_per_day: Decimal) -> list[Notice]:
     """Owned GPUs that sat idle cost money all the same: their cost over the last 24 hours, per class."""
     out = []
@@ -138,25 +115,35 @@ def idle_notices(f: Figures, threshold_usd_per_day: Decimal) -> list[Notice]:
     return out
 
 
-def silence_notices(f: Figures, minutes: float) -> list[Notice]:
-    """An on-prem host whose samples stopped while the rest of the fleet's kept coming."""
-    if f.samples_now is None:
-        return []
-    limit = f.samples_now - timedelta(minutes=minutes)
-    out = []
-    for host, last_seen in f.hosts_last_seen:
-        if last_seen >= limit:
-            continue
-        silent_min = (f.samples_now - last_seen).total_seconds() / 60
-        out.append(Notice(
-            subject=f"silent|{host}|{last_seen:%Y-%m-%dT%H:%M:%S}", severity=1, audience=PLATFORM,
-            title=f"Collector silent: {host}",
-            text=(f"Collector silent: no GPU samples from {host} for {silent_min:.0f} min (last at "
-                  f"{last_seen:%Y-%m-%d %H:%M} UTC): its GPUs are not being accounted"),
-            fields=(("Host", host), ("Last sample", f"{last_seen:%Y-%m-%d %H:%M} UTC"),
-                    ("Silent for", f"{silent_min:.0f} min")),
-        ))
-    return out
+_ANOMALY_TITLES = {
+    "held_idle": "GPUs held idle: {workload} ({environment} {gpu_class})",
+    "usd_per_busy_gpu_hour": "Cost per busy GPU-hour up: {workload} ({environment} {gpu_class})",
+    "spend_rate": "Spend rate off its baseline: team {team}",
+    "silent": "Collector silent: {resource}",
+}
+_ANOMALY_UNITS = {"usd_per_hour": "$/h", "usd_per_busy_gpu_hour": "$ per busy GPU-hour", "utilization_pct": "% busy",
+                  "minutes": "min without samples"}
+
+
+def anomaly_notice(a, finance_usd_per_day: Decimal) -> Notice:
+    """An anomaly the worker detected (``contracts.events.Anomaly``, opened) as a notice: to the platform
+    team, and to finance too when a day of it is worth at least ``finance_usd_per_day``.  Its subject is
+    the episode, so it is sent once however often the record is read."""
+    unit = _ANOMALY_UNITS.get(a.unit, a.unit)
+    return Notice(
+        subject=a.episode_id, severity=1,
+        audience=FINANCE if a.usd_per_day_at_stake >= finance_usd_per_day else PLATFORM,
+        title=_ANOMALY_TITLES[a.kind].format(workload=a.workload, environment=a.environment, gpu_class=a.gpu_class,
+                                             team=a.team, resource=a.resource),
+        text=f"Anomaly ({a.kind}): {a.reason}",
+        fields=(("Since", f"{_when(a.start_ms)}"), ("Observed", f"{a.observed:,.2f} {unit}"),
+                ("Expected", f"{a.baseline:,.2f} {unit}"), ("Score", f"{a.score:.1f}"),
+                ("At stake a day", _usd(a.usd_per_day_at_stake)), ("So far", _usd(a.usd_so_far))),
+    )
+
+
+def _when(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000, tz=timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
 def all_notices(f: Figures, checks) -> list[Notice]:
@@ -164,10 +151,6 @@ def all_notices(f: Figures, checks) -> list[Notice]:
     out: list[Notice] = []
     if checks.budget_forecast:
         out += budget_notices(f, Decimal(checks.budget_overrun_probability_pct) / 100)
-    if checks.spend_rate_increase_pct is not None:
-        out += spend_rate_notices(f, checks.spend_rate_increase_pct)
     if checks.idle_usd_per_day is not None:
         out += idle_notices(f, checks.idle_usd_per_day)
-    if checks.collector_silence_minutes is not None:
-        out += silence_notices(f, checks.collector_silence_minutes)
     return out

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from hybridspend.contracts.config import ConfigError, StrictModel, format_validation_errors
+from hybridspend.anomalies.detect import Injected
 from hybridspend.contracts.events import CostLine, GpuReading, GpuSample, InstanceEvent, PriceUpdate, WorkloadShare
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
 
@@ -91,6 +92,33 @@ class Workload(StrictModel):
         return pct
 
 
+INJECTION_DEFAULTS = {"held_idle": 1.0, "usd_per_busy_gpu_hour": 3.0, "spend_rate": 1.0, "silent": 0.0}
+
+
+class Injection(StrictModel):
+    """An anomaly put into the scenario, to measure the detection (``simulate --json``: precision, recall, delay).
+
+    * ``held_idle``: the workload ``target`` keeps its GPUs busy at ``magnitude`` % (default 1);
+    * ``usd_per_busy_gpu_hour``: its utilization divided by ``magnitude`` (default 3: a useful hour costs 3x);
+    * ``spend_rate``: ``magnitude`` more instances like the one it runs on (default 1: its spend doubles); the
+      anomaly is its team's;
+    * ``silent``: the host ``target`` sends no samples.
+    """
+
+    kind: Literal["held_idle", "usd_per_busy_gpu_hour", "spend_rate", "silent"]
+    target: str = Field(min_length=1, description="a workload (a host for silent)")
+    start: float = Field(ge=0, description="hour it starts")
+    end: float = Field(gt=0, description="hour it ends")
+    magnitude: float | None = Field(default=None, ge=0)
+
+    @property
+    def size(self) -> float:
+        return INJECTION_DEFAULTS[self.kind] if self.magnitude is None else self.magnitude
+
+    def active(self, hour: float) -> bool:
+        return self.start <= hour < self.end
+
+
 class ScenarioPrice(StrictModel):
     provider: str
     region: str
@@ -112,6 +140,7 @@ class Scenario(StrictModel):
     workloads: list[Workload] = []
     prices: list[ScenarioPrice] = []
     billed: str | None = Field(default=None, description="'from_instances': bill every instance-second at its price")
+    anomalies: list[Injection] = Field(default_factory=list, description="anomalies put in, to measure detection")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Scenario":
@@ -126,6 +155,21 @@ class Scenario(StrictModel):
         for key in ("kafka", "database", "state_dir"):
             if key in self.config:
                 raise ValueError(f"config.{key} is set by `hybridspend simulate` itself")
+        instances = {i.id for i in self.instances}
+        workloads = {wl.name: wl for wl in self.workloads}
+        for n, inj in enumerate(self.anomalies):
+            where = f"anomalies[{n}] ({inj.kind} {inj.target!r})"
+            if not inj.start < inj.end <= self.hours:
+                raise ValueError(f"{where}: needs start < end <= hours ({self.hours:g})")
+            if inj.kind == "silent":
+                if inj.target not in {h.name for h in self.hosts}:
+                    raise ValueError(f"{where}: target must be a host")
+            elif inj.target not in workloads:
+                raise ValueError(f"{where}: target must be a workload")
+            elif inj.kind == "spend_rate" and workloads[inj.target].runs_on not in instances:
+                raise ValueError(f"{where}: the workload must run on an instance (more of them is the surge)")
+            if inj.kind == "spend_rate" and inj.size != int(inj.size):
+                raise ValueError(f"{where}: magnitude is a whole number of instances")
         return self
 
     @property
@@ -163,7 +207,7 @@ class Simulation:
     """The scenario's events, deterministic from its seed (pure: no I/O)."""
 
     def __init__(self, scenario: Scenario, catalog) -> None:
-        self.s = scenario
+        self.s = _with_surges(scenario)
         self.catalog = catalog
         self.interval_ms = scenario.sample_interval_seconds * 1000
         self.rng = random.Random(scenario.seed)
@@ -216,6 +260,10 @@ class Simulation:
             pct = 0.0
             if wl is not None:
                 pct = wl.pct_at(hour) + (self.rng.gauss(0, wl.noise_pct) if wl.noise_pct else 0.0)
+                for inj in self.s.anomalies:
+                    if inj.target == wl.name and inj.active(hour):
+                        pct = inj.size if inj.kind == "held_idle" else (
+                            pct / inj.size if inj.kind == "usd_per_busy_gpu_hour" and inj.size else pct)
                 pct = float(round(min(100.0, max(0.0, pct)), 1))
             power_w = idle_w + (busy_w - idle_w) * Decimal(str(pct)) / 100
             readings.append(GpuReading(
@@ -244,6 +292,9 @@ class Simulation:
             samples = []
             if ts > self.s.start_ms:
                 for host in self.s.hosts:
+                    if any(inj.kind == "silent" and inj.target == host.name and inj.active(self._hours(ts - self.interval_ms))
+                           for inj in self.s.anomalies):
+                        continue
                     samples.append(self._sample(ts, host.name, host.gpu_model, host.gpu_class, host.gpus, "onprem",
                                                 host.idle_power_w, host.busy_power_w, None))
                 for inst in self.s.instances:
@@ -257,6 +308,14 @@ class Simulation:
                                                     "cloud", Decimal(60), Decimal(400), inst))
             yield Published(ts, batch, samples)
             ts += self.interval_ms
+
+    def injected(self) -> list[Injected]:
+        """The anomalies put in, by the subject the worker reports them under: the workload, its team (spend
+        rate) or the host (silent)."""
+        teams = {wl.name: wl.team for wl in self.s.workloads}
+        hour_ms = lambda h: self.s.start_ms + int(h * MS_PER_HOUR)  # noqa: E731
+        return [Injected(inj.kind, teams[inj.target] if inj.kind == "spend_rate" else inj.target,
+                         hour_ms(inj.start), hour_ms(inj.end)) for inj in self.s.anomalies]
 
     def price_updates(self) -> list[PriceUpdate]:
         return [
@@ -308,6 +367,22 @@ class Simulation:
                     ))
                     hour_ms += MS_PER_HOUR
         return lines
+
+
+def _with_surges(scenario: Scenario) -> Scenario:
+    """The scenario with its spend surges as instances: copies of the workload's instance, running through them."""
+    instances, workloads = list(scenario.instances), list(scenario.workloads)
+    by_id = {i.id: i for i in scenario.instances}
+    for n, inj in enumerate(scenario.anomalies):
+        if inj.kind != "spend_rate":
+            continue
+        wl = next(w for w in scenario.workloads if w.name == inj.target)
+        for k in range(int(inj.size)):
+            copy_id = f"{wl.runs_on}-surge{n}-{k}"
+            instances.append(by_id[wl.runs_on].model_copy(update={"id": copy_id, "runs": [(inj.start, inj.end)],
+                                                                  "interrupted_at": None}))
+            workloads.append(wl.model_copy(update={"runs_on": copy_id}))
+    return scenario.model_copy(update={"instances": instances, "workloads": workloads})
 
 
 def scenario_config(scenario: Scenario, state_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ file: they are references ``{env: NAME}`` or ``{file: PATH}`` resolved when used
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 from datetime import date
@@ -337,11 +338,52 @@ class AlertChecks(StrictModel):
         default=Decimal(80), gt=0, le=100, description="a budget notice fires when the month's forecast gives at "
         "least this chance of exceeding the budget (the straight line decides while there is too little history)")
     spend_rate_increase_pct: Amount | None = Field(
-        default=Decimal(50), gt=0, description="last 24 h of a team's spend vs its 7-day daily average; null: off")
+        default=None, gt=0, description="deprecated and ignored: a team's spend rate is judged against its "
+        "seasonal baseline in the stream (the anomalies section)")
     idle_usd_per_day: Amount | None = Field(
         default=Decimal(1000), ge=0, description="on-prem idle capacity cost over 24 h per GPU class; null: off")
     collector_silence_minutes: float | None = Field(
-        default=10, gt=0, description="an on-prem host whose samples stopped this long ago; null: off")
+        default=10, gt=0, description="an on-prem host whose samples stopped this long ago (while the rest of "
+        "the fleet's kept coming) is a 'silent' anomaly, detected by the worker; null: off")
+
+    @model_validator(mode="after")
+    def _deprecated(self) -> "AlertChecks":
+        if self.spend_rate_increase_pct is not None:
+            logging.getLogger(__name__).warning(
+                "alerts.checks.spend_rate_increase_pct is no longer used: spend rates are judged against each "
+                "team's seasonal baseline (anomalies.*)")
+        return self
+
+
+class AnomalyConfig(StrictModel):
+    """Streaming anomaly detection in the worker (anomalies/detect.py), per closed window."""
+
+    enabled: bool = Field(default=True, description="detect anomalies and send them to the anomalies topic")
+    score_threshold: float = Field(default=4, gt=0, description="robust spreads (1.4826 x MAD) above the seasonal "
+                                   "baseline that make a window anomalous")
+    min_relative_change_pct: Amount = Field(
+        default=Decimal(10), gt=0, description="the spread is at least this share of the baseline: with the default "
+        "score threshold a steady series must rise 40 % to be anomalous")
+    min_usd_per_hour: Amount = Field(default=Decimal(1), ge=0, description="an excess smaller than this per hour is "
+                                     "not an anomaly")
+    clear_windows: int = Field(default=2, ge=1, description="normal windows in a row that end an episode")
+    new_normal_hours: float = Field(default=24, gt=0, description="an episode that lasts this long is a new level: "
+                                    "it ends and the baseline starts again from it")
+    held_idle_utilization_pct: float = Field(default=5, gt=0, le=100, description="GPUs held by a workload and busy "
+                                             "below this share of the time are idle")
+    held_idle_minutes: float = Field(default=60, gt=0, description="for at least this long before it is an anomaly")
+    finance_usd_per_day: Amount = Field(default=Decimal(500), ge=0, description="anomalies whose money at stake "
+                                        "(a day of the excess) reaches this also go to finance")
+
+    def settings(self, silence_minutes: float | None):
+        from hybridspend.anomalies.detect import Settings
+
+        return Settings(score_threshold=self.score_threshold,
+                        min_relative_change=float(self.min_relative_change_pct) / 100,
+                        min_usd_per_hour=self.min_usd_per_hour, clear_windows=self.clear_windows,
+                        new_normal_hours=self.new_normal_hours,
+                        held_idle_utilization_pct=self.held_idle_utilization_pct,
+                        held_idle_minutes=self.held_idle_minutes, silence_minutes=silence_minutes)
 
 
 class AlertsConfig(StrictModel):
@@ -482,6 +524,7 @@ class Config(StrictModel):
     thresholds: ThresholdsConfig = ThresholdsConfig()
     moves: MovesConfig = MovesConfig()
     alerts: AlertsConfig = AlertsConfig()
+    anomalies: AnomalyConfig = AnomalyConfig()
     collectors: CollectorsConfig = CollectorsConfig()
 
     @field_validator("gpu_throughput")

@@ -365,6 +365,51 @@ class BreakevenDecision(_Record, tag="decision.v1"):
         return None
 
 
+ANOMALY_KINDS = ("held_idle", "usd_per_busy_gpu_hour", "spend_rate", "silent")  # anomalies/detect.py
+ANOMALY_STATES = ("open", "closed")
+
+
+class Anomaly(_Record, tag="anomaly.v1"):
+    """An anomaly episode opened or ended (anomalies/detect.py).  Key: its subject.
+
+    ``episode_id`` (kind, subject, start) names the episode in both its records; the open and the
+    closed record each have their own ``event_id``.  Amounts are exact; ``baseline`` and
+    ``observed`` are in ``unit``.
+    """
+
+    SCHEMA: ClassVar[str] = "anomaly.v1"
+    event_id: Label
+    episode_id: Label = REQUIRED
+    kind: Literal[ANOMALY_KINDS] = REQUIRED
+    state: Literal[ANOMALY_STATES] = REQUIRED
+    subject: Label = REQUIRED  # the workload ("workload|gpu class"), the team, or the host
+    start_ms: NonNegative = REQUIRED  # when it began (event time)
+    detected_ms: NonNegative = REQUIRED  # the end of the window that showed it
+    score: Money = REQUIRED  # spreads above the baseline (held idle, silent: how many times the limit)
+    baseline: Money = REQUIRED  # expected value, in ``unit``
+    observed: Money = REQUIRED
+    unit: Label = REQUIRED  # usd_per_hour, usd_per_busy_gpu_hour, utilization_pct, minutes
+    usd_so_far: Money = REQUIRED  # the excess (held idle: the cost; silent: what went unaccounted) so far
+    usd_per_day_at_stake: Money = REQUIRED  # a day of it at its latest rate
+    reason: str = REQUIRED  # for a person, cut at 1000 characters
+    ended_ms: NonNegative | None = None  # closed: the end of its last anomalous window
+    workload: OptionalLabel = ""
+    team: OptionalLabel = ""
+    gpu_class: OptionalLabel = ""
+    environment: OptionalLabel = ""
+    resource: OptionalLabel = ""
+
+    @staticmethod
+    def make_episode_id(kind: str, subject: str, start_ms: int) -> str:
+        return f"{kind}|{subject}|{start_ms}"
+
+    def _received(self) -> str | None:
+        self.reason = self.reason[:1000]
+        if self.state == "closed" and self.ended_ms is None:
+            return "a closed anomaly needs its ended_ms"
+        return None
+
+
 class InstanceEvent(_Record, tag="instance_event.v1"):
     """A cloud GPU instance changed state (or got a spot interruption warning). Key: instance id."""
 
@@ -474,7 +519,8 @@ class Watermark(_Record, tag=WATERMARK_SCHEMA):
     windows it closed (``idle``: [window_start_ms, gpu_class, resource, idle_gpu_ms]), the cloud
     windows it closed (``cloud``: [window_start_ms, workload, gpu_class, resource, allocated_gpu_ms,
     cost in micro-dollars]: every decision partition sees every claim on idle owned capacity, so each
-    promises it once, the same way) and whether that partition still had input to read (``pending``:
+    promises it once, the same way), what every workload window cost (``spend``, for the team spend rates,
+    judged on the team's own partition) and whether that partition still had input to read (``pending``:
     then the decision agent waits for it however long it is silent).
     """
 
@@ -485,6 +531,9 @@ class Watermark(_Record, tag=WATERMARK_SCHEMA):
     idle: list[tuple[int, str, str, NonNegative]] | None = []
     pending: bool = False
     cloud: list[tuple[int, str, str, str, NonNegative, NonNegative]] | None = []
+    # every workload window closed, for the team spend rates: [window_start_ms, team, resource, workload, window_ms,
+    # cost in micro-dollars]
+    spend: list[tuple[int, str, str, str, NonNegative, NonNegative]] | None = []
 
 
 class DeadLetter(_Record, tag="dead_letter.v1"):
@@ -685,7 +734,7 @@ def _expectation(t: Any, value: Any, message: str) -> str:
     return f"is not valid: {message}"
 
 
-RECORDS = (GpuSample, CostWindow, BreakevenDecision, InstanceEvent, LiveSpend, PriceUpdate, CostLine, Watermark,
+RECORDS = (GpuSample, CostWindow, BreakevenDecision, Anomaly, InstanceEvent, LiveSpend, PriceUpdate, CostLine, Watermark,
            DeadLetter)
 for _cls in RECORDS:
     _finish(_cls)

@@ -16,6 +16,7 @@ TOPICS = {
     "cost-windows": "workload",
     "live-spend": "instance id",
     "decisions": "workload",
+    "anomalies": "subject (workload, team or host)",
     "dead-letter": "source topic",
 }
 

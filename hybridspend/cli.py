@@ -235,7 +235,7 @@ def cmd_alerter(args, config: Config) -> int:
     from hybridspend.storage.metrics import AlerterMetrics
 
     return _run_consumer_service(
-        args, config, "alerter", lambda t: [t.decisions],
+        args, config, "alerter", lambda t: [t.decisions, t.anomalies],
         lambda config, dsn, consumer, topics: Alerter(
             config, dsn, consumer, dry_run=args.dry_run, say=lambda m: print(m, flush=True),
             metrics=AlerterMetrics(config) if args.metrics_port is not None else None),

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from hybridspend.anomalies.detect import SILENT, SPEND_RATE, Detected, Injected, score_detections
 from hybridspend.collectors.scenario import Scenario, Simulation, iso, scenario_config
 from hybridspend.costmodel.money import options_ranking_text, range_text
 from hybridspend.costmodel.timeunits import MS_PER_HOUR
@@ -69,7 +70,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         for name in names:
             services.start(name, command="worker")
         services.start("sink")
-        say(f"started {workers} Faust worker(s) and the sink (logs in {services.log_dir})")
+        services.start("alerter")  # without routes the alerts it queues go to its log (the console route)
+        say(f"started {workers} Faust worker(s), the sink and the alerter (logs in {services.log_dir})")
 
         sent, restarted = 0, restart_worker_at_hours is None
         marks_sent = 0  # watermark records: one per partition of each input topic
@@ -105,11 +107,12 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         say(f"published {sent} samples and instance events, {len(bill)} billed lines; waiting for the pipeline")
 
         conn = stack.enter_context(psycopg.connect(endpoints.dsn, autocommit=True))
-        lag = LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink")])
+        lag = LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink"), topics.group("alerter")])
         stack.callback(lag.close)
         inputs = {topics.gpu_samples, topics.instance_events}
 
-        worker_outputs = {topics.cost_windows, topics.decisions, topics.live_spend, topics.dead_letter}
+        worker_outputs = {topics.cost_windows, topics.decisions, topics.anomalies, topics.live_spend,
+                          topics.dead_letter}
 
         def caught_up() -> bool:
             # the worker has committed every input record and every cost window (decided them), and
@@ -117,13 +120,14 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
             return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
                     and lag.behind(topics.group("worker"), {topics.cost_windows}) == 0
                     and lag.behind(topics.group("sink"), worker_outputs) == 0
+                    and lag.behind(topics.group("alerter"), {topics.decisions, topics.anomalies}) == 0
                     and not any(behind for *_, behind in lag()))
 
         _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,
                             caught_up=caught_up)
         if on_settled is not None:
             on_settled(conn)
-        return results(conn, scenario)
+        return results(conn, scenario, sim.injected(), config.thresholds.window_seconds * 1000)
 
 
 def _plain(value: Any) -> Any:
@@ -157,7 +161,32 @@ def _wait_until_settled(conn, services: Services, expected_cost_lines: int, time
         previous = now
 
 
-def results(conn, scenario: Scenario) -> dict[str, Any]:
+def _anomalies(conn, injected: list[Injected], window_ms: int) -> dict[str, Any]:
+    """The anomaly episodes detected and, where the scenario put some in, precision, recall and delay per kind."""
+    from hybridspend.storage import queries
+
+    def ms(t):
+        return None if t is None else int(t.timestamp() * 1000)
+
+    rows = queries.all_anomalies(conn)
+    found = [Detected(r["kind"], r["team"] if r["kind"] == SPEND_RATE else (
+        r["resource"] if r["kind"] == SILENT else r["workload"]), ms(r["started_at"]), ms(r["detected_at"]),
+        ms(r["ended_at"])) for r in rows]
+    return {
+        "detected": [{"kind": r["kind"], "subject": r["subject"], "state": r["state"],
+                      "started_at": iso(ms(r["started_at"])), "detected_at": iso(ms(r["detected_at"])),
+                      "ended_at": None if r["ended_at"] is None else iso(ms(r["ended_at"])),
+                      "score": str(r["score"]), "baseline": str(r["baseline"]), "observed": str(r["observed"]),
+                      "unit": r["unit"], "usd_so_far": str(r["usd_so_far"]),
+                      "usd_per_day_at_stake": str(r["usd_per_day_at_stake"]), "reason": r["reason"]} for r in rows],
+        "alerts_queued": queries.anomaly_alerts(conn)[0],  # the alerter's, one per episode and route
+        "episodes_alerted": queries.anomaly_alerts(conn)[1],
+        "injected": len(injected),
+        "by_kind": score_detections(injected, found, window_ms) if injected else {},
+    }
+
+
+def results(conn, scenario: Scenario, injected: list[Injected] = (), window_ms: int = 3_600_000) -> dict[str, Any]:
     from hybridspend.storage import queries
 
     def num(v):
@@ -215,6 +244,7 @@ def results(conn, scenario: Scenario) -> dict[str, Any]:
         "idle_onprem_cost_usd": str(queries.idle_cost_usd(conn)),
         "reconciliation": reconciliation,
         "dead_letters": queries.counts(conn)["dead_letters"],
+        "anomalies": _anomalies(conn, list(injected), window_ms),
         "cost_windows_digest": digest.hexdigest(),
     }
 
@@ -262,6 +292,18 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"  {r['provider']:<6} estimated {usd(r['estimated_usd'])}, billed {usd(r['billed_usd'])}, "
                          f"error {r['estimate_error_pct']} %  ({r['hours_estimated_not_billed']} resource-hours "
                          f"not billed yet, {r['hours_billed_not_estimated']} billed but not seen live)")
+    anomalies = result["anomalies"]
+    lines += ["", f"Anomalies ({len(anomalies['detected'])} episodes)"]
+    for a in anomalies["detected"]:
+        lines.append(f"  {a['detected_at']} {a['kind']} {a['subject']}: {a['reason']}")
+    if anomalies["by_kind"]:
+        lines += ["", f"Detection of the {anomalies['injected']} anomalies put in", f"  {'kind':<22} {'put in':>6} "
+                  f"{'found':>6} {'precision':>9} {'recall':>7} {'median delay':>13}"]
+        for kind, k in anomalies["by_kind"].items():
+            def show(v, fmt="{:.2f}"):
+                return "—" if v is None else fmt.format(v)
+            lines.append(f"  {kind:<22} {k['injected']:>6} {k['detected']:>6} {show(k['precision']):>9} "
+                         f"{show(k['recall']):>7} {show(k['median_delay_windows'], '{:g} windows'):>13}")
     lines += ["", f"Dead letters: {result['dead_letters']}"]
     return "\n".join(lines)
 

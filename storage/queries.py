@@ -106,6 +106,23 @@ def pipeline_progress(conn: psycopg.Connection) -> PipelineProgress:
             " (SELECT count(*) FROM dead_letters) AS dead_letters").fetchone()
 
 
+def all_anomalies(conn: psycopg.Connection) -> list[dict]:
+    """Every stored anomaly episode in the order it started, one dict per episode named by column."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT kind, state, subject, workload, team, gpu_class, environment, resource, started_at, detected_at,"
+            " ended_at, score, baseline, observed, unit, usd_so_far, usd_per_day_at_stake, reason"
+            " FROM anomalies ORDER BY started_at, kind, subject").fetchall()
+
+
+def anomaly_alerts(conn: psycopg.Connection) -> tuple[int, int]:
+    """(alerts queued about anomaly episodes, episodes they are about): equal when each was alerted once per route."""
+    queued, episodes = conn.execute(
+        "SELECT count(*), count(DISTINCT subject) FROM alert_outbox"
+        " WHERE subject IN (SELECT episode_id FROM anomalies)").fetchone()
+    return queued, episodes
+
+
 def all_decisions(conn: psycopg.Connection) -> list[dict]:
     """Every stored decision in the order it was made, one dict per decision named by column."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -177,27 +194,9 @@ class TeamMonthSpend:
     budget_usd: Decimal  # monthly
 
 
-@dataclass(frozen=True)
-class TeamSpendRate:
-    team: str
-    last_day_usd: Decimal  # the 24 hours before now
-    baseline_usd_per_day: Decimal  # mean daily spend of the 7 days before those
-    baseline_days: int  # days of the baseline that have data
-
-
-@dataclass(frozen=True)
-class HostLastSeen:
-    host: str
-    last_sample: datetime
-
-
 def latest_window_end(conn: psycopg.Connection) -> datetime | None:
     """The end of the latest estimated cost window: the event-time "now" of the checks."""
     return conn.execute("SELECT max(window_end) FROM cost_windows WHERE basis = 'estimated'").fetchone()[0]
-
-
-def latest_onprem_sample(conn: psycopg.Connection) -> datetime | None:
-    return conn.execute("SELECT max(ts) FROM gpu_samples WHERE environment = 'onprem'").fetchone()[0]
 
 
 def team_month_spend(conn: psycopg.Connection, now: datetime) -> list[TeamMonthSpend]:
@@ -211,18 +210,6 @@ def team_month_spend(conn: psycopg.Connection, now: datetime) -> list[TeamMonthS
     return [TeamMonthSpend(team, Decimal(spent), Decimal(budget)) for team, spent, budget in rows]
 
 
-def team_spend_rate(conn: psycopg.Connection, now: datetime) -> list[TeamSpendRate]:
-    """Per team: the last 24 hours' spend against the daily mean of the 7 days before them."""
-    rows = conn.execute(
-        f"SELECT {_TEAM}, sum(cost_usd) FILTER (WHERE bucket >= %(now)s - INTERVAL '24 hours'),"
-        f"       sum(cost_usd) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours') / 7,"
-        f"       count(DISTINCT date_trunc('day', bucket)) FILTER (WHERE bucket < %(now)s - INTERVAL '24 hours')"
-        f"  FROM cost_hourly WHERE basis = 'estimated' AND workload <> 'idle'"
-        f"   AND bucket >= %(now)s - INTERVAL '8 days' AND bucket < %(now)s GROUP BY 1 ORDER BY 1",
-        {"now": now}).fetchall()
-    return [TeamSpendRate(team, Decimal(last or 0), Decimal(base or 0), int(days)) for team, last, base, days in rows]
-
-
 def idle_cost_last_day(conn: psycopg.Connection, now: datetime) -> list[tuple[str, Decimal]]:
     """(GPU class, cost of idle owned GPUs over the 24 hours before ``now``)."""
     rows = conn.execute(
@@ -230,14 +217,6 @@ def idle_cost_last_day(conn: psycopg.Connection, now: datetime) -> list[tuple[st
         " AND environment = 'onprem' AND bucket >= %(now)s - INTERVAL '24 hours' AND bucket < %(now)s"
         " GROUP BY 1 ORDER BY 1", {"now": now}).fetchall()
     return [(gpu_class, Decimal(usd)) for gpu_class, usd in rows]
-
-
-def onprem_hosts_last_seen(conn: psycopg.Connection, samples_now: datetime) -> list[HostLastSeen]:
-    """Each on-prem host with a sample in the 24 hours before ``samples_now``, and its latest one."""
-    rows = conn.execute(
-        "SELECT resource, max(ts) FROM gpu_samples WHERE environment = 'onprem'"
-        " AND ts >= %s - INTERVAL '24 hours' GROUP BY 1 ORDER BY 1", (samples_now,)).fetchall()
-    return [HostLastSeen(host, last) for host, last in rows]
 
 
 def workload_hours(conn: psycopg.Connection, workload: str, start: datetime,

@@ -35,6 +35,7 @@ from kafka.errors import CommitFailedError
 from psycopg.types.json import Jsonb
 
 from hybridspend.contracts.events import (
+    Anomaly,
     BreakevenDecision,
     CostLine,
     CostWindow,
@@ -110,6 +111,30 @@ class DecisionRow(NamedTuple):
     options: Jsonb | None
     horizon_months: int | None
     discount_rate_pct: Decimal | None
+
+
+class AnomalyRow(NamedTuple):
+    episode_id: str
+    revision: int
+    kind: str
+    state: str
+    subject: str
+    workload: str
+    team: str
+    gpu_class: str
+    environment: str
+    resource: str
+    started_at: datetime
+    detected_at: datetime
+    ended_at: datetime | None
+    score: Decimal
+    baseline: Decimal
+    observed: Decimal
+    unit: str
+    usd_so_far: Decimal
+    usd_per_day_at_stake: Decimal
+    reason: str
+    event_id: str
 
 
 class DeadLetterRow(NamedTuple):
@@ -215,6 +240,7 @@ TABLES = {
         CostWindowRow, ("window_start", "resource", "workload", "environment", "gpu_class", "basis"), True,
         "window_start"),
     "decisions": TableSpec(DecisionRow, ("decision_id",), False),
+    "anomalies": TableSpec(AnomalyRow, ("episode_id",), True, newer="revision"),
     "dead_letters": TableSpec(DeadLetterRow, ("event_id",), False),
     "gpu_samples": TableSpec(GpuSampleRow, ("ts", "resource", "gpu_uuid"), False, "ts", append_only=True),
     "cost_lines": TableSpec(CostLineRow, ("charge_period_start", "event_id"), True, "charge_period_start"),
@@ -254,6 +280,16 @@ def decision_row(d: BreakevenDecision) -> DecisionRow:
 def decision_rows(d: BreakevenDecision) -> list[DecisionRow]:
     """Decisions are stored; a trending notice is only an alert (the alerter keeps it in its outbox)."""
     return [] if d.kind == TRENDING_REPATRIATION else [decision_row(d)]
+
+
+def anomaly_row(a: Anomaly) -> AnomalyRow:
+    return AnomalyRow(
+        episode_id=a.episode_id, revision=int(a.state == "closed"), kind=a.kind, state=a.state, subject=a.subject,
+        workload=a.workload, team=a.team, gpu_class=a.gpu_class, environment=a.environment, resource=a.resource,
+        started_at=utc_from_ms(a.start_ms), detected_at=utc_from_ms(a.detected_ms),
+        ended_at=None if a.ended_ms is None else utc_from_ms(a.ended_ms), score=a.score, baseline=a.baseline,
+        observed=a.observed, unit=a.unit, usd_so_far=a.usd_so_far, usd_per_day_at_stake=a.usd_per_day_at_stake,
+        reason=a.reason, event_id=a.event_id)
 
 
 def dead_letter_row(d: DeadLetter) -> DeadLetterRow:
@@ -611,8 +647,8 @@ def refresh_restated_rollups(conn: psycopg.Connection, batch: Batch, engine: str
 
 def sink_topics(topics) -> list[str]:
     """The topics the sink stores (watermarks on them are skipped)."""
-    return [topics.cost_windows, topics.decisions, topics.dead_letter, topics.gpu_samples, topics.cost_lines,
-            topics.prices, topics.live_spend]
+    return [topics.cost_windows, topics.decisions, topics.anomalies, topics.dead_letter, topics.gpu_samples,
+            topics.cost_lines, topics.prices, topics.live_spend]
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):
@@ -664,6 +700,7 @@ class Sink:
         self._decoders: dict[str, tuple[str, Callable[[bytes], list[tuple]]]] = {
             topics.cost_windows: ("cost_windows", lambda v: [cost_window_row(CostWindow.decode(v))]),
             topics.decisions: ("decisions", lambda v: decision_rows(BreakevenDecision.decode(v))),
+            topics.anomalies: ("anomalies", lambda v: [anomaly_row(Anomaly.decode(v))]),
             topics.dead_letter: ("dead_letters", lambda v: [dead_letter_row(DeadLetter.decode(v))]),
             # labels replaced as the worker replaces them (it dead-letters the original once)
             topics.gpu_samples: ("gpu_samples", lambda v: gpu_sample_rows(GpuSample.decode_replacing_labels(v)[0])),

@@ -16,6 +16,7 @@ from hybridspend.contracts.config import Config
 from hybridspend.contracts.events import (
     MAX_LABEL_LEN,
     MAX_OPTIONS,
+    Anomaly,
     BreakevenDecision,
     CostWindow,
     DecisionOption,
@@ -51,6 +52,8 @@ from hybridspend.costmodel.money import MICRO, micro
 from hybridspend.costmodel.sharing import SharingError, apportion_micro
 from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
 from hybridspend.costmodel.timeunits import utc_from_ms
+
+from .watch import WorkloadWatch, team_partition
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,7 @@ class WorkloadState:
     team: str = ""
     allow_spot: bool = False
     closed_through_ms: dict[str, int] = field(default_factory=dict)  # "env|class" -> last closed window start
+    watch: dict[str, WorkloadWatch] = field(default_factory=dict)  # "env|class" -> its anomaly detectors
 
     def to_dict(self) -> dict:
         return {
@@ -271,6 +275,7 @@ class WorkloadState:
             "team": self.team,
             "allow_spot": self.allow_spot,
             "closed_through_ms": self.closed_through_ms,
+            "watch": {k: v.to_dict() for k, v in self.watch.items()},
         }
 
     @classmethod
@@ -284,6 +289,7 @@ class WorkloadState:
             team=data["team"],
             allow_spot=data["allow_spot"],
             closed_through_ms=dict(data["closed_through_ms"]),
+            watch={k: WorkloadWatch.from_dict(v) for k, v in data.get("watch", {}).items()},
         )
 
 
@@ -308,17 +314,30 @@ class PartitionClock:
     pending: set[str] = field(default_factory=set)
     # "window_start|resource|gpu_class|workload" -> [allocated GPU-ms, cost in micro-dollars]
     cloud: dict[str, list[int]] = field(default_factory=dict)
+    # decision agent, the teams whose spend this partition judges (streams.watch): "window_start|team|resource|
+    # workload" -> [window ms, cost in micro-dollars], and every such team seen
+    spend: dict[str, list[int]] = field(default_factory=dict)
+    teams: set[str] = field(default_factory=set)
+    # usage agent, on-prem hosts: host -> [end of its latest sample, its cost in micro-dollars an hour], and the
+    # silent ones: host -> [silent since, detected at]
+    seen: dict[str, list[int]] = field(default_factory=dict)
+    silent: dict[str, list[int]] = field(default_factory=dict)
+    silence_checked_ms: int = 0  # the samples' event time the silent hosts were last looked for at
 
     def to_dict(self) -> dict:
         return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets,
-                "pending": sorted(self.pending), "cloud": self.cloud}
+                "pending": sorted(self.pending), "cloud": self.cloud, "spend": self.spend,
+                "teams": sorted(self.teams), "seen": self.seen, "silent": self.silent,
+                "silence_checked_ms": self.silence_checked_ms}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PartitionClock":
         if not data:
             return cls()
         return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
-                   set(data.get("pending", ())), dict(data.get("cloud", {})))
+                   set(data.get("pending", ())), dict(data.get("cloud", {})), dict(data.get("spend", {})),
+                   set(data.get("teams", ())), dict(data.get("seen", {})), dict(data.get("silent", {})),
+                   data.get("silence_checked_ms", 0))
 
     def take(self, topic: str, offset: int, log_start: int | None = None) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
@@ -388,6 +407,8 @@ class DecisionProcessor:
         # (window start, claims, idle entries) -> (the clock, its claims, their grants): a window's allocation,
         # made once for all the cloud workloads a partition closes in it
         self._grants: dict[tuple, tuple] = {}
+        self.watching = config.anomalies.enabled
+        self.anomaly_settings = config.anomalies.settings(config.alerts.checks.collector_silence_minutes)
 
     def market_at(self, at_ms: int) -> Market:
         """The configured market with the live prices in force at ``at_ms``."""
@@ -415,14 +436,18 @@ class DecisionProcessor:
             cw.provider or "", cw.purchase_option or "")
         return True
 
-    @staticmethod
-    def on_watermark(clock: PartitionClock, wm: Watermark) -> None:
+    def on_watermark(self, clock: PartitionClock, wm: Watermark, partition: int = 0, partitions: int = 1) -> None:
         clock.advance(wm.source, wm.ts_ms)
         (clock.pending.add if wm.pending else clock.pending.discard)(wm.source)
         for ws, gpu_class, resource, idle_ms in wm.idle or ():
             clock.idle[f"{ws}|{gpu_class}|{resource}"] = idle_ms
         for ws, workload, gpu_class, resource, allocated_ms, cost_umicro in wm.cloud or ():
             clock.cloud[f"{ws}|{resource}|{gpu_class}|{workload}"] = [allocated_ms, cost_umicro]
+        if self.watching:
+            for ws, team, resource, workload, window_ms, cost_umicro in wm.spend or ():
+                if team and team_partition(team, partitions) == partition:
+                    clock.spend[f"{ws}|{team}|{resource}|{workload}"] = [window_ms, cost_umicro]
+                    clock.teams.add(team)
 
     def idle_gpus(self, clock: PartitionClock, window_start_ms: int) -> dict[str, Decimal]:
         """Owned GPUs (GPU-equivalents) of each class that sat idle through the window."""
@@ -466,13 +491,32 @@ class DecisionProcessor:
         return claims
 
     def forget_idle(self, clock: PartitionClock, watermark_ms: int) -> None:
-        for table in (clock.idle, clock.cloud):
+        for table in (clock.idle, clock.cloud, clock.spend):
             for key in [k for k in table if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
                 del table[key]
 
+    def judge_teams(self, clock: PartitionClock, watermark_ms: int, team_state) -> list[Anomaly]:
+        """The spend of this partition's teams in every window the watermark completed (``team_state(team)``:
+        the team's ``TeamState``, changed in place); call before ``forget_idle``."""
+        if not self.watching:
+            return []
+        by_team: dict[str, dict[int, int]] = {}
+        for key, (_, cost_umicro) in clock.spend.items():
+            ws, team, _ = key.split("|", 2)
+            if int(ws) + self.window_ms <= watermark_ms:
+                spent = by_team.setdefault(team, {})
+                spent[int(ws)] = spent.get(int(ws), 0) + cost_umicro
+        out = []
+        for team in sorted(clock.teams):
+            spent = by_team.get(team, {})
+            out.extend(team_state(team).judge(team, spent, min(spent, default=None), self.window_ms, watermark_ms,
+                                              self.anomaly_settings))
+        return out
+
     def close(self, workload: str, state: WorkloadState, watermark_ms: int,
-              clock: PartitionClock | None = None) -> list[BreakevenDecision]:
-        """Close the windows that end by the watermark, in event-time order."""
+              clock: PartitionClock | None = None, anomalies: list[Anomaly] | None = None) -> list[BreakevenDecision]:
+        """Close the windows that end by the watermark, in event-time order; the anomalies they show go to
+        ``anomalies``."""
         ready = []
         for key, resources in state.open.items():
             env, gpu_class, start = key.rsplit("|", 2)
@@ -505,6 +549,8 @@ class DecisionProcessor:
             decision = evaluate(crossing, window, alternative, self.thresholds, self._planner(window, market, alternative))
             if decision is not None:
                 decisions.append(self._event(decision))
+            if anomalies is not None and self.watching:
+                anomalies.extend(state.watch.setdefault(subject, WorkloadWatch()).judge(window, self.anomaly_settings))
         return decisions
 
     def _planner(self, window: WorkloadWindow, market: Market, alternative: Alternative | None):

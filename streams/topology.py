@@ -45,6 +45,7 @@ import faust
 
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.events import (
+    Anomaly,
     CostWindow,
     DeadLetter,
     EventError,
@@ -73,7 +74,9 @@ from .faust_compat import (
     replay_instead_of_drop,
 )
 from .guards import BATCH_MAX, REWIND_AGAIN_S, STREAM_BUFFER, OffsetGuard, Silence, StallWatch
+from . import watch
 from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
+from .watch import TeamState
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,7 @@ class _Batch:
     key_event: dict[str, object] = field(default_factory=dict)  # key -> an event of the key's partition
     partition_event: dict[int, object] = field(default_factory=dict)  # partition -> an event of it applied now
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
+    anomalies: list[Anomaly] = field(default_factory=list)
 
 
 class Pipeline:
@@ -198,6 +202,7 @@ class Pipeline:
         self.cost_windows = self._topic(topics.cost_windows)
         self.live_spend = self._topic(topics.live_spend)
         self.decisions = self._topic(topics.decisions)
+        self.anomalies = self._topic(topics.anomalies)
         self.dead_letter = self._topic(topics.dead_letter)
         self.resource_windows = app.Table("resource-windows", default=dict, partitions=self.partitions)
         self.workload_windows = app.Table("workload-windows", default=dict, partitions=self.partitions)
@@ -234,6 +239,9 @@ class Pipeline:
         letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
                                payload=msg.value, ts_ms=int(time.time() * 1000))
         await self.dead_letter.send(key=msg.topic.encode(), value=letter.encode())
+
+    def _anomaly_sends(self, batch: _Batch) -> list:
+        return [self.anomalies.send(key=a.subject.encode(), value=a.encode()) for a in batch.anomalies]
 
     def forget_log_starts(self, sender, revoked, **kwargs) -> None:  # retention may move them meanwhile
         self.guard.forget((tp.topic, tp.partition) for tp in revoked)
@@ -318,6 +326,7 @@ class Pipeline:
             sends.extend(self.live_spend.send(key=ls.instance_id.encode(), value=ls.encode()) for ls in live)
             for mark in marks:
                 sends.extend(self.cost_windows.send(key=None, value=mark, partition=q) for q in range(self.partitions))
+            sends.extend(self._anomaly_sends(batch))
             await self._finish(batch, self.resource_windows, self.input_topics, sends)
 
     async def _apply_input(self, batch: _Batch, clock: PartitionClock, event, live: list[LiveSpend]) -> None:
@@ -327,6 +336,7 @@ class Pipeline:
             if is_watermark(event.value):
                 if clock.advance(topic, Watermark.decode(event.value).ts_ms):
                     self.input_silence.advanced(part, topic, batch.now_s)
+                    self._check_silence(batch, clock, topic)
                 return
             replaced: list[str] = []
             if topic == self.topics.instance_events:
@@ -344,6 +354,8 @@ class Pipeline:
                     live.append(self.usage.live_spend(state, ev))
             else:
                 self.usage.add(state, ev)
+                if ev.environment == "onprem" and self.decider.watching:
+                    self._sample_seen(batch, clock, resource, ev.ts_ms - ev.interval_ms, ev.ts_ms)
             batch.states[resource] = state
         except Exception as exc:
             await self.reject(event, exc)  # one dead letter an event: what stopped it
@@ -353,7 +365,26 @@ class Pipeline:
         batch.key_event[resource] = event
         if clock.advance(topic, ts_ms):
             self.input_silence.advanced(part, topic, batch.now_s)
+            self._check_silence(batch, clock, topic)
         clock.open.add(resource)
+
+    def _check_silence(self, batch: _Batch, clock: PartitionClock, topic: str) -> None:
+        """The partition's samples moved on (event time): at most once a minute of it, the hosts left behind are
+        silent.  Checked record by record, in offset order, so that a replay in other batches finds the same."""
+        now_ms = clock.sources.get(topic, 0)
+        if topic != self.topics.gpu_samples or not self.decider.watching or now_ms < clock.silence_checked_ms + 60_000:
+            return
+        clock.silence_checked_ms = now_ms
+        batch.anomalies.extend(watch.silence_findings(clock.seen, clock.silent, now_ms, self.decider.anomaly_settings))
+
+    def _sample_seen(self, batch: _Batch, clock: PartitionClock, host: str, sample_start_ms: int,
+                     sample_end_ms: int) -> None:
+        """An on-prem host's sample: it is not silent (any more)."""
+        back = watch.returned(host, clock.seen, clock.silent, sample_start_ms, self.decider.anomaly_settings)
+        if back is not None:
+            batch.anomalies.append(back)
+        seen = clock.seen.setdefault(host, [sample_end_ms, 0])
+        seen[0] = max(seen[0], sample_end_ms)
 
     def _close_resources(self, batch: _Batch) -> tuple[list[CostWindow], list[bytes]]:
         """Close the windows each partition's watermark passed; the cost windows and a watermark per partition.
@@ -371,7 +402,7 @@ class Pipeline:
                      if clock.applied_through(t, highwater(self.app, t, part))}
             mark_ms = clock.watermark(1, stale) or 0
             watermark = mark_ms - self.grace_ms
-            idle, cloud = [], []
+            idle, cloud, spend = [], [], []
             for resource in self._resources_to_close(batch, part, watermark):
                 state = batch.states.get(resource)
                 if state is None:
@@ -388,14 +419,27 @@ class Pipeline:
                 cloud.extend([cw.window_start_ms, cw.workload, cw.gpu_class, cw.resource, cw.allocated_gpu_ms,
                               int(cw.cost_usd / MICRO)] for cw in closed
                              if cw.environment == "cloud" and cw.workload != IDLE_WORKLOAD)
+                if self.decider.watching:
+                    spend.extend([cw.window_start_ms, cw.team, cw.resource, cw.workload, cw.window_ms,
+                                  int(cw.cost_usd / MICRO)] for cw in closed if cw.workload != IDLE_WORKLOAD and cw.team)
+                    self._hourly_cost(clock, resource, closed)
                 if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
                     clock.open.add(resource)
                 else:
                     clock.open.discard(resource)
             pending = not all(clock.applied_through(t, highwater(self.app, t, part)) for t in self.input_topics)
             marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
-                                   pending=pending, cloud=cloud).encode())
+                                   pending=pending, cloud=cloud, spend=spend).encode())
         return out, marks
+
+    @staticmethod
+    def _hourly_cost(clock: PartitionClock, host: str, closed: list[CostWindow]) -> None:
+        """What an on-prem host's latest closed window cost an hour (what its silence leaves unaccounted)."""
+        if host not in clock.seen or not closed:
+            return
+        latest = max(cw.window_start_ms for cw in closed)
+        last = [cw for cw in closed if cw.window_start_ms == latest]
+        clock.seen[host][1] = int(sum(cw.cost_usd for cw in last) / MICRO * 3_600_000 / last[0].window_ms)
 
     def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> list[str]:
         """The resources of the batch in ``part``, and its quiet ones when the watermark crossed a window boundary."""
@@ -421,6 +465,7 @@ class Pipeline:
             for part, part_event in batch.partition_event.items():
                 out.extend(self._close_workloads(batch, part, part_event))
             sends = [self.decisions.send(key=d.workload.encode(), value=d.encode()) for d in out]
+            sends.extend(self._anomaly_sends(batch))
             await self._finish(batch, self.workload_windows, (self.topics.cost_windows,), sends)
 
     async def _apply_cost_window(self, batch: _Batch, clock: PartitionClock, event) -> None:
@@ -430,7 +475,7 @@ class Pipeline:
                 wm = Watermark.decode(event.value)
                 if wm.ts_ms > clock.sources.get(wm.source, -1):
                     self.source_silence.advanced(part, wm.source, batch.now_s)
-                self.decider.on_watermark(clock, wm)
+                self.decider.on_watermark(clock, wm, part, self.partitions)
                 return
             cw = CostWindow.decode(event.value)
             state = batch.states.get(cw.workload) or WorkloadState.from_dict(self.workload_windows.get(cw.workload))
@@ -462,9 +507,17 @@ class Pipeline:
             if state is None:
                 state = batch.states[workload] = WorkloadState.from_dict(self.workload_windows.get(workload))
                 batch.key_event[workload] = part_event
-            out.extend(self.decider.close(workload, state, watermark, clock))
+            out.extend(self.decider.close(workload, state, watermark, clock, batch.anomalies))
             if not state.open:
                 clock.open.discard(workload)
+
+        def team_state(team: str) -> TeamState:
+            key = f"~team|{team}"
+            if key not in batch.states:
+                batch.states[key] = TeamState.from_dict(self.workload_windows.get(key))
+                batch.key_event[key] = part_event
+            return batch.states[key]
+        batch.anomalies.extend(self.decider.judge_teams(clock, watermark, team_state))
         self.decider.forget_idle(clock, watermark)
         return out
 

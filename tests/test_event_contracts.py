@@ -80,7 +80,8 @@ EXAMPLES = {
     "CostLine": CostLine("c1", "aws", "AWS", "123", 0, "arn:x", 3_600_000, 7_200_000, "Usage", D("1.5"), D("1.25"),
                          "ec2", "sku", "us-east-1", "p4d.24xlarge", "A100", 8, "aws-cur", "v1", {"team": "ml"},
                          {"x_a": "1"}),
-    "Watermark": Watermark("m1", "sim", 5, [(0, "A100", "n1", 3)], True, [(0, "embed", "A100", "i-1", 3, 4_440_000)]),
+    "Watermark": Watermark("m1", "sim", 5, [(0, "A100", "n1", 3)], True, [(0, "embed", "A100", "i-1", 3, 4_440_000)],
+                           [(0, "search", "i-1", "embed", 3_600_000, 4_440_000)]),
     "DeadLetter": DeadLetter("t|0|1", 5, "t", 0, 1, "bad", "{}"),
 }
 
@@ -95,7 +96,7 @@ TIGHTENED = {
     ("DeadLetter", "*"),  # nothing was checked (and a missing field raised KeyError, not EventError)
     # fields added after the hand-written checks (which ignored them): checked now
     ("BreakevenDecision", "options"), ("BreakevenDecision", "horizon_months"), ("BreakevenDecision", "discount_rate_pct"),
-    ("Watermark", "cloud"),
+    ("Watermark", "cloud"), ("Watermark", "spend"),
 }
 # amounts past what the database stores (1e18 and more) or with more than 30 decimal places (issue 28)
 TIGHTENED |= {(record.__name__, f.name) for record in (CostWindow, BreakevenDecision, LiveSpend, PriceUpdate, CostLine)

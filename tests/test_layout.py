@@ -12,18 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "costmodel": set(),                                   # the pure domain
     "forecasting": {"costmodel"},                         # forecasts of spend series (statsforecast), no I/O
-    "contracts": {"costmodel"},                           # events, configuration, topics
+    "anomalies": set(),                                   # anomaly detection against seasonal baselines, no I/O
+    "contracts": {"costmodel", "anomalies"},              # events, configuration, topics
     "infra": {"contracts", "costmodel"},                  # Kafka clients, local services, checkpoints
     "storage": {"contracts", "costmodel", "infra"},      # adapters ...
-    "collectors": {"contracts", "costmodel", "infra"},
-    "streams": {"contracts", "costmodel", "infra"},
+    "collectors": {"contracts", "costmodel", "infra", "anomalies"},
+    "streams": {"contracts", "costmodel", "infra", "anomalies"},
     "alerts": {"contracts", "costmodel", "infra", "storage", "forecasting"},
     "reports": {"contracts", "costmodel", "storage", "forecasting"},
     "dashboards": {"contracts", "costmodel", "storage"},
     "hybridspend": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts",
-                    "reports", "dashboards", "forecasting"},             # entrypoints: the CLI, demo, simulate
+                    "reports", "dashboards", "forecasting", "anomalies"},  # entrypoints: the CLI, demo, simulate
     "bench": {"contracts", "costmodel", "infra", "storage", "collectors", "streams", "alerts", "reports",
-              "hybridspend", "forecasting"},                             # drives the entrypoints, never imported by them
+              "hybridspend", "forecasting", "anomalies"},                # drives the entrypoints, never imported by them
 }
 
 

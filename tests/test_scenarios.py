@@ -232,6 +232,12 @@ def test_an_on_demand_l4_service_with_nowhere_to_move_commits_its_instance_at_ho
 
 
 @pytest.mark.integration
+def test_the_months_normal_cycles_raise_no_anomaly(one_worker):
+    # a job restarting after days off, a spot price up 17 %, utilization swinging 55-80 % over four days: no news
+    assert one_worker["anomalies"]["detected"] == [] and one_worker["anomalies"]["alerts_queued"] == 0
+
+
+@pytest.mark.integration
 def test_the_month_shows_every_kind_of_decision(one_worker):
     assert {d["kind"] for d in one_worker["decisions"]} == {
         "repatriate_fill_idle", "migrate_to_cloud", "repatriate_buy_capacity", "commit_in_cloud"}
@@ -281,6 +287,7 @@ def test_two_workers_and_a_killed_worker_give_the_same_results_as_one(one_worker
     assert killed["cost_windows_digest"] == one_worker["cost_windows_digest"]
     assert killed["decisions"] == one_worker["decisions"]
     assert killed["reconciliation"] == one_worker["reconciliation"]
+    assert killed["anomalies"] == one_worker["anomalies"]
 
 
 def test_a_broken_scenario_is_refused_with_the_field_named(tmp_path):

@@ -1,0 +1,1 @@
+"""Streaming anomaly detection against seasonal baselines: ``anomalies.detect`` (pure)."""
