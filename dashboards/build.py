@@ -52,12 +52,31 @@ def _panel(pid: int, title: str, kind: str, sql: str, *, unit: str | None = None
     }
 
 
-def _dashboard(uid: str, title: str, panels: list[dict], description: str, time_from: str = "now-7d") -> dict:
+def _anomalies(kinds: tuple[str, ...], panel_ids: list[int], where: str, color: str = "red") -> dict:
+    """Anomaly episodes of ``kinds`` (the worker's, docs/anomalies.md) as annotations on the panels named: a
+    region from its start to its end (or its detection while it lasts), its reason as the text."""
+    kinds_sql = ", ".join(f"'{k}'" for k in kinds)
+    return {
+        "name": "Anomalies: " + ", ".join(k.replace("_", " ") for k in kinds), "datasource": DATASOURCE,
+        "enable": True, "iconColor": color, "filter": {"exclude": False, "ids": panel_ids},
+        "target": {"refId": "Anomalies", "datasource": DATASOURCE, "editorMode": "code", "format": "table",
+                   "rawQuery": True, "rawSql": " ".join(f"""
+            SELECT started_at AS time, coalesce(ended_at, detected_at) AS timeend,
+                   kind || ': ' || reason AS text, kind || ',' || state AS tags
+              FROM anomalies
+             WHERE started_at < $__timeTo() AND coalesce(ended_at, detected_at) > $__timeFrom()
+               AND kind IN ({kinds_sql}) AND {where}
+             ORDER BY started_at""".split())},
+    }
+
+
+def _dashboard(uid: str, title: str, panels: list[dict], description: str, time_from: str = "now-7d",
+               annotations: list[dict] = ()) -> dict:
     return {
         "uid": uid, "title": title, "description": description, "tags": ["hybridspend"],
         "timezone": "utc", "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True,
         "time": {"from": time_from, "to": "now"}, "refresh": "1m",
-        "templating": {"list": VARIABLES}, "annotations": {"list": []}, "panels": panels,
+        "templating": {"list": VARIABLES}, "annotations": {"list": list(annotations)}, "panels": panels,
         "links": [{"title": "hybridspend", "type": "dashboards", "tags": ["hybridspend"], "asDropdown": True}],
     }
 
@@ -86,7 +105,10 @@ def fleet() -> dict:
               FROM cost_hourly
              WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)
              GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", x=12, y=8),
-    ], "GPUs, utilization and idle capacity across on-prem and cloud.")
+    ], "GPUs, utilization and idle capacity across on-prem and cloud.", annotations=[
+        _anomalies(("silent",), [4, 5], "environment IN ($environment)", "orange"),
+        _anomalies(("held_idle",), [4], f"environment IN ($environment) AND workload IN ($workload)"
+                                        f" AND gpu_class IN ($gpu_class)")])
 
 
 def cost() -> dict:
@@ -108,7 +130,8 @@ def cost() -> dict:
               FROM cost_hourly
              WHERE $__timeFilter(bucket) AND basis = 'estimated' AND {FILTERS}
              GROUP BY 1, 2, 3, 4 ORDER BY "cost" DESC""", fmt="table", w=24, h=10, y=9),
-    ], "What a useful GPU-hour costs each workload, on-prem and in the cloud.")
+    ], "What a useful GPU-hour costs each workload, on-prem and in the cloud.", annotations=[
+        _anomalies(("usd_per_busy_gpu_hour", "held_idle"), [1], FILTERS)])
 
 
 def breakeven() -> dict:
@@ -148,7 +171,8 @@ def breakeven() -> dict:
              ORDER BY l.workload, o.npv_usd::numeric""", fmt="table", w=24, h=9, y=17,
                description="Every option the last recommendation weighed over its horizon (the table Slack, "
                            "simulate and the monthly report show), cheapest present value first."),
-    ], "Where each workload should run, and why.")
+    ], "Where each workload should run, and why.", annotations=[
+        _anomalies(("held_idle", "usd_per_busy_gpu_hour"), [2], FILTERS)])
 
 
 def spend() -> dict:
@@ -185,7 +209,7 @@ def spend() -> dict:
                description="Running cloud GPU instances per workload, from their state changes seconds after "
                            "they happen, at the live price; their cost windows are still open."),
     ], "Spend this month per team, its linear forecast and the team budgets, and the cloud spend right now.",
-        time_from="now/M")
+        time_from="now/M", annotations=[_anomalies(("spend_rate",), [2], f"{TEAM} IN ($team)")])
 
 
 def reconciliation() -> dict:

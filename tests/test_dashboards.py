@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from hybridspend.contracts.events import (
+    Anomaly,
     BreakevenDecision,
     DecisionOption,
     CostLine,
@@ -32,6 +33,7 @@ from hybridspend.contracts.topics import Topics
 from hybridspend.dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
 from hybridspend.storage.db import migrate, sync_budgets
 from hybridspend.storage.sink import (
+    anomaly_row,
     Batch,
     Sink,
     cost_line_row,
@@ -78,6 +80,11 @@ def test_dashboard_fits_grafanas_model(uid):
             assert t["datasource"] == DATASOURCE and t["rawSql"] and t["format"] in ("time_series", "table")
             used = set(re.findall(r"\$(\w+)", t["rawSql"])) - {n for n in re.findall(r"\$(__\w+)", t["rawSql"])}
             assert used <= names, f"{uid}/{p['title']}: undefined variables {used - names}"
+    for a in d["annotations"]["list"]:  # anomalies, drawn on the panels they concern
+        assert a["datasource"] == DATASOURCE and a["target"]["rawSql"] and a["enable"] is True
+        assert set(a["filter"]["ids"]) <= set(ids) and a["filter"]["exclude"] is False
+        used = set(re.findall(r"\$(\w+)", a["target"]["rawSql"])) - set(re.findall(r"\$(__\w+)", a["target"]["rawSql"]))
+        assert used <= names, f"{uid}/{a['name']}: undefined variables {used - names}"
     units = {p["fieldConfig"]["defaults"].get("unit") for p in d["panels"]}
     assert units & {"currencyUSD", "percent", "short"} or uid == "hybridspend-pipeline" or uid == BREAKEVEN_UID
 
@@ -114,6 +121,14 @@ def _seed(dsn: str, now: datetime) -> None:
             for row in gpu_sample_rows(sample):
                 batch.add("gpu_samples", row)
     batch.add("decisions", decision_row(seeded_decision(start_ms)))
+    for kind, env in (("held_idle", "cloud"), ("usd_per_busy_gpu_hour", "cloud"), ("spend_rate", ""),
+                      ("silent", "onprem")):
+        episode = f"{kind}|{HOSTILE}|{start_ms}"
+        batch.add("anomalies", anomaly_row(Anomaly(
+            f"{episode}|open", episode, kind, "open", HOSTILE, start_ms, start_ms + 3_600_000, D(5), D(1), D(2),
+            "usd_per_hour", D(10), D(240), f"{HOSTILE} did something", None,
+            HOSTILE if kind != "silent" else "", "ml", "A100" if env == "cloud" else "", env,
+            "node-1" if kind == "silent" else "")))
     batch.add("dead_letters", dead_letter_row(DeadLetter.of(topic="t.gpu-samples", partition=0, offset=1,
                                                             reason="not JSON", payload=b"{",
                                                             ts_ms=int(now.timestamp() * 1000) - 3600_000)))
@@ -171,6 +186,18 @@ def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
                         assert columns[0] == "time", f"{where}: first column is {columns[0]}"
                         assert "value" in columns or len(columns) == 2, f"{where}: {columns}"
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1  # the hostile name stayed data
+        # every anomaly annotation finds its seeded episode, still open: a region up to its detection
+        shown = set()
+        for uid, dashboard in all_dashboards().items():
+            for a in dashboard["annotations"]["list"]:
+                sql = expand(a["target"]["rawSql"], time_from=now - timedelta(days=7), time_to=now, interval="1h",
+                             variables=variables)
+                cur = conn.execute(sql)
+                rows = cur.fetchall()
+                assert [c.name for c in cur.description] == ["time", "timeend", "text", "tags"]
+                assert rows and all(end > start and HOSTILE in text for start, end, text, _ in rows), (uid, a["name"])
+                shown |= {tags.split(",")[0] for *_, tags in rows}
+        assert shown == {"held_idle", "usd_per_busy_gpu_hour", "spend_rate", "silent"}
         # the last recommendation's options, cheapest present value first, amounts exact
         options = conn.execute(expand(
             next(p for p in all_dashboards()["hybridspend-breakeven"]["panels"] if p["id"] == 4)["targets"][0]["rawSql"],
