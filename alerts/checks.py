@@ -38,6 +38,7 @@ class BudgetForecast:
     high_usd: Decimal
     overrun_probability: Decimal  # 0..1: the share of the forecast's distribution above the budget
     model: str  # how it was made, for a person (MSTL(...), calibrated or not)
+    band: tuple = ()  # storage.queries.ForecastPoint: the running month total at each day's end (Grafana's band)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,12 @@ def team_month_forecast(conn: psycopg.Connection, team: str, budget_usd: Decimal
     so_far = sum(hours[max(0, int((month - first).total_seconds() // 3600)):], Decimal(0))
     fc = calibrated_forecast(hours, hour, rest_h)
     low, high = fc.interval_usd[80]
+    band = (queries.ForecastPoint(hour, so_far, so_far, so_far, so_far, so_far),) + tuple(  # from where it stands
+        queries.ForecastPoint(hour + timedelta(hours=h), so_far + point, so_far + levels[80][0],
+                              so_far + levels[80][1], so_far + levels[95][0], so_far + levels[95][1])
+        for h, point, levels in fc.band)
     return BudgetForecast(so_far + fc.total_usd, so_far + low, so_far + high,
-                          fc.probability_above(budget_usd - so_far), f"{fc.model}, {fc.calibration}")
+                          fc.probability_above(budget_usd - so_far), f"{fc.model}, {fc.calibration}", band)
 
 
 class BudgetForecaster:
@@ -91,6 +95,9 @@ class BudgetForecaster:
                         continue
                     if fc is not None:
                         out[team] = fc
+                        hour = now.replace(minute=0, second=0, microsecond=0)
+                        queries.store_month_forecast(conn, team, hour.replace(day=1, hour=0), hour, list(fc.band),
+                                                     fc.overrun_probability, fc.model)
         except psycopg.Error as exc:
             log.warning("budget forecasts: database unavailable (%s); the straight line stands in",
                         str(exc).splitlines()[0])

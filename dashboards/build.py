@@ -81,6 +81,37 @@ def _dashboard(uid: str, title: str, panels: list[dict], description: str, time_
     }
 
 
+def _forecast_band(pid: int, y: int) -> dict:
+    """A budgeted team's month: what it has spent so far and the forecast the budget notices quote, with its
+    80 % interval as a band (one panel per team)."""
+    panel = _panel(pid, "Month spend and forecast: $team", "timeseries", f"""
+        SELECT time, metric, value FROM (
+            SELECT bucket + INTERVAL '1 hour' AS time, 'spent' AS metric, sum(sum(cost_usd)) OVER (ORDER BY bucket) AS value
+              FROM cost_hourly
+             WHERE basis = 'estimated' AND {TEAM} IN ($team)
+               AND bucket >= date_trunc('month', $__timeTo()::timestamptz) AND bucket < $__timeTo()
+             GROUP BY bucket
+            UNION ALL
+            SELECT f.at, v.metric, v.value FROM spend_forecasts f
+             CROSS JOIN LATERAL (VALUES ('forecast', f.spend_usd), ('80 % low', f.low_80_usd),
+                                        ('80 % high', f.high_80_usd)) AS v(metric, value)
+             WHERE f.team IN ($team) AND f.month = date_trunc('month', $__timeTo()::timestamptz)::date
+        ) s ORDER BY 1""", unit="currencyUSD", w=12, y=y,
+        description="Month to date and the seasonal forecast of the rest of the month (the alerter's, hourly, the "
+                    "figure its budget notices quote), with its 80 % interval shaded.")
+    panel.update(repeat="team", repeatDirection="h", maxPerRow=2)
+    panel["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": "80 % high"},
+         "properties": [{"id": "custom.fillBelowTo", "value": "80 % low"}, {"id": "custom.lineWidth", "value": 0},
+                        {"id": "custom.fillOpacity", "value": 25}]},
+        {"matcher": {"id": "byName", "options": "80 % low"},
+         "properties": [{"id": "custom.lineWidth", "value": 0}]},
+        {"matcher": {"id": "byName", "options": "forecast"},
+         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]},
+    ]
+    return panel
+
+
 def fleet() -> dict:
     return _dashboard("hybridspend-fleet", "Fleet overview", [
         _panel(1, "GPUs by environment", "stat", """
@@ -185,16 +216,24 @@ def spend() -> dict:
                 SELECT extract(epoch FROM ($__timeTo()::timestamptz - date_trunc('month', $__timeTo()::timestamptz)))
                        / extract(epoch FROM (date_trunc('month', $__timeTo()::timestamptz) + INTERVAL '1 month'
                                              - date_trunc('month', $__timeTo()::timestamptz))) AS fraction
+            ), fc AS (
+                SELECT DISTINCT ON (team) team, spend_usd, low_80_usd, high_80_usd, overrun_probability
+                  FROM spend_forecasts WHERE month = date_trunc('month', $__timeTo()::timestamptz)::date
+                 ORDER BY team, at DESC
+            ), t AS (
+                SELECT coalesce(m.team, b.team) AS team, coalesce(m.spend_usd, 0) AS mtd,
+                       coalesce(f.spend_usd, coalesce(m.spend_usd, 0) / NULLIF((SELECT fraction FROM elapsed), 0))
+                         AS forecast, f.low_80_usd, f.high_80_usd, f.overrun_probability, b.monthly_budget_usd
+                  FROM mtd m FULL JOIN team_budgets b ON b.team = m.team LEFT JOIN fc f ON f.team = coalesce(m.team, b.team)
             )
-            SELECT coalesce(m.team, b.team) AS team, coalesce(m.spend_usd, 0) AS "month to date",
-                   coalesce(m.spend_usd, 0) / NULLIF((SELECT fraction FROM elapsed), 0) AS forecast,
-                   b.monthly_budget_usd AS budget,
-                   coalesce(m.spend_usd, 0) / NULLIF((SELECT fraction FROM elapsed), 0)
-                     / NULLIF(b.monthly_budget_usd, 0) AS "forecast / budget"
-              FROM mtd m FULL JOIN team_budgets b ON b.team = m.team
-             WHERE coalesce(m.team, b.team) IN ($team)
+            SELECT team, mtd AS "month to date", forecast, low_80_usd AS "forecast, 80 % low",
+                   high_80_usd AS "forecast, 80 % high", overrun_probability AS "chance over budget",
+                   monthly_budget_usd AS budget, forecast / NULLIF(monthly_budget_usd, 0) AS "forecast / budget"
+              FROM t WHERE team IN ($team)
              ORDER BY 2 DESC""", fmt="table", w=24, h=9,
-               description="Forecast: month-to-date spend extrapolated linearly to the end of the month."),
+               description="Forecast: the seasonal forecast of the month the budget notices quote (made hourly by "
+                           "the alerter for every budgeted team, with its 80 % interval and the chance of exceeding "
+                           "the budget); the straight line of the month-to-date spend where there is none yet."),
         _panel(2, "Daily spend per team", "timeseries", f"""
             SELECT $__timeGroupAlias(bucket, 1d), {TEAM} AS metric, sum(cost_usd) AS value
               FROM cost_daily
@@ -208,7 +247,8 @@ def spend() -> dict:
              ORDER BY usd_per_hour DESC""", fmt="table", w=24, y=17,
                description="Running cloud GPU instances per workload, from their state changes seconds after "
                            "they happen, at the live price; their cost windows are still open."),
-    ], "Spend this month per team, its linear forecast and the team budgets, and the cloud spend right now.",
+        _forecast_band(4, y=25),
+    ], "Spend this month per team, its forecast with its interval and the team budgets, and the cloud spend right now.",
         time_from="now/M", annotations=[_anomalies(("spend_rate",), [2], f"{TEAM} IN ($team)")])
 
 

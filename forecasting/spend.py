@@ -58,6 +58,9 @@ class SpendForecast:
     interval_usd: dict[int, tuple[Decimal, Decimal]]  # level (%) -> (low, high) of the total
     _totals: tuple[float, ...]  # the bootstrap's totals, sorted: the distribution behind the intervals
     calibration: str = "not calibrated"  # how the intervals were calibrated, for a person
+    # the band: at the end of each day of the horizon (and at its end), hours from ``start`` -> the running
+    # total's point and its interval at each level (the last one is the total's)
+    band: tuple[tuple[int, Decimal, dict[int, tuple[Decimal, Decimal]]], ...] = ()
 
     def probability_above(self, usd: Decimal) -> Decimal:
         """The share of the total's distribution above ``usd`` (0..1, to 3 places)."""
@@ -108,16 +111,21 @@ def _fit(history: list[float], horizon: int) -> tuple[str, str, list[float], lis
 
 
 def _bootstrap_totals(point: list[float], errors: list[float], history_hours: int, seed: int, skip: int = 0,
-                      paths: int = PATHS) -> list[float]:
+                      paths: int = PATHS, band: list | None = None) -> list[float]:
     """Totals over hours ``skip``.. of ``paths`` bootstrap paths: the point path plus days of in-sample errors
-    drawn at random, each block starting at the same hour of the day as the hour it is added to."""
+    drawn at random, each block starting at the same hour of the day as the hour it is added to.  ``band``
+    (a list) gets (hours from the start, the running totals so far, sorted) at the end of every day of the
+    forecast and at its end."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     errs = np.asarray(errors, dtype=float)
     n, horizon = len(errs), len(point)
     base = float(sum(point[skip:]))
+    day_ends = set(range(HOURS_PER_DAY - history_hours % HOURS_PER_DAY, len(point), HOURS_PER_DAY)) | {len(point)}
     if n == 0:
+        if band is not None:
+            band.extend((h, [float(sum(point[skip:h]))] * paths) for h in sorted(day_ends) if h > skip)
         return [base] * paths
     if n < 2 * HOURS_PER_DAY:  # under two days of errors: single hours, drawn anywhere
         block, starts, first_hour = 1, np.arange(n), 0
@@ -127,7 +135,7 @@ def _bootstrap_totals(point: list[float], errors: list[float], history_hours: in
         # block starts that are at hour 0 of a day in the errors' own clock (then shifted to the path's hour)
         starts = np.arange((HOURS_PER_DAY - offset) % HOURS_PER_DAY, n - block + 1, HOURS_PER_DAY)
         first_hour = history_hours % HOURS_PER_DAY  # the forecast's first hour, as an hour of the day
-    totals = np.full(paths, base)
+    totals = np.zeros(paths)
     filled = 0
     while filled < horizon:
         take = min(block - (first_hour if filled == 0 else 0), horizon - filled)
@@ -136,7 +144,9 @@ def _bootstrap_totals(point: list[float], errors: list[float], history_hours: in
         counted = np.arange(filled, filled + take) >= skip  # hours before ``skip`` are not in the total
         totals += (errs[idx] * counted[None, :]).sum(axis=1)
         filled += take
-    return sorted(float(t) for t in totals)
+        if band is not None and filled in day_ends and filled > skip:
+            band.append((filled, sorted(float(t) for t in totals + sum(point[skip:filled]))))
+    return sorted(float(t) for t in totals + base)
 
 
 def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int, *, seed: int = 0,
@@ -156,19 +166,31 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
     history = [float(v) for v in history_usd][-MAX_HISTORY_HOURS:]
     model, note, point, errors = _fit(history, horizon_hours)
     point = [max(0.0, p) for p in point]  # spend is never negative
-    totals = _bootstrap_totals(point, errors, len(history), seed, skip_hours)
-    centre = sum(point[skip_hours:])
+    running: list = []
+    totals = _bootstrap_totals(point, errors, len(history), seed, skip_hours, band=running)
     widen = widen or {}
-    intervals = {}
-    for level in LEVELS:
-        w = widen.get(level, 1.0)
-        low, high = (_quantile(totals, (1 - level / 100) / 2), _quantile(totals, 1 - (1 - level / 100) / 2))
-        intervals[level] = (_usd(max(0.0, centre + (low - centre) * w)), _usd(max(0.0, centre + (high - centre) * w)))
+
+    def interval(paths: list[float], centre: float) -> dict[int, tuple[Decimal, Decimal]]:
+        out: dict[int, tuple[Decimal, Decimal]] = {}
+        for level in LEVELS:  # in increasing order: a wider level holds the narrower one whatever its calibration
+            w = widen.get(level, 1.0)
+            low, high = (_quantile(paths, (1 - level / 100) / 2), _quantile(paths, 1 - (1 - level / 100) / 2))
+            low_usd, high_usd = _usd(max(0.0, centre + (low - centre) * w)), _usd(max(0.0, centre + (high - centre) * w))
+            if out:
+                inner = out[max(out)]
+                low_usd, high_usd = min(low_usd, inner[0]), max(high_usd, inner[1])
+            out[level] = (low_usd, high_usd)
+        return out
+
+    centre = sum(point[skip_hours:])
+    intervals = interval(totals, centre)
     w = widen.get(LEVELS[0], 1.0)
     totals = sorted(max(0.0, centre + (t - centre) * w) for t in totals)
     counted = tuple(_usd(p) for p in point[skip_hours:])  # the total is the sum of the hours shown
+    band = tuple((h - skip_hours, sum(counted[:h - skip_hours], Decimal(0)),
+                  interval(paths, sum(point[skip_hours:h]))) for h, paths in running)
     return SpendForecast(start + timedelta(hours=skip_hours), model, note, counted, sum(counted, Decimal(0)),
-                         intervals, tuple(totals))
+                         intervals, tuple(totals), band=band)
 
 
 def straight_line_usd(history_usd: Sequence[Decimal], month_start_index: int, horizon_hours: int) -> Decimal:

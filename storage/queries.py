@@ -265,6 +265,31 @@ def workload_providers(conn: psycopg.Connection, workload: str, start: datetime,
     return {(environment, gpu_class): provider for environment, gpu_class, provider in rows}
 
 
+@dataclass(frozen=True)
+class ForecastPoint:
+    """A point of a team's month as forecast: the running total at ``at`` and its intervals."""
+
+    at: datetime
+    spend_usd: Decimal
+    low_80_usd: Decimal
+    high_80_usd: Decimal
+    low_95_usd: Decimal
+    high_95_usd: Decimal
+
+
+def store_month_forecast(conn: psycopg.Connection, team: str, month: datetime, made_at: datetime,
+                         points: list[ForecastPoint], overrun_probability: Decimal, model: str) -> None:
+    """Replace the stored forecast of ``team``'s ``month`` with ``points``."""
+    with conn.transaction():
+        conn.execute("DELETE FROM spend_forecasts WHERE team = %s AND month = %s", (team, month.date()))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO spend_forecasts (team, month, at, made_at, spend_usd, low_80_usd, high_80_usd, low_95_usd,"
+                " high_95_usd, overrun_probability, model) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(team, month.date(), p.at, made_at, p.spend_usd, p.low_80_usd, p.high_80_usd, p.low_95_usd,
+                  p.high_95_usd, overrun_probability, model[:200]) for p in points])
+
+
 def hourly_spend(conn: psycopg.Connection, start: datetime, end: datetime,
                  team: str | None = None) -> tuple[datetime | None, list[Decimal]]:
     """(first hour, estimated spend of every hour from it to ``end``): of one team, or of everything (idle

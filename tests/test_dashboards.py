@@ -32,6 +32,7 @@ from hybridspend.contracts.events import (
 from hybridspend.contracts.topics import Topics
 from hybridspend.dashboards.build import BREAKEVEN_UID, DATASOURCE, OUT, all_dashboards, render
 from hybridspend.storage.db import migrate, sync_budgets
+from hybridspend.storage.queries import ForecastPoint, store_month_forecast
 from hybridspend.storage.sink import (
     anomaly_row,
     Batch,
@@ -142,6 +143,11 @@ def _seed(dsn: str, now: datetime) -> None:
             running_since_ms=since_ms)))
     with psycopg.connect(dsn) as conn:
         write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(dsn) as conn:  # the alerter's forecast of ml's month, as it stores it
+        store_month_forecast(conn, "ml", month, now, [
+            ForecastPoint(now, D(500), D(500), D(500), D(500), D(500)),
+            ForecastPoint(now + timedelta(days=1), D(900), D(800), D(1000), D(750), D(1100))], D("0.125"), "MSTL")
     sink = Sink(consumer=None, dsn=dsn, topics=Topics("t.", 1))
     sink.record_lag([("t.sink", "t.cost-windows", 0, 12)])
     sink.close()
@@ -186,6 +192,18 @@ def test_every_panel_query_runs_on_seeded_data_with_grafanas_macros(database):
                         assert columns[0] == "time", f"{where}: first column is {columns[0]}"
                         assert "value" in columns or len(columns) == 2, f"{where}: {columns}"
         assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1  # the hostile name stayed data
+        # the month per team quotes the stored forecast (its end) where there is one, the straight line elsewhere
+        budget_rows = {r[0]: r for r in conn.execute(expand(
+            next(p for p in all_dashboards()["hybridspend-spend"]["panels"] if p["id"] == 1)["targets"][0]["rawSql"],
+            time_from=now - timedelta(days=7), time_to=now, interval="1h", variables=variables))}
+        assert budget_rows["ml"][2:6] == (D(900), D(800), D(1000), D("0.125"))
+        assert budget_rows["search"][3] is None and budget_rows["search"][2] > 0
+        band = conn.execute(expand(
+            next(p for p in all_dashboards()["hybridspend-spend"]["panels"] if p["id"] == 4)["targets"][0]["rawSql"],
+            time_from=now - timedelta(days=7), time_to=now, interval="1h", variables={**variables, "team": ["ml"]}
+        )).fetchall()
+        assert {m for _, m, _ in band} == {"spent", "forecast", "80 % low", "80 % high"}
+        assert max(v for _, m, v in band if m == "80 % high") == D(1000)
         # every anomaly annotation finds its seeded episode, still open: a region up to its detection
         shown = set()
         for uid, dashboard in all_dashboards().items():

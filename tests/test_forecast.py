@@ -189,6 +189,14 @@ def test_forecast_reads_the_stored_hours_and_weighs_the_budget(tmp_path, databas
     assert latest["ml"].total_usd == D(ml["month_total_usd"]) and latest["ml"].overrun_probability == 1
     assert latest["ml"].low_usd == D(ml["month_total_intervals_usd"]["80"][0])
     assert latest["search"].overrun_probability == 0
+    # what Grafana's band draws: stored as forecast, from month to date at the hour to the month's total, day by day
+    with psycopg.connect(database) as conn:
+        band = conn.execute("SELECT at, spend_usd, low_80_usd, high_80_usd, overrun_probability FROM spend_forecasts"
+                            " WHERE team = 'ml' AND month = '2026-10-01' ORDER BY at").fetchall()
+    assert band[0][:4] == (at, D(8640), D(8640), D(8640)) and len(band) == 1 + 6  # now, then the end of each day
+    assert band[-1][0] == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert band[-1][1:] == (latest["ml"].total_usd, latest["ml"].low_usd, latest["ml"].high_usd, D(1))
+    assert all(low <= spend <= high for _, spend, low, high, _ in band)
     forecaster.request(at + timedelta(minutes=30), [("ml", D(5000))])  # the same hour: nothing new to compute
     assert forecaster._thread is not None and not forecaster._thread.is_alive()
 
