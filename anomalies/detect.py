@@ -12,7 +12,9 @@ live in a Faust table value:
   (``streams.processing``; the episode bookkeeping is the same).
 
 The seasonal baseline (``Seasonal``) is robust statistics over the same hour of the week: the
-median and the median absolute deviation (MAD) of the last four weeks' values at that hour.  With
+median and the median absolute deviation (MAD) of the last four weeks' values at that hour (windows
+shorter than an hour are averaged into their hour before they are learnt, so the state is about
+700 numbers per series whatever the window).  With
 one week of history it takes the larger of the same hour last week and the upper quartile of the
 same hour over the last seven days, so a weekday-only or a weekend-only cycle is not mistaken for a
 change in its first weeks; and never below the median of the same hour in the last three days, so that
@@ -24,8 +26,8 @@ series does not turn every cent into an anomaly.  Only rises are anomalies: spen
 money at stake.  docs/decisions/0006-anomaly-detection.md says why robust statistics and not an
 online model.
 
-An episode opens on the first anomalous window and closes after ``clear_windows`` normal ones;
-anomalous values are kept out of the baseline meanwhile.  One that lasts ``new_normal_hours`` is a
+An episode opens on the first anomalous window and closes after ``clear_windows`` normal ones, or
+where its series stopped (the workload did); anomalous values are kept out of the baseline meanwhile.  One that lasts ``new_normal_hours`` is a
 new level, not an anomaly: it is closed as such and the baseline starts again from there.
 """
 
@@ -87,49 +89,57 @@ def _mad(values: list[float], center: float) -> float:
 
 @dataclass
 class Seasonal:
-    """The values of a series by hour of the week and by hour of the day (``per_hour`` windows an hour)."""
+    """Hourly means of a series by hour of the week: the last four weeks of each hour (windows shorter than an
+    hour are averaged into their hour first, so the state is the same size whatever the window)."""
 
-    week: dict[str, list[float]] = field(default_factory=dict)  # hour of week (0..167) -> latest values, oldest first
-    day: dict[str, list[float]] = field(default_factory=dict)  # hour of day (0..23) -> latest values
+    # hour of week (0..167) -> [the epoch hour of its newest value, then the values, oldest first]
+    week: dict[str, list] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"w": self.week, "d": self.day}
+        return {"w": self.week}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Seasonal":
-        return cls(dict(data["w"]), dict(data["d"])) if data else cls()
+        return cls({k: list(v) for k, v in data["w"].items()}) if data else cls()
 
     @staticmethod
-    def slots(start_ms: int) -> tuple[str, str]:
-        # epoch day 0 was a Thursday: shift so that hour 0 of the week is Monday 00:00 UTC
-        hour_of_week = ((start_ms + 3 * MS_PER_DAY) % MS_PER_WEEK) // MS_PER_HOUR
-        return str(hour_of_week), str(hour_of_week % 24)
+    def slot(hour: int) -> str:
+        """The hour of the week of an epoch hour: 0 is Monday 00:00 UTC (epoch day 0 was a Thursday)."""
+        return str((hour + 72) % 168)
 
-    def learn(self, start_ms: int, value: float, per_hour: int) -> None:
-        week_slot, day_slot = self.slots(start_ms)
-        for table, slot, keep in ((self.week, week_slot, WEEKS_KEPT), (self.day, day_slot, DAYS_KEPT)):
-            values = table.setdefault(slot, [])
-            values.append(value)
-            del values[:-keep * per_hour]
+    def learn(self, hour: int, value: float) -> None:
+        entry = self.week.setdefault(self.slot(hour), [hour])
+        entry[0] = hour
+        entry.append(round(value, 6))  # micro-units: the figures the events carry
+        del entry[1:-WEEKS_KEPT]
 
-    def baseline(self, start_ms: int, per_hour: int, min_relative_change: float) -> Baseline | None:
-        """The expected value of the window starting at ``start_ms``; None while the history is too short."""
-        week_slot, day_slot = self.slots(start_ms)
-        week, day = self.week.get(week_slot, []), self.day.get(day_slot, [])
-        if len(week) >= 2 * per_hour:
+    def _days_before(self, hour: int, days: int) -> list[float]:
+        """The same hour of each of the ``days`` days before ``hour``, oldest first (days without one skipped)."""
+        out = []
+        for k in range(days, 0, -1):
+            entry = self.week.get(self.slot(hour - 24 * k))
+            if entry and entry[0] == hour - 24 * k:
+                out.append(entry[-1])
+        return out
+
+    def baseline(self, hour: int, min_relative_change: float, min_spread: float = 0.0) -> Baseline | None:
+        """The expected value in the epoch hour ``hour``; None while the history is too short."""
+        week = self.week.get(self.slot(hour), [None])[1:]
+        day = self._days_before(hour, DAYS_KEPT)
+        if len(week) >= 2:
             center, spread, basis = _median(week), MAD_TO_SIGMA * _mad(week, _median(week)), \
-                f"median of the same hour in the last {min(WEEKS_KEPT, len(week) // per_hour)} weeks"
-        elif len(week) >= per_hour and len(day) >= 3 * per_hour:
-            center = max(_median(week), _upper_quartile(day))
+                f"median of the same hour in the last {len(week)} weeks"
+        elif len(week) == 1 and len(day) >= 3:
+            center = max(week[0], _upper_quartile(day))
             spread, basis = MAD_TO_SIGMA * _mad(day, _median(day)), \
                 "the same hour last week or the upper quartile of the same hour in the last days"
         else:
             return None
-        recent = day[-RECENT_DAYS * per_hour:]
-        if len(recent) == RECENT_DAYS * per_hour and _median(recent) > center:
+        recent = self._days_before(hour, RECENT_DAYS)
+        if len(recent) == RECENT_DAYS and _median(recent) > center:
             # a level the same hour has held for the last days is no longer news, whatever the weeks before said
             center, basis = _median(recent), f"median of the same hour in the last {RECENT_DAYS} days"
-        return Baseline(center, max(spread, min_relative_change * abs(center)), basis)
+        return Baseline(center, max(spread, min_relative_change * abs(center), min_spread), basis)
 
 
 @dataclass
@@ -177,30 +187,56 @@ class SeasonalDetector:
 
     series: Seasonal = field(default_factory=Seasonal)
     episode: Episode | None = None
+    pending: list | None = None  # the current hour's normal values: [epoch hour, sum, count]
+    last_end_ms: int | None = None  # the end of the last window judged
 
     def to_dict(self) -> dict:
-        return {"s": self.series.to_dict(), "e": self.episode.to_dict() if self.episode else None}
+        return {"s": self.series.to_dict(), "e": self.episode.to_dict() if self.episode else None,
+                "p": self.pending, "l": self.last_end_ms}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "SeasonalDetector":
         if not data:
             return cls()
-        return cls(Seasonal.from_dict(data["s"]), Episode.from_dict(data["e"]))
+        pending = data.get("p")
+        return cls(Seasonal.from_dict(data["s"]), Episode.from_dict(data["e"]), list(pending) if pending else None,
+                   data.get("l"))
+
+    def _flush(self, hour: int) -> None:
+        """A finished hour's mean goes into the baseline."""
+        if self.pending is not None and self.pending[0] != hour:
+            self.series.learn(self.pending[0], self.pending[1] / self.pending[2])
+            self.pending = None
+
+    def _learn(self, hour: int, value: float) -> None:
+        self._flush(hour)
+        if self.pending is None:
+            self.pending = [hour, 0.0, 0]
+        self.pending[1] += value
+        self.pending[2] += 1
 
     def observe(self, kind: str, start_ms: int, window_ms: int, value: float, excess_usd_per_hour,
-                settings: Settings) -> Finding | None:
+                settings: Settings, min_spread: float = 0.0) -> Finding | None:
         """Judge and learn one window's value.  ``excess_usd_per_hour(baseline)`` is the money a value
-        above the baseline costs an hour."""
-        per_hour = max(1, MS_PER_HOUR // window_ms)
+        above the baseline costs an hour; ``min_spread``: the least spread, in the value's unit (a series
+        whose usual value is 0 still has a rise that matters)."""
         end_ms = start_ms + window_ms
-        b = self.series.baseline(start_ms, per_hour, settings.min_relative_change)
+        hour = start_ms // MS_PER_HOUR
+        ep = self.episode
+        if ep is not None and self.last_end_ms is not None and start_ms > self.last_end_ms:
+            # the series stopped (the workload did) and came back: what was under way ended with it
+            self.episode, self.last_end_ms = None, end_ms
+            self._learn(hour, value)
+            return Finding(kind, "closed", ep, "it stopped", ended_ms=ep.last_anomalous_end_ms)
+        self.last_end_ms = end_ms
+        self._flush(hour)
+        b = self.series.baseline(hour, settings.min_relative_change, min_spread)
         score, excess = 0.0, Decimal(0)
         if b is not None and b.spread > 0 and value > b.center:
             score = (value - b.center) / b.spread
             excess = excess_usd_per_hour(b.center)
         anomalous = score >= settings.score_threshold and excess >= settings.min_usd_per_hour
         window_hours = Decimal(window_ms) / MS_PER_HOUR
-        ep = self.episode
         if anomalous:
             if ep is None:
                 self.episode = Episode(start_ms, end_ms, score, b.center, value, excess * window_hours,
@@ -211,11 +247,11 @@ class SeasonalDetector:
             if score > ep.score:
                 ep.score, ep.baseline, ep.observed = score, b.center, value
             if end_ms - ep.start_ms >= settings.new_normal_hours * MS_PER_HOUR:
-                self.episode, self.series = None, Seasonal()  # a new level: learnt from here on
-                self.series.learn(start_ms, value, per_hour)
+                self.episode, self.series, self.pending = None, Seasonal(), None  # a new level: learnt from here on
+                self._learn(hour, value)
                 return Finding(kind, "closed", ep, b.basis, ended_ms=end_ms, new_level=True)
             return None
-        self.series.learn(start_ms, value, per_hour)
+        self._learn(hour, value)
         if ep is not None:
             ep.normal_windows += 1
             if ep.normal_windows >= settings.clear_windows:
@@ -232,21 +268,34 @@ class HeldIdle:
     usd_so_far: Decimal = Decimal(0)
     episode: Episode | None = None
     held_ms: int = 0  # time samples saw it idle (rented time no sample covered is not evidence)
+    last_end_ms: int | None = None  # the end of the last window seen
 
     def to_dict(self) -> dict:
         return {"since": self.since_ms, "u": str(self.usd_so_far), "e": self.episode.to_dict() if self.episode else None,
-                "h": self.held_ms}
+                "h": self.held_ms, "l": self.last_end_ms}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "HeldIdle":
         if not data:
             return cls()
-        return cls(data["since"], Decimal(data["u"]), Episode.from_dict(data["e"]), data.get("h", 0))
+        return cls(data["since"], Decimal(data["u"]), Episode.from_dict(data["e"]), data.get("h", 0), data.get("l"))
 
     def observe(self, start_ms: int, window_ms: int, allocated_gpu_ms: int, busy_gpu_ms: int, cost_usd: Decimal,
-                settings: Settings, observed_ms: int | None = None) -> Finding | None:
+                settings: Settings, observed_ms: int | None = None) -> list[Finding]:
         """One window; ``observed_ms``: how much of it samples covered (default all of it).  A window no
-        sample saw (only rented time) says nothing either way."""
+        sample saw (only rented time) says nothing either way.  Idleness counts in consecutive windows: after
+        a gap (the workload stopped) it starts again, and an episode under way ends where it was last seen."""
+        found = []
+        if self.last_end_ms is not None and start_ms > self.last_end_ms and self.since_ms is not None:
+            ep, self.since_ms, self.usd_so_far, self.episode, self.held_ms = self.episode, None, Decimal(0), None, 0
+            if ep is not None:
+                found.append(Finding(HELD_IDLE, "closed", ep, "it stopped", ended_ms=ep.last_anomalous_end_ms))
+        self.last_end_ms = start_ms + window_ms
+        now = self._observe(start_ms, window_ms, allocated_gpu_ms, busy_gpu_ms, cost_usd, settings, observed_ms)
+        return found + ([now] if now is not None else [])
+
+    def _observe(self, start_ms: int, window_ms: int, allocated_gpu_ms: int, busy_gpu_ms: int, cost_usd: Decimal,
+                 settings: Settings, observed_ms: int | None) -> Finding | None:
         end_ms = start_ms + window_ms
         observed_ms = window_ms if observed_ms is None else observed_ms
         if observed_ms <= 0:

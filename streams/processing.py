@@ -53,7 +53,7 @@ from hybridspend.costmodel.sharing import SharingError, apportion_micro
 from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
 from hybridspend.costmodel.timeunits import utc_from_ms
 
-from .watch import WorkloadWatch, team_partition
+from .watch import FORGET_TEAM_MS, WorkloadWatch, team_partition
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +336,8 @@ class PartitionClock:
             return cls()
         return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
                    set(data.get("pending", ())), dict(data.get("cloud", {})), dict(data.get("spend", {})),
-                   set(data.get("teams", ())), dict(data.get("seen", {})), dict(data.get("silent", {})),
-                   data.get("silence_checked_ms", 0))
+                   set(data.get("teams", ())), {k: list(v) for k, v in data.get("seen", {}).items()},
+                   {k: list(v) for k, v in data.get("silent", {}).items()}, data.get("silence_checked_ms", 0))
 
     def take(self, topic: str, offset: int, log_start: int | None = None) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
@@ -445,8 +445,9 @@ class DecisionProcessor:
             clock.cloud[f"{ws}|{resource}|{gpu_class}|{workload}"] = [allocated_ms, cost_umicro]
         if self.watching:
             for ws, team, resource, workload, window_ms, cost_umicro in wm.spend or ():
-                if team and team_partition(team, partitions) == partition:
-                    clock.spend[f"{ws}|{team}|{resource}|{workload}"] = [window_ms, cost_umicro]
+                if team and team_partition(team, partitions) == partition:  # the key only needs to be unique
+                    clock.spend[f"{ws}|{len(team)}|{team}|{len(resource)}|{resource}|{workload}"] = [
+                        window_ms, cost_umicro, team]
                     clock.teams.add(team)
 
     def idle_gpus(self, clock: PartitionClock, window_start_ms: int) -> dict[str, Decimal]:
@@ -495,22 +496,28 @@ class DecisionProcessor:
             for key in [k for k in table if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
                 del table[key]
 
-    def judge_teams(self, clock: PartitionClock, watermark_ms: int, team_state) -> list[Anomaly]:
+    def judge_teams(self, clock: PartitionClock, watermark_ms: int, team_state, changed) -> list[Anomaly]:
         """The spend of this partition's teams in every window the watermark completed (``team_state(team)``:
-        the team's ``TeamState``, changed in place); call before ``forget_idle``."""
+        the team's ``TeamState``; ``changed(team, state)`` for those it moved on); call before ``forget_idle``."""
         if not self.watching:
             return []
         by_team: dict[str, dict[int, int]] = {}
-        for key, (_, cost_umicro) in clock.spend.items():
-            ws, team, _ = key.split("|", 2)
-            if int(ws) + self.window_ms <= watermark_ms:
+        for key, (_, cost_umicro, team) in clock.spend.items():
+            ws = int(key.split("|", 1)[0])
+            if ws + self.window_ms <= watermark_ms:
                 spent = by_team.setdefault(team, {})
-                spent[int(ws)] = spent.get(int(ws), 0) + cost_umicro
+                spent[ws] = spent.get(ws, 0) + cost_umicro
         out = []
         for team in sorted(clock.teams):
             spent = by_team.get(team, {})
-            out.extend(team_state(team).judge(team, spent, min(spent, default=None), self.window_ms, watermark_ms,
-                                              self.anomaly_settings))
+            state = team_state(team)
+            before = state.closed_through_ms
+            out.extend(state.judge(team, spent, min(spent, default=None), self.window_ms, watermark_ms,
+                                   self.anomaly_settings))
+            if state.closed_through_ms != before:
+                changed(team, state)
+            if state.last_spend_ms is not None and watermark_ms - state.last_spend_ms > FORGET_TEAM_MS:
+                clock.teams.discard(team)  # spends nothing for weeks: judged again when it spends again
         return out
 
     def close(self, workload: str, state: WorkloadState, watermark_ms: int,

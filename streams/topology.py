@@ -175,6 +175,12 @@ def _clock_key(partition: int) -> str:
     return f"~clock|{partition}"
 
 
+def _team_key(team: str) -> str:
+    """A team's spend detector in the decision agent's table: a control character no workload name (a label)
+    can hold keeps it apart from the workloads' keys."""
+    return f"\x1fteam|{team}"
+
+
 @dataclass
 class _Batch:
     """What one batch of an agent changed: written to its table at the batch's end, after its outputs."""
@@ -218,6 +224,7 @@ class Pipeline:
         self.input_silence = Silence()  # per (input partition, input topic)
         self.source_silence = Silence()  # per (decision partition, upstream usage partition)
         self.swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources closed to
+        self.owned_rates: dict[str, int] = {}  # host -> micro-dollars an owned GPU of it costs an hour
 
     def _topic(self, name: str):
         return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.partitions)
@@ -354,14 +361,18 @@ class Pipeline:
                     live.append(self.usage.live_spend(state, ev))
             else:
                 self.usage.add(state, ev)
-                if ev.environment == "onprem" and self.decider.watching:
-                    self._sample_seen(batch, clock, resource, ev.ts_ms - ev.interval_ms, ev.ts_ms)
             batch.states[resource] = state
         except Exception as exc:
             await self.reject(event, exc)  # one dead letter an event: what stopped it
             return
         if replaced:  # its costs were kept under the replaced names; the original payload is kept here
             await self.reject(event, EventError("labels replaced, costs kept: " + "; ".join(replaced)))
+        if isinstance(ev, GpuSample) and ev.environment == "onprem" and self.decider.watching and \
+                self.decider.anomaly_settings.silence_minutes is not None:
+            try:  # its costs are kept whatever happens here
+                self._sample_seen(batch, clock, resource, ev)
+            except Exception:
+                log.exception("%s: the silence check failed on a sample of %s", topic, resource)
         batch.key_event[resource] = event
         if clock.advance(topic, ts_ms):
             self.input_silence.advanced(part, topic, batch.now_s)
@@ -377,14 +388,27 @@ class Pipeline:
         clock.silence_checked_ms = now_ms
         batch.anomalies.extend(watch.silence_findings(clock.seen, clock.silent, now_ms, self.decider.anomaly_settings))
 
-    def _sample_seen(self, batch: _Batch, clock: PartitionClock, host: str, sample_start_ms: int,
-                     sample_end_ms: int) -> None:
-        """An on-prem host's sample: it is not silent (any more)."""
-        back = watch.returned(host, clock.seen, clock.silent, sample_start_ms, self.decider.anomaly_settings)
+    def _sample_seen(self, batch: _Batch, clock: PartitionClock, host: str, sample: GpuSample) -> None:
+        """An on-prem host's sample: it is not silent (any more); what its GPUs cost an hour, owned, is what its
+        silence would leave unaccounted."""
+        back = watch.returned(host, clock.seen, clock.silent, sample.ts_ms - sample.interval_ms,
+                              self.decider.anomaly_settings)
         if back is not None:
             batch.anomalies.append(back)
-        seen = clock.seen.setdefault(host, [sample_end_ms, 0])
-        seen[0] = max(seen[0], sample_end_ms)
+        gpus = len({g.parent_uuid or g.uuid for g in sample.gpus})  # MIG instances count as their GPU
+        last_ms = max(clock.seen.get(host, [0])[0], sample.ts_ms)
+        clock.seen[host] = [last_ms, self._umicro_per_gpu_hour(host) * gpus]
+
+    def _umicro_per_gpu_hour(self, host: str) -> int:
+        """An owned GPU of ``host`` an hour, in micro-dollars (capex, energy at the configured power, upkeep)."""
+        rate = self.owned_rates.get(host)
+        if rate is None:
+            asset = self.config.asset_for_host(host)
+            rate = int(asset.gpu_cost().rate().usd_per_gpu_hour / MICRO) if asset is not None else 0
+            if len(self.owned_rates) > 100_000:
+                self.owned_rates.clear()
+            self.owned_rates[host] = rate
+        return rate
 
     def _close_resources(self, batch: _Batch) -> tuple[list[CostWindow], list[bytes]]:
         """Close the windows each partition's watermark passed; the cost windows and a watermark per partition.
@@ -422,7 +446,6 @@ class Pipeline:
                 if self.decider.watching:
                     spend.extend([cw.window_start_ms, cw.team, cw.resource, cw.workload, cw.window_ms,
                                   int(cw.cost_usd / MICRO)] for cw in closed if cw.workload != IDLE_WORKLOAD and cw.team)
-                    self._hourly_cost(clock, resource, closed)
                 if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
                     clock.open.add(resource)
                 else:
@@ -431,15 +454,6 @@ class Pipeline:
             marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
                                    pending=pending, cloud=cloud, spend=spend).encode())
         return out, marks
-
-    @staticmethod
-    def _hourly_cost(clock: PartitionClock, host: str, closed: list[CostWindow]) -> None:
-        """What an on-prem host's latest closed window cost an hour (what its silence leaves unaccounted)."""
-        if host not in clock.seen or not closed:
-            return
-        latest = max(cw.window_start_ms for cw in closed)
-        last = [cw for cw in closed if cw.window_start_ms == latest]
-        clock.seen[host][1] = int(sum(cw.cost_usd for cw in last) / MICRO * 3_600_000 / last[0].window_ms)
 
     def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> list[str]:
         """The resources of the batch in ``part``, and its quiet ones when the watermark crossed a window boundary."""
@@ -512,12 +526,13 @@ class Pipeline:
                 clock.open.discard(workload)
 
         def team_state(team: str) -> TeamState:
-            key = f"~team|{team}"
-            if key not in batch.states:
-                batch.states[key] = TeamState.from_dict(self.workload_windows.get(key))
-                batch.key_event[key] = part_event
-            return batch.states[key]
-        batch.anomalies.extend(self.decider.judge_teams(clock, watermark, team_state))
+            state = batch.states.get(_team_key(team))
+            return state if state is not None else TeamState.from_dict(self.workload_windows.get(_team_key(team)))
+
+        def changed(team: str, state: TeamState) -> None:  # written at the batch's end, like the workloads
+            batch.states[_team_key(team)] = state
+            batch.key_event[_team_key(team)] = part_event
+        batch.anomalies.extend(self.decider.judge_teams(clock, watermark, team_state, changed))
         self.decider.forget_idle(clock, watermark)
         return out
 

@@ -16,6 +16,7 @@ episode and state, so the sink stores it once and the alerter alerts it once.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,13 +32,14 @@ from hybridspend.anomalies.detect import (
     SeasonalDetector,
     Settings,
 )
-from hybridspend.contracts.events import Anomaly
+from hybridspend.contracts.events import MAX_LABEL_LEN, Anomaly
 from hybridspend.costmodel.money import MICRO
 from hybridspend.costmodel.timeunits import utc_from_ms
 
 MS_PER_HOUR = 3_600_000
 FORGET_SILENT_MS = 7 * 24 * MS_PER_HOUR  # a host silent this long is forgotten (decommissioned): memory stays bounded
 MAX_TEAM_GAP_MS = 7 * 24 * MS_PER_HOUR  # at most a week of empty windows is judged after a gap in the data
+FORGET_TEAM_MS = 5 * 7 * 24 * MS_PER_HOUR  # a team that spent nothing for five weeks is no longer judged
 
 UNITS = {HELD_IDLE: "utilization_pct", USD_PER_BUSY_GPU_HOUR: "usd_per_busy_gpu_hour", SPEND_RATE: "usd_per_hour",
          SILENT: "minutes"}
@@ -52,8 +54,22 @@ def _usd(value) -> Decimal:
     return Decimal(f"{value:.6f}")
 
 
+def _cents(value) -> Decimal:
+    """Money at stake is an estimate against a statistical baseline: to the cent."""
+    return Decimal(value).quantize(Decimal("0.01"))
+
+
 def _when(ms: int) -> str:
     return f"{utc_from_ms(ms):%Y-%m-%d %H:%M} UTC"
+
+
+def episode_id_of(kind: str, subject: str, start_ms: int) -> str:
+    """The episode's id, short enough for a label whatever the subject (a long one is named by its digest)."""
+    episode_id = Anomaly.make_episode_id(kind, subject, start_ms)
+    if len(episode_id) > MAX_LABEL_LEN - len("|closed"):
+        episode_id = Anomaly.make_episode_id(kind, "sha256:" + hashlib.sha256(subject.encode()).hexdigest()[:32],
+                                             start_ms)
+    return episode_id
 
 
 def anomaly_event(f: Finding, subject: str, what: str, **where: str) -> Anomaly:
@@ -65,12 +81,12 @@ def anomaly_event(f: Finding, subject: str, what: str, **where: str) -> Anomaly:
         reason = f"a new level since {_when(ep.start_ms)}, no longer an anomaly (the baseline starts again): {what}"
     else:
         reason = f"ended {_when(f.ended_ms)}: {what}"
-    episode_id = Anomaly.make_episode_id(f.kind, subject, ep.start_ms)
+    episode_id = episode_id_of(f.kind, subject, ep.start_ms)
     return Anomaly(
         event_id=f"{episode_id}|{f.state}", episode_id=episode_id, kind=f.kind, state=f.state, subject=subject,
         start_ms=ep.start_ms, detected_ms=ep.detected_ms, score=_usd(ep.score), baseline=_usd(ep.baseline),
-        observed=_usd(ep.observed), unit=UNITS[f.kind], usd_so_far=_usd(ep.usd_so_far),
-        usd_per_day_at_stake=_usd(ep.usd_per_day), reason=reason, ended_ms=f.ended_ms, **where)
+        observed=_usd(ep.observed), unit=UNITS[f.kind], usd_so_far=_cents(ep.usd_so_far),
+        usd_per_day_at_stake=_cents(ep.usd_per_day), reason=reason, ended_ms=f.ended_ms, **where)
 
 
 @dataclass
@@ -96,9 +112,8 @@ class WorkloadWatch:
         where = dict(workload=w.workload, team=w.team, gpu_class=w.gpu_class, environment=w.environment)
         out = []
         gpus = w.allocated_gpu_ms / w.window_ms if w.window_ms else 0
-        found = self.idle.observe(w.window_start_ms, w.window_ms, w.allocated_gpu_ms, w.busy_gpu_ms, w.cost_usd,
-                                  settings, int(w.window_ms * w.coverage))
-        if found is not None:
+        for found in self.idle.observe(w.window_start_ms, w.window_ms, w.allocated_gpu_ms, w.busy_gpu_ms, w.cost_usd,
+                                       settings, int(w.window_ms * w.coverage)):
             ep = found.episode
             out.append(anomaly_event(found, subject, (
                 f"{w.workload} holds {gpus:.1f} {w.environment} {w.gpu_class} GPUs busy {ep.observed:.1f} % of the "
@@ -126,15 +141,16 @@ class TeamState:
 
     spend: SeasonalDetector = field(default_factory=SeasonalDetector)
     closed_through_ms: int | None = None  # start of the last window judged
+    last_spend_ms: int | None = None  # start of the last window with spend
 
     def to_dict(self) -> dict:
-        return {"s": self.spend.to_dict(), "t": self.closed_through_ms}
+        return {"s": self.spend.to_dict(), "t": self.closed_through_ms, "ls": self.last_spend_ms}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "TeamState":
         if not data:
             return cls()
-        return cls(SeasonalDetector.from_dict(data["s"]), data["t"])
+        return cls(SeasonalDetector.from_dict(data["s"]), data["t"], data.get("ls"))
 
     def judge(self, team: str, spend_umicro: dict[int, int], first_ms: int | None, window_ms: int,
               watermark_ms: int, settings: Settings) -> list[Anomaly]:
@@ -152,10 +168,13 @@ class TeamState:
             # a long stretch without spend (a gap in the data, a watermark far ahead) is judged for a week at most
             i = bisect.bisect_left(with_data, ws)
             upcoming = with_data[i] if i < len(with_data) else last + window_ms
-            if upcoming - ws > MAX_TEAM_GAP_MS:
-                ws = upcoming - MAX_TEAM_GAP_MS
+            if upcoming - ws > MAX_TEAM_GAP_MS:  # whole windows, so that ws stays on the windows' grid
+                ws += (upcoming - MAX_TEAM_GAP_MS - ws) // window_ms * window_ms
             value = spend_umicro.get(ws, 0) * float(MICRO) / window_hours
-            found = self.spend.observe(SPEND_RATE, ws, window_ms, value, lambda center: _usd(value - center), settings)
+            if value > 0:
+                self.last_spend_ms = ws
+            found = self.spend.observe(SPEND_RATE, ws, window_ms, value, lambda center: _usd(value - center), settings,
+                                       min_spread=float(settings.min_usd_per_hour))
             self.closed_through_ms = ws
             ws += window_ms
             if found is not None:
@@ -171,7 +190,8 @@ def silence_findings(seen: dict[str, list[int]], silent: dict[str, list[int]], n
                      settings: Settings) -> list[Anomaly]:
     """Hosts whose latest sample (``seen``: host -> [end of its latest sample, its cost in micro-dollars an
     hour]) is ``silence_minutes`` behind the partition's samples (``now_ms``): a silent episode each, kept
-    in ``silent`` (host -> [start, detected]) until its samples return (``returned``)."""
+    in ``silent`` (host -> [start, detected]) until its samples return (``returned``).  A host silent for a
+    week is forgotten (taken out of service): its episode ends there."""
     if settings.silence_minutes is None:
         return []
     limit_ms = settings.silence_minutes * 60_000
@@ -180,7 +200,10 @@ def silence_findings(seen: dict[str, list[int]], silent: dict[str, list[int]], n
         quiet_ms = now_ms - last_ms
         if quiet_ms >= FORGET_SILENT_MS:
             seen.pop(host)
-            silent.pop(host, None)
+            episode = silent.pop(host, None)
+            if episode is not None:
+                out.append(_silence_event(host, "closed", episode[0], episode[1], now_ms, umicro_per_hour, settings,
+                                          "forgotten after a week without samples"))
             continue
         if host in silent or quiet_ms < limit_ms:
             continue
@@ -196,17 +219,18 @@ def returned(host: str, seen: dict[str, list[int]], silent: dict[str, list[int]]
     umicro_per_hour = seen.get(host, [0, 0])[1]
     if episode is None:
         return None
-    return _silence_event(host, "closed", episode[0], episode[1], sample_start_ms, umicro_per_hour, settings)
+    return _silence_event(host, "closed", episode[0], episode[1], max(sample_start_ms, episode[0]), umicro_per_hour,
+                          settings)
 
 
 def _silence_event(host: str, state: str, start_ms: int, detected_ms: int, back_ms: int | None,
-                   umicro_per_hour: int, settings: Settings) -> Anomaly:
+                   umicro_per_hour: int, settings: Settings, why: str = "") -> Anomaly:
     quiet_minutes = ((back_ms or detected_ms) - start_ms) / 60_000
     usd_per_hour = umicro_per_hour * float(MICRO)
     ep = Episode(start_ms, detected_ms, quiet_minutes / settings.silence_minutes, settings.silence_minutes,
                  quiet_minutes, _usd(usd_per_hour * quiet_minutes / 60), _usd(usd_per_hour * 24),
                  back_ms or detected_ms)
     what = (f"no GPU samples from {host} for {quiet_minutes:.0f} min (last at {_when(start_ms)}): its GPUs, about "
-            f"${usd_per_hour:,.2f} an hour, are not being accounted")
+            f"${usd_per_hour:,.2f} an hour, are not being accounted" + (f"; {why}" if why else ""))
     return anomaly_event(Finding(SILENT, state, ep, "", ended_ms=back_ms), host, what, resource=host,
                          environment="onprem")

@@ -35,8 +35,8 @@ SETTINGS = Settings()
 
 
 def test_the_hour_of_the_week_starts_on_monday_utc():
-    assert Seasonal.slots(MONDAY) == ("0", "0")
-    assert Seasonal.slots(MONDAY + 6 * 24 * HOUR + 23 * HOUR) == ("167", "23")  # Sunday 23:00
+    assert Seasonal.slot(MONDAY // HOUR) == "0"
+    assert Seasonal.slot(MONDAY // HOUR + 6 * 24 + 23) == "167"  # Sunday 23:00
 
 
 def flat(detector: SeasonalDetector, hours: int, value, start: int = MONDAY):
@@ -77,7 +77,7 @@ def test_an_episode_ends_after_two_normal_windows_and_a_lasting_one_is_a_new_lev
     assert found[1][1].episode.usd_so_far == D(60)  # 3 hours at $20 more
     step = flat(d, 30, lambda h: 30.0, start=MONDAY + 3 * 168 * HOUR)
     assert [(h, f.state, f.new_level) for h, f in step] == [(0, "open", False), (23, "closed", True)]
-    assert d.series.week == {} or all(v == [30.0] for v in d.series.week.values())  # the baseline starts again
+    assert all(v[1:] == [30.0] for v in d.series.week.values())  # the baseline starts again, from the new level
 
 
 def test_one_held_idle_episode_by_hand():
@@ -86,21 +86,30 @@ def test_one_held_idle_episode_by_hand():
     windows = [(4, D(32)), (0.16, D(32)), (0.16, D(32)), (0.16, D(32)), (4, D(32))]
     out = [idle.observe(MONDAY + n * HOUR, HOUR, 8 * HOUR, int(busy * HOUR), cost, s)
            for n, (busy, cost) in enumerate(windows)]
-    assert out[0] is None and out[1] is None  # an hour idle is not yet 90 minutes
-    opened = out[2]
+    assert out[0] == [] and out[1] == []  # an hour idle is not yet 90 minutes
+    (opened,) = out[2]
     assert opened.state == "open" and opened.episode.start_ms == MONDAY + HOUR
     assert opened.episode.detected_ms == MONDAY + 3 * HOUR and opened.episode.usd_so_far == D(64)
     assert opened.episode.usd_per_day == D(768) and opened.episode.observed == pytest.approx(2.0)
-    assert out[3] is None  # still the same episode
-    closed = out[4]
+    assert out[3] == []  # still the same episode
+    (closed,) = out[4]
     assert closed.state == "closed" and closed.ended_ms == MONDAY + 4 * HOUR and closed.episode.usd_so_far == D(96)
 
 
 def test_rented_time_no_sample_saw_is_no_evidence_of_idleness():
     idle = HeldIdle()
     # a spot instance reclaimed 18 minutes into the window: rented time, no sample, nothing busy
-    assert idle.observe(MONDAY, HOUR, 8 * 18 * 60_000, 0, D("3.6"), SETTINGS, observed_ms=0) is None
+    assert idle.observe(MONDAY, HOUR, 8 * 18 * 60_000, 0, D("3.6"), SETTINGS, observed_ms=0) == []
     assert idle.since_ms is None
+
+
+def test_a_workload_that_stops_while_held_idle_ends_its_episode_where_it_was_last_seen():
+    idle = HeldIdle()
+    assert [f.state for f in idle.observe(MONDAY, HOUR, 8 * HOUR, 0, D(32), SETTINGS)] == ["open"]
+    # gone for a day, back idle: the first episode ended at its last window, the streak starts again
+    found = idle.observe(MONDAY + 25 * HOUR, HOUR, 8 * HOUR, 0, D(32), SETTINGS)
+    assert [(f.state, f.ended_ms) for f in found] == [("closed", MONDAY + HOUR), ("open", None)]
+    assert found[1].episode.start_ms == MONDAY + 25 * HOUR and found[1].episode.usd_so_far == D(32)
 
 
 CONFIG = {"cloud_offers": [{"provider": "aws", "region": "us-east-1", "instance_type": "p4d.24xlarge",
@@ -135,7 +144,7 @@ def test_one_price_jump_by_hand():
     (a,) = stream(steady + [window(8 * 24, D(48))])
     assert (a.kind, a.state, a.subject) == ("usd_per_busy_gpu_hour", "open", "train|cloud|A100")
     assert a.baseline == D("6.666667") and a.observed == D("10.000000")
-    assert a.score == D("5.000000")  # (10 - 6.67) / (10 % of 6.67): the week's hours never varied
+    assert abs(a.score - 5) < D("0.00001")  # (10 - 6.67) / (10 % of 6.67): the week's hours never varied
     # the excess: $3.33 on each of 4.8 busy GPU-hours, $16 an hour, $384 a day
     assert a.usd_so_far == D("16.000000") and a.usd_per_day_at_stake == D("384.000000")
     assert a.start_ms == MONDAY + 192 * HOUR and a.detected_ms == MONDAY + 193 * HOUR
@@ -150,28 +159,62 @@ def test_a_held_idle_workload_is_one_episode_and_its_price_is_not_judged_meanwhi
     assert out[0].usd_so_far == D(32) and out[1].usd_so_far == D(96) and out[1].ended_ms == MONDAY + 195 * HOUR
 
 
-def test_a_team_surge_is_judged_once_on_the_teams_partition():
+@pytest.mark.parametrize("team", ["ml", "ml|gpu"])  # keys are split on "|": a team's name may hold one
+def test_a_team_surge_is_judged_once_on_the_teams_partition(team):
     config = Config.model_validate(CONFIG)
-    owner = team_partition("ml", 4)
+    owner = team_partition(team, 4)
     deciders = [DecisionProcessor(config) for _ in range(4)]
     clocks, teams = [PartitionClock() for _ in range(4)], [{} for _ in range(4)]
     found: list[list[Anomaly]] = [[] for _ in range(4)]
     for hour in range(8 * 24 + 3):
         start = MONDAY + hour * HOUR
         cost_umicro = 64_000_000 if hour == 8 * 24 else 32_000_000  # two instances for an hour
-        mark = Watermark(f"m{hour}", "usage|0", start + HOUR, spend=[(start, "ml", "i-1", "train", HOUR, cost_umicro)])
+        mark = Watermark(f"m{hour}", "usage|0", start + HOUR, spend=[(start, team, "i-1", "train", HOUR, cost_umicro)])
         for p in range(4):
             deciders[p].on_watermark(clocks[p], mark, p, 4)
             found[p] += deciders[p].judge_teams(clocks[p], start + HOUR,
-                                                lambda t, p=p: teams[p].setdefault(t, TeamState()))
+                                                lambda t, p=p: teams[p].get(t) or TeamState(),
+                                                lambda t, state, p=p: teams[p].__setitem__(t, state))
             deciders[p].forget_idle(clocks[p], start + HOUR)
             teams[p] = {t: TeamState.from_dict(s.to_dict()) for t, s in teams[p].items()}
     assert all(not found[p] and not clocks[p].spend for p in range(4) if p != owner)
-    assert [(a.kind, a.state, a.subject) for a in found[owner]] == [("spend_rate", "open", "ml"),
-                                                                    ("spend_rate", "closed", "ml")]
+    assert [(a.kind, a.state, a.subject) for a in found[owner]] == [("spend_rate", "open", team),
+                                                                    ("spend_rate", "closed", team)]
     assert found[owner][0].observed == D(64) and found[owner][0].baseline == D(32)
     assert found[owner][0].usd_per_day_at_stake == D(768)
     assert not clocks[owner].spend  # the windows judged are forgotten
+
+
+def hours_of_spend(state: TeamState, spend: dict[int, float], through_hour: int) -> list[Anomaly]:
+    """``spend`` (hour -> $) judged up to ``through_hour``, the watermark moving an hour at a time."""
+    out = []
+    for h in range(through_hour):
+        out += state.judge("ml", {MONDAY + k * HOUR: int(v * 1_000_000) for k, v in spend.items() if k <= h},
+                           MONDAY, HOUR, MONDAY + (h + 1) * HOUR, SETTINGS)
+    return out
+
+
+def test_a_team_that_usually_spends_nothing_is_judged_on_a_dollar_spread():
+    state = TeamState()
+    (a,) = hours_of_spend(state, {200: 10.0}, 201)  # nothing for 8 days, then $10 an hour
+    assert (a.state, a.baseline, a.observed, a.score) == ("open", 0, 10, 10)  # 10 over the $1 floor
+
+
+def test_a_week_without_spend_keeps_the_team_on_the_windows_grid():
+    state = TeamState()
+    state.judge("ml", {MONDAY: 5_000_000}, MONDAY, HOUR, MONDAY + HOUR, SETTINGS)
+    state.judge("ml", {}, MONDAY, HOUR, MONDAY + 20 * 24 * HOUR + 12_345, SETTINGS)  # a watermark off the grid
+    assert (state.closed_through_ms - MONDAY) % HOUR == 0
+    assert state.closed_through_ms == MONDAY + 20 * 24 * HOUR - HOUR  # through the last complete window
+
+
+def test_an_episode_of_a_very_long_name_keeps_its_ids_within_a_label():
+    from hybridspend.streams.watch import episode_id_of
+
+    long = episode_id_of("held_idle", "w" * 300 + "|cloud|A100", MONDAY)
+    assert len(long + "|closed") <= 253 and long.startswith("held_idle|sha256:")
+    assert long == episode_id_of("held_idle", "w" * 300 + "|cloud|A100", MONDAY)  # the same on every worker
+    assert episode_id_of("held_idle", "train|cloud|A100", MONDAY) == f"held_idle|train|cloud|A100|{MONDAY}"
 
 
 def test_a_silent_host_opens_one_episode_and_closes_when_its_samples_return():
