@@ -138,8 +138,8 @@ def fleet() -> dict:
              GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", x=12, y=8),
     ], "GPUs, utilization and idle capacity across on-prem and cloud.", annotations=[
         _anomalies(("silent",), [4, 5], "environment IN ($environment)", "orange"),
-        _anomalies(("held_idle",), [4], f"environment IN ($environment) AND workload IN ($workload)"
-                                        f" AND gpu_class IN ($gpu_class)")])
+        _anomalies(("held_idle",), [4], "environment IN ($environment) AND workload IN ($workload)"
+                                        " AND gpu_class IN ($gpu_class)")])
 
 
 def cost() -> dict:
