@@ -15,9 +15,11 @@ from a moving-block bootstrap of the model's in-sample errors instead: whole day
 hours, kept at their hour of the day), drawn again and again and added to the point path; the interval
 is the quantiles of the sums.  Errors of one day move together, so a day of errors is drawn as a block.
 That holds the shape of the noise but not the uncertainty of the trend and the seasons themselves, so
-each level's spread is widened by what the series' own past forecasts measure (``calibrate``): from up to
-eight earlier origins, the ratio of each miss to its interval's half width, and the conformal quantile of
-those ratios (split conformal on the horizon's total).
+each level's interval is at least as wide as the series' own past forecasts say it must be
+(``calibrate``): from up to eight earlier origins, each miss relative to its forecast total, and the
+conformal quantile of those (split conformal on the horizon's total).  After a step change the misses of
+the origins that straddled it widen the intervals; they narrow again once the calibration origins are
+past it (about two weeks for a week ahead).
 
 Amounts are Decimal (micro-dollars) at the edges; the model works in floats.
 """
@@ -154,8 +156,8 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
     """The next ``horizon_hours`` of an hourly spend series whose last hour ends at ``start``; the total and
     its intervals count the hours from ``skip_hours`` on (next month's, seen from this one).
 
-    ``widen``: per level, how much to scale the bootstrap's spread around the point total (``calibrate``
-    measures it); the distribution behind ``probability_above`` is scaled by the 80 % level's.
+    ``widen``: per level, the least half width of the interval relative to the total (``calibrate`` measures
+    it); the distribution behind ``probability_above`` is spread to match the 80 % interval.
     """
     if not history_usd:
         raise ForecastError("no hours of spend to forecast from")
@@ -173,9 +175,9 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
     def interval(paths: list[float], centre: float) -> dict[int, tuple[Decimal, Decimal]]:
         out: dict[int, tuple[Decimal, Decimal]] = {}
         for level in LEVELS:  # in increasing order: a wider level holds the narrower one whatever its calibration
-            w = widen.get(level, 1.0)
+            half = widen.get(level, 0.0) * centre  # what the past misses say, relative to the total
             low, high = (_quantile(paths, (1 - level / 100) / 2), _quantile(paths, 1 - (1 - level / 100) / 2))
-            low_usd, high_usd = _usd(max(0.0, centre + (low - centre) * w)), _usd(max(0.0, centre + (high - centre) * w))
+            low_usd, high_usd = _usd(max(0.0, min(low, centre - half))), _usd(max(low, high, centre + half))
             if out:
                 inner = out[max(out)]
                 low_usd, high_usd = min(low_usd, inner[0]), max(high_usd, inner[1])
@@ -184,7 +186,9 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
 
     centre = sum(point[skip_hours:])
     intervals = interval(totals, centre)
-    w = widen.get(LEVELS[0], 1.0)
+    # the distribution behind probability_above, spread as far as the calibrated 80 % interval
+    low, high = (_quantile(totals, 0.1), _quantile(totals, 0.9))
+    w = max(1.0, float(intervals[LEVELS[0]][1] - intervals[LEVELS[0]][0]) / (high - low)) if high > low else 1.0
     totals = sorted(max(0.0, centre + (t - centre) * w) for t in totals)
     counted = tuple(_usd(p) for p in point[skip_hours:])  # the total is the sum of the hours shown
     band = tuple((h - skip_hours, sum(counted[:h - skip_hours], Decimal(0)),
@@ -253,11 +257,13 @@ def calibration_origins(history_hours: int, horizon_hours: int, origins: int = C
 
 def calibrate(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int, *,
               origins: int = CALIBRATION_ORIGINS, skip_hours: int = 0) -> dict[int, float]:
-    """Per level, how much to widen the bootstrap's spread so that that share of the history's own past
-    totals falls inside (split conformal on the horizon's total): on up to ``origins`` earlier origins a day
-    apart, each seeing only what came before it, the ratio of each miss to the interval's half width, and
-    its conformal quantile (the ceil((k + 1) x level)-th smallest of k); no widening when the history is
-    too short for any."""
+    """Per level, the half width of the interval relative to the total that that share of the history's own
+    past totals needed (split conformal on the horizon's total): on up to ``origins`` earlier origins a day
+    apart, each seeing only what came before it, each miss relative to its forecast total, and the
+    conformal quantile of those (the ceil((k + 1) x level)-th smallest of k); {} when the history is too
+    short for any.  Relative misses, not misses over the bootstrap's own width: a series so regular that
+    the bootstrap sees no spread would make one ordinary miss look infinite (and after a step change,
+    every interval for weeks)."""
     n = len(history_usd)
     points = calibration_origins(n, horizon_hours, origins)
     if not points:
@@ -269,11 +275,8 @@ def calibrate(history_usd: Sequence[Decimal], start: datetime, horizon_hours: in
         actual = float(sum(history_usd[origin + skip_hours:origin + horizon_hours], Decimal(0)))
         centre = float(fc.total_usd)
         for level in LEVELS:
-            low, high = (float(v) for v in fc.interval_usd[level])
-            half = (high - low) / 2 or 1e-9
-            needed[level].append(abs(actual - centre) / half)
-    return {level: max(1.0, sorted(r)[min(len(r), math.ceil((len(r) + 1) * level / 100)) - 1])
-            for level, r in needed.items()}
+            needed[level].append(abs(actual - centre) / centre if centre > 0 else 0.0)
+    return {level: sorted(r)[min(len(r), math.ceil((len(r) + 1) * level / 100)) - 1] for level, r in needed.items()}
 
 
 def calibrated_forecast(history_usd: Sequence[Decimal], start: datetime, horizon_hours: int,
