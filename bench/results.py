@@ -32,6 +32,10 @@ TARGETS = {
     "forecast MAPE below the straight line's": ("forecast_weekly_cycles_mape_ratio", lambda v: v < 1),
     "80 % interval covers 75-85 %": ("forecast_weekly_cycles_coverage_80_pct", lambda v: 75 <= v <= 85),
     "95 % interval covers 90-100 %": ("forecast_weekly_cycles_coverage_95_pct", lambda v: 90 <= v <= 100),
+    "anomaly precision >= 0.9 per kind": ("anomaly_min_precision", lambda v: v >= 0.9),
+    "anomaly recall >= 0.9 per kind": ("anomaly_min_recall", lambda v: v >= 0.9),
+    "median detection delay <= 2 windows": ("anomaly_max_median_delay_windows", lambda v: v <= 2),
+    "no anomaly on hybrid-month's normal cycles": ("anomaly_false_alarms_hybrid_month", lambda v: v == 0),
 }
 
 # figure -> (what it measures, how to print it); the README table's rows, in order
@@ -58,6 +62,10 @@ ROWS = {
     "forecast_hybrid_month_straight_line_mape_pct": ("the same, the straight line", "{:.2f} %"),
     "forecast_hybrid_month_coverage_80_pct": ("actual totals inside the 80 % interval", "{:.1f} %"),
     "forecast_hybrid_month_coverage_95_pct": ("actual totals inside the 95 % interval", "{:.1f} %"),
+    "anomaly_min_precision": ("anomalies, anomaly-month.yaml (5 of each kind): the lowest precision of a kind", "{:.2f}"),
+    "anomaly_min_recall": ("the lowest recall of a kind", "{:.2f}"),
+    "anomaly_max_median_delay_windows": ("the longest median detection delay of a kind", "{:.2f} windows"),
+    "anomaly_false_alarms_hybrid_month": ("anomalies on hybrid-month.yaml's normal cycles", "{:.0f}"),
 }
 
 

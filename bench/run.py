@@ -12,7 +12,7 @@ from pathlib import Path
 from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
-from . import alerts, collector, forecast, pipeline, report, sink
+from . import alerts, anomalies, collector, forecast, pipeline, report, sink
 from .results import results_path, summarize
 
 
@@ -40,6 +40,8 @@ def run_once(quick: bool, say=print) -> dict:
             figures.update(collector.run(quick, say))
             say("forecast: next week's spend from every second day of two scenarios, against what happened")
             figures.update(forecast.run(quick, say))
+            say("anomalies: a month with 20 put in and a month without, through the pipeline")
+            figures.update(anomalies.run(quick, say))
         finally:
             broker.stop()
             pg.stop()
