@@ -14,7 +14,7 @@ raw COPY are the ceilings of ``sink_ratio`` were building and writing the rows f
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 
@@ -30,7 +30,9 @@ from hybridspend.storage.timeseries import POSTGRESQL, Partitions
 
 def _samples(messages: int):
     fleet = demo_fleet(seed=1)
-    day = int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    # yesterday: the sink applies its retention by the wall clock, and would drop a fixed day once it aged out
+    day = int((datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=0, minute=0, second=0,
+                                                                       microsecond=0).timestamp() * 1000)
     out = []
     for ts, samples, _ in fleet.run_day(day):
         out.extend(samples)
