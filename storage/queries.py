@@ -293,12 +293,14 @@ def store_month_forecast(conn: psycopg.Connection, team: str, month: datetime, m
 def hourly_spend(conn: psycopg.Connection, start: datetime, end: datetime,
                  team: str | None = None) -> tuple[datetime | None, list[Decimal]]:
     """(first hour, estimated spend of every hour from it to ``end``): of one team, or of everything (idle
-    owned capacity included); an hour without a window costs 0.  (None, []) when nothing was spent."""
+    owned capacity included); an hour without a window costs 0.  (None, []) when nothing was spent.  Read
+    from the hourly rollup (the same sums, kept in the sink's transaction): a month of 10,000 GPUs is
+    2.3 million cost windows, a tenth of a second here against half a second per team from the windows."""
     rows = conn.execute(
         """
-        SELECT date_trunc('hour', window_start, 'UTC') AS hour, sum(cost_usd)
-          FROM cost_windows
-         WHERE basis = 'estimated' AND window_start >= %s AND window_start < %s
+        SELECT bucket AS hour, sum(cost_usd)
+          FROM cost_hourly
+         WHERE basis = 'estimated' AND bucket >= date_trunc('hour', %s::timestamptz, 'UTC') AND bucket < %s
            AND (%s::text IS NULL OR team = %s::text)
          GROUP BY 1 ORDER BY 1
         """,
