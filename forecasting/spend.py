@@ -1,7 +1,7 @@
 """Hourly spend forecasts with prediction intervals, and their rolling-origin backtest.
 
 The model is statsforecast's MSTL (a maintained library: Nixtla's StatsForecast): the hourly series is
-split into a trend and its daily and weekly seasonal parts (LOESS), the trend forecast by AutoETS and the
+split into a trend and its daily and weekly seasonal parts (LOESS), the trend forecast as a level (ETS A,N,N) and the
 seasonal parts repeated.  Which seasons it uses depends on the history, and the forecast says so:
 
     two weeks or more     daily and weekly seasonality           MSTL(season_length=[24, 168])
@@ -95,7 +95,7 @@ def _fit(history: list[float], horizon: int) -> tuple[str, str, list[float], lis
                 [mean] * horizon, [y - mean for y in history])
     import pandas as pd
     from statsforecast import StatsForecast
-    from statsforecast.models import MSTL
+    from statsforecast.models import MSTL, AutoETS
 
     seasons = [HOURS_PER_DAY, HOURS_PER_WEEK] if n >= 2 * HOURS_PER_WEEK else [HOURS_PER_DAY]
     note = ("daily and weekly seasonality" if len(seasons) == 2 else
@@ -104,7 +104,10 @@ def _fit(history: list[float], horizon: int) -> tuple[str, str, list[float], lis
                           "y": np.asarray(history, dtype=float)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sf = StatsForecast(models=[MSTL(season_length=seasons)], freq="h")
+        # the deseasonalized level by simple exponential smoothing (ETS A,N,N): measured as accurate as
+        # AutoETS choosing among trends (weekly-cycles MAPE 7.04 % both, hybrid-month 2.19 % against 2.22 %)
+        # and cheaper, and a month ahead a fitted trend is more often a guess than a forecast
+        sf = StatsForecast(models=[MSTL(season_length=seasons, trend_forecaster=AutoETS(model="ANN"))], freq="h")
         out = sf.forecast(df=frame, h=horizon, fitted=True)
         fitted = sf.forecast_fitted_values()["MSTL"].to_numpy()
     errors = [float(y - f) for y, f in zip(history, fitted) if not math.isnan(f)]
