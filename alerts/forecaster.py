@@ -78,6 +78,18 @@ class BudgetForecaster:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    @staticmethod
+    def _store(conn: psycopg.Connection, team: str, now: datetime, fc: BudgetForecast) -> None:
+        """For Grafana's band; a failure to store it leaves the notice its forecast."""
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        try:
+            queries.store_month_forecast(conn, team, hour.replace(day=1, hour=0), hour, list(fc.band),
+                                         fc.overrun_probability, fc.model)
+        except psycopg.OperationalError:
+            raise  # the database went away: the outer handler says so
+        except psycopg.Error as exc:
+            log.warning("budget forecast of %s not stored for the dashboards: %s", team, str(exc).splitlines()[0])
+
     def _run(self, now: datetime, budgets: list[tuple[str, Decimal]]) -> None:
         out = {}
         try:
@@ -95,9 +107,7 @@ class BudgetForecaster:
                         continue
                     if fc is not None:
                         out[team] = fc
-                        hour = now.replace(minute=0, second=0, microsecond=0)
-                        queries.store_month_forecast(conn, team, hour.replace(day=1, hour=0), hour, list(fc.band),
-                                                     fc.overrun_probability, fc.model)
+                        self._store(conn, team, now, fc)
         except psycopg.Error as exc:
             log.warning("budget forecasts: database unavailable (%s); the straight line stands in",
                         str(exc).splitlines()[0])

@@ -12,9 +12,9 @@ live in a Faust table value:
   (``streams.processing``; the episode bookkeeping is the same).
 
 The seasonal baseline (``Seasonal``) is robust statistics over the same hour of the week: the
-median and the median absolute deviation (MAD) of the last four weeks' values at that hour (windows
-shorter than an hour are averaged into their hour before they are learnt, so the state is about
-700 numbers per series whatever the window).  With
+median and the median absolute deviation (MAD) of the last four weeks' values at that hour (at that
+quarter of the hour for windows of 15 minutes or less: windows shorter than a slot are averaged into
+it before they are learnt, so a series' state is at most about 3,400 numbers whatever the window).  With
 one week of history it takes the larger of the same hour last week and the upper quartile of the
 same hour over the last seven days, so a weekday-only or a weekend-only cycle is not mistaken for a
 change in its first weeks; and never below the median of the same hour in the last three days, so that
@@ -27,7 +27,8 @@ money at stake.  docs/decisions/0006-anomaly-detection.md says why robust statis
 online model.
 
 An episode opens on the first anomalous window and closes after ``clear_windows`` normal ones, or
-where its series stopped (the workload did); anomalous values are kept out of the baseline meanwhile.  One that lasts ``new_normal_hours`` is a
+where its series stopped for a day (the workload did); anomalous values are kept out of the baseline
+meanwhile.  One that lasts ``new_normal_hours`` is a
 new level, not an anomaly: it is closed as such and the baseline starts again from there.
 """
 
@@ -87,45 +88,59 @@ def _mad(values: list[float], center: float) -> float:
     return _median([abs(v - center) for v in values])
 
 
+MAX_SLOTS_AN_HOUR = 4  # windows shorter than a quarter of an hour are averaged into their quarter
+
+
+def slots_an_hour(window_ms: int) -> int:
+    """How many baseline slots an hour has for windows of ``window_ms``: one per window, at most four."""
+    return min(MAX_SLOTS_AN_HOUR, max(1, MS_PER_HOUR // max(1, window_ms)))
+
+
 @dataclass
 class Seasonal:
-    """Hourly means of a series by hour of the week: the last four weeks of each hour (windows shorter than an
-    hour are averaged into their hour first, so the state is the same size whatever the window)."""
+    """Means of a series by slot of the week (an hour, or a quarter of it for windows that short): the last
+    four weeks of each slot.  Windows shorter than a slot are averaged into it first, so the state is at
+    most 168 x 4 slots of 5 numbers whatever the window."""
 
-    # hour of week (0..167) -> [the epoch hour of its newest value, then the values, oldest first]
+    # slot of the week -> [the epoch slot of its newest value, then the values, oldest first]
     week: dict[str, list] = field(default_factory=dict)
+    per_hour: int = 1  # slots an hour
 
     def to_dict(self) -> dict:
-        return {"w": self.week}
+        return {"w": self.week, "q": self.per_hour}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Seasonal":
-        return cls({k: list(v) for k, v in data["w"].items()}) if data else cls()
+        return cls({k: list(v) for k, v in data["w"].items()}, data.get("q", 1)) if data else cls()
 
-    @staticmethod
-    def slot(hour: int) -> str:
-        """The hour of the week of an epoch hour: 0 is Monday 00:00 UTC (epoch day 0 was a Thursday)."""
-        return str((hour + 72) % 168)
+    @property
+    def slot_ms(self) -> int:
+        return MS_PER_HOUR // self.per_hour
 
-    def learn(self, hour: int, value: float) -> None:
-        entry = self.week.setdefault(self.slot(hour), [hour])
-        entry[0] = hour
+    def slot(self, index: int) -> str:
+        """The slot of the week of an epoch slot: 0 is Monday 00:00 UTC (epoch day 0 was a Thursday)."""
+        return str((index + 72 * self.per_hour) % (168 * self.per_hour))
+
+    def learn(self, index: int, value: float) -> None:
+        entry = self.week.setdefault(self.slot(index), [index])
+        entry[0] = index
         entry.append(round(value, 6))  # micro-units: the figures the events carry
         del entry[1:-WEEKS_KEPT]
 
-    def _days_before(self, hour: int, days: int) -> list[float]:
-        """The same hour of each of the ``days`` days before ``hour``, oldest first (days without one skipped)."""
+    def _days_before(self, index: int, days: int) -> list[float]:
+        """The same slot of each of the ``days`` days before ``index``, oldest first (days without one skipped)."""
         out = []
+        a_day = 24 * self.per_hour
         for k in range(days, 0, -1):
-            entry = self.week.get(self.slot(hour - 24 * k))
-            if entry and entry[0] == hour - 24 * k:
+            entry = self.week.get(self.slot(index - a_day * k))
+            if entry and entry[0] == index - a_day * k:
                 out.append(entry[-1])
         return out
 
-    def baseline(self, hour: int, min_relative_change: float, min_spread: float = 0.0) -> Baseline | None:
-        """The expected value in the epoch hour ``hour``; None while the history is too short."""
-        week = self.week.get(self.slot(hour), [None])[1:]
-        day = self._days_before(hour, DAYS_KEPT)
+    def baseline(self, index: int, min_relative_change: float, min_spread: float = 0.0) -> Baseline | None:
+        """The expected value in the epoch slot ``index``; None while the history is too short."""
+        week = self.week.get(self.slot(index), [None])[1:]
+        day = self._days_before(index, DAYS_KEPT)
         if len(week) >= 2:
             center, spread, basis = _median(week), MAD_TO_SIGMA * _mad(week, _median(week)), \
                 f"median of the same hour in the last {len(week)} weeks"
@@ -135,7 +150,7 @@ class Seasonal:
                 "the same hour last week or the upper quartile of the same hour in the last days"
         else:
             return None
-        recent = self._days_before(hour, RECENT_DAYS)
+        recent = self._days_before(index, RECENT_DAYS)
         if len(recent) == RECENT_DAYS and _median(recent) > center:
             # a level the same hour has held for the last days is no longer news, whatever the weeks before said
             center, basis = _median(recent), f"median of the same hour in the last {RECENT_DAYS} days"
@@ -187,7 +202,7 @@ class SeasonalDetector:
 
     series: Seasonal = field(default_factory=Seasonal)
     episode: Episode | None = None
-    pending: list | None = None  # the current hour's normal values: [epoch hour, sum, count]
+    pending: list | None = None  # the current slot's normal values: [epoch slot, sum, count]
     last_end_ms: int | None = None  # the end of the last window judged
 
     def to_dict(self) -> dict:
@@ -202,35 +217,37 @@ class SeasonalDetector:
         return cls(Seasonal.from_dict(data["s"]), Episode.from_dict(data["e"]), list(pending) if pending else None,
                    data.get("l"))
 
-    def _flush(self, hour: int) -> None:
-        """A finished hour's mean goes into the baseline."""
-        if self.pending is not None and self.pending[0] != hour:
+    def _flush(self, index: int) -> None:
+        """A finished slot's mean goes into the baseline."""
+        if self.pending is not None and self.pending[0] != index:
             self.series.learn(self.pending[0], self.pending[1] / self.pending[2])
             self.pending = None
 
-    def _learn(self, hour: int, value: float) -> None:
-        self._flush(hour)
+    def _learn(self, index: int, value: float) -> None:
+        self._flush(index)
         if self.pending is None:
-            self.pending = [hour, 0.0, 0]
+            self.pending = [index, 0.0, 0]
         self.pending[1] += value
         self.pending[2] += 1
 
     def observe(self, kind: str, start_ms: int, window_ms: int, value: float, excess_usd_per_hour,
-                settings: Settings, min_spread: float = 0.0) -> Finding | None:
+                settings: Settings, min_spread: float = 0.0) -> list[Finding]:
         """Judge and learn one window's value.  ``excess_usd_per_hour(baseline)`` is the money a value
         above the baseline costs an hour; ``min_spread``: the least spread, in the value's unit (a series
         whose usual value is 0 still has a rise that matters)."""
+        found = []
         end_ms = start_ms + window_ms
-        hour = start_ms // MS_PER_HOUR
+        if slots_an_hour(window_ms) != self.series.per_hour:  # the window changed: a baseline of the new one
+            self.series, self.pending = Seasonal(per_hour=slots_an_hour(window_ms)), None
+        index = start_ms // self.series.slot_ms
         ep = self.episode
-        if ep is not None and self.last_end_ms is not None and start_ms > self.last_end_ms:
-            # the series stopped (the workload did) and came back: what was under way ended with it
-            self.episode, self.last_end_ms = None, end_ms
-            self._learn(hour, value)
-            return Finding(kind, "closed", ep, "it stopped", ended_ms=ep.last_anomalous_end_ms)
+        if ep is not None and self.last_end_ms is not None and start_ms - self.last_end_ms >= MS_PER_DAY:
+            # the series stopped for a day or more (the workload did): what was under way ended with it
+            found.append(Finding(kind, "closed", ep, "it stopped", ended_ms=ep.last_anomalous_end_ms))
+            self.episode = ep = None
         self.last_end_ms = end_ms
-        self._flush(hour)
-        b = self.series.baseline(hour, settings.min_relative_change, min_spread)
+        self._flush(index)
+        b = self.series.baseline(index, settings.min_relative_change, min_spread)
         score, excess = 0.0, Decimal(0)
         if b is not None and b.spread > 0 and value > b.center:
             score = (value - b.center) / b.spread
@@ -241,23 +258,24 @@ class SeasonalDetector:
             if ep is None:
                 self.episode = Episode(start_ms, end_ms, score, b.center, value, excess * window_hours,
                                        excess * 24, end_ms)
-                return Finding(kind, "open", replace(self.episode), b.basis)
+                return found + [Finding(kind, "open", replace(self.episode), b.basis)]
             ep.usd_so_far += excess * window_hours
             ep.usd_per_day, ep.last_anomalous_end_ms, ep.normal_windows = excess * 24, end_ms, 0
             if score > ep.score:
                 ep.score, ep.baseline, ep.observed = score, b.center, value
             if end_ms - ep.start_ms >= settings.new_normal_hours * MS_PER_HOUR:
-                self.episode, self.series, self.pending = None, Seasonal(), None  # a new level: learnt from here on
-                self._learn(hour, value)
-                return Finding(kind, "closed", ep, b.basis, ended_ms=end_ms, new_level=True)
-            return None
-        self._learn(hour, value)
+                # a new level: learnt from here on
+                self.episode, self.series, self.pending = None, Seasonal(per_hour=self.series.per_hour), None
+                self._learn(index, value)
+                return found + [Finding(kind, "closed", ep, b.basis, ended_ms=end_ms, new_level=True)]
+            return found
+        self._learn(index, value)
         if ep is not None:
             ep.normal_windows += 1
             if ep.normal_windows >= settings.clear_windows:
                 self.episode = None
-                return Finding(kind, "closed", ep, b.basis if b else "", ended_ms=ep.last_anomalous_end_ms)
-        return None
+                found.append(Finding(kind, "closed", ep, b.basis if b else "", ended_ms=ep.last_anomalous_end_ms))
+        return found
 
 
 @dataclass

@@ -41,26 +41,28 @@ HOUR_MS = 3_600_000
 KINDS = ("held_idle", "usd_per_busy_gpu_hour", "spend_rate", "silent")
 
 
-def _series(conn) -> dict[tuple[str, str], list[tuple[int, float, float]]]:
-    """(kind, subject) -> [(window start, value, what the window's excess over a baseline b costs an hour per
+def _series(conn) -> dict[tuple[str, str, str, str], list[tuple[int, float, float]]]:
+    """(kind, subject, environment, GPU class) -> [(window start, value, what the window's excess over a baseline b costs an hour per
     unit of b)] for the two statistical kinds, from the stored cost windows, in time order."""
     out: dict[tuple[str, str], list] = {}
     rows = conn.execute(
-        "SELECT workload, team, window_start, sum(allocated_gpu_ms), sum(busy_gpu_ms), sum(cost_usd)"
+        "SELECT workload, environment, gpu_class, team, window_start, sum(allocated_gpu_ms), sum(busy_gpu_ms),"
+        "       sum(cost_usd)"
         "  FROM cost_windows WHERE basis = 'estimated' AND workload <> 'idle'"
         " GROUP BY workload, environment, gpu_class, team, window_start ORDER BY window_start").fetchall()
     teams: dict[str, dict[int, float]] = {}
-    for workload, team, start, allocated, busy, cost in rows:
+    for workload, environment, gpu_class, team, start, allocated, busy, cost in rows:
         ws, allocated, busy = int(start.timestamp() * 1000), int(allocated), int(busy)
         if team:
             teams.setdefault(team, {})
             teams[team][ws] = teams[team].get(ws, 0.0) + float(cost)
         if allocated and busy and 100 * busy / allocated >= 5:  # held idle has no price per busy hour
             busy_hours = busy / HOUR_MS
-            out.setdefault((USD_PER_BUSY_GPU_HOUR, workload), []).append((ws, float(cost) / busy_hours, busy_hours))
+            out.setdefault((USD_PER_BUSY_GPU_HOUR, workload, environment, gpu_class), []).append(
+                (ws, float(cost) / busy_hours, busy_hours))
     for team, by_ws in teams.items():
         first, last = min(by_ws), max(by_ws)
-        out[(SPEND_RATE, team)] = [(ws, by_ws.get(ws, 0.0), 1.0) for ws in range(first, last + HOUR_MS, HOUR_MS)]
+        out[(SPEND_RATE, team, "", "")] = [(ws, by_ws.get(ws, 0.0), 1.0) for ws in range(first, last + HOUR_MS, HOUR_MS)]
     return out
 
 
@@ -138,10 +140,10 @@ def _episodes(kind: str, subject: str, windows: list, make, settings: Settings) 
     if make is None:  # the worker's own detector, rules included
         d, out = SeasonalDetector(), []
         for ws, value, per_unit in windows:
-            f = d.observe(kind, ws, HOUR_MS, value, lambda c, v=value, u=per_unit: Decimal(str((v - c) * u)),
-                          settings, min_spread=float(settings.min_usd_per_hour) if kind == SPEND_RATE else 0.0)
-            if f is not None and f.state == "open":
-                out.append(Detected(kind, subject, f.episode.start_ms, f.episode.detected_ms, None))
+            for f in d.observe(kind, ws, HOUR_MS, value, lambda c, v=value, u=per_unit: Decimal(str((v - c) * u)),
+                               settings, min_spread=float(settings.min_usd_per_hour) if kind == SPEND_RATE else 0.0):
+                if f.state == "open":
+                    out.append(Detected(kind, subject, f.episode.start_ms, f.episode.detected_ms, None))
         return out
     detector, out, open_since, normal = make(), [], None, 0
     for ws, value, per_unit in windows:
@@ -179,6 +181,8 @@ def _simulate(name: str, say) -> tuple[dict, list[Injected], dict]:
 
 
 def run(quick: bool = False, say=print, compare: bool = False) -> dict:
+    """The detection figures (two month-long simulations: ``quick`` changes nothing, there is no shorter
+    month with as many anomalies); ``compare`` adds the comparison of detectors."""
     settings = Settings()
     figures: dict = {}
     offline: dict[str, dict] = {}
@@ -204,7 +208,7 @@ def run(quick: bool = False, say=print, compare: bool = False) -> dict:
             windows = sum(len(w) for w in series.values())
             for method, make in METHODS.items():
                 started = time.perf_counter()
-                found = [d for (kind, subject), w in sorted(series.items())
+                found = [d for (kind, subject, *_), w in sorted(series.items())
                          for d in _episodes(kind, subject, w, make, settings)]
                 us_per_window = (time.perf_counter() - started) / windows * 1e6
                 stat = [i for i in injected if i.kind in (SPEND_RATE, USD_PER_BUSY_GPU_HOUR)]

@@ -219,6 +219,7 @@ def spend() -> dict:
             ), fc AS (
                 SELECT DISTINCT ON (team) team, spend_usd, low_80_usd, high_80_usd, overrun_probability
                   FROM spend_forecasts WHERE month = date_trunc('month', $__timeTo()::timestamptz)::date
+                   AND made_at >= $__timeTo()::timestamptz - INTERVAL '3 hours'
                  ORDER BY team, at DESC
             ), t AS (
                 SELECT coalesce(m.team, b.team) AS team, coalesce(m.spend_usd, 0) AS mtd,
@@ -233,7 +234,7 @@ def spend() -> dict:
              ORDER BY 2 DESC""", fmt="table", w=24, h=9,
                description="Forecast: the seasonal forecast of the month the budget notices quote (made hourly by "
                            "the alerter for every budgeted team, with its 80 % interval and the chance of exceeding "
-                           "the budget); the straight line of the month-to-date spend where there is none yet."),
+                           "the budget); the straight line of the month-to-date spend where there is none of the last 3 hours."),
         _panel(2, "Daily spend per team", "timeseries", f"""
             SELECT $__timeGroupAlias(bucket, 1d), {TEAM} AS metric, sum(cost_usd) AS value
               FROM cost_daily

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Sequence
 
@@ -116,18 +116,21 @@ def _fit(history: list[float], horizon: int) -> tuple[str, str, list[float], lis
 
 
 def _bootstrap_totals(point: list[float], errors: list[float], history_hours: int, seed: int, skip: int = 0,
-                      paths: int = PATHS, band: list | None = None) -> list[float]:
+                      paths: int = PATHS, band: list | None = None, first_hour_of_day: int | None = None) -> list[float]:
     """Totals over hours ``skip``.. of ``paths`` bootstrap paths: the point path plus days of in-sample errors
     drawn at random, each block starting at the same hour of the day as the hour it is added to.  ``band``
     (a list) gets (hours from the start, the running totals so far, sorted) at the end of every day of the
-    forecast and at its end."""
+    forecast and at its end.  ``first_hour_of_day``: the forecast's first hour as an hour of the day (UTC;
+    default: as if the history began at midnight)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     errs = np.asarray(errors, dtype=float)
     n, horizon = len(errs), len(point)
     base = float(sum(point[skip:]))
-    day_ends = set(range(HOURS_PER_DAY - history_hours % HOURS_PER_DAY, len(point), HOURS_PER_DAY)) | {len(point)}
+    fh = (history_hours if first_hour_of_day is None else first_hour_of_day) % HOURS_PER_DAY
+    day_ends = set(range((HOURS_PER_DAY - fh) % HOURS_PER_DAY or HOURS_PER_DAY, len(point), HOURS_PER_DAY)) | {
+        len(point)}
     if n == 0:
         if band is not None:
             band.extend((h, [float(sum(point[skip:h]))] * paths) for h in sorted(day_ends) if h > skip)
@@ -135,11 +138,11 @@ def _bootstrap_totals(point: list[float], errors: list[float], history_hours: in
     if n < 2 * HOURS_PER_DAY:  # under two days of errors: single hours, drawn anywhere
         block, starts, first_hour = 1, np.arange(n), 0
     else:
-        offset = (history_hours - n) % HOURS_PER_DAY  # the hour of the day of errs[0]
+        offset = (fh - n) % HOURS_PER_DAY  # the hour of the day of errs[0] (the history's last n hours)
         block = HOURS_PER_DAY
         # block starts that are at hour 0 of a day in the errors' own clock (then shifted to the path's hour)
         starts = np.arange((HOURS_PER_DAY - offset) % HOURS_PER_DAY, n - block + 1, HOURS_PER_DAY)
-        first_hour = history_hours % HOURS_PER_DAY  # the forecast's first hour, as an hour of the day
+        first_hour = fh  # the forecast's first hour, as an hour of the day
     totals = np.zeros(paths)
     filled = 0
     while filled < horizon:
@@ -172,7 +175,8 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
     model, note, point, errors = _fit(history, horizon_hours)
     point = [max(0.0, p) for p in point]  # spend is never negative
     running: list = []
-    totals = _bootstrap_totals(point, errors, len(history), seed, skip_hours, band=running)
+    totals = _bootstrap_totals(point, errors, len(history), seed, skip_hours, band=running,
+                               first_hour_of_day=start.astimezone(timezone.utc).hour)
     widen = widen or {}
 
     def interval(paths: list[float], centre: float) -> dict[int, tuple[Decimal, Decimal]]:
@@ -189,15 +193,33 @@ def forecast_spend(history_usd: Sequence[Decimal], start: datetime, horizon_hour
 
     centre = sum(point[skip_hours:])
     intervals = interval(totals, centre)
-    # the distribution behind probability_above, spread as far as the calibrated 80 % interval
-    low, high = (_quantile(totals, 0.1), _quantile(totals, 0.9))
-    w = max(1.0, float(intervals[LEVELS[0]][1] - intervals[LEVELS[0]][0]) / (high - low)) if high > low else 1.0
-    totals = sorted(max(0.0, centre + (t - centre) * w) for t in totals)
+    totals = _spread_to(totals, centre, *(float(v) for v in intervals[LEVELS[0]]))
     counted = tuple(_usd(p) for p in point[skip_hours:])  # the total is the sum of the hours shown
     band = tuple((h - skip_hours, sum(counted[:h - skip_hours], Decimal(0)),
                   interval(paths, sum(point[skip_hours:h]))) for h, paths in running)
     return SpendForecast(start + timedelta(hours=skip_hours), model, note, counted, sum(counted, Decimal(0)),
                          intervals, tuple(totals), band=band)
+
+
+def _spread_to(totals: list[float], centre: float, low: float, high: float) -> list[float]:
+    """The distribution behind ``probability_above``: the bootstrap's totals moved so that their median is
+    the point total and their 10th and 90th percentiles the ends of the (calibrated) 80 % interval, each
+    side scaled on its own (a side without spread takes a normal shape); never below 0."""
+    from statistics import NormalDist
+
+    normal = NormalDist()
+    z90 = normal.inv_cdf(0.9)
+    n = len(totals)
+    med, q10, q90 = _quantile(totals, 0.5), _quantile(totals, 0.1), _quantile(totals, 0.9)
+    out = []
+    for i, t in enumerate(totals):  # sorted: the rank of each is its place
+        if t >= med:
+            up = (t - med) / (q90 - med) if q90 > med else max(0.0, normal.inv_cdf((i + 0.5) / n)) / z90
+            out.append(centre + up * (high - centre))
+        else:
+            down = (med - t) / (med - q10) if med > q10 else max(0.0, -normal.inv_cdf((i + 0.5) / n)) / z90
+            out.append(max(0.0, centre - down * (centre - low)))
+    return sorted(out)
 
 
 def straight_line_usd(history_usd: Sequence[Decimal], month_start_index: int, horizon_hours: int) -> Decimal:

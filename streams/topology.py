@@ -59,6 +59,7 @@ from hybridspend.contracts.events import (
 from hybridspend.contracts.topics import Topics
 from hybridspend.costmodel import IDLE_WORKLOAD, PriceBook
 from hybridspend.costmodel.money import MICRO
+from hybridspend.costmodel.timeunits import utc_from_ms
 from hybridspend.infra.broker import BrokerProfile, client_security
 
 from .faust_compat import (
@@ -224,7 +225,7 @@ class Pipeline:
         self.input_silence = Silence()  # per (input partition, input topic)
         self.source_silence = Silence()  # per (decision partition, upstream usage partition)
         self.swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources closed to
-        self.owned_rates: dict[str, int] = {}  # host -> micro-dollars an owned GPU of it costs an hour
+        self.owned_rates: dict[tuple[str, int], int] = {}  # (host, epoch day) -> micro-dollars an owned GPU-hour
 
     def _topic(self, name: str):
         return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=self.partitions)
@@ -397,17 +398,19 @@ class Pipeline:
             batch.anomalies.append(back)
         gpus = len({g.parent_uuid or g.uuid for g in sample.gpus})  # MIG instances count as their GPU
         last_ms = max(clock.seen.get(host, [0])[0], sample.ts_ms)
-        clock.seen[host] = [last_ms, self._umicro_per_gpu_hour(host) * gpus]
+        clock.seen[host] = [last_ms, self._umicro_per_gpu_hour(host, sample.ts_ms) * gpus]
 
-    def _umicro_per_gpu_hour(self, host: str) -> int:
-        """An owned GPU of ``host`` an hour, in micro-dollars (capex, energy at the configured power, upkeep)."""
-        rate = self.owned_rates.get(host)
+    def _umicro_per_gpu_hour(self, host: str, at_ms: int) -> int:
+        """An owned GPU of ``host`` an hour on the day of ``at_ms``, in micro-dollars (capex until it is
+        depreciated, energy at the configured power, upkeep)."""
+        key = (host, at_ms // 86_400_000)
+        rate = self.owned_rates.get(key)
         if rate is None:
             asset = self.config.asset_for_host(host)
-            rate = int(asset.gpu_cost().rate().usd_per_gpu_hour / MICRO) if asset is not None else 0
+            rate = int(asset.gpu_cost().rate(utc_from_ms(at_ms)).usd_per_gpu_hour / MICRO) if asset is not None else 0
             if len(self.owned_rates) > 100_000:
                 self.owned_rates.clear()
-            self.owned_rates[host] = rate
+            self.owned_rates[key] = rate
         return rate
 
     def _close_resources(self, batch: _Batch) -> tuple[list[CostWindow], list[bytes]]:

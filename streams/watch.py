@@ -63,12 +63,19 @@ def _when(ms: int) -> str:
     return f"{utc_from_ms(ms):%Y-%m-%d %H:%M} UTC"
 
 
+def _label(subject: str) -> str:
+    """A subject as a label: a long one is named by its digest (the record carries the names in full)."""
+    if len(subject) <= MAX_LABEL_LEN:
+        return subject
+    return "sha256:" + hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+
 def episode_id_of(kind: str, subject: str, start_ms: int) -> str:
     """The episode's id, short enough for a label whatever the subject (a long one is named by its digest)."""
     episode_id = Anomaly.make_episode_id(kind, subject, start_ms)
     if len(episode_id) > MAX_LABEL_LEN - len("|closed"):
         episode_id = Anomaly.make_episode_id(kind, "sha256:" + hashlib.sha256(subject.encode()).hexdigest()[:32],
-                                             start_ms)
+                                             start_ms)  # the same digest as _label's
     return episode_id
 
 
@@ -108,7 +115,7 @@ class WorkloadWatch:
     def judge(self, window, settings: Settings) -> list[Anomaly]:
         """One closed ``costmodel.WorkloadWindow``: held idle, then (when busy enough to say) $ per busy GPU-hour."""
         w = window
-        subject = f"{w.workload}|{w.environment}|{w.gpu_class}"
+        subject = _label(f"{w.workload}|{w.environment}|{w.gpu_class}")
         where = dict(workload=w.workload, team=w.team, gpu_class=w.gpu_class, environment=w.environment)
         out = []
         gpus = w.allocated_gpu_ms / w.window_ms if w.window_ms else 0
@@ -124,9 +131,8 @@ class WorkloadWatch:
         busy_hours = w.busy_gpu_ms / MS_PER_HOUR
         window_hours = w.window_ms / MS_PER_HOUR
         value = float(w.cost_usd) / busy_hours
-        found = self.cost.observe(USD_PER_BUSY_GPU_HOUR, w.window_start_ms, w.window_ms, value,
-                                  lambda center: _usd((value - center) * busy_hours / window_hours), settings)
-        if found is not None:
+        for found in self.cost.observe(USD_PER_BUSY_GPU_HOUR, w.window_start_ms, w.window_ms, value,
+                                       lambda center: _usd((value - center) * busy_hours / window_hours), settings):
             ep = found.episode
             out.append(anomaly_event(found, subject, (
                 f"{w.workload} pays ${ep.observed:,.2f} per busy {w.environment} {w.gpu_class} GPU-hour against "
@@ -173,11 +179,11 @@ class TeamState:
             value = spend_umicro.get(ws, 0) * float(MICRO) / window_hours
             if value > 0:
                 self.last_spend_ms = ws
-            found = self.spend.observe(SPEND_RATE, ws, window_ms, value, lambda center: _usd(value - center), settings,
-                                       min_spread=float(settings.min_usd_per_hour))
+            findings = self.spend.observe(SPEND_RATE, ws, window_ms, value, lambda center: _usd(value - center),
+                                          settings, min_spread=float(settings.min_usd_per_hour))
             self.closed_through_ms = ws
             ws += window_ms
-            if found is not None:
+            for found in findings:
                 ep = found.episode
                 out.append(anomaly_event(found, team, (
                     f"team {team} spends ${ep.observed:,.2f} an hour against ${ep.baseline:,.2f} expected "

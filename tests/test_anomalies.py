@@ -35,8 +35,22 @@ SETTINGS = Settings()
 
 
 def test_the_hour_of_the_week_starts_on_monday_utc():
-    assert Seasonal.slot(MONDAY // HOUR) == "0"
-    assert Seasonal.slot(MONDAY // HOUR + 6 * 24 + 23) == "167"  # Sunday 23:00
+    assert Seasonal().slot(MONDAY // HOUR) == "0"
+    assert Seasonal().slot(MONDAY // HOUR + 6 * 24 + 23) == "167"  # Sunday 23:00
+    quarters = Seasonal(per_hour=4)  # windows of 15 minutes or less: a slot per quarter of an hour
+    assert quarters.slot(MONDAY // (HOUR // 4) + 1) == "1" and quarters.slot(MONDAY // (HOUR // 4) - 1) == "671"
+
+
+def test_quarter_hour_windows_keep_a_baseline_per_quarter():
+    d = SeasonalDetector()
+    # a cron job spends $400 in the first quarter of every hour, nothing in the other three: no anomaly
+    found = []
+    for q in range(4 * 24 * 15):
+        v = 400.0 if q % 4 == 0 else 0.0
+        found += d.observe("spend_rate", MONDAY + q * HOUR // 4, HOUR // 4, v, lambda c, v=v: D(str(round(v - c, 6))),
+                           SETTINGS, min_spread=1.0)
+    assert found == []
+    assert len(d.series.week) == 672  # 168 hours x 4 quarters, whatever the window
 
 
 def flat(detector: SeasonalDetector, hours: int, value, start: int = MONDAY):
@@ -44,9 +58,8 @@ def flat(detector: SeasonalDetector, hours: int, value, start: int = MONDAY):
     found = []
     for h in range(hours):
         v = value(h)
-        f = detector.observe("spend_rate", start + h * HOUR, HOUR, v, lambda c, v=v: D(str(round(v - c, 6))),
-                             SETTINGS)
-        if f is not None:
+        for f in detector.observe("spend_rate", start + h * HOUR, HOUR, v, lambda c, v=v: D(str(round(v - c, 6))),
+                                  SETTINGS):
             found.append((h, f))
     return found
 
@@ -78,6 +91,19 @@ def test_an_episode_ends_after_two_normal_windows_and_a_lasting_one_is_a_new_lev
     step = flat(d, 30, lambda h: 30.0, start=MONDAY + 3 * 168 * HOUR)
     assert [(h, f.state, f.new_level) for h, f in step] == [(0, "open", False), (23, "closed", True)]
     assert all(v[1:] == [30.0] for v in d.series.week.values())  # the baseline starts again, from the new level
+
+
+def test_a_window_missing_from_an_episode_neither_ends_it_nor_teaches_the_baseline():
+    d = SeasonalDetector()
+    flat(d, 2 * 168, lambda h: 10.0)
+    start = MONDAY + 2 * 168 * HOUR
+    found = flat(d, 2, lambda h: 40.0, start=start)  # anomalous...
+    found += flat(d, 2, lambda h: 40.0, start=start + 3 * HOUR)  # ...an hour without a window, anomalous again
+    assert [f.state for _, f in found] == ["open"]
+    assert all(v[-1] == 10.0 for v in d.series.week.values())  # 40 was never learnt
+    # a day without windows: the workload stopped, the episode ended where it was last seen
+    (_, closed), = flat(d, 1, lambda h: 10.0, start=start + 30 * HOUR)
+    assert closed.state == "closed" and closed.ended_ms == start + 5 * HOUR and closed.basis == "it stopped"
 
 
 def test_one_held_idle_episode_by_hand():

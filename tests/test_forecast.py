@@ -79,6 +79,18 @@ def test_the_probability_of_exceeding_an_amount_falls_as_the_amount_rises():
     assert fc.probability_above(low) >= fc.probability_above(fc.total_usd) >= fc.probability_above(high)
 
 
+def test_the_chance_of_exceeding_an_amount_agrees_with_the_interval_even_on_a_growing_series():
+    rng = random.Random(3)  # spend growing 20 % a month, with a daily cycle and noise: in-sample errors lean one way
+    hours = [D(str(round((60 + 20 * math.sin(h / 24 * 2 * math.pi)) * (1 + 0.2 * h / 720) + rng.gauss(0, 3), 2)))
+             for h in range(24 * 35)]
+    fc = calibrated_forecast(hours, datetime(2026, 11, 5, 13, tzinfo=timezone.utc), 24 * 10)
+    low, high = fc.interval_usd[80]
+    assert fc.probability_above(high) == D("0.1") and fc.probability_above(low) == D("0.9")
+    assert fc.probability_above(fc.total_usd) == D("0.5")
+    # the band's points are the ends of the forecast's days (it starts at 13:00 UTC) and its end
+    assert [h for h, *_ in fc.band][:2] == [11, 35] and fc.band[-1][0] == 240
+
+
 def test_next_months_total_counts_only_its_own_hours():
     history = [office_hours(h) for h in range(3 * HOURS_PER_WEEK)]
     both = forecast_spend(history, START + timedelta(weeks=3), 2 * HOURS_PER_WEEK)
