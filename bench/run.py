@@ -35,7 +35,7 @@ def run_once(quick: bool, say=print) -> dict:
             say("alerts: from the sample that completes a crossing to the message at a local Slack receiver")
             figures.update(alerts.run(broker.bootstrap, LOCAL_PROFILE, _database(pg.dsn, "bench_alerts"), quick, say))
             say("report: the monthly report")
-            figures.update(report.run(_database(pg.dsn, "bench_report"), quick, say))
+            figures.update(report.run(lambda name: _database(pg.dsn, name), quick, say))
             say("collector: NVML collector CPU per sample, 8 GPUs")
             figures.update(collector.run(quick, say))
             say("forecast: next week's spend from every second day of two scenarios, against what happened")
