@@ -33,8 +33,12 @@ from hybridspend.infra.services import Services
 def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hours: float | None = None,
                  state_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
                  on_tick: Callable[[int, Services, Any], None] | None = None,
-                 on_settled: Callable[[Any], None] | None = None, settle_timeout_s: float = 300) -> dict[str, Any]:
+                 on_settled: Callable[[Any], None] | None = None, settle_timeout_s: float = 300,
+                 alerter: bool = True) -> dict[str, Any]:
     """Run the scenario; return the decisions, reconciliation and totals as plain data.
+
+    ``alerter``: run the alerter too (its outbox says how often each anomaly episode was alerted);
+    ``hybridspend stress`` compares the pipeline's own results and leaves it out.
 
     ``on_tick(ts_ms, services, producer)`` runs after each published tick (fault injection:
     ``hybridspend stress``); ``on_settled(conn)`` runs once the pipeline has settled, before the
@@ -70,8 +74,10 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         for name in names:
             services.start(name, command="worker")
         services.start("sink")
-        services.start("alerter")  # without routes the alerts it queues go to its log (the console route)
-        say(f"started {workers} Faust worker(s), the sink and the alerter (logs in {services.log_dir})")
+        if alerter:  # without routes the alerts it queues go to its log (the console route)
+            services.start("alerter")
+        say(f"started {workers} Faust worker(s), the sink{' and the alerter' if alerter else ''} "
+            f"(logs in {services.log_dir})")
 
         sent, restarted = 0, restart_worker_at_hours is None
         marks_sent = 0  # watermark records: one per partition of each input topic
@@ -107,7 +113,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         say(f"published {sent} samples and instance events, {len(bill)} billed lines; waiting for the pipeline")
 
         conn = stack.enter_context(psycopg.connect(endpoints.dsn, autocommit=True))
-        lag = LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink"), topics.group("alerter")])
+        groups = [topics.group("sink")] + ([topics.group("alerter")] if alerter else [])
+        lag = LagProbe(endpoints.bootstrap, config.kafka, groups)
         stack.callback(lag.close)
         inputs = {topics.gpu_samples, topics.instance_events}
 
@@ -120,7 +127,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
             return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
                     and lag.behind(topics.group("worker"), {topics.cost_windows}) == 0
                     and lag.behind(topics.group("sink"), worker_outputs) == 0
-                    and lag.behind(topics.group("alerter"), {topics.decisions, topics.anomalies}) == 0
+                    and (not alerter or lag.behind(topics.group("alerter"), {topics.decisions, topics.anomalies}) == 0)
                     and not any(behind for *_, behind in lag()))
 
         _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,

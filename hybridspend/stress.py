@@ -167,7 +167,7 @@ def _one_run(scenario: Scenario, workers: int, on_tick, state_dir: Path) -> tupl
     rows: list[tuple] = []
     result = run_scenario(scenario, workers=workers, on_tick=on_tick, state_dir=state_dir,
                           on_settled=lambda conn: rows.extend(cost_windows_in_order(conn)),
-                          settle_timeout_s=SETTLE_TIMEOUT_S)
+                          settle_timeout_s=SETTLE_TIMEOUT_S, alerter=False)
     return rows, result
 
 

@@ -140,7 +140,36 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._seek_wait",
              lambda: _driver().AIOKafkaConsumerThread._seek_wait, ("self", "consumer", "partitions"),
              "read_again_from", source_mentions="_read_offset[tp] = offset"),
+    Internal("faust.tables.recovery.Recovery._seek_offsets", lambda: _recovery()._seek_offsets,
+             ("self", "consumer", "tps", "offsets", "title"), "clamp_recovery_seeks"),
 )
+
+
+def _recovery():
+    from faust.tables.recovery import Recovery
+
+    return Recovery
+
+
+def clamp_recovery_seeks() -> None:
+    """Faust's table recovery starts each changelog partition it has no offset for at (its earliest offset
+    - 1), and turns -1 into 0; a broker that answers -1 for the earliest offset (the local broker, while a
+    partition moves in a rebalance) makes it -2, aiokafka refuses to seek there and the worker crashes
+    in the middle of a rebalance ("Offset must be a positive integer", seen with two workers and one
+    killed).  Any offset below -1 is read as -1: the changelog from its start, which only reads more."""
+    recovery = _recovery()
+    original = recovery._seek_offsets
+    if getattr(original, "hybridspend_clamped", False):
+        return
+
+    async def _seek_offsets(self, consumer, tps, offsets, title):
+        for tp in tps:
+            if offsets[tp] < -1:
+                offsets[tp] = -1
+        return await original(self, consumer, tps, offsets, title)
+
+    _seek_offsets.hybridspend_clamped = True
+    recovery._seek_offsets = _seek_offsets
 
 
 def _installed(package: str) -> str:

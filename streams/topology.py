@@ -66,6 +66,7 @@ from .faust_compat import (
     DurableTable,
     apply_broker_profile,
     check_internals,
+    clamp_recovery_seeks,
     commit_only_applied,
     highwater,
     keep_fetched_records,
@@ -568,6 +569,7 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
         **profile.faust_settings,
     )
     apply_broker_profile(app, profile)
+    clamp_recovery_seeks()
     keep_fetched_records(app)
     pipeline = Pipeline(app, config, bootstrap, topics)
     pipeline.applied = commit_only_applied(app)  # (topic, partition) -> next offset the tables hold durably

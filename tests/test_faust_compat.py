@@ -267,3 +267,26 @@ def test_a_drain_loop_that_no_longer_reads_the_read_offset_is_noticed(monkeypatc
     monkeypatch.setattr(driver.Consumer, "_drain_messages", _drain_messages)
     with pytest.raises(IncompatibleFramework, match=r"_drain_messages no longer uses get_read_offset"):
         check_internals()
+
+
+def test_table_recovery_never_seeks_a_changelog_below_its_start():
+    import asyncio
+    from collections import Counter
+
+    from faust.types import TP
+
+    from hybridspend.streams.faust_compat import _recovery, clamp_recovery_seeks
+
+    clamp_recovery_seeks()
+    clamp_recovery_seeks()  # once is enough: a second call changes nothing
+
+    class Consumer:
+        async def seek_wait(self, offsets):
+            self.offsets = offsets
+
+    consumer = Consumer()
+    tps = {TP("w-changelog", 0), TP("w-changelog", 1), TP("w-changelog", 2)}
+    # the earliest offset the broker gave as -1, less Faust's own 1: -2, which aiokafka refuses
+    offsets = Counter({TP("w-changelog", 0): -2, TP("w-changelog", 1): -1, TP("w-changelog", 2): 7})
+    asyncio.run(_recovery()._seek_offsets(object(), consumer, tps, offsets, "active"))
+    assert consumer.offsets == {TP("w-changelog", 0): 0, TP("w-changelog", 1): 0, TP("w-changelog", 2): 7}
