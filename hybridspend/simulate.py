@@ -310,7 +310,7 @@ def render(result: dict[str, Any]) -> str:
             def show(v, fmt="{:.2f}"):
                 return "—" if v is None else fmt.format(v)
             lines.append(f"  {kind:<22} {k['injected']:>6} {k['detected']:>6} {show(k['precision']):>9} "
-                         f"{show(k['recall']):>7} {show(k['median_delay_windows'], '{:g} windows'):>13}")
+                         f"{show(k['recall']):>7} {show(k['median_delay_windows'], '{:.2f} windows'):>13}")
     lines += ["", f"Dead letters: {result['dead_letters']}"]
     return "\n".join(lines)
 
