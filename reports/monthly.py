@@ -600,6 +600,8 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
     actual: dict[datetime, float] = {}
     for day, _, cost, _ in report.daily:
         actual[day] = actual.get(day, 0.0) + float(cost)
+    for day, _, _, idle_usd in report.idle_daily:  # the forecast of all spend counts idle owned GPUs: so do the bars
+        actual[day] = actual.get(day, 0.0) + float(idle_usd)
     bands = {level: (float(low / whole.total_usd), float(high / whole.total_usd))
              for level, (low, high) in whole.interval_usd.items()} if whole and whole.total_usd else {}
     forecast_svg = charts.spend_forecast(sorted(actual.items()), [(d, float(v)) for d, v in whole.daily_usd]
@@ -643,7 +645,8 @@ def figures(report: MonthlyReport) -> list[tuple[str, str, str]]:
          f"marks the month an option overtakes staying. Cheapest by present value at {report.discount_rate_pct:g}% a year: "
          + (cheapest_text or "no recommended move to compare") + "."),
         ("What will next month cost?", forecast_svg,
-         "Daily spend this month (bars) and next month's forecast per day (line), from the hours up to the end of "
+         "Daily spend this month, idle owned GPUs included (bars), and next month's forecast per day (line), from "
+         "the hours up to the end of "
          "this month: statsforecast's MSTL with daily and weekly seasons, as `hybridspend forecast` makes it. The "
          "shading spreads the 80 % and 95 % intervals of the month's total over its days in proportion; the total's "
          f"intervals are what is calibrated ({whole.how if whole else 'no forecast'}). Next month: {forecast_text}."),
