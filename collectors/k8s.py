@@ -87,6 +87,7 @@ class PodDirectory:
         self._owners: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
+        self.closed = threading.Event()
         self.problems = 0
 
     # -- the cache ----------------------------------------------------------------------------------------------
@@ -184,26 +185,39 @@ class PodDirectory:
                 w.stop()
         return resource_version
 
-    def run(self, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
-        """List, then watch, until ``stop()``; an expired watch or an API error lists again (with backoff)."""
+    def run(self, stop: Callable[[], bool]) -> None:
+        """List, then watch, until ``stop()`` or ``close()``; an expired watch or an API error lists again (with
+        backoff)."""
+        def done() -> bool:
+            return self.closed.is_set() or stop()
+
         backoff_s = 1.0
         version = ""
-        while not stop():
+        while not done():
             try:
                 version = version or self.sync()
-                version = self.follow(version, stop)
+                version = self.follow(version, done)
                 backoff_s = 1.0
             except Exception as exc:
+                if done():
+                    break
                 self.problems += 1
                 log.warning("k8s: pod watch: %s; listing again in %.0f s", str(exc)[:300], backoff_s)
                 version = ""
-                sleep(backoff_s)
+                self.closed.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 60.0)
 
-    def start(self, stop: Callable[[], bool]) -> threading.Thread:
-        thread = threading.Thread(target=self.run, args=(stop,), name="k8s-pods", daemon=True)
-        thread.start()
-        return thread
+    def start(self, stop: Callable[[], bool] = lambda: False) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, args=(stop,), name="k8s-pods", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """End the watch: it stops at its next event or error (a watch with neither ends with the process)."""
+        self.closed.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout_s)
 
 
 @dataclass

@@ -289,41 +289,48 @@ def cmd_collect_nvml(args, config: Config) -> int:
     except nvml.NVMLError as exc:
         raise UsageError(f"NVML is not available on this machine: {exc}") from None
     inspector = ProcessInspector()
-    pods = _pod_directory(config)
-    if pods is not None:  # a process's pod (from its cgroup) enriched with namespace, owner and pod labels
-        inspector = KubernetesInspector(inspector, pods)
+    with _pod_directory(config) as pods:
+        if pods is not None:  # a process's pod (from its cgroup) enriched with namespace, owner and pod labels
+            inspector = KubernetesInspector(inspector, pods)
 
-    def make(publisher):
-        collector = NvmlCollector(config, nvml, host=host_name(config), inspector=inspector, publisher=publisher,
-                                  interval_s=args.interval or config.collectors.nvml.interval_seconds)
-        collector.start()
-        return collector
+        def make(publisher):
+            collector = NvmlCollector(config, nvml, host=host_name(config), inspector=inspector,
+                                      publisher=publisher, interval_s=args.interval or config.collectors.nvml.interval_seconds)
+            collector.start()
+            return collector
 
-    return _collect(args, config, ["gpu-samples"], make)
+        return _collect(args, config, ["gpu-samples"], make)
 
 
+@contextlib.contextmanager
 def _pod_directory(config: Config):
-    """The cached pod watch when ``collectors.kubernetes.enabled``, else None."""
+    """The cached pod watch when ``collectors.kubernetes.enabled``, else None; the watch ends with the block."""
     settings = config.collectors.kubernetes
     if not settings.enabled:
-        return None
+        yield None
+        return
     from hybridspend.collectors.k8s import PodDirectory, api_client
 
     try:
         pods = PodDirectory(api_client(settings.api_url), watch_timeout_s=settings.watch_timeout_seconds)
     except Exception as exc:
         raise UsageError(f"collectors.kubernetes: no Kubernetes API: {exc}") from None
-    pods.start(lambda: False)  # a daemon thread: the watch ends with the command
-    pods.synced.wait(30)
-    return pods
+    pods.start()
+    try:
+        pods.synced.wait(30)
+        yield pods
+    finally:
+        pods.close()
 
 
+@contextlib.contextmanager
 def _workload_resolver(config: Config):
     """The workload rules, over labels enriched from the Kubernetes API when ``collectors.kubernetes.enabled``."""
-    pods = _pod_directory(config)
-    if pods is None:
-        return config.resolve_workload
-    return lambda labels: config.resolve_workload(pods.enrich(labels))
+    with _pod_directory(config) as pods:
+        if pods is None:
+            yield config.resolve_workload
+        else:
+            yield lambda labels: config.resolve_workload(pods.enrich(labels))
 
 
 def cmd_collect_dcgm(args, config: Config) -> int:
@@ -335,9 +342,9 @@ def cmd_collect_dcgm(args, config: Config) -> int:
     if not urls.urls and urls_file is None:
         raise UsageError("no dcgm-exporter endpoint: give --url (repeatable), --urls-file or collectors.dcgm.urls")
     interval_s = args.interval or settings.interval_seconds
-    resolve = _workload_resolver(config)
-    return _collect(args, config, ["gpu-samples"], lambda publisher: DcgmCollector(
-        urls, publisher, resolve, interval_s, settings.timeout_seconds))
+    with _workload_resolver(config) as resolve:
+        return _collect(args, config, ["gpu-samples"], lambda publisher: DcgmCollector(
+            urls, publisher, resolve, interval_s, settings.timeout_seconds))
 
 
 def cmd_collect_prometheus(args, config: Config) -> int:
@@ -348,11 +355,11 @@ def cmd_collect_prometheus(args, config: Config) -> int:
     if not url:
         raise UsageError("no Prometheus: give --url (e.g. http://prometheus:9090) or collectors.prometheus.url")
     checkpoint = _checkpoint(config, args, "prometheus")
-    resolve = _workload_resolver(config)
-    return _collect(args, config, ["gpu-samples"], lambda publisher: PrometheusCollector(
-        url, publisher, checkpoint, resolve, step_s=args.step or settings.step_seconds,
-        lookback_s=args.lookback or settings.lookback_seconds, delay_s=settings.delay_seconds,
-        interval_s=settings.poll_seconds, timeout_s=settings.timeout_seconds, match=settings.match))
+    with _workload_resolver(config) as resolve:
+        return _collect(args, config, ["gpu-samples"], lambda publisher: PrometheusCollector(
+            url, publisher, checkpoint, resolve, step_s=args.step or settings.step_seconds,
+            lookback_s=args.lookback or settings.lookback_seconds, delay_s=settings.delay_seconds,
+            interval_s=settings.poll_seconds, timeout_s=settings.timeout_seconds, match=settings.match))
 
 
 def _checkpoint(config: Config, args, name: str):

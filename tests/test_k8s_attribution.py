@@ -4,6 +4,7 @@ watch, ReplicaSet and Job reads: pod UID or pod labels -> namespace, pod labels,
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -97,12 +98,12 @@ def test_an_expired_watch_is_raised_and_the_running_directory_lists_again(kube):
     with pytest.raises(ApiException) as raised:
         pods.follow("1")
     assert raised.value.status == 410
-    stopped = {"v": False}
-    pods.start(lambda: stopped["v"])
+    thread = pods.start()
     deadline = time.monotonic() + 30
     while pods.problems < 2 and time.monotonic() < deadline:  # each expiry: logged, counted, listed again
         time.sleep(0.05)
-    stopped["v"] = True
+    pods.close()
+    assert not thread.is_alive()  # closed: nothing of it outlives the test to log into the next
     lists = [r for r in kube.requests if r.split("?")[0] == "/api/v1/pods" and "watch" not in r]
     assert pods.problems >= 2 and len(lists) >= 3  # the first sync, then one list after each expiry
 
@@ -154,3 +155,4 @@ def test_collect_dcgm_with_kubernetes_enabled_names_workloads_from_pod_labels(ku
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["gpus"][0]["workloads"][0] == {
         "workload": "bert", "team": "nlp-research", "allow_spot": False, "utilization_pct": None}
+    assert not [t for t in threading.enumerate() if t.name == "k8s-pods"]  # the command's pod watch ended with it
