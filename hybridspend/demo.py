@@ -19,6 +19,7 @@ from hybridspend.costmodel.timeunits import MS_PER_HOUR
 from hybridspend.infra.broker import LagProbe, ensure_topics, make_producer, send_watermarks
 from hybridspend.infra.local import Endpoints, running_services
 from hybridspend.infra.services import Services
+from hybridspend.simulate import pipeline_caught_up
 
 
 def _say(msg: str) -> None:
@@ -84,7 +85,7 @@ def run_demo(args) -> int:
 
         _say(f"simulating {args.hours:g} h of the fleet from {day_start:%Y-%m-%d %H:%M} UTC "
              f"at {args.speed:g}x ({len(fleet.nodes)} nodes and instances, one sample per minute each)")
-        sent = 0
+        sent = inputs_sent = 0  # samples; every record of the worker's input topics, watermarks included
         last_print = 0.0
         wall_start = time.monotonic()
         for ts_ms, samples, instance_events in fleet.run_day(start_ms):
@@ -96,6 +97,7 @@ def run_demo(args) -> int:
                 producer.send(topics.gpu_samples, key=sample.resource.encode(), value=sample.encode())
                 sent += 1
             send_watermarks(producer, topics, "demo", ts_ms)
+            inputs_sent += len(instance_events) + len(samples) + 2 * topics.partitions
             due = wall_start + (ts_ms - start_ms) / 1000 / args.speed
             pause = due - time.monotonic()
             if pause > 0:
@@ -106,23 +108,28 @@ def run_demo(args) -> int:
                 last_print = time.monotonic()
         # the end of the simulated day: every partition's clock moves past its last window
         send_watermarks(producer, topics, "demo", end_ms + config.thresholds.grace_seconds * 1000)
+        inputs_sent += 2 * topics.partitions
         producer.flush()
         billed = ingest_simulated_bill(config, fleet, start_ms, args.hours, producer, topics)
         _say(f"  the providers' bill for the day's cloud instances: {billed} FOCUS rows ingested "
              f"(the FOCUS ingest path, as `hybridspend ingest focus` runs it)")
 
-        # drain: wait until the pipeline has caught up: the sink has stored everything it reads (raw samples
-        # included; a CPU-starved sink can sit still for seconds with records left), no new rows, no alert pending
-        lag = stack.enter_context(contextlib.closing(LagProbe(endpoints.bootstrap, config.kafka, [topics.group("sink")])))
-        sink_reads = {topics.gpu_samples, topics.cost_windows, topics.decisions, topics.cost_lines}
+        # drain: wait until the pipeline has caught up: the worker has committed every record sent (a worker
+        # starved of CPU can sit still for seconds with records left), the sink and the alerter everything
+        # they read, no new rows, no alert pending
+        lag = stack.enter_context(contextlib.closing(LagProbe(endpoints.bootstrap, config.kafka,
+                                                              [topics.group("sink"), topics.group("alerter")])))
+        caught_up = pipeline_caught_up(lag, topics, inputs_sent)
         stable, previous = 0, None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and stable < 3:
+        deadline = time.monotonic() + 180
+        while stable < 3:
+            if time.monotonic() > deadline:
+                _say(f"  the pipeline did not catch up in 180 s (logs in {services.log_dir}); the summary is partial")
+                break
             time.sleep(1)
             services.check()
             now = counts(conn)
-            drained = lag.behind(topics.group("sink"), sink_reads) == 0 and not any(b for *_, b in lag())
-            stable = stable + 1 if now == previous and now["alerts_pending"] == 0 and drained else 0
+            stable = stable + 1 if now == previous and now["alerts_pending"] == 0 and caught_up() else 0
             previous = now
         _say(_progress(end_ms, start_ms, args.hours, sent, counts(conn)))
         _say(summary(conn, day_start, datetime.fromtimestamp(end_ms / 1000, tz=timezone.utc), config, services,

@@ -116,19 +116,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         groups = [topics.group("sink")] + ([topics.group("alerter")] if alerter else [])
         lag = LagProbe(endpoints.bootstrap, config.kafka, groups)
         stack.callback(lag.close)
-        inputs = {topics.gpu_samples, topics.instance_events}
-
-        worker_outputs = {topics.cost_windows, topics.decisions, topics.anomalies, topics.live_spend,
-                          topics.dead_letter}
-
-        def caught_up() -> bool:
-            # the worker has committed every input record and every cost window (decided them), and
-            # the sink everything it reads, the worker's outputs over all their partitions included
-            return (lag.committed_total(topics.group("worker"), inputs) >= sent + marks_sent
-                    and lag.behind(topics.group("worker"), {topics.cost_windows}) == 0
-                    and lag.behind(topics.group("sink"), worker_outputs) == 0
-                    and (not alerter or lag.behind(topics.group("alerter"), {topics.decisions, topics.anomalies}) == 0)
-                    and not any(behind for *_, behind in lag()))
+        caught_up = pipeline_caught_up(lag, topics, sent + marks_sent, alerter)
 
         _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,
                             caught_up=caught_up)
@@ -145,6 +133,24 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     return value
+
+
+def pipeline_caught_up(lag: LagProbe, topics: Topics, inputs_sent: int, alerter: bool = True) -> Callable[[], bool]:
+    """True once the worker has committed all ``inputs_sent`` records of its input topics (samples,
+    instance events, watermarks) and every cost window (decided them), and the sink (and the
+    alerter) everything they read, the worker's outputs over all their partitions included.  ``lag``
+    probes the sink's group, and the alerter's when ``alerter``."""
+    inputs = {topics.gpu_samples, topics.instance_events}
+    worker_outputs = {topics.cost_windows, topics.decisions, topics.anomalies, topics.live_spend, topics.dead_letter}
+
+    def caught_up() -> bool:
+        return (lag.committed_total(topics.group("worker"), inputs) >= inputs_sent
+                and lag.behind(topics.group("worker"), {topics.cost_windows}) == 0
+                and lag.behind(topics.group("sink"), worker_outputs) == 0
+                and (not alerter or lag.behind(topics.group("alerter"), {topics.decisions, topics.anomalies}) == 0)
+                and not any(behind for *_, behind in lag()))
+
+    return caught_up
 
 
 def _wait_until_settled(conn, services: Services, expected_cost_lines: int, timeout_s: float = 300,

@@ -156,7 +156,8 @@ def clamp_recovery_seeks() -> None:
     - 1), and turns -1 into 0; a broker that answers -1 for the earliest offset (the local broker, while a
     partition moves in a rebalance) makes it -2, aiokafka refuses to seek there and the worker crashes
     in the middle of a rebalance ("Offset must be a positive integer", seen with two workers and one
-    killed).  Any offset below -1 is read as -1: the changelog from its start, which only reads more."""
+    killed); it also answers none at all there, and the comparison crashed the worker instead.  Any
+    offset below -1, or none, is read as -1: the changelog from its start, which only reads more."""
     recovery = _recovery()
     original = recovery._seek_offsets
     if getattr(original, "hybridspend_clamped", False):
@@ -164,7 +165,7 @@ def clamp_recovery_seeks() -> None:
 
     async def _seek_offsets(self, consumer, tps, offsets, title):
         for tp in tps:
-            if offsets[tp] < -1:
+            if offsets[tp] is None or offsets[tp] < -1:
                 offsets[tp] = -1
         return await original(self, consumer, tps, offsets, title)
 

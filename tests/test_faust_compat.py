@@ -285,8 +285,10 @@ def test_table_recovery_never_seeks_a_changelog_below_its_start():
             self.offsets = offsets
 
     consumer = Consumer()
-    tps = {TP("w-changelog", 0), TP("w-changelog", 1), TP("w-changelog", 2)}
-    # the earliest offset the broker gave as -1, less Faust's own 1: -2, which aiokafka refuses
-    offsets = Counter({TP("w-changelog", 0): -2, TP("w-changelog", 1): -1, TP("w-changelog", 2): 7})
+    tps = {TP("w-changelog", 0), TP("w-changelog", 1), TP("w-changelog", 2), TP("w-changelog", 3)}
+    # the earliest offset the broker gave as -1, less Faust's own 1: -2, which aiokafka refuses; or none at all
+    offsets = Counter({TP("w-changelog", 0): -2, TP("w-changelog", 1): -1, TP("w-changelog", 2): 7,
+                       TP("w-changelog", 3): None})
     asyncio.run(_recovery()._seek_offsets(object(), consumer, tps, offsets, "active"))
-    assert consumer.offsets == {TP("w-changelog", 0): 0, TP("w-changelog", 1): 0, TP("w-changelog", 2): 7}
+    assert consumer.offsets == {TP("w-changelog", 0): 0, TP("w-changelog", 1): 0, TP("w-changelog", 2): 7,
+                                TP("w-changelog", 3): 0}
