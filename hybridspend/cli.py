@@ -196,16 +196,18 @@ def _serve_metrics(args) -> None:
         print(f"metrics: http://{args.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
 
 
-def _run_consumer_service(args, config: Config, role: str, topic_names, build) -> int:
-    """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT."""
+def _run_consumer_service(args, config: Config, role: str, topic_names, build, make_consumer=None) -> int:
+    """Run a database-writing consumer (sink, alerter) until SIGTERM/SIGINT; ``make_consumer``
+    defaults to ``infra.broker.make_consumer`` (kafka-python)."""
     from hybridspend.contracts.topics import Topics
-    from hybridspend.infra.broker import make_consumer
+    from hybridspend.infra import broker
 
     bootstrap, dsn, profile = _endpoints(config)
     if dsn is None:
         raise UsageError("database.dsn is not set")
     topics = Topics.from_config(config.kafka)
-    consumer = make_consumer(bootstrap, config.kafka, profile, topics.group(role), topic_names(topics))
+    consumer = (make_consumer or broker.make_consumer)(bootstrap, config.kafka, profile, topics.group(role),
+                                                      topic_names(topics))
     service = build(config, dsn, consumer, topics)
     _serve_metrics(args)
     try:
@@ -217,7 +219,7 @@ def _run_consumer_service(args, config: Config, role: str, topic_names, build) -
 
 
 def cmd_sink(args, config: Config) -> int:
-    from hybridspend.infra.broker import LagProbe
+    from hybridspend.infra.broker import LagProbe, make_sink_consumer
     from hybridspend.storage.metrics import SinkMetrics
     from hybridspend.storage.sink import Sink, sink_topics
 
@@ -227,7 +229,7 @@ def cmd_sink(args, config: Config) -> int:
         return Sink(consumer, dsn, topics, lag_probe=probe,
                     metrics=SinkMetrics() if args.metrics_port is not None else None)
 
-    return _run_consumer_service(args, config, "sink", sink_topics, build)
+    return _run_consumer_service(args, config, "sink", sink_topics, build, make_consumer=make_sink_consumer)
 
 
 def cmd_alerter(args, config: Config) -> int:

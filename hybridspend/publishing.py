@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.topics import Topics
-from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.infra.broker import ensure_topics, make_producer, make_sink_consumer
 from hybridspend.infra.local import running_services
 from hybridspend.infra.publish import Publisher
 from hybridspend.storage.db import migrate
@@ -44,8 +44,8 @@ def publishing(config: Config, logical_topics: list[str], say: Callable[[str], N
             producer.flush()
         finally:
             producer.close()
-        consumer = make_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, topics.group("sink"),
-                                 [topics.name(t) for t in logical_topics], fetch_max_wait_ms=100)
+        consumer = make_sink_consumer(endpoints.bootstrap, config.kafka, endpoints.profile, topics.group("sink"),
+                                      [topics.name(t) for t in logical_topics], fetch_max_wait_ms=100)
         sink = Sink(consumer, endpoints.dsn, topics)
         try:
             deadline = time.monotonic() + 300

@@ -30,8 +30,6 @@ from typing import Callable, Collection, Iterable, NamedTuple
 import msgspec
 import psycopg
 import psycopg.errors
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import CommitFailedError
 from psycopg.types.json import Jsonb
 
 from hybridspend.contracts.events import (
@@ -49,6 +47,7 @@ from hybridspend.contracts.events import (
 from hybridspend.costmodel import TRENDING_REPATRIATION
 from hybridspend.costmodel.timeunits import utc_from_ms
 from hybridspend.infra.broker import TopicIds
+from hybridspend.infra.fast_consumer import CommitFailedError, ConsumerRebalanceListener, TopicPartition
 from hybridspend.infra.clock import Every, utc_now
 
 from .db import check_schema, connect, engine_of
@@ -664,12 +663,15 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
             self.sink.from_start.discard(tp)
 
     def on_partitions_assigned(self, assigned) -> None:
-        # placed by the sink right after the poll that assigned them (no I/O inside kafka-python's callback)
+        # placed by the sink right after the poll that assigned them (no I/O inside the consumer's callback)
         self.sink.unplaced.update(assigned)
 
 
 class Sink:
-    """Consumes the topics and writes them, each batch with its offsets in one transaction."""
+    """Consumes the topics and writes them, each batch with its offsets in one transaction.
+
+    ``consumer``: ``infra.broker.make_sink_consumer``'s (confluent-kafka), or a kafka-python
+    ``KafkaConsumer`` (``make_consumer``): the sink calls only the methods both have."""
 
     def __init__(self, consumer, dsn: str, topics, *, retry_max_s: float = 10.0, max_records: int = 5000,
                  say: Callable[[str], None] = log.warning,

@@ -22,7 +22,7 @@ import yaml
 from hybridspend.contracts.config import KafkaConfig, load_config
 from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample
 from hybridspend.contracts.topics import Topics
-from hybridspend.infra.broker import ensure_topics, make_consumer, make_producer
+from hybridspend.infra.broker import ensure_topics, make_producer, make_sink_consumer
 from hybridspend.infra.local import Endpoints
 from hybridspend.infra.services import Services
 from hybridspend.storage.db import migrate
@@ -113,8 +113,8 @@ def reset_kafka_offsets(bootstrap: str, profile, group: str, topics: Topics) -> 
 
 
 def _sink(broker, dsn: str, topics: Topics) -> Sink:
-    consumer = make_consumer(broker.bootstrap, KafkaConfig(), broker.profile, topics.group("sink"),
-                             sink_topics(topics), fetch_max_wait_ms=100)
+    consumer = make_sink_consumer(broker.bootstrap, KafkaConfig(), broker.profile, topics.group("sink"),
+                                  sink_topics(topics), fetch_max_wait_ms=100)
     return Sink(consumer, dsn, topics, say=lambda m: None)
 
 

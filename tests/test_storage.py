@@ -17,7 +17,7 @@ import pytest
 from hybridspend.contracts.config import KafkaConfig
 from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample, LiveSpend
 from hybridspend.contracts.topics import Topics
-from hybridspend.infra.broker import LOCAL_PROFILE, ensure_topics, make_consumer, make_producer
+from hybridspend.infra.broker import LOCAL_PROFILE, ensure_topics, make_producer, make_sink_consumer
 from hybridspend.infra.local import LocalPostgres
 from hybridspend.storage.db import SchemaError, check_schema, migrate
 from hybridspend.storage.sink import Batch, Sink, cost_window_row, gpu_sample_rows, live_instance_row, write_batch
@@ -149,8 +149,8 @@ def _produce(broker, topics, windows):
 
 
 def _sink(broker, dsn, topics, group="sink-test", **kwargs) -> Sink:
-    consumer = make_consumer(broker.bootstrap, KafkaConfig(), broker.profile, group,
-                             [topics.cost_windows, topics.gpu_samples], fetch_max_wait_ms=100)
+    consumer = make_sink_consumer(broker.bootstrap, KafkaConfig(), broker.profile, group,
+                                  [topics.cost_windows, topics.gpu_samples], fetch_max_wait_ms=100)
     return Sink(consumer, dsn, topics, **kwargs)
 
 
