@@ -21,10 +21,13 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 log = logging.getLogger(__name__)
+
+MAX_OWNERS = 4096  # owners (ReplicaSets, Jobs) whose controller is remembered
 
 _LABEL_KEY = re.compile(r"[^A-Za-z0-9_]")
 
@@ -84,7 +87,9 @@ class PodDirectory:
         self.watch_timeout_s = watch_timeout_s
         self._by_uid: dict[str, PodInfo] = {}
         self._by_name: dict[tuple[str, str], PodInfo] = {}
-        self._owners: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # a pod's owner -> its controller; least recently used first, at most MAX_OWNERS (a CronJob makes a Job
+        # an hour, and a Deployment a ReplicaSet each rollout: the owners of pods long gone are forgotten)
+        self._owners: OrderedDict[tuple[str, str, str], tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self.closed = threading.Event()
@@ -124,6 +129,7 @@ class PodDirectory:
         """The controller a pod's owner belongs to (ReplicaSet -> Deployment, Job -> CronJob), cached."""
         key = (kind, namespace, name)
         if key in self._owners:
+            self._owners.move_to_end(key)
             return self._owners[key]
         owner = (kind, name)
         read = {"ReplicaSet": self.apps.read_namespaced_replica_set, "Job": self.batch.read_namespaced_job}.get(kind)
@@ -135,6 +141,8 @@ class PodDirectory:
             except Exception as exc:  # RBAC, a deleted owner: the immediate owner will do
                 log.info("k8s: owner %s %s/%s not read: %s", kind, namespace, name, exc)
         self._owners[key] = owner
+        if len(self._owners) > MAX_OWNERS:
+            self._owners.popitem(last=False)
         return owner
 
     def _pod(self, raw: dict) -> PodInfo | None:

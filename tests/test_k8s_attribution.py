@@ -90,6 +90,22 @@ def test_pods_are_listed_then_followed_and_resolved_to_their_owning_controller(k
     assert sum("replicasets" in r for r in kube.requests) == reads == 1
 
 
+def test_the_owners_remembered_are_bounded_the_least_recently_used_forgotten(kube, monkeypatch):
+    import hybridspend.collectors.k8s as k8s
+
+    monkeypatch.setattr(k8s, "MAX_OWNERS", 2)
+    pods = PodDirectory(api_client(kube.url))
+    reads = lambda: sum("replicasets" in r or "/jobs/" in r for r in kube.requests)  # noqa: E731
+    assert pods._owner("ReplicaSet", "ml-train-bert", "bert-7d9f") == ("Deployment", "bert")
+    assert pods._owner("Job", "research-nlp", "nightly-28311") == ("CronJob", "nightly")
+    assert pods._owner("ReplicaSet", "ml-train-bert", "bert-7d9f") == ("Deployment", "bert")  # remembered
+    assert reads() == 2
+    pods._owner("Job", "research-nlp", "gone-1")  # a third: the least recently used (the Job) is forgotten
+    assert len(pods._owners) == 2
+    assert pods._owner("ReplicaSet", "ml-train-bert", "bert-7d9f") == ("Deployment", "bert") and reads() == 3
+    assert pods._owner("Job", "research-nlp", "nightly-28311") == ("CronJob", "nightly") and reads() == 4
+
+
 def test_an_expired_watch_is_raised_and_the_running_directory_lists_again(kube):
     STATE["watch"] = [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
                                                    "message": "too old resource version"}}]
