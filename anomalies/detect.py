@@ -100,18 +100,20 @@ def slots_an_hour(window_ms: int) -> int:
 class Seasonal:
     """Means of a series by slot of the week (an hour, or a quarter of it for windows that short): the last
     four weeks of each slot.  Windows shorter than a slot are averaged into it first, so the state is at
-    most 168 x 4 slots of 5 numbers whatever the window."""
+    most 168 x 4 slots of 5 numbers whatever the window; a slot not learnt for four weeks is dropped (it is
+    never read again), so a series keeps only the slots of its last four weeks."""
 
     # slot of the week -> [the epoch slot of its newest value, then the values, oldest first]
     week: dict[str, list] = field(default_factory=dict)
     per_hour: int = 1  # slots an hour
+    pruned_day: int = -1  # the epoch day slots four weeks old were last dropped on (looked for once a day)
 
     def to_dict(self) -> dict:
-        return {"w": self.week, "q": self.per_hour}
+        return {"w": self.week, "q": self.per_hour, "x": self.pruned_day}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Seasonal":
-        return cls({k: list(v) for k, v in data["w"].items()}, data.get("q", 1)) if data else cls()
+        return cls({k: list(v) for k, v in data["w"].items()}, data.get("q", 1), data.get("x", -1)) if data else cls()
 
     @property
     def slot_ms(self) -> int:
@@ -121,11 +123,27 @@ class Seasonal:
         """The slot of the week of an epoch slot: 0 is Monday 00:00 UTC (epoch day 0 was a Thursday)."""
         return str((index + 72 * self.per_hour) % (168 * self.per_hour))
 
+    def _stale(self, entry: list, index: int) -> bool:
+        """Whether a slot's newest value is older than the last ``WEEKS_KEPT`` weeks before ``index``: then
+        none of its values is read again (the baseline is the last four weeks, not the last four values)."""
+        return index - entry[0] > WEEKS_KEPT * 168 * self.per_hour
+
     def learn(self, index: int, value: float) -> None:
         entry = self.week.setdefault(self.slot(index), [index])
+        if self._stale(entry, index):
+            del entry[1:]
         entry[0] = index
         entry.append(round(value, 6))  # micro-units: the figures the events carry
         del entry[1:-WEEKS_KEPT]
+        # the slots not learnt for four weeks (a schedule that moved, a series that paused) are never read again:
+        # the series keeps only what its baselines read (a series' indices only grow: windows close in order).
+        # Looked for once a day of the series, not on every value.
+        day = index // (24 * self.per_hour)
+        if day != self.pruned_day:
+            self.pruned_day = day
+            oldest = index - WEEKS_KEPT * 168 * self.per_hour
+            for slot in [s for s, e in self.week.items() if e[0] < oldest]:
+                del self.week[slot]
 
     def _days_before(self, index: int, days: int) -> list[float]:
         """The same slot of each of the ``days`` days before ``index``, oldest first (days without one skipped)."""
@@ -139,7 +157,8 @@ class Seasonal:
 
     def baseline(self, index: int, min_relative_change: float, min_spread: float = 0.0) -> Baseline | None:
         """The expected value in the epoch slot ``index``; None while the history is too short."""
-        week = self.week.get(self.slot(index), [None])[1:]
+        entry = self.week.get(self.slot(index))
+        week = entry[1:] if entry and not self._stale(entry, index) else []
         day = self._days_before(index, DAYS_KEPT)
         if len(week) >= 2:
             center, spread, basis = _median(week), MAD_TO_SIGMA * _mad(week, _median(week)), \
