@@ -53,9 +53,21 @@ from hybridspend.costmodel.sharing import SharingError, apportion_micro
 from hybridspend.costmodel.rates import discounted_usd_per_gpu_hour
 from hybridspend.costmodel.timeunits import utc_from_ms
 
-from .watch import FORGET_TEAM_MS, WorkloadWatch, team_partition
+from .watch import FORGET_SILENT_MS, FORGET_WORKLOAD_MS, WorkloadWatch, team_partition
 
 log = logging.getLogger(__name__)
+
+# What the worker forgets, in event time (docs/consistency.md, "What the worker forgets"): each rule is decided
+# from event times alone and is invisible to every input that is not that late, so one worker or several, killed
+# or not, emit the same.
+# A resource (host, instance) with nothing open, not running and nothing seen for a week of its partition's event
+# time is deleted from the table: the week a silent host is kept (watch.FORGET_SILENT_MS).  Its windows were all
+# closed and its instance stopped; if it comes back it starts as a new resource.
+RETIRE_RESOURCE_MS = FORGET_SILENT_MS
+# a workload's spot policy comes with its samples; a window of rented time a day after the workload's last sample
+# on the instance is no longer evidence of it (False, as for a workload never seen), so a policy a day old is
+# forgotten: a host keeps those of the workloads it ran in the last day, not of every pod or job it ever ran
+POLICY_TTL_MS = 24 * 3_600_000
 
 @dataclass
 class ResourceState:
@@ -67,7 +79,8 @@ class ResourceState:
     region: str = ""
     instance_type: str = ""
     purchase_option: str = ""
-    allow_spot: dict[str, bool] = field(default_factory=dict)  # workload -> policy seen in samples
+    # workload -> [policy seen in its samples, the end of the latest of them]: a policy is kept a day (POLICY_TTL_MS)
+    allow_spot: dict[str, list] = field(default_factory=dict)
     rental: Rental | None = None  # cloud instances whose state events were seen
     owner: tuple[str, str, str] = ("", "", "")  # (workload, team, gpu class) of the instance, from its events
 
@@ -86,9 +99,38 @@ class ResourceState:
             return cls()
         env, provider, region, itype, option = data["meta"]
         rental = data.get("rental")
-        return cls(ResourceWindows.from_dict(data["windows"]), env, provider, region, itype, option,
-                   dict(data.get("allow_spot", {})), Rental.from_list(rental) if rental else None,
+        windows = ResourceWindows.from_dict(data["windows"])
+        # an older table value holds the policies alone: seen at the resource's latest sample
+        allow_spot = {w: list(v) if isinstance(v, list) else [bool(v), windows.last_ts_ms]
+                      for w, v in data.get("allow_spot", {}).items()}
+        return cls(windows, env, provider, region, itype, option, allow_spot,
+                   Rental.from_list(rental) if rental else None,
                    tuple(data.get("owner") or ("", "", "")))  # type: ignore[arg-type]
+
+    def allows_spot(self, workload: str, window_start_ms: int) -> bool:
+        """The workload's spot policy for its window: as its samples said, unless the latest of them ended a day
+        (``POLICY_TTL_MS``) or more before the window (rented time no sample of it covered)."""
+        seen = self.allow_spot.get(workload)
+        return bool(seen and seen[0] and window_start_ms < seen[1] + POLICY_TTL_MS)
+
+    def forget_policies(self) -> None:
+        """Drop the policies no window still to close can read: windows closed from now on start at or after
+        ``closed_through_ms``, and a policy a day older than its window is not read (``allows_spot``)."""
+        cutoff = self.windows.closed_through_ms - POLICY_TTL_MS
+        for workload in [w for w, (_, seen_ms) in self.allow_spot.items() if seen_ms <= cutoff]:
+            del self.allow_spot[workload]
+
+    def dormant(self) -> bool:
+        """Nothing open, nothing running: the resource could be forgotten (``PartitionClock.dormant``)."""
+        return not self.windows.open and (self.rental is None or (
+            not self.rental.by_window and self.rental.running_since_ms is None))
+
+    def last_activity_ms(self) -> int:
+        """The latest event time anything of the resource reached: its samples, its closed windows, its rental."""
+        latest = max(self.windows.last_ts_ms, self.windows.closed_through_ms)
+        if self.rental is not None:
+            latest = max(latest, self.rental.last_event_ms, self.rental.accounted_ms)
+        return latest
 
     def complete_through_ms(self, partition_watermark_ms: int) -> int:
         """Event time up to which this resource's windows are complete.
@@ -143,7 +185,7 @@ class UsageProcessor:
         readings = []
         for gpu in sample.gpus:
             for share in gpu.workloads:
-                state.allow_spot[share.workload] = share.allow_spot
+                state.allow_spot[share.workload] = [share.allow_spot, sample.ts_ms]
             readings.append(
                 AttributedGpu(gpu.gpu_class, gpu.utilization_pct, gpu.power_mw,
                            tuple((s.workload, s.team) for s in gpu.workloads), gpu.parent_uuid,
@@ -216,7 +258,22 @@ class UsageProcessor:
         for rows in rows_of_window.values():
             for i, cost in zip(rows, apportion_micro([exact[i] for i in rows])):
                 costs[i] = cost
-        return [self.cost_window(state, key, usage, cost) for (key, usage), cost in zip(closed, costs)]
+        out = [self.cost_window(state, key, usage, cost) for (key, usage), cost in zip(closed, costs)]
+        state.forget_policies()
+        return out
+
+    def close_in(self, clock: "PartitionClock", state: ResourceState, resource: str,
+                 partition_watermark_ms: int) -> list[CostWindow]:
+        """``close``, and the resource's place in its partition's clock: open, or dormant (nothing open, nothing
+        running) until it comes back or is forgotten (``PartitionClock.retired_resources``)."""
+        closed = self.close(state, resource, partition_watermark_ms)
+        if not state.dormant():
+            clock.open.add(resource)
+        else:
+            clock.open.discard(resource)
+            clock.dormant[resource] = [state.last_activity_ms(),
+                                       int(state.environment == "cloud" or state.rental is not None)]
+        return closed
 
     def exact_cost(self, state: ResourceState, key: UsageKey, usage: Usage) -> Decimal:
         if key.environment == "onprem":
@@ -231,7 +288,7 @@ class UsageProcessor:
     def cost_window(self, state: ResourceState, key: UsageKey, usage: Usage, cost_usd: Decimal) -> CostWindow:
         return CostWindow(
             event_id=CostWindow.make_id(key.resource, key.workload, key.environment, key.gpu_class, key.window_start_ms),
-            workload=key.workload, team=key.team, allow_spot=state.allow_spot.get(key.workload, False),
+            workload=key.workload, team=key.team, allow_spot=state.allows_spot(key.workload, key.window_start_ms),
             environment=key.environment, gpu_class=key.gpu_class, resource=key.resource,
             window_start_ms=key.window_start_ms, window_ms=self.window_ms,
             allocated_gpu_ms=usage.allocated_gpu_ms, busy_gpu_ms=usage.busy_gpu_ms,
@@ -292,6 +349,16 @@ class WorkloadState:
             watch={k: WorkloadWatch.from_dict(v) for k, v in data.get("watch", {}).items()},
         )
 
+    def last_closed_ms(self) -> int | None:
+        """The start of the latest window closed, in any environment and GPU class (None: none yet)."""
+        return max(self.closed_through_ms.values(), default=None)
+
+    def gone_by(self, at_ms: int) -> bool:
+        """Whether the workload is gone at ``at_ms`` (a window's start, or a watermark a window beyond it):
+        nothing open and no window closed in the ``FORGET_WORKLOAD_MS`` before."""
+        last = self.last_closed_ms()
+        return not self.open and last is not None and at_ms >= last + FORGET_WORKLOAD_MS
+
 
 @dataclass
 class PartitionClock:
@@ -323,12 +390,15 @@ class PartitionClock:
     seen: dict[str, list[int]] = field(default_factory=dict)
     silent: dict[str, list[int]] = field(default_factory=dict)
     silence_checked_ms: int = 0  # the samples' event time the silent hosts were last looked for at
+    # the keys of the partition's table with nothing open (resources, workloads), until they are forgotten:
+    # key -> [the event time of their last activity, 1 for a cloud resource (its instance events count too)]
+    dormant: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"open": sorted(self.open), "sources": self.sources, "idle": self.idle, "offsets": self.offsets,
                 "pending": sorted(self.pending), "cloud": self.cloud, "spend": self.spend,
                 "teams": sorted(self.teams), "seen": self.seen, "silent": self.silent,
-                "silence_checked_ms": self.silence_checked_ms}
+                "silence_checked_ms": self.silence_checked_ms, "dormant": self.dormant}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "PartitionClock":
@@ -337,7 +407,21 @@ class PartitionClock:
         return cls(set(data["open"]), dict(data["sources"]), dict(data["idle"]), dict(data.get("offsets", {})),
                    set(data.get("pending", ())), dict(data.get("cloud", {})), dict(data.get("spend", {})),
                    set(data.get("teams", ())), {k: list(v) for k, v in data.get("seen", {}).items()},
-                   {k: list(v) for k, v in data.get("silent", {}).items()}, data.get("silence_checked_ms", 0))
+                   {k: list(v) for k, v in data.get("silent", {}).items()}, data.get("silence_checked_ms", 0),
+                   {k: list(v) for k, v in data.get("dormant", {}).items()})
+
+    def retired_resources(self, samples_topic: str) -> list[str]:
+        """The dormant resources of a usage partition to forget now (``RETIRE_RESOURCE_MS``), removed from
+        ``dormant``.  An owned host is judged by the samples' event time; a cloud resource by the slower of the
+        partition's inputs that ever moved, so that neither input can still bring it anything that old."""
+        samples_ms = self.sources.get(samples_topic, 0)
+        moved = [ts for ts in self.sources.values() if ts > 0]
+        cloud_ms = min(moved) if moved else 0
+        gone = sorted(key for key, (last_ms, cloud) in self.dormant.items()
+                      if last_ms + RETIRE_RESOURCE_MS <= (cloud_ms if cloud else samples_ms))
+        for key in gone:
+            del self.dormant[key]
+        return gone
 
     def take(self, topic: str, offset: int, log_start: int | None = None) -> str:
         """Where the record at ``offset`` of ``topic`` (this partition) stands: ``"next"`` (counted
@@ -421,11 +505,17 @@ class DecisionProcessor:
             market = self._markets[key] = replace(self._base_market, offers=offers)
         return market
 
-    def add(self, state: WorkloadState, cw: CostWindow) -> bool:
-        """Record a resource's window; replays overwrite; windows already closed are ignored."""
+    def add(self, state: WorkloadState, cw: CostWindow, anomalies: list[Anomaly] | None = None) -> bool:
+        """Record a resource's window; replays overwrite; windows already closed are ignored.  A window of a
+        workload gone for ``FORGET_WORKLOAD_MS`` starts it again as a new one (``retire``: what that ends goes to
+        ``anomalies``), whether or not its table value was deleted meanwhile (``retired_workloads``)."""
         subject = f"{cw.environment}|{cw.gpu_class}"
         if cw.workload == IDLE_WORKLOAD:
             return False  # idle capacity is a cost of its own (stored by the sink), never a workload to move
+        if state.gone_by(cw.window_start_ms):
+            ended = self.retire(cw.workload, state)
+            if anomalies is not None:
+                anomalies.extend(ended)
         if cw.window_start_ms <= state.closed_through_ms.get(subject, -1):
             return False
         state.team = cw.team
@@ -435,6 +525,29 @@ class DecisionProcessor:
             cw.allocated_gpu_ms, cw.busy_gpu_ms, str(cw.cost_usd), cw.first_ms, cw.last_ms, cw.window_ms,
             cw.provider or "", cw.purchase_option or "")
         return True
+
+    def retire(self, workload: str, state: WorkloadState) -> list[Anomaly]:
+        """Forget a gone workload (``WorkloadState.gone_by``): ``state`` becomes a new workload's, and the episodes
+        it had under way end where they were last seen (what its next window would have said, had it come)."""
+        ended = []
+        if self.watching:
+            for subject, watch in sorted(state.watch.items()):
+                env, gpu_class = subject.split("|", 1)
+                ended.extend(watch.forget(workload, state.team, env, gpu_class))
+        fresh = WorkloadState()
+        state.open, state.crossing, state.team, state.allow_spot = fresh.open, fresh.crossing, fresh.team, False
+        state.closed_through_ms, state.watch = fresh.closed_through_ms, fresh.watch
+        return ended
+
+    def retired_workloads(self, clock: PartitionClock, watermark_ms: int) -> list[str]:
+        """The dormant workloads of a decision partition gone by ``watermark_ms`` (removed from ``dormant``).
+        A window beyond them: any window of theirs still to come starts after ``FORGET_WORKLOAD_MS``, so ``add``
+        would start them again anyway, and deleting them now changes nothing but the table's size."""
+        gone = sorted(w for w, (last_ms, _) in clock.dormant.items()
+                      if last_ms + FORGET_WORKLOAD_MS + self.window_ms <= watermark_ms)
+        for workload in gone:
+            del clock.dormant[workload]
+        return gone
 
     def on_watermark(self, clock: PartitionClock, wm: Watermark, partition: int = 0, partitions: int = 1) -> None:
         clock.advance(wm.source, wm.ts_ms)
@@ -496,17 +609,22 @@ class DecisionProcessor:
             for key in [k for k in table if int(k.split("|", 1)[0]) + self.window_ms <= watermark_ms]:
                 del table[key]
 
-    def judge_teams(self, clock: PartitionClock, watermark_ms: int, team_state, changed) -> list[Anomaly]:
+    def judge_teams(self, clock: PartitionClock, watermark_ms: int, team_state, changed,
+                    retired=None) -> list[Anomaly]:
         """The spend of this partition's teams in every window the watermark completed (``team_state(team)``:
-        the team's ``TeamState``; ``changed(team, state)`` for those it moved on); call before ``forget_idle``."""
+        the team's ``TeamState``; ``changed(team, state)`` for those it moved on, ``retired(team)`` for those
+        forgotten: their table value is deleted); call before ``forget_idle``."""
         if not self.watching:
             return []
         by_team: dict[str, dict[int, int]] = {}
+        waiting: set[str] = set()  # teams with spend in windows not complete yet
         for key, (_, cost_umicro, team) in clock.spend.items():
             ws = int(key.split("|", 1)[0])
             if ws + self.window_ms <= watermark_ms:
                 spent = by_team.setdefault(team, {})
                 spent[ws] = spent.get(ws, 0) + cost_umicro
+            else:
+                waiting.add(team)
         out = []
         for team in sorted(clock.teams):
             spent = by_team.get(team, {})
@@ -514,10 +632,13 @@ class DecisionProcessor:
             before = state.closed_through_ms
             out.extend(state.judge(team, spent, min(spent, default=None), self.window_ms, watermark_ms,
                                    self.anomaly_settings))
-            if state.closed_through_ms != before:
+            if state.retired:  # spent nothing for weeks: forgotten, judged as a new team when it spends again
+                if retired is not None:
+                    retired(team)
+                if team not in waiting:
+                    clock.teams.discard(team)
+            elif state.closed_through_ms != before:
                 changed(team, state)
-            if state.last_spend_ms is not None and watermark_ms - state.last_spend_ms > FORGET_TEAM_MS:
-                clock.teams.discard(team)  # spends nothing for weeks: judged again when it spends again
         return out
 
     def close(self, workload: str, state: WorkloadState, watermark_ms: int,
@@ -558,6 +679,11 @@ class DecisionProcessor:
                 decisions.append(self._event(decision))
             if anomalies is not None and self.watching:
                 anomalies.extend(state.watch.setdefault(subject, WorkloadWatch()).judge(window, self.anomaly_settings))
+        if clock is not None and not state.open:  # dormant until it comes back or is forgotten (retired_workloads)
+            clock.open.discard(workload)
+            last_ms = state.last_closed_ms()
+            if last_ms is not None:
+                clock.dormant[workload] = [last_ms, 0]
         return decisions
 
     def _planner(self, window: WorkloadWindow, market: Market, alternative: Alternative | None):

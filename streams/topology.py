@@ -193,6 +193,13 @@ class _Batch:
     partition_event: dict[int, object] = field(default_factory=dict)  # partition -> an event of it applied now
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     anomalies: list[Anomaly] = field(default_factory=list)
+    retired: dict[str, object] = field(default_factory=dict)  # key forgotten -> an event of the key's partition
+
+    def retire(self, key: str, event) -> None:
+        """Delete ``key`` from the table at the batch's end (a tombstone in its changelog)."""
+        self.states.pop(key, None)
+        self.key_event.pop(key, None)
+        self.retired[key] = event
 
 
 class Pipeline:
@@ -226,6 +233,8 @@ class Pipeline:
         self.input_silence = Silence()  # per (input partition, input topic)
         self.source_silence = Silence()  # per (decision partition, upstream usage partition)
         self.swept_through: dict[int, int] = {}  # per input partition: the window boundary quiet resources closed to
+        self.retired_through: dict[int, int] = {}  # per decision partition: the window boundary gone workloads were
+        # last looked for at (in memory: a restarted worker looks again, which changes nothing)
         self.owned_rates: dict[tuple[str, int], int] = {}  # (host, epoch day) -> micro-dollars an owned GPU-hour
 
     def _topic(self, name: str):
@@ -305,6 +314,10 @@ class Pipeline:
         await asyncio.gather(*futures)
         for key, state in batch.states.items():
             _table_set(table, key, state.to_dict(), batch.key_event[key])
+        for key, event in batch.retired.items():
+            if key in table:  # a key never written (its every record dead-lettered) has nothing to delete
+                with on_behalf_of(event):
+                    del table[key]
         for part, part_event in batch.partition_event.items():
             _table_set(table, _clock_key(part), batch.clocks[part].to_dict(), part_event)
         await table.changelog_written()
@@ -380,6 +393,7 @@ class Pipeline:
             self.input_silence.advanced(part, topic, batch.now_s)
             self._check_silence(batch, clock, topic)
         clock.open.add(resource)
+        clock.dormant.pop(resource, None)
 
     def _check_silence(self, batch: _Batch, clock: PartitionClock, topic: str) -> None:
         """The partition's samples moved on (event time): at most once a minute of it, the hosts left behind are
@@ -431,11 +445,12 @@ class Pipeline:
             mark_ms = clock.watermark(1, stale) or 0
             watermark = mark_ms - self.grace_ms
             idle, cloud, spend = [], [], []
-            for resource in self._resources_to_close(batch, part, watermark):
+            resources, swept = self._resources_to_close(batch, part, watermark)
+            for resource in resources:
                 state = batch.states.get(resource)
                 if state is None:
                     state = ResourceState.from_dict(self.resource_windows.get(resource))
-                closed = self.usage.close(state, resource, watermark)
+                closed = self.usage.close_in(clock, state, resource, watermark)
                 if closed or resource in batch.states:
                     batch.states[resource] = state
                     batch.key_event.setdefault(resource, part_event)
@@ -450,22 +465,22 @@ class Pipeline:
                 if self.decider.watching:
                     spend.extend([cw.window_start_ms, cw.team, cw.resource, cw.workload, cw.window_ms,
                                   int(cw.cost_usd / MICRO)] for cw in closed if cw.workload != IDLE_WORKLOAD and cw.team)
-                if state.windows.open or (state.rental and (state.rental.by_window or state.rental.running_since_ms)):
-                    clock.open.add(resource)
-                else:
-                    clock.open.discard(resource)
+            if swept:  # at most once a window: hosts and instances gone for a week are forgotten
+                for resource in clock.retired_resources(self.topics.gpu_samples):
+                    batch.retire(resource, part_event)
             pending = not all(clock.applied_through(t, highwater(self.app, t, part)) for t in self.input_topics)
             marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
                                    pending=pending, cloud=cloud, spend=spend).encode())
         return out, marks
 
-    def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> list[str]:
-        """The resources of the batch in ``part``, and its quiet ones when the watermark crossed a window boundary."""
+    def _resources_to_close(self, batch: _Batch, part: int, watermark_ms: int) -> tuple[list[str], bool]:
+        """The resources of the batch in ``part``, and its quiet ones when the watermark crossed a window boundary
+        (then True)."""
         boundary = watermark_ms - watermark_ms % self.window_ms
         in_batch = {r for r, e in batch.key_event.items() if e.message.partition == part}
         sweep = boundary > self.swept_through.get(part, -1)
         self.swept_through[part] = max(boundary, self.swept_through.get(part, -1))
-        return sorted(batch.clocks[part].open | in_batch if sweep else in_batch)
+        return sorted(batch.clocks[part].open | in_batch if sweep else in_batch), sweep
 
     # -- decide: cost windows -> decisions ---------------------------------------------------------
 
@@ -497,10 +512,12 @@ class Pipeline:
                 return
             cw = CostWindow.decode(event.value)
             state = batch.states.get(cw.workload) or WorkloadState.from_dict(self.workload_windows.get(cw.workload))
-            if self.decider.add(state, cw):
+            if self.decider.add(state, cw, batch.anomalies):
                 batch.states[cw.workload] = state
                 batch.key_event[cw.workload] = event
+                batch.retired.pop(cw.workload, None)
                 clock.open.add(cw.workload)
+                clock.dormant.pop(cw.workload, None)
         except Exception as exc:
             await self.reject(event, exc)
 
@@ -526,8 +543,6 @@ class Pipeline:
                 state = batch.states[workload] = WorkloadState.from_dict(self.workload_windows.get(workload))
                 batch.key_event[workload] = part_event
             out.extend(self.decider.close(workload, state, watermark, clock, batch.anomalies))
-            if not state.open:
-                clock.open.discard(workload)
 
         def team_state(team: str) -> TeamState:
             state = batch.states.get(_team_key(team))
@@ -536,8 +551,18 @@ class Pipeline:
         def changed(team: str, state: TeamState) -> None:  # written at the batch's end, like the workloads
             batch.states[_team_key(team)] = state
             batch.key_event[_team_key(team)] = part_event
-        batch.anomalies.extend(self.decider.judge_teams(clock, watermark, team_state, changed))
+
+        def retired(team: str) -> None:
+            batch.retire(_team_key(team), part_event)
+        batch.anomalies.extend(self.decider.judge_teams(clock, watermark, team_state, changed, retired))
         self.decider.forget_idle(clock, watermark)
+        boundary = watermark - watermark % self.window_ms
+        if boundary > self.retired_through.get(part, -1):  # at most once a window: workloads gone for weeks
+            self.retired_through[part] = boundary
+            for workload in self.decider.retired_workloads(clock, watermark):
+                state = batch.states.get(workload) or WorkloadState.from_dict(self.workload_windows.get(workload))
+                batch.anomalies.extend(self.decider.retire(workload, state))
+                batch.retire(workload, part_event)
         return out
 
 

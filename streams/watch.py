@@ -39,7 +39,12 @@ from hybridspend.costmodel.timeunits import utc_from_ms
 MS_PER_HOUR = 3_600_000
 FORGET_SILENT_MS = 7 * 24 * MS_PER_HOUR  # a host silent this long is forgotten (decommissioned): memory stays bounded
 MAX_TEAM_GAP_MS = 7 * 24 * MS_PER_HOUR  # at most a week of empty windows is judged after a gap in the data
-FORGET_TEAM_MS = 5 * 7 * 24 * MS_PER_HOUR  # a team that spent nothing for five weeks is no longer judged
+# a team that spent nothing for five weeks is forgotten (its table value deleted) and judged as a new team when
+# it spends again: its baseline reads the last four weeks, which by then hold nothing but that silence
+FORGET_TEAM_MS = 5 * 7 * 24 * MS_PER_HOUR
+# a workload with no window for five weeks is forgotten (its table value deleted): its detectors read four weeks of
+# history, so nothing they would read is lost, and jobs, pods and spot fleets that come and go do not stay forever
+FORGET_WORKLOAD_MS = 5 * 7 * 24 * MS_PER_HOUR
 
 UNITS = {HELD_IDLE: "utilization_pct", USD_PER_BUSY_GPU_HOUR: "usd_per_busy_gpu_hour", SPEND_RATE: "usd_per_hour",
          SILENT: "minutes"}
@@ -140,6 +145,21 @@ class WorkloadWatch:
                 f"more at this rate, ${ep.usd_so_far:,.2f} so far"), **where))
         return out
 
+    def forget(self, workload: str, team: str, environment: str, gpu_class: str) -> list[Anomaly]:
+        """The workload is forgotten (gone for ``FORGET_WORKLOAD_MS``): the episodes it had under way end where
+        they were last seen, as its next window would have ended them had it come (the workload stopped)."""
+        subject = _label(f"{workload}|{environment}|{gpu_class}")
+        where = dict(workload=workload, team=team, gpu_class=gpu_class, environment=environment)
+        out = []
+        for kind, ep in ((HELD_IDLE, self.idle.episode), (USD_PER_BUSY_GPU_HOUR, self.cost.episode)):
+            if ep is not None:
+                what = (f"{workload} ({environment} {gpu_class}) sent no cost window after "
+                        f"{_when(ep.last_anomalous_end_ms)} and was forgotten "
+                        f"{FORGET_WORKLOAD_MS // (24 * MS_PER_HOUR)} days later")
+                out.append(anomaly_event(Finding(kind, "closed", ep, "it stopped", ended_ms=ep.last_anomalous_end_ms),
+                                         subject, what, **where))
+        return out
+
 
 @dataclass
 class TeamState:
@@ -148,6 +168,7 @@ class TeamState:
     spend: SeasonalDetector = field(default_factory=SeasonalDetector)
     closed_through_ms: int | None = None  # start of the last window judged
     last_spend_ms: int | None = None  # start of the last window with spend
+    retired: bool = False  # forgotten by the last ``judge`` (never stored: its table value is deleted)
 
     def to_dict(self) -> dict:
         return {"s": self.spend.to_dict(), "t": self.closed_through_ms, "ls": self.last_spend_ms}
@@ -171,13 +192,23 @@ class TeamState:
         window_hours = window_ms / MS_PER_HOUR
         ws = start
         while ws <= last:
-            # a long stretch without spend (a gap in the data, a watermark far ahead) is judged for a week at most
             i = bisect.bisect_left(with_data, ws)
+            if self.last_spend_ms is not None and ws - self.last_spend_ms > FORGET_TEAM_MS:
+                # nothing spent for five weeks: the team is forgotten, and its next window with spend starts a new
+                # one (decided here from the windows' event time, whichever batch brought them, so that a team
+                # whose table value was deleted and one that comes back in the same batch are judged alike)
+                self.spend, self.closed_through_ms, self.last_spend_ms = SeasonalDetector(), None, None
+                self.retired = True
+                if i == len(with_data):
+                    break
+                ws = with_data[i]
+            self.retired = False
+            # a long stretch without spend (a gap in the data, a watermark far ahead) is judged for a week at most
             upcoming = with_data[i] if i < len(with_data) else last + window_ms
             if upcoming - ws > MAX_TEAM_GAP_MS:  # whole windows, so that ws stays on the windows' grid
                 ws += (upcoming - MAX_TEAM_GAP_MS - ws) // window_ms * window_ms
             value = spend_umicro.get(ws, 0) * float(MICRO) / window_hours
-            if value > 0:
+            if ws in spend_umicro:  # a window some workload of the team ran in (at whatever cost)
                 self.last_spend_ms = ws
             findings = self.spend.observe(SPEND_RATE, ws, window_ms, value, lambda center: _usd(value - center),
                                           settings, min_spread=float(settings.min_usd_per_hour))
