@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as Part
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError
@@ -92,7 +92,10 @@ class FastConsumer:
         self._closed = False
         self._topics: set[str] = set()
         self._listener: ConsumerRebalanceListener | None = None
-        self._positions: dict[tuple[str, int], int] = {}  # next offset after what poll returned
+        self._joining = False  # librdkafka told of the subscription (at the first poll after subscribe)
+        # (topic, partition) -> where the application reads on: after what poll returned, or where it sought
+        # (OFFSET_BEGINNING included); a partition not here reads from the group's committed offset
+        self._positions: dict[tuple[str, int], int] = {}
         try:  # librdkafka connects lazily: ask for the cluster's metadata so that an unreachable broker fails here
             self._consumer.list_topics(timeout=connect_timeout_ms / 1000)
         except KafkaException as exc:
@@ -102,13 +105,23 @@ class FastConsumer:
     # -- group membership ------------------------------------------------------------------------
 
     def subscribe(self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None) -> None:
+        """Join the group for ``topics`` at the next ``poll``, as kafka-python does (librdkafka would
+        join at once, and a subscription replaced before its join completed would leave a member
+        behind on a broker without KIP-394, as Tansu: a second rebalance once its session expires)."""
+        if self._joining:
+            self.unsubscribe()
         self._topics = set(topics)
         self._listener = listener
+
+    def _join(self) -> None:
         self._consumer.subscribe(sorted(self._topics), on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._revoked)
+        self._joining = True
 
     def unsubscribe(self) -> None:
-        self._consumer.unsubscribe()
+        if self._joining:
+            self._consumer.unsubscribe()
+            self._joining = False
         self._topics = set()
         self._positions.clear()
 
@@ -142,6 +155,8 @@ class FastConsumer:
         """What has arrived, at most ``max_records``, waiting up to ``timeout_ms`` for the first
         record only (librdkafka's own ``consume`` waits until it has them all or the time is up)."""
         consumer = self._consumer
+        if self._topics and not self._joining:
+            self._join()
         limit = max_records or self.max_poll_records
         messages = consumer.consume(limit, 0)
         if not messages and timeout_ms > 0:
@@ -171,13 +186,23 @@ class FastConsumer:
         log.warning("kafka consumer: %s", err.str())
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._consumer.seek(Part(tp.topic, tp.partition, offset))
+        """Read ``tp`` from ``offset`` on (what was fetched ahead from elsewhere is dropped)."""
         self._positions[(tp.topic, tp.partition)] = offset
+        try:
+            self._consumer.seek(Part(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            if exc.args[0].code() not in (KafkaError._STATE, KafkaError._PREV_IN_PROGRESS):
+                raise
+            # just assigned, its fetcher not started (librdkafka still asks the group for its committed
+            # offset), or stopping: librdkafka seeks only a partition it fetches, so the whole
+            # assignment is made again, each partition from where poll or a seek left it
+            self._consumer.assign([Part(p.topic, p.partition, self._positions.get((p.topic, p.partition),
+                                                                                 OFFSET_INVALID))
+                                   for p in self._consumer.assignment()])
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         for tp in partitions or self.assignment():
-            self._consumer.seek(Part(tp.topic, tp.partition, OFFSET_BEGINNING))
-            self._positions.pop((tp.topic, tp.partition), None)
+            self.seek(tp, OFFSET_BEGINNING)
 
     def end_offsets(self, partitions: Iterable[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int]:
         """The log end offset (high watermark) of each partition, asked of the broker."""
@@ -192,7 +217,7 @@ class FastConsumer:
         offset sought since) of every assigned partition; ``CommitFailedError`` when the group
         refuses it (it rebalanced: the partitions may be another member's now)."""
         assigned = {(p.topic, p.partition) for p in self._consumer.assignment()}
-        offsets = [Part(t, p, o) for (t, p), o in self._positions.items() if (t, p) in assigned]
+        offsets = [Part(t, p, o) for (t, p), o in self._positions.items() if (t, p) in assigned and o >= 0]
         if not offsets:
             return
         try:
