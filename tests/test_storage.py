@@ -418,3 +418,34 @@ def test_every_sink_table_spec_names_the_columns_the_migrations_create_with_thei
         for column, hint in typing.get_type_hints(TABLES[table].row).items():
             value = getattr(row, column)
             assert value is None or isinstance(value, python_type(hint)), (table, column, type(value))
+
+
+def test_gpu_sample_rows_read_back_the_same_through_binary_and_text_copy(database):
+    """The binary COPY dumps each distinct text[] once per COPY (``storage.sink._TextArrayBinaryDumper``):
+    what is stored is what psycopg's own dumpers store, and what the rows said."""
+    from hybridspend.contracts.events import WorkloadShare
+    from hybridspend.storage.sink import copy_rows
+
+    names = [[], ["train"], ["train", "infer"], ["ünï-cödé", "a,b", 'q"uote', "back\\slash", "{brace}", "NULL", ""]]
+    samples = [GpuSample(f"s{i}", T0_MS + i * 1000, 1000, f"n{i % 2}", "onprem", "test", [
+        GpuReading(f"GPU-{g}", g, "A100", "A100", 12.5 * g, 10, 80, None if g == 3 else 300_000,
+                   [WorkloadShare(w, 1.0 / len(names[(i + g) % 4])) for w in names[(i + g) % 4]], 7,
+                   "GPU-0" if g == 2 else "", "3g.40gb" if g == 2 else "", 3 / 7 if g == 2 else 1.0)
+        for g in range(4)]) for i in range(40)]
+    rows = [row for s in samples for row in gpu_sample_rows(s)]
+    assert {tuple(r.workloads) for r in rows} == {tuple(n) for n in names}
+    migrate(database)
+    stored = {}
+    with psycopg.connect(database) as conn:
+        Partitions(POSTGRESQL).ensure(conn, "gpu_samples", {r.ts for r in rows})
+        for binary in (True, False):
+            copy_rows(conn, "gpu_samples", "gpu_samples", rows, binary)
+            stored[binary] = conn.execute(f"SELECT {', '.join(rows[0]._fields)} FROM gpu_samples"
+                                          " ORDER BY ts, resource, gpu_uuid").fetchall()
+            conn.execute("DELETE FROM gpu_samples")
+        conn.rollback()
+    assert stored[True] == stored[False]
+    by_key = {(r.ts, r.resource, r.gpu_uuid): r for r in rows}
+    workloads, power = rows[0]._fields.index("workloads"), rows[0]._fields.index("power_mw")
+    assert [(by_key[v[:3]].workloads, by_key[v[:3]].power_mw) for v in stored[True]] == \
+        [(v[workloads], v[power]) for v in stored[True]]
