@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Callable, Collection, Iterable, NamedTuple
+from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
 import msgspec
 import psycopg
@@ -247,6 +249,7 @@ TABLES = {
         PriceRow, ("provider", "region", "instance_type", "purchase_option", "effective_at"), True),
     "live_instances": TableSpec(LiveInstanceRow, ("instance_id",), True, newer="changed_at"),
 }
+APPEND_ONLY = tuple(t for t, spec in TABLES.items() if spec.append_only)
 
 
 # -- events to rows (pure) --------------------------------------------------------------------
@@ -356,24 +359,63 @@ class Batch:
     wins).  Append-only tables keep every row in arrival order, unkeyed: their keys are computed
     only when the database refuses a copy of a stored key (``keyed``), the first copy of a key is
     kept and the others become dead letters (keying every GPU sample as it comes costs a fifth of
-    the sink's decoding)."""
+    the sink's decoding).
+
+    The records of an append-only table may be left to decode (``defer``): the fast write decodes
+    them while it COPYs their rows (``stream``), so that the database works through the COPY while
+    the sink decodes what follows, in the same transaction as ever.  Anything that reads ``rows``
+    gets them all: what is left is decoded first."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[tuple, tuple] | list[tuple]] = {
+        self._rows: dict[str, dict[tuple, tuple] | list[tuple]] = {
             t: [] if spec.append_only else {} for t, spec in TABLES.items()}
         self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
+        # append-only table -> its records not decoded yet, and what decodes one into this batch
+        self._unread: dict[str, tuple[deque, Callable[[Batch, object], None]]] = {}
+
+    @property
+    def rows(self) -> dict[str, dict[tuple, tuple] | list[tuple]]:
+        self.complete()
+        return self._rows
 
     def add(self, table: str, row: tuple) -> None:
         self.extend(table, (row,))
 
     def extend(self, table: str, rows: Iterable[tuple]) -> None:
-        target = self.rows[table]
+        target = self._rows[table]
         if isinstance(target, list):
             target.extend(rows)
             return
         key_of = TABLES[table].key_of
         for row in rows:
             target[key_of(row)] = row
+
+    def defer(self, table: str, record, read: Callable[[Batch, object], None]) -> None:
+        """Leave ``record`` of the append-only ``table`` to decode later; ``read(batch, record)`` adds its rows."""
+        assert TABLES[table].append_only, table
+        unread = self._unread.get(table)
+        if unread is None:
+            unread = self._unread[table] = (deque(), read)
+        unread[0].append(record)
+
+    def stream(self, table: str) -> Iterator[tuple]:
+        """Every row of ``table`` (append-only) in arrival order, decoding its deferred records as it goes."""
+        rows = self._rows[table]
+        records, read = self._unread.get(table, ((), None))
+        i = 0
+        while True:
+            while i < len(rows):
+                yield rows[i]
+                i += 1
+            if not records:
+                return
+            read(self, records.popleft())
+
+    def complete(self) -> None:
+        """Decode every deferred record."""
+        for records, read in self._unread.values():
+            while records:
+                read(self, records.popleft())
 
     def values(self, table: str) -> Collection[tuple]:
         rows = self.rows[table]
@@ -501,20 +543,25 @@ def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions:
     """Write a batch and its offsets in one transaction; return how many rows were dead-lettered as
     duplicates of stored rows.
 
-    Append-only tables are COPYed straight in: a key already stored fails the whole transaction
-    with ``UniqueViolation``, and the caller writes the batch again with ``careful``, which stages
-    those tables too, keeps the rows already stored and dead-letters the new copies.  The other
-    tables are COPYed into staging and upserted, and the rollups refreshed.  (On TimescaleDB the
-    continuous aggregates' materialized buckets the batch restated are refreshed after it commits.)
+    Append-only tables are COPYed straight in, first, decoding the batch's deferred records as
+    their rows go (``Batch.stream``): a key already stored fails the whole transaction with
+    ``UniqueViolation``, and the caller writes the batch again with ``careful``, which stages those
+    tables too, keeps the rows already stored and dead-letters the new copies.  The other tables
+    (dead letters of records that did not decode among them) are COPYed into staging and upserted,
+    and the rollups refreshed.  (On TimescaleDB the continuous aggregates' materialized buckets the
+    batch restated are refreshed after it commits.)
     ``binary``: COPY in PostgreSQL's binary format (else text, for a server that refuses it).
     """
     created: list[str] = []
+    copied = () if careful else APPEND_ONLY
     try:
         with conn.transaction():
             if offsets is not None:  # first: a sink whose partitions moved on fails before writing anything
                 offsets.write(conn, batch.offsets)
-            created += _ensure_partitions(conn, batch, partitions)
-            duplicates = _write_rows(conn, batch, engine, careful, binary)
+            for table in copied:
+                created += copy_streamed(conn, table, batch.stream(table), partitions, binary)
+            created += _ensure_partitions(conn, batch, partitions, skip=copied)
+            duplicates = _write_rows(conn, batch, engine, careful, binary, skip=copied)
             if duplicates:
                 letters = Batch()
                 for table, key, row in duplicates:
@@ -559,22 +606,23 @@ def write_row_by_row(conn: psycopg.Connection, batch: Batch, engine: str, partit
     return written, len(refused)
 
 
-def _ensure_partitions(conn: psycopg.Connection, batch: Batch, partitions: Partitions) -> list[str]:
+def _ensure_partitions(conn: psycopg.Connection, batch: Batch, partitions: Partitions,
+                       skip: Collection[str] = ()) -> list[str]:
     created = []
     for table, rows in batch.rows.items():
         spec = TABLES[table]
-        if rows and spec.time_column:
+        if rows and spec.time_column and table not in skip:
             created += partitions.ensure(conn, table, {getattr(row, spec.time_column) for row in batch.values(table)})
     return created
 
 
 def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bool,
-                binary: bool) -> list[tuple[str, tuple, tuple]]:
-    """The batch's rows, in the caller's transaction; with ``careful``, the append-only rows whose
-    keys were already stored (not written), as (table, key, row)."""
+                binary: bool, skip: Collection[str] = ()) -> list[tuple[str, tuple, tuple]]:
+    """The batch's rows but those of ``skip``, in the caller's transaction; with ``careful``, the
+    append-only rows whose keys were already stored (not written), as (table, key, row)."""
     duplicates = []
     for table, rows in batch.rows.items():
-        if not rows:
+        if not rows or table in skip:
             continue
         spec = TABLES[table]
         if spec.append_only and not careful:
@@ -634,11 +682,48 @@ def copy_rows(conn: psycopg.Connection, target: str, table: str, rows: Iterable[
     """COPY rows of ``table``'s spec into ``target``, in PostgreSQL's binary format unless told
     otherwise: twice as fast as text for the GPU samples (measured; docs/performance.md), since
     neither side formats or parses numbers, timestamps and arrays as text."""
-    columns = TABLES[table].columns
+    with _copy(conn, target, table, binary) as write_row:
+        for row in rows:
+            write_row(row)
+
+
+def copy_streamed(conn: psycopg.Connection, table: str, rows: Iterator[tuple], partitions: Partitions,
+                  binary: bool = True) -> list[str]:
+    """COPY ``table``'s rows into it as ``rows`` yields them (while the rows after are decoded, the
+    server works through those sent), creating the partitions they need first; return the names of
+    the partitions created.  A row whose partition this sink has not met ends the COPY: its partition
+    is created and another COPY, in the same transaction, takes the rest (once a day, or at start)."""
+    spec = TABLES[table]
+    at = spec.columns.index(spec.time_column) if spec.time_column else None
+    created: list[str] = []
+    met: set = set()  # times whose partition exists
+    try:
+        row = next(rows, None)
+        while row is not None:
+            if at is not None and row[at] not in met:
+                created += partitions.ensure(conn, table, (row[at],))
+                met.add(row[at])
+            with _copy(conn, table, table, binary) as write_row:
+                while row is not None:
+                    if at is not None and row[at] not in met:
+                        if not partitions.has(table, row[at]):
+                            break
+                        met.add(row[at])
+                    write_row(row)
+                    row = next(rows, None)
+    except BaseException:
+        partitions.known.difference_update(created)  # rolled back with the caller's transaction
+        raise
+    return created
+
+
+@contextmanager
+def _copy(conn: psycopg.Connection, target: str, table: str, binary: bool) -> Iterator[Callable[[tuple], None]]:
+    """A COPY into ``target`` of rows of ``table``'s spec; yields the function that writes one row."""
+    columns = ", ".join(TABLES[table].columns)
     if not binary:
-        with conn.cursor().copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN") as copy:
+            yield copy.write_row
         return
     if conn.adapters.get_dumper_by_oid(TEXT_ARRAY_OID, psycopg.pq.Format.BINARY) is not _TextArrayBinaryDumper:
         conn.adapters.register_dumper(None, _TextArrayBinaryDumper)  # this connection's, by type OID only
@@ -646,11 +731,10 @@ def copy_rows(conn: psycopg.Connection, target: str, table: str, rows: Iterable[
     if types is None:
         oids = dict(conn.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass"
                                  " AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
-        types = _COLUMN_TYPES[table] = [oids[c] for c in columns]
-    with conn.cursor().copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        types = _COLUMN_TYPES[table] = [oids[c] for c in TABLES[table].columns]
+    with conn.cursor().copy(f"COPY {target} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
+        yield copy.write_row
 
 
 def refresh_restated_rollups(conn: psycopg.Connection, batch: Batch, engine: str) -> None:
@@ -733,6 +817,8 @@ class Sink:
             topics.prices: ("prices", lambda v: [price_row(PriceUpdate.decode(v))]),
             topics.live_spend: ("live_instances", lambda v: [live_instance_row(LiveSpend.decode(v))]),
         }
+        # the topics of append-only tables: their records are decoded while their rows are COPYed
+        self._deferrable = {topic for topic, (table, _) in self._decoders.items() if TABLES[table].append_only}
         group = consumer.config.get("group_id") if consumer is not None else None
         self.offsets = StoredOffsets(group or "", {})
         self.topic_ids = TopicIds(consumer.config) if consumer is not None else None
@@ -745,23 +831,32 @@ class Sink:
         elif consumer is not None:
             self.unplaced.update(consumer.assignment())  # assigned by hand
 
-    def decode(self, records: Iterable) -> Batch:
+    def decode(self, records: Iterable, *, defer: bool = False) -> Batch:
+        """The batch of ``records``; with ``defer`` the records of append-only tables are left for the
+        write to decode as it COPYs their rows (``Batch.defer``)."""
         batch = Batch()
         for rec in records:
             batch.offsets[(rec.topic, rec.partition)] = rec.offset + 1
             decoder = self._decoders.get(rec.topic)
             if decoder is None or is_watermark(rec.value):
                 continue  # watermarks are stream progress, not data
-            table, rows_of = decoder
-            try:
-                batch.extend(table, rows_of(rec.value))
-            except (EventError, KeyError, TypeError, ValueError) as exc:
-                # a bad record is stored as a dead letter, never dropped silently
-                letter = DeadLetter.of(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                                       reason=f"sink: {exc}", payload=rec.value, ts_ms=int(time.time() * 1000))
-                batch.add("dead_letters", dead_letter_row(letter))
-                self.rejected += 1
+            if defer and rec.topic in self._deferrable:
+                batch.defer(decoder[0], rec, self._read)
+            else:
+                self._read(batch, rec)
         return batch
+
+    def _read(self, batch: Batch, rec) -> None:
+        """Add the rows of ``rec`` to ``batch``, or its dead letter."""
+        table, rows_of = self._decoders[rec.topic]
+        try:
+            batch.extend(table, rows_of(rec.value))
+        except (EventError, KeyError, TypeError, ValueError) as exc:
+            # a bad record is stored as a dead letter, never dropped silently
+            letter = DeadLetter.of(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                                   reason=f"sink: {exc}", payload=rec.value, ts_ms=int(time.time() * 1000))
+            batch.add("dead_letters", dead_letter_row(letter))
+            self.rejected += 1
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
@@ -940,7 +1035,7 @@ class Sink:
         records = [r for recs in polled.values() for r in recs]
         self.records_read += len(records)
         if records:
-            batch = self.decode(records)
+            batch = self.decode(records, defer=True)
             try:
                 if not self.write_durably(batch, stop):
                     return 0  # stopping with the batch unwritten: its offsets are not stored

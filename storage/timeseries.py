@@ -148,6 +148,13 @@ class Partitions:
         self.engine = engine
         self.known: set[str] = set()
 
+    def has(self, table: str, ts: datetime) -> bool:
+        """Whether the partition holding ``ts`` is known to exist (no query; always on TimescaleDB)."""
+        if self.engine != POSTGRESQL:
+            return True
+        unit = TABLES[table].partition
+        return partition_name(table, _bounds(ts, unit)[0], unit) in self.known
+
     def ensure(self, conn: psycopg.Connection, table: str, timestamps: Iterable[datetime]) -> list[str]:
         """Create the missing partitions in the caller's transaction; return the names it recorded
         (the caller forgets them again if that transaction rolls back)."""

@@ -340,3 +340,50 @@ def test_stored_offsets_past_the_end_of_a_recreated_log_read_it_from_the_start(b
     with psycopg.connect(database) as conn:
         assert conn.execute("SELECT next_offset FROM sink_offsets WHERE topic = %s",
                             (topics.gpu_samples,)).fetchone() == (50,)
+
+
+def test_records_decoded_while_their_rows_are_copied_are_stored_and_dead_lettered_as_before(database):
+    """The sink decodes GPU-sample records while their rows are COPYed (``Batch.defer``, ``copy_streamed``),
+    in the batch's one transaction: a row of a day with no partition yet ends the COPY, its partition
+    is created and a second COPY takes the rest; a record that does not decode is dead-lettered with
+    the batch; a batch holding stored samples is written again carefully, decoded whole."""
+    from types import SimpleNamespace
+
+    migrate(database)
+    topics = Topics("t.", 1)
+    sink = Sink(None, database, topics)
+    day = 86_400  # samples are one second apart from T0, midnight: sample 86,400 opens the next day
+
+    def records(payloads: list[bytes]) -> list:
+        return [SimpleNamespace(topic=topics.gpu_samples, partition=0, offset=i, value=v)
+                for i, v in enumerate(payloads)]
+
+    payloads = [s.encode() for s in samples(day - 10, 20)]
+    payloads.insert(5, b'{"schema":"gpu_sample.v1","event_id":"x"}')
+    first = sink.decode(records(payloads), defer=True)
+    assert sink.rejected == 0  # nothing decoded yet
+    try:
+        assert sink.write_durably(first)
+        assert sink.rejected == 1 and sink.rows_written == 20 * GPUS + 1
+        with psycopg.connect(database) as conn:
+            parts = {r for (r,) in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'gpu_samples'::regclass")}
+        assert parts == {f"gpu_samples_p{T0 + timedelta(days=d):%Y%m%d}" for d in (0, 1)} <= sink.partitions.known
+        assert totals(database) == (20 * GPUS, 20 * GPUS * 50.0, 0, None, 1)
+
+        # 10 stored samples and 10 new ones, the new ones opening a third day: refused as a whole (a
+        # stored key), written again carefully; the partition created in the refused transaction is
+        # created again
+        again = sink.decode(records([s.encode() for s in samples(2 * day, 10) + samples(day, 10)]), defer=True)
+        assert sink.write_durably(again)
+        assert sink.rows_written == 30 * GPUS + 1 and sink.rejected == 1 + 10 * GPUS
+    finally:
+        sink.close()
+    assert totals(database)[0] == 30 * GPUS and totals(database)[4] == 1 + 10 * GPUS
+    with psycopg.connect(database) as conn:
+        assert conn.execute(f"SELECT count(*) FROM gpu_samples_p{T0 + timedelta(days=2):%Y%m%d}").fetchone() == \
+            (10 * GPUS,)
+        (reason,) = conn.execute("SELECT reason FROM dead_letters WHERE source_topic = %s",
+                                 (topics.gpu_samples,)).fetchone()
+    assert reason.startswith("sink: ")
