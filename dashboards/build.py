@@ -22,6 +22,24 @@ TEAM = "coalesce(nullif(team, ''), '(none)')"
 FILTERS = (f"environment IN ($environment) AND workload IN ($workload) AND gpu_class IN ($gpu_class)"
            f" AND {TEAM} IN ($team)")
 
+# Panels that draw one series per workload (several hundred on a big fleet) draw each point over at least an
+# hour (the rollup's width: a narrower $__interval gave the same hourly points) and, over ranges longer than a
+# week, over whole days, read from the daily rollup (a point an hour for 90 days of 500 series is 1 million
+# rows); with maxDataPoints 100 a week is drawn in 2-hour points.  storage/migrations/016_panel_queries.sql.
+SERIES_STEP_S = ("CASE WHEN $__timeTo()::timestamptz - $__timeFrom()::timestamptz > INTERVAL '7 days'"
+                 " THEN ceil($__interval_ms / 86400000.0) * 86400 ELSE ceil($__interval_ms / 3600000.0) * 3600 END")
+SERIES_MAX_DATA_POINTS = 100
+UTC_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+# The panels on the raw samples read their rollups up to the watermark and the raw samples after it (migration 016)
+SAMPLES_WATERMARK = "(SELECT until FROM rollup_watermarks WHERE rollup = 'gpu_samples')"
+# over a day or more, a GPU reported in the range if its first or last sample of a day in it did
+A_DAY_OR_MORE = "$__timeTo()::timestamptz - $__timeFrom()::timestamptz >= INTERVAL '1 day'"
+# the whole minutes of the range (none when $__interval is not a whole number of minutes), up to the watermark
+MINUTES_FROM = (f"CASE WHEN $__interval_ms % 60000 = 0 THEN date_bin(INTERVAL '1 minute', $__timeFrom()::timestamptz"
+                f" - INTERVAL '1 microsecond', {UTC_ORIGIN}) + INTERVAL '1 minute' ELSE 'infinity' END")
+MINUTES_UNTIL = (f"least(date_bin(INTERVAL '1 minute', $__timeTo()::timestamptz + INTERVAL '1 microsecond', {UTC_ORIGIN}),"
+                 f" {SAMPLES_WATERMARK})")
+
 
 def _variable(name: str, label: str, query: str) -> dict:
     return {
@@ -41,8 +59,9 @@ VARIABLES = [
 
 
 def _panel(pid: int, title: str, kind: str, sql: str, *, unit: str | None = None, fmt: str = "time_series",
-           w: int = 12, h: int = 8, x: int = 0, y: int = 0, description: str = "") -> dict:
-    return {
+           w: int = 12, h: int = 8, x: int = 0, y: int = 0, description: str = "",
+           max_data_points: int | None = None) -> dict:
+    panel = {
         "id": pid, "type": kind, "title": title, "description": description, "datasource": DATASOURCE,
         "gridPos": {"h": h, "w": w, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": unit} if unit else {}, "overrides": []},
@@ -50,6 +69,9 @@ def _panel(pid: int, title: str, kind: str, sql: str, *, unit: str | None = None
         "targets": [{"refId": "A", "datasource": DATASOURCE, "editorMode": "code", "format": fmt,
                      "rawQuery": True, "rawSql": " ".join(sql.split())}],
     }
+    if max_data_points:  # Grafana's $__interval is the range / this, rounded (else / the panel's width in pixels)
+        panel["maxDataPoints"] = max_data_points
+    return panel
 
 
 def _anomalies(kinds: tuple[str, ...], panel_ids: list[int], where: str, color: str = "red") -> dict:
@@ -114,10 +136,27 @@ def _forecast_band(pid: int, y: int) -> dict:
 
 def fleet() -> dict:
     return _dashboard("hybridspend-fleet", "Fleet overview", [
-        _panel(1, "GPUs by environment", "stat", """
-            SELECT environment AS metric, count(DISTINCT gpu_uuid) AS value FROM gpu_samples
-             WHERE $__timeFilter(ts) AND environment IN ($environment) AND gpu_class IN ($gpu_class)
-             GROUP BY 1 ORDER BY 1""", fmt="table", w=8),
+        _panel(1, "GPUs by environment", "stat", f"""
+            SELECT environment AS metric, count(*) AS value FROM (
+                SELECT DISTINCT environment, gpu_uuid FROM (
+                    SELECT environment, gpu_uuid FROM gpu_seen_daily
+                     WHERE {A_DAY_OR_MORE} AND day >= date_bin(INTERVAL '1 day', $__timeFrom()::timestamptz, {UTC_ORIGIN})
+                       AND day <= $__timeTo()
+                       AND (first_ts BETWEEN $__timeFrom() AND $__timeTo() OR last_ts BETWEEN $__timeFrom() AND $__timeTo())
+                       AND environment IN ($environment) AND gpu_class IN ($gpu_class)
+                    UNION ALL
+                    SELECT environment, gpu_uuid FROM gpu_samples
+                     WHERE $__timeFilter(ts) AND ts >= {SAMPLES_WATERMARK}
+                       AND environment IN ($environment) AND gpu_class IN ($gpu_class)
+                    UNION ALL
+                    SELECT environment, gpu_uuid FROM gpu_samples
+                     WHERE NOT {A_DAY_OR_MORE} AND $__timeFilter(ts) AND ts < {SAMPLES_WATERMARK}
+                       AND environment IN ($environment) AND gpu_class IN ($gpu_class)
+                ) seen
+            ) gpus GROUP BY 1 ORDER BY 1""", fmt="table", w=8,
+               description="GPUs that reported in the range: from each GPU's first and last sample of every day (a "
+                           "rollup of the samples) and the raw samples since its last refresh; a range shorter than "
+                           "a day may lie between a GPU's first and last sample and reads the raw samples."),
         _panel(2, "Idle on-prem cost in range", "stat", """
             SELECT sum(cost_usd) AS "idle cost" FROM cost_hourly
              WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)""",
@@ -126,11 +165,20 @@ def fleet() -> dict:
             SELECT sum(allocated_gpu_ms) / 3600000.0 AS "idle GPU-hours" FROM cost_hourly
              WHERE workload = 'idle' AND basis = 'estimated' AND $__timeFilter(bucket) AND gpu_class IN ($gpu_class)""",
                unit="short", fmt="table", w=8, x=16),
-        _panel(4, "GPU utilization by environment", "timeseries", """
-            SELECT $__timeGroupAlias(ts, $__interval), environment AS metric, avg(utilization_pct) AS value
-              FROM gpu_samples
-             WHERE $__timeFilter(ts) AND environment IN ($environment) AND gpu_class IN ($gpu_class)
-             GROUP BY 1, 2 ORDER BY 1""", unit="percent", y=8),
+        _panel(4, "GPU utilization by environment", "timeseries", f"""
+            SELECT $__timeGroupAlias(t, $__interval), environment AS metric, sum(s) / sum(n)::double precision AS value
+              FROM (SELECT m.bucket AS t, m.environment, m.utilization_pct_sum AS s, m.samples AS n
+                      FROM gpu_utilization_minutely m
+                     WHERE m.bucket >= {MINUTES_FROM} AND m.bucket < {MINUTES_UNTIL}
+                       AND m.environment IN ($environment) AND m.gpu_class IN ($gpu_class)
+                    UNION ALL
+                    SELECT g.ts, g.environment, g.utilization_pct, 1 FROM gpu_samples g
+                     WHERE $__timeFilter(g.ts)
+                       AND (g.ts < {MINUTES_FROM} OR g.ts >= greatest({MINUTES_UNTIL}, {MINUTES_FROM}))
+                       AND g.environment IN ($environment) AND g.gpu_class IN ($gpu_class)) u
+             GROUP BY 1, 2 ORDER BY 1""", unit="percent", y=8,
+               description="Mean utilization of the samples: the whole minutes from the rollup of the samples, the "
+                           "rest (and everything since its last refresh) from the raw samples."),
         _panel(5, "Idle capacity cost per hour", "timeseries", """
             SELECT $__timeGroupAlias(bucket, $__interval), gpu_class AS metric, sum(cost_usd) AS value
               FROM cost_hourly
@@ -145,12 +193,15 @@ def fleet() -> dict:
 def cost() -> dict:
     return _dashboard("hybridspend-cost", "Cost per busy GPU-hour", [
         _panel(1, "Effective $ per busy GPU-hour by workload and environment", "timeseries", f"""
-            SELECT $__timeGroupAlias(bucket, $__interval), workload || ' (' || environment || ')' AS metric,
-                   sum(cost_usd) * 3600000 / NULLIF(sum(busy_gpu_ms), 0) AS value
-              FROM cost_hourly
-             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND workload <> 'idle' AND {FILTERS}
-             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, h=9,
-               description="Cost where the workload runs divided by its busy GPU-hours ($/h)."),
+            WITH p AS (SELECT {SERIES_STEP_S} AS step)
+            SELECT floor(extract(epoch FROM r.bucket) / p.step) * p.step AS "time",
+                   r.workload || ' (' || r.environment || ')' AS metric,
+                   sum(r.cost_usd) * 3600000 / NULLIF(sum(r.busy_gpu_ms), 0) AS value
+              FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
+             WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
+             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, h=9, max_data_points=SERIES_MAX_DATA_POINTS,
+               description="Cost where the workload runs divided by its busy GPU-hours ($/h); a point is an hour "
+                           "or more, a day or more over ranges longer than a week."),
         _panel(2, "Workloads in range", "table", f"""
             SELECT workload, {TEAM} AS team, environment, gpu_class,
                    sum(allocated_gpu_ms) / 3600000.0 AS "GPU-hours",
@@ -158,8 +209,8 @@ def cost() -> dict:
                    sum(busy_gpu_ms)::numeric / NULLIF(sum(allocated_gpu_ms), 0) AS utilization,
                    sum(cost_usd) AS "cost",
                    sum(cost_usd) * 3600000 / NULLIF(sum(busy_gpu_ms), 0) AS "$ per busy GPU-hour"
-              FROM cost_hourly
-             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND {FILTERS}
+              FROM cost_rollup_between($__timeFrom(), $__timeTo())
+             WHERE basis = 'estimated' AND {FILTERS}
              GROUP BY 1, 2, 3, 4 ORDER BY "cost" DESC""", fmt="table", w=24, h=10, y=9),
     ], "What a useful GPU-hour costs each workload, on-prem and in the cloud.", annotations=[
         _anomalies(("usd_per_busy_gpu_hour", "held_idle"), [1], FILTERS)])
@@ -176,11 +227,15 @@ def breakeven() -> dict:
              ORDER BY workload, decided_at DESC""", fmt="table", w=24, h=9,
                description="The panel Slack alerts link to, filtered to the alert's workload."),
         _panel(2, "Utilization per workload", "timeseries", f"""
-            SELECT $__timeGroupAlias(bucket, $__interval), workload || ' (' || environment || ')' AS metric,
-                   100.0 * sum(busy_gpu_ms) / NULLIF(sum(allocated_gpu_ms), 0) AS value
-              FROM cost_hourly
-             WHERE $__timeFilter(bucket) AND basis = 'estimated' AND workload <> 'idle' AND {FILTERS}
-             GROUP BY 1, 2 ORDER BY 1""", unit="percent", w=12, y=9),
+            WITH p AS (SELECT {SERIES_STEP_S} AS step)
+            SELECT floor(extract(epoch FROM r.bucket) / p.step) * p.step AS "time",
+                   r.workload || ' (' || r.environment || ')' AS metric,
+                   100.0 * sum(r.busy_gpu_ms) / NULLIF(sum(r.allocated_gpu_ms), 0) AS value
+              FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
+             WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
+             GROUP BY 1, 2 ORDER BY 1""", unit="percent", w=12, y=9, max_data_points=SERIES_MAX_DATA_POINTS,
+               description="Busy over allocated GPU-hours; a point is an hour or more, a day or more over ranges "
+                           "longer than a week."),
         _panel(3, "Decisions in range", "table", """
             SELECT decided_at AS "time", workload, kind, from_env, to_env, monthly_savings_low_usd,
                    monthly_savings_usd, monthly_savings_high_usd, evidence_hours, confidence
@@ -256,26 +311,21 @@ def spend() -> dict:
 def reconciliation() -> dict:
     return _dashboard("hybridspend-reconciliation", "Estimate vs billed", [
         _panel(1, "Estimated and billed cost per day", "timeseries", """
-            SELECT day AS "time", environment || ' estimated' AS metric, sum(estimated_usd) AS value
-              FROM estimate_vs_billed_daily
-             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
-             GROUP BY 1, 2
-            UNION ALL
-            SELECT day, environment || ' billed', sum(billed_usd)
-              FROM estimate_vs_billed_daily
-             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
+            SELECT d.day AS "time", d.environment || v.side AS metric, sum(v.usd) AS value
+              FROM estimate_vs_billed_daily_between($__timeFrom(), $__timeTo()) d
+             CROSS JOIN LATERAL (VALUES (' estimated', d.estimated_usd), (' billed', d.billed_usd)) AS v(side, usd)
+             WHERE d.environment IN ($environment) AND d.workload IN ($workload)
              GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24),
         _panel(2, "Estimate error per workload and day", "table", """
             SELECT day AS "time", workload, environment, estimated_usd, billed_usd, estimate_error_ratio
-              FROM estimate_vs_billed_daily
-             WHERE $__timeFilter(day) AND environment IN ($environment) AND workload IN ($workload)
+              FROM estimate_vs_billed_daily_between($__timeFrom(), $__timeTo())
+             WHERE environment IN ($environment) AND workload IN ($workload)
              ORDER BY day DESC, workload""", fmt="table", w=24, h=10, y=8),
         _panel(3, "Estimate error per provider (hours on both sides)", "table", """
             SELECT provider, sum(estimated_usd) AS estimated_usd, sum(billed_usd) AS billed_usd,
                    (sum(estimated_usd) - sum(billed_usd)) / NULLIF(sum(billed_usd), 0) AS estimate_error_ratio,
                    count(*) FILTER (WHERE billed_usd IS NULL) AS resource_hours_not_billed_yet
-              FROM estimate_vs_billed_hourly
-             WHERE $__timeFilter(hour)
+              FROM estimate_vs_billed_hourly_between($__timeFrom(), $__timeTo())
              GROUP BY provider ORDER BY provider""", fmt="table", w=24, h=6, y=18),
     ], "Live estimates (instance state x live price) against the bill when it arrives, matched by resource "
        "and hour.", time_from="now-30d")
@@ -286,11 +336,17 @@ def pipeline() -> dict:
         _panel(1, "Consumer lag", "table", """
             SELECT group_id, topic, sum(lag) AS lag, max(measured_at) AS measured_at
               FROM consumer_lag GROUP BY 1, 2 ORDER BY 3 DESC""", fmt="table", w=12),
-        _panel(2, "Collector freshness", "table", """
-            SELECT resource, environment, max(ts) AS last_sample,
-                   extract(epoch FROM now() - max(ts)) AS age_s
-              FROM gpu_samples WHERE ts > now() - INTERVAL '2 days'
-             GROUP BY 1, 2 ORDER BY 4 DESC""", fmt="table", w=12, x=12),
+        _panel(2, "Collector freshness", "table", f"""
+            SELECT resource, environment, max(ts) AS last_sample, extract(epoch FROM now() - max(ts)) AS age_s
+              FROM (SELECT resource, environment, last_ts AS ts FROM gpu_seen_daily
+                     WHERE day >= date_bin(INTERVAL '1 day', now() - INTERVAL '2 days', {UTC_ORIGIN})
+                       AND last_ts > now() - INTERVAL '2 days'
+                    UNION ALL
+                    SELECT resource, environment, ts FROM gpu_samples
+                     WHERE ts > now() - INTERVAL '2 days' AND ts >= {SAMPLES_WATERMARK}) s
+             GROUP BY 1, 2 ORDER BY 4 DESC""", fmt="table", w=12, x=12,
+               description="The last sample of each resource in the last two days: from each GPU's last sample of "
+                           "every day (a rollup of the samples) and the raw samples since its last refresh."),
         _panel(3, "Dead letters", "timeseries", """
             SELECT $__timeGroupAlias(received_at, $__interval), source_topic AS metric, count(*) AS value
               FROM dead_letters WHERE $__timeFilter(received_at)
