@@ -28,6 +28,7 @@ TARGETS = {
     "sink_ratio >= 0.7": ("sink_ratio", lambda v: v >= 0.7),
     "alert p99 < 1 s": ("alert_latency_p99_s", lambda v: v < 1),
     "report < 10 s": ("report_seconds", lambda v: v < 10),
+    "every panel p95 < 1 s": ("panel_p95_s_max", lambda v: v < 1),
     "collector < 1 % of a core": ("collector_cpu_fraction", lambda v: v < 0.01),
     "forecast MAPE below the straight line's": ("forecast_weekly_cycles_mape_ratio", lambda v: v < 1),
     "80 % interval covers 75-85 %": ("forecast_weekly_cycles_coverage_80_pct", lambda v: 75 <= v <= 85),
@@ -55,6 +56,13 @@ ROWS = {
     "report_seconds_1k": ("the same, 1,000 GPUs", "{:.1f} s"),
     "report_seconds_30k": ("the same, 30,000 GPUs", "{:.1f} s"),
     "report_growth_ratio": ("time per GPU, 30,000 against 10,000 GPUs (≤ 1: no faster than linear)", "{:.2f}"),
+    "panel_p95_s_max": ("Grafana panels ({panels_gpus:,} GPUs × {panels_days} days): the slowest panel's p95, any range",
+                        "{:.2f} s"),
+    "panel_p95_s_max_24h": ("the slowest panel's p95 over the last 24 hours", "{:.2f} s"),
+    "panel_p95_s_max_7d": ("the same, 7 days", "{:.2f} s"),
+    "panel_p95_s_max_30d": ("the same, 30 days", "{:.2f} s"),
+    "panel_p95_s_max_90d": ("the same, 90 days", "{:.2f} s"),
+    "panel_queries_over_1s": ("panel and range pairs with a p95 of 1 s or more", "{:.0f}"),
     "collector_cpu_fraction": ("NVML collector CPU, 8 GPUs at 1 Hz", "{:.2%} of a core"),
     "forecast_weekly_cycles_mape_pct": ("next week's spend, weekly-cycles.yaml: forecast error (MAPE)", "{:.2f} %"),
     "forecast_weekly_cycles_straight_line_mape_pct": ("the same, the straight line the budget check draws", "{:.2f} %"),
@@ -122,7 +130,8 @@ def render_table(results: dict | None) -> str:
     for key, (what, fmt) in ROWS.items():
         if key not in median:
             continue
-        what = what.format(report_gpus=int(median.get("report_gpus", 0)))
+        what = what.format(report_gpus=int(median.get("report_gpus", 0)), panels_gpus=int(median.get("panels_gpus", 0)),
+                           panels_days=int(median.get("panels_days", 0)))
         lo, hi = spread[key]
         target = f"{targets[key]}: {'met' if met[key] else 'missed'}" if key in targets else ""
         lines.append(f"| `{key}` | {what} | {fmt.format(median[key])} | {fmt.format(lo)} – {fmt.format(hi)} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
-from . import alerts, anomalies, collector, forecast, pipeline, report, sink
+from . import alerts, anomalies, collector, forecast, panels, pipeline, report, sink
 from .results import results_path, summarize
 
 
@@ -36,6 +36,8 @@ def run_once(quick: bool, say=print) -> dict:
             figures.update(alerts.run(broker.bootstrap, LOCAL_PROFILE, _database(pg.dsn, "bench_alerts"), quick, say))
             say("report: the monthly report")
             figures.update(report.run(lambda name: _database(pg.dsn, name), quick, say))
+            say("panels: every Grafana panel's SQL over 24 h, 7, 30 and 90 days of 10,000 GPUs")
+            figures.update(panels.run(lambda name: _database(pg.dsn, name), quick, say))
             say("collector: NVML collector CPU per sample, 8 GPUs")
             figures.update(collector.run(quick, say))
             say("forecast: next week's spend from every second day of two scenarios, against what happened")
