@@ -3,8 +3,9 @@ and for the sink a confluent-kafka consumer with kafka-python's methods (``infra
 
 The *broker profile* is the one place that knows how the embedded local broker (Tansu) differs
 from Apache Kafka (docs/design.md, "Broker profiles"): short consumer-group timeouts so that a group forms in seconds,
-and unbatched production for Faust changelogs because Tansu reports a too-low end offset after a
-batched produce, which would make Faust's table recovery stop early and lose state.
+and end offsets read from fetch responses, because after a batched produce Tansu lists a too-low end
+offset (the last batch's base offset + 1), which would make Faust's table recovery stop early and
+lose state (``streams.faust_compat.recover_to_fetched_ends``) and consumer lag read too low.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class BrokerProfile:
     # later here), so every idle consumer hop adds up to this much latency on the local broker
     # (Faust has no setting for it: streams.faust_compat.apply_broker_profile sets it per app)
     fetch_max_wait_ms: int = 500
+    # the end offsets the broker lists fall short after a batched produce (Tansu): read ends from fetches
+    listed_ends_short: bool = False
 
     @property
     def faust_settings(self) -> dict[str, Any]:
@@ -58,8 +61,8 @@ class BrokerProfile:
         }
 
 
-LOCAL_PROFILE = BrokerProfile("local", session_timeout_ms=2000, heartbeat_interval_ms=500, faust_producer_max_batch_size=1,
-                              fetch_max_wait_ms=100)
+LOCAL_PROFILE = BrokerProfile("local", session_timeout_ms=2000, heartbeat_interval_ms=500,
+                              faust_producer_max_batch_size=16384, fetch_max_wait_ms=100, listed_ends_short=True)
 KAFKA_PROFILE = BrokerProfile("kafka", session_timeout_ms=30000, heartbeat_interval_ms=3000, faust_producer_max_batch_size=16384)
 
 
@@ -274,6 +277,9 @@ class LagProbe:
         # no group, so nothing to auto-commit (kafka-python warns otherwise, on every start)
         self.offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag",
                                      enable_auto_commit=False, **security)
+        # fetches each log's end (``log_ends``); its own: an assigned consumer asks metadata for its assignment only
+        self.fetcher = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag-ends",
+                                     enable_auto_commit=False, fetch_max_wait_ms=100, **security)
 
     def __call__(self) -> list[tuple[str, str, int, int]]:
         rows = []
@@ -281,7 +287,7 @@ class LagProbe:
             committed = self._committed(group)
             if not committed:
                 continue
-            ends = self.offsets.end_offsets(list(committed))
+            ends = self.log_ends(list(committed))
             for tp, meta in committed.items():
                 if meta.offset >= 0:
                     rows.append((group, tp.topic, tp.partition, max(0, ends.get(tp, meta.offset) - meta.offset)))
@@ -289,13 +295,11 @@ class LagProbe:
 
     def behind(self, group: str, topics: set[str]) -> int:
         """The records of ``topics`` that ``group`` has not committed, over every partition: one it
-        never committed counts whole (``__call__`` sees only the partitions a group committed).
-        Exact where the broker's end offsets are (on the local broker, for what Faust produced:
-        docs/design.md, "Broker profiles")."""
+        never committed counts whole (``__call__`` sees only the partitions a group committed)."""
         from kafka import TopicPartition
 
         parts = [TopicPartition(t, p) for t in sorted(topics) for p in sorted(self.offsets.partitions_for_topic(t) or ())]
-        ends = self.offsets.end_offsets(parts)
+        ends = self.log_ends(parts)
         committed = {tp: meta.offset for tp, meta in self._committed(group).items()}
         return sum(max(0, end - max(committed.get(tp, 0), 0)) for tp, end in ends.items())
 
@@ -306,6 +310,25 @@ class LagProbe:
         return sum(meta.offset for tp, meta in self._committed(group).items()
                    if tp.topic in topics and meta.offset > 0)
 
+    def log_ends(self, parts: list, timeout_s: float = 5.0) -> dict:
+        """The end of each partition's log: the higher of the end offset the broker lists and the high
+        watermark of a fetch from just below it (after a batched produce the local broker lists the
+        last batch's base offset + 1: docs/design.md, "Broker profiles")."""
+        ends = self.offsets.end_offsets(parts)
+        fetched = [tp for tp in parts if tp in ends]
+        if not fetched:
+            return ends
+        self.fetcher.unsubscribe()  # no high watermark left from an earlier call
+        self.fetcher.assign(fetched)
+        for tp in fetched:
+            self.fetcher.seek(tp, max(0, ends[tp] - 1))
+        deadline = time.monotonic() + timeout_s
+        while any(self.fetcher.highwater(tp) is None for tp in fetched) and time.monotonic() < deadline:
+            self.fetcher.poll(timeout_ms=100)
+        for tp in fetched:
+            ends[tp] = max(ends[tp], self.fetcher.highwater(tp) or 0)
+        return ends
+
     def _committed(self, group: str) -> dict:
         if hasattr(self.admin, "list_group_offsets"):  # kafka-python 3
             return self.admin.list_group_offsets({group: None}).get(group, {})
@@ -314,3 +337,4 @@ class LagProbe:
     def close(self) -> None:
         self.admin.close()
         self.offsets.close()
+        self.fetcher.close()

@@ -28,6 +28,8 @@ What is patched, and why:
   fetched before a seek and delivered after it sets past the seek: the records the seek brings
   back are dropped and the seek never takes.  The agents' inputs are delivered whole instead;
   their partition clocks skip what they applied.
+* ``recover_to_fetched_ends``: on the local broker, table recovery reads each changelog to the end a
+  fetch gives, not the too-low end offset the broker lists after a batched produce.
 * ``commit_only_applied``: Faust commits what its streams acknowledged, and a stream also
   acknowledges the records it skips during a rebalance; the offsets committed are set from the
   tables' durably written positions instead.
@@ -142,6 +144,8 @@ INTERNALS: tuple[Internal, ...] = (
              "read_again_from", source_mentions="_read_offset[tp] = offset"),
     Internal("faust.tables.recovery.Recovery._seek_offsets", lambda: _recovery()._seek_offsets,
              ("self", "consumer", "tps", "offsets", "title"), "clamp_recovery_seeks"),
+    Internal("faust.tables.recovery.Recovery._build_highwaters", lambda: _recovery()._build_highwaters,
+             ("self", "consumer", "tps", "destination", "title"), "recover_to_fetched_ends"),
 )
 
 
@@ -171,6 +175,79 @@ def clamp_recovery_seeks() -> None:
 
     _seek_offsets.hybridspend_clamped = True
     recovery._seek_offsets = _seek_offsets
+
+
+def recover_to_fetched_ends(app: faust.App, profile: BrokerProfile) -> None:
+    """Table recovery reads each changelog partition to the end its fetch responses give, where the
+    broker's listed end offsets fall short of it (``BrokerProfile.listed_ends_short``).
+
+    Faust reads a changelog up to the end offset the broker lists (``Recovery._build_highwaters``,
+    ListOffsets).  After a batched produce the local broker lists the last batch's base offset + 1
+    (docs/design.md, "Broker profiles"): recovery stopped before the rest of that batch and the
+    tables lost those writes on a restart, which is why its changelogs were once produced one
+    record per request.  A fetch response's high watermark is right: each partition is fetched
+    from its listed end - 1 (the start of its last batch) and the higher of the two ends is read
+    to.  No upstream issue: the broker, not Faust, is wrong.
+    """
+    recovery = _recovery()
+    if not getattr(recovery._build_highwaters, "hybridspend_fetched_ends", False):
+        original = recovery._build_highwaters
+        _original_build_highwaters.cache = original
+
+        async def _build_highwaters(self, consumer, tps, destination, title):
+            await original(self, consumer, tps, destination, title)
+            if tps and _listed_ends_short.get(self.app):
+                try:
+                    ends = await fetched_ends(_bootstrap(self.app), {tp: destination.get(tp, -1) + 1 for tp in tps})
+                except Exception as exc:  # the listed ends stand: what recovery read before this workaround
+                    log.warning("%s changelogs: their ends not fetched (%s); reading to the listed ones", title, exc)
+                    return
+                for tp, end in ends.items():
+                    if end - 1 > destination.get(tp, -1):
+                        log.info("%s changelog %s[%d]: read to %d, beyond the end offset the broker lists (%d)",
+                                 title, tp.topic, tp.partition, end, destination.get(tp, -1) + 1)
+                        destination[tp] = end - 1
+
+        _build_highwaters.hybridspend_fetched_ends = True
+        recovery._build_highwaters = _build_highwaters
+    _listed_ends_short[app] = profile.listed_ends_short
+
+
+_listed_ends_short: "weakref.WeakKeyDictionary[faust.App, bool]" = weakref.WeakKeyDictionary()
+
+
+def _original_build_highwaters():
+    """Faust's own ``Recovery._build_highwaters`` (before ``recover_to_fetched_ends``)."""
+    return getattr(_original_build_highwaters, "cache", None) or _recovery()._build_highwaters
+
+
+def _bootstrap(app: faust.App) -> str:
+    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+
+
+async def fetched_ends(bootstrap: str, listed: dict, timeout_s: float = 10.0) -> dict:
+    """The end of each partition's log from a fetch response's high watermark, fetching each from the
+    start of its last batch (``listed`` - 1, ``listed``: the end the broker lists); tp -> end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    parts = {TopicPartition(tp.topic, tp.partition): tp for tp, end in listed.items() }
+    if not parts:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        consumer.assign(list(parts))
+        for part, tp in parts.items():
+            consumer.seek(part, max(0, listed[tp] - 1))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(consumer.highwater(p) is None for p in parts):
+            if asyncio.get_running_loop().time() > deadline:
+                break  # those not fetched keep their listed ends
+            await consumer.getmany(timeout_ms=100)
+        return {tp: consumer.highwater(part) for part, tp in parts.items() if consumer.highwater(part) is not None}
+    finally:
+        await consumer.stop()
 
 
 def _installed(package: str) -> str:
@@ -250,8 +327,9 @@ def apply_broker_profile(app: faust.App, profile: BrokerProfile) -> None:
     it (none found in faust-streaming/faust).  On Kafka, which answers a fetch as soon as data
     arrives, it matters little; Tansu holds a waiting fetch to its end, so on the local broker it
     is most of the alert latency.  The profile is kept per app: two apps in one process (tests,
-    benchmarks) each get their own; an app without a profile keeps Faust's value.  The other
-    profile settings are ordinary Faust settings (``BrokerProfile.faust_settings``).
+    benchmarks) each get their own; an app without a profile keeps Faust's value.  Where the
+    broker lists short end offsets, table recovery reads to fetched ones (``recover_to_fetched_ends``).
+    The other profile settings are ordinary Faust settings (``BrokerProfile.faust_settings``).
     """
     global _original_create_worker_consumer
     driver = _driver()
@@ -268,6 +346,7 @@ def apply_broker_profile(app: faust.App, profile: BrokerProfile) -> None:
 
         driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     _fetch_max_wait_ms[app] = profile.fetch_max_wait_ms
+    recover_to_fetched_ends(app, profile)
 
 
 def fetch_max_wait_ms(app: faust.App) -> int | None:

@@ -292,3 +292,61 @@ def test_table_recovery_never_seeks_a_changelog_below_its_start():
     asyncio.run(_recovery()._seek_offsets(object(), consumer, tps, offsets, "active"))
     assert consumer.offsets == {TP("w-changelog", 0): 0, TP("w-changelog", 1): 0, TP("w-changelog", 2): 7,
                                 TP("w-changelog", 3): 0}
+
+
+@pytest.mark.integration
+def test_table_recovery_and_consumer_lag_read_a_batched_log_to_its_end(broker, topic_prefix):
+    """After a batched produce the local broker lists the last batch's base offset + 1 as the end: recovery read
+    only that far and lost the rest of the batch on a restart, and lag read too low.  Both read to the end a fetch
+    gives (on Kafka, where the listed end is right, the two agree)."""
+    import logging
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer
+    from faust.types import TP
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from hybridspend.contracts.config import KafkaConfig
+    from hybridspend.infra.broker import LagProbe
+
+    topic = f"{topic_prefix}changelog"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200, batch_size=1 << 20)
+    for i in range(30):  # two batches on partition 0 (flushed between), one on partition 1
+        producer.send(topic, key=b"k%d" % i, value=b"v", partition=0 if i < 20 else 1)
+        if i == 9:
+            producer.flush()
+    producer.flush()
+    producer.close()
+    truth = {TP(topic, 0): 20, TP(topic, 1): 10}
+
+    class Highwaters:  # Faust's consumer's method, answered by aiokafka from the broker's listed end offsets
+        async def highwaters(self, *tps):
+            consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+            await consumer.start()
+            try:
+                from aiokafka import TopicPartition
+                ends = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+                return {TP(tp.topic, tp.partition): end for tp, end in ends.items()}
+            finally:
+                await consumer.stop()
+
+    app = faust.App(f"{topic_prefix}app", broker=f"kafka://{broker.bootstrap}")
+    apply_broker_profile(app, broker.profile)
+    recovery = SimpleNamespace(app=app, log=logging.getLogger("test"), _highwater_logtable=lambda *a, **k: "")
+    listed, read_to = {}, {}
+    asyncio.run(faust_compat._original_build_highwaters()(recovery, Highwaters(), set(truth), listed, "active"))
+    asyncio.run(faust_compat._recovery()._build_highwaters(recovery, Highwaters(), set(truth), read_to, "active"))
+    assert {tp: hw + 1 for tp, hw in read_to.items()} == truth  # Faust's highwater is the end - 1
+    if broker.profile.listed_ends_short:
+        assert {tp: hw + 1 for tp, hw in listed.items()} != truth  # the broker's own answer fell short
+    probe = LagProbe(broker.bootstrap, KafkaConfig(), [])
+    try:
+        from kafka import TopicPartition
+        ends = probe.log_ends([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        assert {TP(tp.topic, tp.partition): end for tp, end in ends.items()} == truth
+    finally:
+        probe.close()
