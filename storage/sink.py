@@ -20,6 +20,7 @@ sink holds the batch, polls nothing more (back pressure), waits and retries; not
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import deque
@@ -751,6 +752,23 @@ def refresh_restated_rollups(conn: psycopg.Connection, batch: Batch, engine: str
                         str(exc).splitlines()[0])
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a batch is decoded and written: the batch is
+    tens of thousands of small containers (rows, their arrays, the decoded events) without a cycle
+    among them, which the collector walked again and again as they were made (a third of the
+    time the bench's 8,100 records took to decode, measured); it runs again afterwards, and memory
+    without cycles is freed as ever, by reference counting."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def sink_topics(topics) -> list[str]:
     """The topics the sink stores (watermarks on them are skipped)."""
     return [topics.cost_windows, topics.decisions, topics.anomalies, topics.dead_letter, topics.gpu_samples,
@@ -959,13 +977,14 @@ class Sink:
         while True:
             try:
                 conn = self._connection()
-                if mode == "row by row":
-                    written, refused = write_row_by_row(conn, batch, self.engine, self.partitions, fence,
-                                                        binary=self.binary_copy)
-                else:
-                    refused = write_batch(conn, batch, self.engine, self.partitions, fence, careful=mode == "careful",
-                                          binary=self.binary_copy)
-                    written = len(batch) - refused
+                with cyclic_gc_paused():
+                    if mode == "row by row":
+                        written, refused = write_row_by_row(conn, batch, self.engine, self.partitions, fence,
+                                                            binary=self.binary_copy)
+                    else:
+                        refused = write_batch(conn, batch, self.engine, self.partitions, fence,
+                                              careful=mode == "careful", binary=self.binary_copy)
+                        written = len(batch) - refused
                 self.rows_written += written
                 self.rejected += refused
                 self.offsets.seen.update(batch.offsets)
@@ -1035,7 +1054,8 @@ class Sink:
         records = [r for recs in polled.values() for r in recs]
         self.records_read += len(records)
         if records:
-            batch = self.decode(records, defer=True)
+            with cyclic_gc_paused():
+                batch = self.decode(records, defer=True)
             try:
                 if not self.write_durably(batch, stop):
                     return 0  # stopping with the batch unwritten: its offsets are not stored

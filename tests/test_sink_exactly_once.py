@@ -387,3 +387,25 @@ def test_records_decoded_while_their_rows_are_copied_are_stored_and_dead_lettere
         (reason,) = conn.execute("SELECT reason FROM dead_letters WHERE source_topic = %s",
                                  (topics.gpu_samples,)).fetchone()
     assert reason.startswith("sink: ")
+
+
+def test_the_cyclic_garbage_collector_runs_again_after_a_batch_whatever_happened():
+    import gc
+
+    from hybridspend.storage.sink import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(psycopg.OperationalError):
+        with cyclic_gc_paused():
+            raise psycopg.OperationalError("the database went away")
+    assert gc.isenabled()
+    gc.disable()  # paused by someone else: left as it was
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
