@@ -29,6 +29,7 @@ TARGETS = {
     "alert p99 < 1 s": ("alert_latency_p99_s", lambda v: v < 1),
     "report < 10 s": ("report_seconds", lambda v: v < 10),
     "every panel p95 < 1 s": ("panel_p95_s_max", lambda v: v < 1),
+    "one machine keeps up with >= 20,000 GPUs at 1 Hz": ("capacity_gpus", lambda v: v >= 20_000),
     "collector < 1 % of a core": ("collector_cpu_fraction", lambda v: v < 0.01),
     "forecast MAPE below the straight line's": ("forecast_weekly_cycles_mape_ratio", lambda v: v < 1),
     "80 % interval covers 75-85 %": ("forecast_weekly_cycles_coverage_80_pct", lambda v: 75 <= v <= 85),
@@ -63,6 +64,18 @@ ROWS = {
     "panel_p95_s_max_30d": ("the same, 30 days", "{:.2f} s"),
     "panel_p95_s_max_90d": ("the same, 90 days", "{:.2f} s"),
     "panel_queries_over_1s": ("panel and range pairs with a p95 of 1 s or more", "{:.0f}"),
+    "capacity_gpus": ("the largest fleet the whole stack on this machine keeps up with, 1 Hz per 8-GPU node, "
+                      "freshness p99 < 5 s (bench/capacity.py)", "{:,.0f} GPUs"),
+    "capacity_window_freshness_p99_s": ("at that size: a cost window's end → its row stored, p99", "{:.2f} s"),
+    "capacity_decision_freshness_p99_s": ("at that size: a crossing's last window end → its decision stored, p99",
+                                          "{:.2f} s"),
+    "capacity_cpu_broker_cores": ("at that size: the broker's CPU (1.0 = one core)", "{:.2f}"),
+    "capacity_cpu_worker_cores": ("the worker's", "{:.2f}"),
+    "capacity_cpu_sink_cores": ("the sink's", "{:.2f}"),
+    "capacity_cpu_postgres_cores": ("PostgreSQL's", "{:.2f}"),
+    "capacity_cpu_alerter_cores": ("the alerter's", "{:.2f}"),
+    "rss_worker_mib_per_1k_gpus": ("worker memory per 1,000 GPUs more (least squares over the sizes run)", "{:.1f} MiB"),
+    "rss_sink_mib_per_1k_gpus": ("sink memory per 1,000 GPUs more", "{:.1f} MiB"),
     "collector_cpu_fraction": ("NVML collector CPU, 8 GPUs at 1 Hz", "{:.2%} of a core"),
     "forecast_weekly_cycles_mape_pct": ("next week's spend, weekly-cycles.yaml: forecast error (MAPE)", "{:.2f} %"),
     "forecast_weekly_cycles_straight_line_mape_pct": ("the same, the straight line the budget check draws", "{:.2f} %"),
@@ -92,9 +105,11 @@ def _commit() -> str:
 
 def summarize(runs: list[dict], *, quick: bool, measured_at: str, broker_profile: str = "local") -> dict:
     """Medians and spreads of the numeric figures of ``runs`` (each one full pass of every benchmark)."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    median = {k: statistics.median(run[k] for run in runs) for k in keys}
-    spread = {k: [min(run[k] for run in runs), max(run[k] for run in runs)] for k in keys}
+    keys = list(dict.fromkeys(k for run in runs for k, v in run.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    # a figure some runs lack (the capacity bench stops at the first fleet size not kept up with): of those with it
+    median = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
+    spread = {k: [min(run[k] for run in runs if k in run), max(run[k] for run in runs if k in run)] for k in keys}
     return {
         "kind": "quick (a smoke test, not a result)" if quick else "full",
         "commit": _commit(),

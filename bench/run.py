@@ -12,7 +12,7 @@ from pathlib import Path
 from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
-from . import alerts, anomalies, collector, forecast, panels, pipeline, report, sink
+from . import alerts, anomalies, capacity, collector, forecast, panels, pipeline, report, sink
 from .results import results_path, summarize
 
 
@@ -47,6 +47,8 @@ def run_once(quick: bool, say=print) -> dict:
         finally:
             broker.stop()
             pg.stop()
+    say("capacity: the whole stack under a fleet at 1 Hz, stepped up until it no longer keeps up (minutes a step)")
+    figures.update(capacity.run(quick, say))
     return figures
 
 
