@@ -29,6 +29,8 @@ FILTERS = (f"environment IN ($environment) AND workload IN ($workload) AND gpu_c
 SERIES_STEP_S = ("CASE WHEN $__timeTo()::timestamptz - $__timeFrom()::timestamptz > INTERVAL '7 days'"
                  " THEN ceil($__interval_ms / 86400000.0) * 86400 ELSE ceil($__interval_ms / 3600000.0) * 3600 END")
 SERIES_MAX_DATA_POINTS = 100
+# the start of a point, as $__timeGroup(bucket, step) has it (grouped by a timestamp, the epoch taken per point)
+SERIES_POINT = "date_bin(make_interval(secs => p.step), r.bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
 UTC_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 # The panels on the raw samples read their rollups up to the watermark and the raw samples after it (migration 016)
 SAMPLES_WATERMARK = "(SELECT until FROM rollup_watermarks WHERE rollup = 'gpu_samples')"
@@ -194,12 +196,13 @@ def cost() -> dict:
     return _dashboard("hybridspend-cost", "Cost per busy GPU-hour", [
         _panel(1, "Effective $ per busy GPU-hour by workload and environment", "timeseries", f"""
             WITH p AS (SELECT {SERIES_STEP_S} AS step)
-            SELECT floor(extract(epoch FROM r.bucket) / p.step) * p.step AS "time",
-                   r.workload || ' (' || r.environment || ')' AS metric,
-                   sum(r.cost_usd) * 3600000 / NULLIF(sum(r.busy_gpu_ms), 0) AS value
-              FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
-             WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
-             GROUP BY 1, 2 ORDER BY 1""", unit="currencyUSD", w=24, h=9, max_data_points=SERIES_MAX_DATA_POINTS,
+            SELECT extract(epoch FROM s.t) AS "time", s.workload || ' (' || s.environment || ')' AS metric, s.value
+              FROM (SELECT {SERIES_POINT} AS t, r.workload, r.environment,
+                           sum(r.cost_usd) * 3600000 / NULLIF(sum(r.busy_gpu_ms), 0) AS value
+                      FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
+                     WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
+                     GROUP BY 1, 2, 3) s
+             ORDER BY 1""", unit="currencyUSD", w=24, h=9, max_data_points=SERIES_MAX_DATA_POINTS,
                description="Cost where the workload runs divided by its busy GPU-hours ($/h); a point is an hour "
                            "or more, a day or more over ranges longer than a week."),
         _panel(2, "Workloads in range", "table", f"""
@@ -228,12 +231,13 @@ def breakeven() -> dict:
                description="The panel Slack alerts link to, filtered to the alert's workload."),
         _panel(2, "Utilization per workload", "timeseries", f"""
             WITH p AS (SELECT {SERIES_STEP_S} AS step)
-            SELECT floor(extract(epoch FROM r.bucket) / p.step) * p.step AS "time",
-                   r.workload || ' (' || r.environment || ')' AS metric,
-                   100.0 * sum(r.busy_gpu_ms) / NULLIF(sum(r.allocated_gpu_ms), 0) AS value
-              FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
-             WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
-             GROUP BY 1, 2 ORDER BY 1""", unit="percent", w=12, y=9, max_data_points=SERIES_MAX_DATA_POINTS,
+            SELECT extract(epoch FROM s.t) AS "time", s.workload || ' (' || s.environment || ')' AS metric, s.value
+              FROM (SELECT {SERIES_POINT} AS t, r.workload, r.environment,
+                           100.0 * sum(r.busy_gpu_ms) / NULLIF(sum(r.allocated_gpu_ms), 0) AS value
+                      FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
+                     WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
+                     GROUP BY 1, 2, 3) s
+             ORDER BY 1""", unit="percent", w=12, y=9, max_data_points=SERIES_MAX_DATA_POINTS,
                description="Busy over allocated GPU-hours; a point is an hour or more, a day or more over ranges "
                            "longer than a week."),
         _panel(3, "Decisions in range", "table", """
