@@ -1,9 +1,9 @@
 """The sink's Kafka consumer: confluent-kafka (librdkafka, in C) behind the few kafka-python methods the sink uses.
 
 Reading the benchmark's 8,100 GPU-sample records (22 MB) from the local broker took kafka-python
-about 0.4-0.7 s, aiokafka 0.2-0.4 s and confluent-kafka 0.15-0.25 s here (2 shared cores;
-docs/performance.md).  librdkafka also fetches in its own threads, ahead of the application, so the
-next batch is read while the sink's transaction runs.  Exactly-once does not change: what it
+0.62 s (median of six; 0.27 s of CPU), aiokafka 0.36 s (0.12 s) and confluent-kafka through this
+class 0.26 s (0.05 s) on 2 shared cores (docs/performance.md).  librdkafka also fetches in its own
+threads, ahead of the application, so the next batch is read while the sink's transaction runs.  Exactly-once does not change: what it
 prefetched reaches the sink only through ``poll``, a seek or a rebalance discards it, and the
 offsets the sink stores and commits are those of the records ``poll`` returned.
 
