@@ -605,5 +605,9 @@ def build_app(config: Config, bootstrap: str, profile: BrokerProfile, app_id: st
     app.timer(REWIND_AGAIN_S)(pipeline.read_what_never_came)
     app.agent(pipeline.inputs, name="account_usage")(pipeline.account_usage)
     app.agent(pipeline.cost_windows, name="decide")(pipeline.decide)
+    # a batch writes a table key for each resource or workload it touched, and waits for those writes
+    # (DurableTable.changelog_written): Faust's own limit of 100 buffered writes only paused the batch
+    # midway, one write at a time, with a warning each time ("producer buffer full")
+    app.producer.buffer.max_messages = STREAM_BUFFER
     app.hybridspend_topics = topics  # type: ignore[attr-defined]
     return app
