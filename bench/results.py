@@ -49,7 +49,7 @@ ROWS = {
     "sink_rows_per_s": ("GPU-sample rows from Kafka into PostgreSQL through the sink", "{:,.0f}"),
     "raw_copy_rows_per_s": ("the same rows by a raw COPY", "{:,.0f}"),
     "sink_ratio": ("sink / raw COPY", "{:.2f}"),
-    "sink_read_only_ratio": ("ceiling: only reading the records (kafka-python), against the raw COPY", "{:.2f}"),
+    "sink_read_only_ratio": ("ceiling: only reading the records (the sink's consumer), against the raw COPY", "{:.2f}"),
     "sink_read_validate_ratio": ("ceiling: reading and validating them (msgspec), against the raw COPY", "{:.2f}"),
     "alert_latency_p50_s": ("sample completing a crossing → message at a local Slack receiver, median", "{:.2f} s"),
     "alert_latency_p99_s": ("the same, 99th percentile", "{:.2f} s"),

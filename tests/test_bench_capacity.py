@@ -6,6 +6,7 @@ figures it reports."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,20 +14,21 @@ from bench.capacity import Usage, _fleet_sample, _percentile
 
 
 def test_cpu_and_memory_of_a_process_and_its_children_are_read_from_proc():
-    child = subprocess.Popen([sys.executable, "-c", "import time\nx = bytearray(64 << 20)\nt = time.process_time()\n"
-                              "while time.process_time() - t < 0.5: pass\nprint('spun', flush=True)\ntime.sleep(30)"],
-                             stdout=subprocess.PIPE, text=True)
+    # a shell (the group's process) whose one child spins 0.5 s of CPU and holds 64 MiB
+    spin = ("import time\nx = bytearray(64 << 20)\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.5: pass\nprint('spun', flush=True)\ntime.sleep(30)")
+    shell = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "{spin}"; :'], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
     try:
-        usage = Usage({"alone": (os.getpid(), False), "with children": (os.getpid(), True)})
-        assert child.stdout.readline() == "spun\n"  # the child has spun 0.5 s of CPU and holds 64 MiB
+        usage = Usage({"alone": (shell.pid, False), "with children": (shell.pid, True)})
+        assert shell.stdout.readline() == "spun\n"
         cpu, rss = usage.read()
         assert cpu["with children"] - cpu["alone"] >= 0.4
         assert rss["with children"] - rss["alone"] >= 60 << 20
     finally:
-        child.kill()
-        child.wait()
-    cpu_after, _ = usage.read()
-    assert cpu_after["with children"] - cpu_after["alone"] < 0.1  # a process gone counts no more
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+    assert usage.read()[0] == {"alone": 0.0, "with children": 0.0}  # a process gone counts no more
 
 
 def test_percentiles_are_nearest_rank_and_a_node_sample_carries_8_gpus():
