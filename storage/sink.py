@@ -26,7 +26,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
@@ -59,6 +59,8 @@ from .timeseries import POSTGRESQL, ROLLUPS, TIMESCALEDB, Partitions, apply_rete
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
+SAMPLE_ROLLUPS_EVERY_S = 900.0  # as TimescaleDB's job (migration 016): the panels read raw samples past them
+SAMPLE_ROLLUPS_BEHIND = timedelta(minutes=5)  # samples still arriving for the last minutes are left to the next
 LAG_EVERY_S = 30.0
 
 
@@ -820,6 +822,7 @@ class Sink:
         # the wall clock retention measures from; the first pass runs with the first ``run_once``
         self.clock = clock
         self.retention_due = Every(retention_every_s, monotonic)
+        self.sample_rollups_due = Every(SAMPLE_ROLLUPS_EVERY_S, monotonic)
         self.lag_probe = lag_probe
         self.lag_due = Every(lag_every_s, monotonic)
         self.binary_copy = True  # until the server refuses it (PGlite over a socket does)
@@ -1031,6 +1034,17 @@ class Sink:
             log.info("sink: retention dropped %s", ", ".join(dropped))
         return dropped
 
+    def refresh_sample_rollups(self, now: datetime | None = None) -> datetime | None:
+        """Plain PostgreSQL: aggregate the raw GPU samples up to a few minutes before ``now`` (default: the
+        sink's wall clock) into the rollups the fleet panels read (``refresh_gpu_sample_rollups``, migration
+        016); TimescaleDB's job scheduler does it there.  The rollups' new watermark, or None."""
+        if self.engine != POSTGRESQL:
+            return None
+        conn = self._connection()
+        with conn.transaction():
+            return conn.execute("SELECT refresh_gpu_sample_rollups(%s)",
+                                ((now or self.clock()) - SAMPLE_ROLLUPS_BEHIND,)).fetchone()[0]
+
     def run_once(self, timeout_ms: int = 500, stop: Callable[[], bool] = lambda: False) -> int:
         if self.unplaced and not self.place(stop):
             return 0
@@ -1084,6 +1098,11 @@ class Sink:
         if self.retention_due.due():
             try:
                 self.maintain()
+            except psycopg.OperationalError:
+                pass  # next time
+        if self.sample_rollups_due.due():
+            try:
+                self.refresh_sample_rollups()
             except psycopg.OperationalError:
                 pass  # next time
         return len(records)

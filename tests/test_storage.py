@@ -252,6 +252,26 @@ def test_retention_drops_raw_sample_partitions_past_30_days(database):
         assert kept == [now - timedelta(days=29), now]
 
 
+@pytest.mark.integration
+def test_the_sink_refreshes_the_sample_rollups_the_fleet_panels_read(database):
+    """On plain PostgreSQL nothing else moves them (TimescaleDB's job scheduler does there); the panels read
+    raw samples past their watermark, so an unrefreshed rollup is slow, never wrong."""
+    from hybridspend.storage.sink import SAMPLE_ROLLUPS_BEHIND
+
+    migrate(database)
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    _store_samples(database, now - timedelta(hours=2), now - timedelta(minutes=1))
+    sink = Sink(None, database, Topics("t.", 1), clock=lambda: now)
+    try:
+        assert sink.refresh_sample_rollups() == now - SAMPLE_ROLLUPS_BEHIND
+        with psycopg.connect(database) as conn:
+            # the sample 2 h back is in the rollups, the one a minute back (past the watermark) is not yet
+            assert conn.execute("SELECT sum(samples) FROM gpu_utilization_minutely").fetchone()[0] == \
+                conn.execute("SELECT count(*) FROM gpu_samples WHERE ts < %s", (now - SAMPLE_ROLLUPS_BEHIND,)).fetchone()[0] > 0
+    finally:
+        sink.close()
+
+
 @pytest.mark.parametrize("uptime_s", [5.0, 3 * 86_400.0], ids=["freshly-booted", "up-for-days"])
 def test_the_first_retention_pass_runs_at_start_however_long_the_machine_has_been_up(
         broker, database, topic_prefix, uptime_s):

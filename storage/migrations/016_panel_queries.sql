@@ -137,8 +137,7 @@ CREATE INDEX cost_lines_resource_hours ON cost_lines (charge_period_start)
 -- to an hour behind it still counts; one stored later than that is left out of the rollups (a refresh with
 -- a longer `late` takes it in).  The rollups outlive the raw samples' 30 days of retention (a range further
 -- back counts what they kept) and have no retention of their own yet.  TimescaleDB's job scheduler refreshes
--- them (below); on plain PostgreSQL the database's periodic maintenance is to call the function
--- (docs/performance.md), and until it does the panels read the raw samples.
+-- them (below); on plain PostgreSQL the sink calls the function every 15 minutes (Sink.refresh_sample_rollups).
 CREATE TABLE gpu_utilization_minutely (
     bucket              timestamptz NOT NULL,  -- the minute of the samples' ts
     environment         text        NOT NULL,
