@@ -14,7 +14,10 @@ when, over the hold:
   workloads cross breakeven during each hold to give decisions to time: they drop from 90 % to
   5 % utilization, three 60-s windows of evidence (``dwell_windows``).
 
-Both freshness figures include the configured grace of 2 s after a window's end.  The CPU share
+The grace after a window's end is 0 here: a window closes on the first sample past it, a second later
+(a deployment adds its own grace to both figures).  "Stored" is the sink's transaction start
+(``updated_at``), so the COPY of that transaction is not in it; the worker commits its offsets every
+2.8 s (Faust's commit interval), which its lag carries even when it is caught up.  The CPU share
 of each process over the hold (CPU seconds / wall seconds; 1.0 is one core) and its resident
 memory at the end are recorded, and the largest fleet kept up with is reported.
 
@@ -42,6 +45,7 @@ import yaml
 from hybridspend.contracts.config import EXAMPLE_CONFIG, KafkaConfig, load_config
 from hybridspend.contracts.events import GpuReading, GpuSample, WorkloadShare
 from hybridspend.contracts.topics import Topics
+from hybridspend.infra.local import die_with_parent
 
 GPUS_PER_NODE = 8
 STEPS_GPUS = (1_000, 5_000, 10_000, 20_000, 30_000, 40_000)
@@ -94,15 +98,15 @@ def publish(bootstrap: str, prefix: str, nodes: int, probes: dict[str, int], sto
         pause = tick - time.time()
         if pause > 0:
             time.sleep(pause)
-        late_s.append(time.time() - tick)
         ts_ms = tick * 1000
         for node in range(nodes):
             s = _fleet_sample(node, ts_ms)
             producer.send(topics.gpu_samples, key=s.resource.encode(), value=s.encode())
         for name, drop_s in probes.items():
-            s = _probe_sample(name, ts_ms, 5.0 if tick > drop_s else 90.0)
+            s = _probe_sample(name, ts_ms, 5.0 if tick >= drop_s else 90.0)
             producer.send(topics.gpu_samples, key=s.resource.encode(), value=s.encode())
         send_watermarks(producer, topics, "capacity", ts_ms)
+        late_s.append(time.time() - tick)  # the second's last sample handed to the client this late
         tick += 1
         if len(late_s) % 10 == 0:
             print(json.dumps({"seconds": len(late_s), "late_s_max": round(max(late_s[-10:]), 3)}), flush=True)
@@ -113,12 +117,14 @@ def publish(bootstrap: str, prefix: str, nodes: int, probes: dict[str, int], sto
 # -- processes: CPU and memory from /proc -------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[float, int]:
-    """(CPU seconds, resident bytes) of one process; (0, 0) when it is gone."""
+def _stat(pid: int, reaped: bool = False) -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of one process, with its children's that exited and it waited for when
+    ``reaped`` (PostgreSQL's backends, autovacuum workers); (0, 0) when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        cpu = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+        return cpu / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0.0, 0
 
@@ -150,7 +156,7 @@ class Usage:
     def read(self) -> tuple[dict[str, float], dict[str, int]]:
         cpu, rss = {}, {}
         for name, (pid, with_children) in self.groups.items():
-            stats = [_stat(p) for p in [pid, *(_children(pid) if with_children else [])]]
+            stats = [_stat(pid, reaped=with_children), *(_stat(p) for p in (_children(pid) if with_children else []))]
             cpu[name] = sum(s[0] for s in stats)
             rss[name] = sum(s[1] for s in stats)
         return cpu, rss
@@ -240,22 +246,37 @@ class Stack:
 def hold(stack: Stack, gpus: int, warmup_s: float, hold_s: float, say=print, probes: int = PROBES,
          rss_every_s: float | None = None) -> tuple[Step, list[tuple[float, dict[str, int]]]]:
     """Publish ``gpus`` GPUs at 1 Hz for ``warmup_s`` then ``hold_s``; measure over the hold."""
-    import psycopg
-
     nodes = max(1, gpus // GPUS_PER_NODE)
-    messages_per_s = nodes + probes
     start_s = time.time()
     # the probes drop at the first window start, their crossings complete DWELL_WINDOWS windows later (in the hold)
     first_window_s = (int(start_s + 5) // WINDOW_S + 1) * WINDOW_S
     tag = uuid.uuid4().hex[:6]
     probe_drops = {f"probe-{tag}-{i}": first_window_s for i in range(probes)}
     stop_file = stack.tmp / f"stop-{tag}"
-    with open(stack.tmp / "publisher.log", "ab") as log:
+    progress = stack.tmp / f"publisher-{tag}.out"
+    with open(stack.tmp / "publisher.log", "ab") as log, open(progress, "wb") as out:
         publisher = subprocess.Popen(
             [sys.executable, "-m", "bench.capacity", "--publish", stack.broker.bootstrap, stack.prefix, str(nodes),
              json.dumps(probe_drops), str(stop_file)],
-            stdout=subprocess.PIPE, stderr=log, text=True, cwd=Path(__file__).parent.parent)
+            stdout=out, stderr=log, cwd=Path(__file__).parent.parent, preexec_fn=die_with_parent)
     stack.usage.groups["publisher"] = (publisher.pid, False)
+    try:
+        return _measure(stack, publisher, nodes, probes, tag, start_s, warmup_s, hold_s, rss_every_s, say, progress)
+    finally:
+        stop_file.touch()
+        try:
+            publisher.wait(60)
+        except subprocess.TimeoutExpired:
+            publisher.kill()
+            publisher.wait()
+        stack.usage.groups.pop("publisher", None)
+
+
+def _measure(stack: Stack, publisher, nodes: int, probes: int, tag: str, start_s: float, warmup_s: float,
+             hold_s: float, rss_every_s: float | None, say, progress: Path):
+    import psycopg
+
+    messages_per_s = nodes + probes
     time.sleep(max(0.0, start_s + warmup_s - time.time()))
     measure_from = time.time()
     cpu0, _ = stack.usage.read()
@@ -289,25 +310,25 @@ def hold(stack: Stack, gpus: int, warmup_s: float, hold_s: float, say=print, pro
         measure_to = time.time()
         # every window that ended in the hold and every probe's decision, once stored (late ones count as late)
         last_end = measure_to - FRESHNESS_P99_S
-        windows = len(range(int(measure_from) // WINDOW_S + 1, int(last_end) // WINDOW_S + 1))
-        per_window = conn.execute(  # the rows of the last window stored before the hold: every node's
-            "SELECT count(*) FROM cost_windows WHERE window_end = (SELECT max(window_end) FROM cost_windows "
-            "WHERE window_end <= to_timestamp(%s))", (measure_from,)).fetchone()[0]
+        windows = range(int(measure_from) // WINDOW_S + 1, int(last_end) // WINDOW_S + 1)  # their ends, in minutes
         settle = time.time() + 60
-        while time.time() < settle:
+        while True:
             decisions()
-            rows = conn.execute("SELECT count(*) FROM cost_windows WHERE window_end > to_timestamp(%s) AND "
-                                "window_end <= to_timestamp(%s)", (measure_from, last_end)).fetchone()[0]
-            if rows >= per_window * windows and len(seen) >= probes:
+            counts = dict(conn.execute(
+                "SELECT extract(epoch FROM window_end)::bigint / %s, count(*) FROM cost_windows WHERE window_end > "
+                "to_timestamp(%s) AND window_end <= to_timestamp(%s) GROUP BY 1", (WINDOW_S, measure_from, last_end)))
+            per_window = max(counts.values(), default=0)  # every node's rows: a window short of them is not all in
+            complete = per_window > 0 and all(counts.get(w) == per_window for w in windows)
+            if (complete and len(seen) >= probes) or time.time() > settle:
                 break
             time.sleep(0.25)
         freshness = [float(r[0]) for r in conn.execute(
             "SELECT extract(epoch FROM updated_at - window_end) FROM cost_windows WHERE window_end > to_timestamp(%s)"
             " AND window_end <= to_timestamp(%s)", (measure_from, last_end))]
-    stop_file.touch()
-    out, _ = publisher.communicate(timeout=60)
-    stack.usage.groups.pop("publisher")
-    late = [json.loads(line)["late_s_max"] for line in out.splitlines() if line.startswith("{")]
+        waited_s = time.time()
+        for w in windows:  # rows not stored after a minute of waiting count as that late
+            freshness += [waited_s - w * WINDOW_S] * (per_window - counts.get(w, 0))
+    late = [json.loads(line)["late_s_max"] for line in progress.read_text().splitlines() if line.startswith("{")]
     wall_s = measure_to - measure_from
     decision_freshness = [seen[d] - decided[d] for d in seen]
     window_p99 = _percentile(freshness, 0.99)
@@ -351,9 +372,9 @@ def run(quick: bool, say=print, steps: tuple[int, ...] | None = None, hold_s: fl
     figures.update({f"capacity_cpu_{k}_cores": v for k, v in best.cpu_cores.items()})
     for s in results:  # memory against fleet size, at each size held or tried
         for proc in ("worker", "sink"):
-            figures[f"rss_{proc}_mib_{s.gpus // 1000}k"] = s.rss_mib[proc]
+            figures[f"rss_{proc}_mib_{s.gpus / 1000:g}k"] = s.rss_mib[proc]
     sized = [(s.gpus, s.rss_mib) for s in results]
-    if len(sized) >= 2:
+    if len({g for g, _ in sized}) >= 2:
         for proc in ("worker", "sink"):  # least squares: MiB per 1,000 GPUs
             xs, ys = [g / 1000 for g, _ in sized], [r[proc] for _, r in sized]
             mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -377,7 +398,7 @@ def soak(gpus: int, minutes: float, warmup_minutes: float = 10, say=print) -> di
                                                   if k in ("worker", "sink")}] for t, r in series]}
     after = [(t, r) for t, r in series if t >= warmup_minutes * 60]
     for proc in ("worker", "sink"):
-        if len(after) >= 2:
+        if len(after) >= 2 and after[0][1][proc]:
             (t0, r0), (t1, r1) = after[0], after[-1]
             growth = (r1[proc] - r0[proc]) / r0[proc]
             out[f"soak_{proc}_growth_pct"] = round(100 * growth, 2)

@@ -27,7 +27,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-MAX_OWNERS = 4096  # owners (ReplicaSets, Jobs) whose controller is remembered
+MAX_OWNERS = 65_536  # owners (ReplicaSets, Jobs) whose controller is remembered: more than a cluster has live
 
 _LABEL_KEY = re.compile(r"[^A-Za-z0-9_]")
 
@@ -204,6 +204,8 @@ class PodDirectory:
         while not done():
             try:
                 version = version or self.sync()
+                if done():  # closed while listing: no new watch
+                    break
                 version = self.follow(version, done)
                 backoff_s = 1.0
             except Exception as exc:

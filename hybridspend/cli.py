@@ -161,17 +161,24 @@ def cmd_config_check(args) -> int:
 # -- services ---------------------------------------------------------------------------------------
 
 
+def _broker_profile():
+    """The broker profile the supervisor names for its children (``kafka`` unless it says ``local``)."""
+    from hybridspend.infra.broker import profile_named
+
+    return profile_named(os.environ.get("HYBRIDSPEND_BROKER_PROFILE", "kafka"))
+
+
 def _endpoints(config: Config):
     """External endpoints for a single service; the embedded ones are started by `demo` only."""
     from hybridspend.contracts.topics import Topics
-    from hybridspend.infra.broker import ensure_topics, profile_named
+    from hybridspend.infra.broker import ensure_topics
     from hybridspend.infra.local import database_dsn
 
     bootstrap = config.kafka.bootstrap_servers
     dsn = database_dsn(config)
     if not bootstrap:
         raise UsageError("kafka.bootstrap_servers is not set (the embedded broker is started by `hybridspend demo`)")
-    profile = profile_named(os.environ.get("HYBRIDSPEND_BROKER_PROFILE", "kafka"))
+    profile = _broker_profile()
     # every topic exists with its partition count before any agent or consumer starts
     ensure_topics(bootstrap, config.kafka, Topics.from_config(config.kafka), timeout_s=120)
     return bootstrap, dsn, profile
@@ -225,7 +232,8 @@ def cmd_sink(args, config: Config) -> int:
 
     def build(config, dsn, consumer, topics):
         probe = LagProbe(config.kafka.bootstrap_servers, config.kafka,
-                         [topics.group(role) for role in ("worker", "sink", "alerter")])
+                         [topics.group(role) for role in ("worker", "sink", "alerter")],
+                         fetch_ends=_broker_profile().listed_ends_short)
         return Sink(consumer, dsn, topics, lag_probe=probe,
                     metrics=SinkMetrics() if args.metrics_port is not None else None)
 

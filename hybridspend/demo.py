@@ -117,9 +117,13 @@ def run_demo(args) -> int:
         # drain: wait until the pipeline has caught up: the worker has committed every record sent (a worker
         # starved of CPU can sit still for seconds with records left), the sink and the alerter everything
         # they read, no new rows, no alert pending
-        lag = stack.enter_context(contextlib.closing(LagProbe(endpoints.bootstrap, config.kafka,
-                                                              [topics.group("sink"), topics.group("alerter")])))
-        caught_up = pipeline_caught_up(lag, topics, inputs_sent)
+        lag = stack.enter_context(contextlib.closing(LagProbe(
+            endpoints.bootstrap, config.kafka, [topics.group("sink"), topics.group("alerter")],
+            fetch_ends=endpoints.profile.listed_ends_short)))
+        pipeline_done = pipeline_caught_up(lag, topics, inputs_sent)
+
+        def caught_up() -> bool:  # and the sink has stored the raw samples and the bill, published last
+            return pipeline_done() and lag.behind(topics.group("sink"), {topics.gpu_samples, topics.cost_lines}) == 0
         stable, previous = 0, None
         deadline = time.monotonic() + 180
         while stable < 3:

@@ -114,7 +114,7 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
 
         conn = stack.enter_context(psycopg.connect(endpoints.dsn, autocommit=True))
         groups = [topics.group("sink")] + ([topics.group("alerter")] if alerter else [])
-        lag = LagProbe(endpoints.bootstrap, config.kafka, groups)
+        lag = LagProbe(endpoints.bootstrap, config.kafka, groups, fetch_ends=endpoints.profile.listed_ends_short)
         stack.callback(lag.close)
         caught_up = pipeline_caught_up(lag, topics, sent + marks_sent, alerter)
 

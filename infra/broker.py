@@ -268,10 +268,13 @@ class TopicIds:
 class LagProbe:
     """Consumer lag of the pipeline's consumer groups (end offset - committed offset, per partition)."""
 
-    def __init__(self, bootstrap: str, kafka: KafkaConfig, groups: list[str]) -> None:
+    def __init__(self, bootstrap: str, kafka: KafkaConfig, groups: list[str], fetch_ends: bool = True) -> None:
+        """``fetch_ends``: read each log's end from a fetch too (``log_ends``); where the broker lists them right
+        (``BrokerProfile.listed_ends_short`` false: Kafka) that fetch only costs a round and READ rights."""
         from kafka import KafkaAdminClient, KafkaConsumer
 
         self.groups = groups
+        self.fetch_ends = fetch_ends
         security = client_security(kafka)
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hybridspend-lag", **security)
         # no group, so nothing to auto-commit (kafka-python warns otherwise, on every start)
@@ -316,7 +319,7 @@ class LagProbe:
         last batch's base offset + 1: docs/design.md, "Broker profiles")."""
         ends = self.offsets.end_offsets(parts)
         fetched = [tp for tp in parts if tp in ends]
-        if not fetched:
+        if not fetched or not self.fetch_ends:
             return ends
         self.fetcher.unsubscribe()  # no high watermark left from an earlier call
         self.fetcher.assign(fetched)

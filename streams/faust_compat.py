@@ -197,11 +197,19 @@ def recover_to_fetched_ends(app: faust.App, profile: BrokerProfile) -> None:
         async def _build_highwaters(self, consumer, tps, destination, title):
             await original(self, consumer, tps, destination, title)
             if tps and _listed_ends_short.get(self.app):
-                try:
-                    ends = await fetched_ends(_bootstrap(self.app), {tp: destination.get(tp, -1) + 1 for tp in tps})
-                except Exception as exc:  # the listed ends stand: what recovery read before this workaround
-                    log.warning("%s changelogs: their ends not fetched (%s); reading to the listed ones", title, exc)
-                    return
+                listed = {tp: destination.get(tp, -1) + 1 for tp in tps}
+                for attempt in range(1, FETCHED_END_ATTEMPTS + 1):
+                    try:  # bounded well inside the broker_request_timeout Faust gives this step
+                        ends = await asyncio.wait_for(fetched_ends(_bootstrap(self.app), listed), FETCHED_END_TIMEOUT_S)
+                    except (Exception, asyncio.TimeoutError) as exc:
+                        ends = {}
+                        log.warning("%s changelogs: their ends not fetched (attempt %d of %d): %r", title, attempt,
+                                    FETCHED_END_ATTEMPTS, exc)
+                    if len(ends) == len(listed):
+                        break
+                else:  # reading to the listed ends would lose the rest of each last batch: crash, be restarted
+                    raise RuntimeError(f"{title} changelogs: their ends could not be fetched; recovering to the ends "
+                                       "the broker lists would lose table writes")
                 for tp, end in ends.items():
                     if end - 1 > destination.get(tp, -1):
                         log.info("%s changelog %s[%d]: read to %d, beyond the end offset the broker lists (%d)",
@@ -214,6 +222,8 @@ def recover_to_fetched_ends(app: faust.App, profile: BrokerProfile) -> None:
 
 
 _listed_ends_short: "weakref.WeakKeyDictionary[faust.App, bool]" = weakref.WeakKeyDictionary()
+FETCHED_END_ATTEMPTS = 3
+FETCHED_END_TIMEOUT_S = 15.0  # each; Faust allows the whole step broker_request_timeout (90 s)
 
 
 def _original_build_highwaters():
@@ -222,7 +232,7 @@ def _original_build_highwaters():
 
 
 def _bootstrap(app: faust.App) -> str:
-    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+    return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 
 
 async def fetched_ends(bootstrap: str, listed: dict, timeout_s: float = 10.0) -> dict:
@@ -234,16 +244,16 @@ async def fetched_ends(bootstrap: str, listed: dict, timeout_s: float = 10.0) ->
     if not parts:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
-    await consumer.start()
+                                fetch_max_wait_ms=100, request_timeout_ms=5000)
     try:
+        await consumer.start()  # inside: a start cancelled or failed halfway is stopped too
         consumer.assign(list(parts))
         for part, tp in parts.items():
             consumer.seek(part, max(0, listed[tp] - 1))
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any(consumer.highwater(p) is None for p in parts):
             if asyncio.get_running_loop().time() > deadline:
-                break  # those not fetched keep their listed ends
+                break  # those not fetched are left out
             await consumer.getmany(timeout_ms=100)
         return {tp: consumer.highwater(part) for part, tp in parts.items() if consumer.highwater(part) is not None}
     finally:
