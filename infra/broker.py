@@ -186,10 +186,9 @@ def send_watermarks(producer, topics: Topics, source: str, ts_ms: int,
             producer.send(topics.name(logical), value=mark, partition=partition)
 
 
-def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str, topics: list[str],
-                  timeout_s: float | None = None, **overrides: Any):
-    from kafka import KafkaConsumer
-
+def _consumer_settings(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str,
+                       **overrides: Any) -> dict[str, Any]:
+    """A group consumer's settings, in kafka-python's names (``infra.fast_consumer`` maps them for librdkafka)."""
     settings = dict(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -198,12 +197,20 @@ def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, gr
         session_timeout_ms=profile.session_timeout_ms,
         heartbeat_interval_ms=profile.heartbeat_interval_ms,
         fetch_max_wait_ms=profile.fetch_max_wait_ms,
-        bootstrap_timeout_ms=attempt_timeout_ms(kafka),
         max_poll_records=2000,
         client_id=group_id,
         **client_security(kafka),
     )
     settings.update(overrides)
+    return settings
+
+
+def make_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfile, group_id: str, topics: list[str],
+                  timeout_s: float | None = None, **overrides: Any):
+    from kafka import KafkaConsumer
+
+    settings = _consumer_settings(bootstrap, kafka, profile, group_id,
+                                  **{"bootstrap_timeout_ms": attempt_timeout_ms(kafka), **overrides})
     consumer = connect_with_retry(lambda: KafkaConsumer(**settings), what=f"Kafka at {bootstrap}",
                                   timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s)
     consumer.subscribe(topics)
@@ -216,19 +223,7 @@ def make_sink_consumer(bootstrap: str, kafka: KafkaConfig, profile: BrokerProfil
     the sink's records two to three times as fast as kafka-python here (``infra.fast_consumer``)."""
     from hybridspend.infra.fast_consumer import FastConsumer
 
-    settings = dict(
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=profile.session_timeout_ms,
-        heartbeat_interval_ms=profile.heartbeat_interval_ms,
-        fetch_max_wait_ms=profile.fetch_max_wait_ms,
-        max_poll_records=2000,
-        client_id=group_id,
-        **client_security(kafka),
-    )
-    settings.update(overrides)
+    settings = _consumer_settings(bootstrap, kafka, profile, group_id, **overrides)
     consumer = connect_with_retry(lambda: FastConsumer(settings, connect_timeout_ms=attempt_timeout_ms(kafka)),
                                   what=f"Kafka at {bootstrap}",
                                   timeout_s=kafka.connect_timeout_seconds if timeout_s is None else timeout_s)
