@@ -277,7 +277,7 @@ class LagProbe:
                                      enable_auto_commit=False, **security)
         # fetches each log's end (``log_ends``); its own: an assigned consumer asks metadata for its assignment only
         self.fetcher = KafkaConsumer(bootstrap_servers=bootstrap, client_id="hybridspend-lag-ends",
-                                     enable_auto_commit=False, fetch_max_wait_ms=100, **security)
+                                     enable_auto_commit=False, fetch_max_wait_ms=10, **security)
 
     def __call__(self) -> list[tuple[str, str, int, int]]:
         rows = []

@@ -244,7 +244,7 @@ async def fetched_ends(bootstrap: str, listed: dict, timeout_s: float = 10.0) ->
     if not parts:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, request_timeout_ms=5000)
+                                fetch_max_wait_ms=10, request_timeout_ms=5000)
     try:
         await consumer.start()  # inside: a start cancelled or failed halfway is stopped too
         consumer.assign(list(parts))
