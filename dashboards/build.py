@@ -192,17 +192,23 @@ def fleet() -> dict:
                                         " AND gpu_class IN ($gpu_class)")])
 
 
-def cost() -> dict:
-    return _dashboard("hybridspend-cost", "Cost per busy GPU-hour", [
-        _panel(1, "Effective $ per busy GPU-hour by workload and environment", "timeseries", f"""
+def _workload_series(value: str) -> str:
+    """A per-workload-and-environment series of the hourly cost rollup over the panel's range, ``value`` an
+    aggregate over its rows ``r``, a point per ``SERIES_STEP_S``."""
+    return f"""
             WITH p AS (SELECT {SERIES_STEP_S} AS step)
             SELECT extract(epoch FROM s.t) AS "time", s.workload || ' (' || s.environment || ')' AS metric, s.value
               FROM (SELECT {SERIES_POINT} AS t, r.workload, r.environment,
-                           sum(r.cost_usd) * 3600000 / NULLIF(sum(r.busy_gpu_ms), 0) AS value
+                           {value} AS value
                       FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
                      WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
                      GROUP BY 1, 2, 3) s
-             ORDER BY 1""", unit="currencyUSD", w=24, h=9, max_data_points=SERIES_MAX_DATA_POINTS,
+             ORDER BY 1"""
+
+
+def cost() -> dict:
+    return _dashboard("hybridspend-cost", "Cost per busy GPU-hour", [
+        _panel(1, "Effective $ per busy GPU-hour by workload and environment", "timeseries", _workload_series("sum(r.cost_usd) * 3600000 / NULLIF(sum(r.busy_gpu_ms), 0)"), unit="currencyUSD", w=24, h=9, max_data_points=SERIES_MAX_DATA_POINTS,
                description="Cost where the workload runs divided by its busy GPU-hours ($/h); a point is an hour "
                            "or more, a day or more over ranges longer than a week."),
         _panel(2, "Workloads in range", "table", f"""
@@ -229,15 +235,7 @@ def breakeven() -> dict:
               FROM decision_log WHERE workload IN ($workload)
              ORDER BY workload, decided_at DESC""", fmt="table", w=24, h=9,
                description="The panel Slack alerts link to, filtered to the alert's workload."),
-        _panel(2, "Utilization per workload", "timeseries", f"""
-            WITH p AS (SELECT {SERIES_STEP_S} AS step)
-            SELECT extract(epoch FROM s.t) AS "time", s.workload || ' (' || s.environment || ')' AS metric, s.value
-              FROM (SELECT {SERIES_POINT} AS t, r.workload, r.environment,
-                           100.0 * sum(r.busy_gpu_ms) / NULLIF(sum(r.allocated_gpu_ms), 0) AS value
-                      FROM p, cost_rollup_between($__timeFrom(), $__timeTo(), p.step) r
-                     WHERE r.basis = 'estimated' AND r.workload <> 'idle' AND {FILTERS}
-                     GROUP BY 1, 2, 3) s
-             ORDER BY 1""", unit="percent", w=12, y=9, max_data_points=SERIES_MAX_DATA_POINTS,
+        _panel(2, "Utilization per workload", "timeseries", _workload_series("100.0 * sum(r.busy_gpu_ms) / NULLIF(sum(r.allocated_gpu_ms), 0)"), unit="percent", w=12, y=9, max_data_points=SERIES_MAX_DATA_POINTS,
                description="Busy over allocated GPU-hours; a point is an hour or more, a day or more over ranges "
                            "longer than a week."),
         _panel(3, "Decisions in range", "table", """
