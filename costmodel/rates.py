@@ -5,6 +5,7 @@ Everything here is per GPU and in USD unless the name says otherwise.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -174,13 +175,32 @@ class PriceBook:
         self._history: dict[tuple[str, str, str, str], list[tuple[int, Decimal]]] = {}
         self.version = 0
 
+    def forget_before(self, cutoff_ms: int) -> int:
+        """Drop the prices superseded before ``cutoff_ms`` (each key keeps the one in force then and every later
+        one): a spot price changes several times a day, and a worker running for a year would keep them all.
+        The caller picks a cutoff no window still to be priced starts before; returns how many were dropped."""
+        dropped = 0
+        for history in self._history.values():
+            in_force = bisect.bisect_right(history, cutoff_ms, key=lambda p: p[0]) - 1
+            if in_force > 0:
+                del history[:in_force]
+                dropped += in_force
+        return dropped
+
+    def __len__(self) -> int:
+        """The prices kept, over every key."""
+        return sum(len(h) for h in self._history.values())
+
     def update(self, provider: str, region: str, instance_type: str, purchase_option: str, ts_ms: int,
                usd_per_hour: Decimal) -> bool:
         history = self._history.setdefault((provider, region, instance_type, purchase_option), [])
-        before = [p for p in history if p[0] <= ts_ms]
-        if before and before[-1][1] == usd_per_hour:
+        after = bisect.bisect_right(history, ts_ms, key=lambda p: p[0])  # the first price effective later
+        if after and history[after - 1][1] == usd_per_hour:
             return False  # a refresh of the price already in force (collectors republish it): nothing new
-        history[:] = sorted([p for p in history if p[0] != ts_ms] + [(ts_ms, usd_per_hour)])
+        if after and history[after - 1][0] == ts_ms:
+            history[after - 1] = (ts_ms, usd_per_hour)
+        else:
+            history.insert(after, (ts_ms, usd_per_hour))
         self.version += 1
         return True
 
@@ -190,13 +210,12 @@ class PriceBook:
 
         None only when no price is known for the key at all.
         """
-        history = self._history.get((provider, region, instance_type, purchase_option), ())
-        price = history[0][1] if history else None
-        for ts_ms, usd in history:
-            if at_ms is not None and ts_ms > at_ms:
-                break
-            price = usd
-        return price
+        history = self._history.get((provider, region, instance_type, purchase_option))
+        if not history:
+            return None
+        if at_ms is None:
+            return history[-1][1]
+        return history[max(0, bisect.bisect_right(history, at_ms, key=lambda p: p[0]) - 1)][1]
 
     def apply(self, offer: CloudOffer, at_ms: int | None = None) -> CloudOffer:
         """``offer`` with its list prices replaced by the live ones in force at ``at_ms`` (discount kept)."""

@@ -68,6 +68,11 @@ RETIRE_RESOURCE_MS = FORGET_SILENT_MS
 # on the instance is no longer evidence of it (False, as for a workload never seen), so a policy a day old is
 # forgotten: a host keeps those of the workloads it ran in the last day, not of every pod or job it ever ran
 POLICY_TTL_MS = 24 * 3_600_000
+# the worker's price book keeps, per instance type and purchase option, the prices in force over the five weeks
+# before the least advanced of its input partitions' clocks (and the one in force then): a window is priced at its
+# start, and no window starts that far behind the clock it closes on (a partition lagging the others by five weeks
+# of event time would be priced at the oldest price kept)
+PRICE_HISTORY_MS = FORGET_WORKLOAD_MS
 
 @dataclass
 class ResourceState:

@@ -77,7 +77,8 @@ from .faust_compat import (
 )
 from .guards import BATCH_MAX, REWIND_AGAIN_S, STREAM_BUFFER, OffsetGuard, Silence, StallWatch
 from . import watch
-from .processing import DecisionProcessor, PartitionClock, ResourceState, UsageProcessor, WorkloadState
+from .processing import (PRICE_HISTORY_MS, DecisionProcessor, PartitionClock, ResourceState, UsageProcessor,
+                         WorkloadState)
 from .watch import TeamState
 
 log = logging.getLogger(__name__)
@@ -465,9 +466,11 @@ class Pipeline:
                 if self.decider.watching:
                     spend.extend([cw.window_start_ms, cw.team, cw.resource, cw.workload, cw.window_ms,
                                   int(cw.cost_usd / MICRO)] for cw in closed if cw.workload != IDLE_WORKLOAD and cw.team)
-            if swept:  # at most once a window: hosts and instances gone for a week are forgotten
+            if swept:  # at most once a window: hosts and instances gone for a week are forgotten, and old prices
                 for resource in clock.retired_resources(self.topics.gpu_samples):
                     batch.retire(resource, part_event)
+                # partitions revoked since stay in swept_through: that only keeps more prices
+                self.prices.forget_before(min(self.swept_through.values()) - PRICE_HISTORY_MS)
             pending = not all(clock.applied_through(t, highwater(self.app, t, part)) for t in self.input_topics)
             marks.append(Watermark(f"usage|{part}|{mark_ms}", f"usage|{part}", max(0, watermark), idle,
                                    pending=pending, cloud=cloud, spend=spend).encode())

@@ -18,8 +18,10 @@ from decimal import Decimal as D
 from hybridspend.anomalies.detect import Seasonal, SeasonalDetector, Settings
 from hybridspend.contracts.config import Config
 from hybridspend.contracts.events import CostWindow, GpuReading, GpuSample, InstanceEvent, Watermark, WorkloadShare
+from hybridspend.costmodel import PriceBook
 from hybridspend.streams.processing import (
     POLICY_TTL_MS,
+    PRICE_HISTORY_MS,
     RETIRE_RESOURCE_MS,
     DecisionProcessor,
     PartitionClock,
@@ -206,6 +208,28 @@ def test_forgetting_changes_no_cost_window_whatever_the_batches():
         # the data ends; a week and a day later, every collector still marking time, all of it is forgotten
         other.batch([(t, ("watermark", MONDAY + (24 + 8) * DAY)) for t in (GS, IE)])
         assert other.table == {} and PartitionClock.from_dict(other.clock).dormant == {}
+
+
+def test_a_year_of_spot_prices_keeps_five_weeks_and_prices_every_window_as_the_whole_history_does():
+    # a spot price that changes every hour for a year, forgotten each day behind the worker's clock as the usage
+    # agent forgets it (streams.topology, at each window boundary)
+    rng = random.Random(7)
+    full, kept = PriceBook(), PriceBook()
+    for hour in range(365 * 24):
+        ts = MONDAY + hour * HOUR
+        usd = D(rng.randrange(900, 1500)) / 100
+        for book in (full, kept):
+            book.update("aws", "us-east-1", "p4d.24xlarge", "spot", ts, usd)
+        if hour % 24 == 0:
+            cutoff = ts - PRICE_HISTORY_MS
+            kept.forget_before(cutoff)
+            assert len(kept) <= PRICE_HISTORY_MS // HOUR + 25  # five weeks, the day since, the one in force
+            # every window that can still close (it starts at the cutoff or later) is priced as before
+            for at in (cutoff, cutoff + HOUR // 2, ts - 1, ts, None):
+                assert kept.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", at) == \
+                    full.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", at)
+    assert len(full) > 8000 > 9 * len(kept)  # (a price drawn twice in a row is a refresh: not kept)
+    assert kept.forget_before(MONDAY) == 0  # a cutoff behind the history drops nothing
 
 
 def test_a_spot_policy_is_read_for_a_day_after_the_workloads_last_sample():
