@@ -126,7 +126,7 @@ def run_demo(args) -> int:
             return pipeline_done() and lag.behind(topics.group("sink"), {topics.gpu_samples, topics.cost_lines}) == 0
         stable, previous = 0, None
         deadline = time.monotonic() + 180
-        while stable < 3:
+        while stable < 2:
             if time.monotonic() > deadline:
                 _say(f"  the pipeline did not catch up in 180 s (logs in {services.log_dir}); the summary is partial")
                 break

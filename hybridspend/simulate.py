@@ -62,7 +62,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         endpoints = stack.enter_context(running_services(config, say=say))
         migrate(endpoints.dsn)
         ensure_topics(endpoints.bootstrap, config.kafka, topics)
-        producer = make_producer(endpoints.bootstrap, config.kafka)
+        # a month published at once: 256 KiB batches keep the broker from answering a produce request per few records
+        producer = make_producer(endpoints.bootstrap, config.kafka, linger_ms=50, batch_size=256 * 1024)
         stack.callback(producer.close)
         for p in sim.price_updates():  # before the workers start: they load every price first
             producer.send(topics.prices, key=f"{p.provider}|{p.region}|{p.instance_type}".encode(), value=p.encode())
@@ -118,8 +119,8 @@ def run_scenario(scenario: Scenario, *, workers: int = 1, restart_worker_at_hour
         stack.callback(lag.close)
         caught_up = pipeline_caught_up(lag, topics, sent + marks_sent, alerter)
 
-        _wait_until_settled(conn, services, expected_cost_lines=len(bill), timeout_s=settle_timeout_s,
-                            caught_up=caught_up)
+        _wait_until_settled(conn, services, expected_cost_lines=len(bill), caught_up=caught_up,
+                            timeout_s=settle_timeout_s)
         if on_settled is not None:
             on_settled(conn)
         return results(conn, scenario, sim.injected(), config.thresholds.window_seconds * 1000)
@@ -153,23 +154,23 @@ def pipeline_caught_up(lag: LagProbe, topics: Topics, inputs_sent: int, alerter:
     return caught_up
 
 
-def _wait_until_settled(conn, services: Services, expected_cost_lines: int, timeout_s: float = 300,
-                        caught_up: Callable[[], bool] | None = None) -> None:
-    """Until nothing new arrives for a few seconds, every billed line is stored and ``caught_up()``
+def _wait_until_settled(conn, services: Services, expected_cost_lines: int, caught_up: Callable[[], bool],
+                        timeout_s: float = 300) -> None:
+    """Until nothing new arrives for two checks a second apart, every billed line is stored and ``caught_up()``
     (the consumers have committed everything: a worker restarted or rebalanced may be silent for
     longer than those seconds)."""
     from hybridspend.storage.queries import pipeline_progress
 
     deadline = time.monotonic() + timeout_s
     previous, stable = None, 0
-    while stable < 4:
+    while stable < 2:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the pipeline did not settle in {timeout_s:.0f} s (logs in {services.log_dir})")
         time.sleep(1)
         services.check()
         now = pipeline_progress(conn)
         stable = stable + 1 if now == previous and now.cost_lines >= expected_cost_lines and now.cost_windows > 0 else 0
-        if stable and caught_up is not None and not caught_up():
+        if stable and not caught_up():
             stable = 0
         previous = now
 

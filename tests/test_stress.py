@@ -82,10 +82,10 @@ def test_sigterm_stops_a_stress_run_and_everything_it_started(tmp_path: Path):
     from tests.conftest import wait_until
 
     data = yaml.safe_load(SCENARIO.read_text())
-    data["hours"] = 4
+    data["hours"] = 2  # the baseline run comes first: SIGTERM goes in the first faulted run
     scenario = tmp_path / "short.yaml"
     scenario.write_text(yaml.safe_dump(data))
-    seed = next(s for s in range(100) if draw_plan(s, 4, cpu_load=True).cpu_load)
+    seed = next(s for s in range(100) if draw_plan(s, 2, cpu_load=True).cpu_load)
     proc = subprocess.Popen([sys.executable, "-m", "hybridspend.cli", "stress", str(scenario), "--runs", "3",
                              "--seed", str(seed), "--cpu-load"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=tmp_path)
