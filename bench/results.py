@@ -110,6 +110,8 @@ def summarize(runs: list[dict], *, quick: bool, measured_at: str, broker_profile
     # a figure some runs lack (the capacity bench stops at the first fleet size not kept up with): of those with it
     median = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
     spread = {k: [min(run[k] for run in runs if k in run), max(run[k] for run in runs if k in run)] for k in keys}
+    # which figures are of fewer runs than all: the README's table says so beside them
+    of_runs = {k: n for k in keys if (n := sum(k in run for run in runs)) < len(runs)}
     return {
         "kind": "quick (a smoke test, not a result)" if quick else "full",
         "commit": _commit(),
@@ -120,6 +122,7 @@ def summarize(runs: list[dict], *, quick: bool, measured_at: str, broker_profile
         "runs": runs,
         "median": median,
         "spread": spread,
+        "of_runs": of_runs,
         "targets_met": {name: check(median[key]) for name, (key, check) in TARGETS.items() if key in median},
     }
 
@@ -148,6 +151,8 @@ def render_table(results: dict | None) -> str:
         what = what.format(report_gpus=int(median.get("report_gpus", 0)), panels_gpus=int(median.get("panels_gpus", 0)),
                            panels_days=int(median.get("panels_days", 0)))
         lo, hi = spread[key]
+        if key in results.get("of_runs", {}):
+            what += f" ({results['of_runs'][key]} of the {len(results['runs'])} runs)"
         target = f"{targets[key]}: {'met' if met[key] else 'missed'}" if key in targets else ""
         lines.append(f"| `{key}` | {what} | {fmt.format(median[key])} | {fmt.format(lo)} – {fmt.format(hi)} "
                      f"| {target} |")

@@ -54,3 +54,15 @@ def test_every_panel_is_judged_by_the_slowest_panels_p95():
     assert summary["targets_met"]["every panel p95 < 1 s"] is True
     assert "| `panel_p95_s_max` | Grafana panels (10,000 GPUs × 90 days): the slowest panel's p95, any range | 0.90 s |" \
         in results.render_table(summary)
+
+
+def test_a_figure_only_some_runs_have_says_of_how_many_runs_it_is():
+    # the capacity bench stops at the first fleet size not kept up with: a size one run reached and the others did
+    # not is the median of that run alone, and the table says so
+    runs = [{"capacity_gpus": 5_000}, {"capacity_gpus": 10_000, "rss_worker_mib_per_1k_gpus": 2.0},
+            {"capacity_gpus": 5_000}]
+    summary = results.summarize(runs, quick=False, measured_at="2026-12-07T12:00:00Z")
+    assert summary["median"]["rss_worker_mib_per_1k_gpus"] == 2.0 and summary["of_runs"] == {"rss_worker_mib_per_1k_gpus": 1}
+    table = results.render_table(summary)
+    assert "(1 of the 3 runs)" in next(line for line in table.splitlines() if "rss_worker_mib_per_1k_gpus" in line)
+    assert "of the 3 runs" not in next(line for line in table.splitlines() if "`capacity_gpus`" in line)
