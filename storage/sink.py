@@ -519,19 +519,26 @@ def _upsert_sql(table: str, spec: TableSpec) -> str:
 
 
 def _rollup_sql(rollup: str, width: str) -> str:
-    """Recompute the rollup buckets that the staged cost windows fall in, from the raw rows."""
+    """Recompute the rollup buckets that the staged cost windows fall in, from the raw rows: each bucket's
+    windows read through the (workload, window_start) index, in a lateral aggregate, whatever the planner
+    guesses of the staged rows (which have no statistics).  A join of them merge-joined every window stored of
+    their workloads with each bucket: 3.3 s for a batch of 50 windows on 14 days of 10,000 GPUs (0.05 s so),
+    3 million rows filtered for a batch of 4,000 windows over 17 days (tests/test_panel_queries.py)."""
     bucket = f"date_bin(INTERVAL '{width}', window_start, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
     return f"""
         INSERT INTO {rollup} (bucket, workload, environment, gpu_class, basis, team, allocated_gpu_ms,
                               busy_gpu_ms, energy_mj, cost_usd, windows)
-        SELECT k.bucket, c.workload, c.environment, c.gpu_class, c.basis, max(c.team), sum(c.allocated_gpu_ms),
-               sum(c.busy_gpu_ms), sum(c.energy_mj), sum(c.cost_usd), count(*)
+        SELECT k.bucket, k.workload, k.environment, k.gpu_class, k.basis, c.team, c.allocated_gpu_ms, c.busy_gpu_ms,
+               c.energy_mj, c.cost_usd, c.windows
           FROM (SELECT DISTINCT {bucket} AS bucket, workload, environment, gpu_class, basis
                   FROM stage_cost_windows) k
-          JOIN cost_windows c
-            ON c.workload = k.workload AND c.environment = k.environment AND c.gpu_class = k.gpu_class
-           AND c.basis = k.basis AND c.window_start >= k.bucket AND c.window_start < k.bucket + INTERVAL '{width}'
-         GROUP BY k.bucket, c.workload, c.environment, c.gpu_class, c.basis
+         CROSS JOIN LATERAL (
+             SELECT max(c.team) AS team, sum(c.allocated_gpu_ms) AS allocated_gpu_ms, sum(c.busy_gpu_ms) AS busy_gpu_ms,
+                    sum(c.energy_mj) AS energy_mj, sum(c.cost_usd) AS cost_usd, count(*) AS windows
+               FROM cost_windows c
+              WHERE c.workload = k.workload AND c.environment = k.environment AND c.gpu_class = k.gpu_class
+                AND c.basis = k.basis AND c.window_start >= k.bucket AND c.window_start < k.bucket + INTERVAL '{width}'
+         ) c
         ON CONFLICT (bucket, workload, environment, gpu_class, basis) DO UPDATE SET
             team = EXCLUDED.team, allocated_gpu_ms = EXCLUDED.allocated_gpu_ms, busy_gpu_ms = EXCLUDED.busy_gpu_ms,
             energy_mj = EXCLUDED.energy_mj, cost_usd = EXCLUDED.cost_usd, windows = EXCLUDED.windows
