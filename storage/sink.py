@@ -12,7 +12,9 @@ reason instead of counted twice.  The tables whose rows are restated under the s
 windows, a billing source's cost lines, decisions, prices, live instances, rollups) are COPYed into
 temporary staging tables and upserted, together with the refresh of the rollup buckets the batch
 touched (plain PostgreSQL; on TimescaleDB the real-time continuous aggregates read recent buckets
-from the raw rows, and the materialized buckets a batch restated are refreshed once it commits).
+from the raw rows, and the materialized buckets a batch restated are refreshed once it commits), and
+with the recomputation of the reconciliation rollup's days that its cloud windows and bill lines
+touched, a superseded billing delivery's included (both engines; migration 017).
 Each stored offset row is checked (``FOR UPDATE``) against the value this sink last saw, so a
 sink that lost its partitions to another one cannot write over it.  While the database is down the
 sink holds the batch, polls nothing more (back pressure), waits and retries; nothing is lost.
@@ -325,18 +327,53 @@ def cost_line_row(c: CostLine) -> CostLineRow:
         tags=Jsonb(c.tags), extra=Jsonb(c.extra))
 
 
+# The reconciliation rollup (``cloud_cost_daily``, migration 017) per UTC day and resource: the sink notes
+# in ``stage_cloud_days`` each (day, resource) its batch's cloud windows and bill lines fall in, and those
+# of the stored lines they replace, and recomputes those once the batch's tables are written, in its
+# transaction (``refresh_cloud_cost_daily``).  A bill line's resource is the last segment of its path.
+_CLOUD_DAY = "date_bin(INTERVAL '1 day', {}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+_BILL_RESOURCE = "reverse(split_part(reverse({}), '/', 1))"
+STAGE_CLOUD_DAYS_SQL = ("CREATE TEMP TABLE IF NOT EXISTS stage_cloud_days (day timestamptz NOT NULL,"
+                        " resource text NOT NULL) ON COMMIT DELETE ROWS")
+CLOUD_DAYS_OF_WINDOWS_SQL = f"""
+    INSERT INTO stage_cloud_days (day, resource)
+    SELECT DISTINCT {_CLOUD_DAY.format('window_start')}, resource FROM stage_cost_windows WHERE environment = 'cloud'
+"""
+# before the upsert: a line restated under its key with another resource leaves its old resource's day too
+CLOUD_DAYS_OF_LINES_SQL = f"""
+    INSERT INTO stage_cloud_days (day, resource)
+    SELECT {_CLOUD_DAY.format('charge_period_start')}, {_BILL_RESOURCE.format('resource_id')}
+      FROM stage_cost_lines WHERE resource_id <> ''
+    UNION
+    SELECT {_CLOUD_DAY.format('l.charge_period_start')}, {_BILL_RESOURCE.format('l.resource_id')}
+      FROM stage_cost_lines s
+      JOIN cost_lines l ON l.charge_period_start = s.charge_period_start AND l.event_id = s.event_id
+     WHERE l.resource_id <> s.resource_id AND l.resource_id <> ''
+"""
+REFRESH_CLOUD_DAYS_SQL = """
+    SELECT refresh_cloud_cost_daily(array_agg(day), array_agg(resource))
+      FROM (SELECT DISTINCT day, resource FROM stage_cloud_days) k
+"""
+
 # the newest export of a billing period replaces the lines of older exports of that period, whatever
-# order they arrive in (export versions sort by time: "<ISO timestamp>|<id>")
-SUPERSEDE_COST_LINES_SQL = """
-    DELETE FROM cost_lines c
-     USING (SELECT l.source, l.billing_account, l.billing_period_start, max(l.export_version) AS export_version
-              FROM cost_lines l
-              JOIN (SELECT DISTINCT source, billing_account, billing_period_start FROM stage_cost_lines) k
-                ON l.source = k.source AND l.billing_account = k.billing_account
-               AND l.billing_period_start = k.billing_period_start
-             GROUP BY 1, 2, 3) s
-     WHERE c.source = s.source AND c.billing_account = s.billing_account
-       AND c.billing_period_start = s.billing_period_start AND c.export_version < s.export_version
+# order they arrive in (export versions sort by time: "<ISO timestamp>|<id>"); the days of the lines it
+# removes are recomputed in the reconciliation rollup, those a newer delivery no longer bills included
+SUPERSEDE_COST_LINES_SQL = f"""
+    WITH superseded AS (
+        DELETE FROM cost_lines c
+         USING (SELECT l.source, l.billing_account, l.billing_period_start, max(l.export_version) AS export_version
+                  FROM cost_lines l
+                  JOIN (SELECT DISTINCT source, billing_account, billing_period_start FROM stage_cost_lines) k
+                    ON l.source = k.source AND l.billing_account = k.billing_account
+                   AND l.billing_period_start = k.billing_period_start
+                 GROUP BY 1, 2, 3) s
+         WHERE c.source = s.source AND c.billing_account = s.billing_account
+           AND c.billing_period_start = s.billing_period_start AND c.export_version < s.export_version
+        RETURNING c.charge_period_start, c.resource_id
+    )
+    INSERT INTO stage_cloud_days (day, resource)
+    SELECT DISTINCT {_CLOUD_DAY.format('charge_period_start')}, {_BILL_RESOURCE.format('resource_id')}
+      FROM superseded WHERE resource_id <> ''
 """
 
 
@@ -558,8 +595,8 @@ def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions:
     ``UniqueViolation``, and the caller writes the batch again with ``careful``, which stages those
     tables too, keeps the rows already stored and dead-letters the new copies.  The other tables
     (dead letters of records that did not decode among them) are COPYed into staging and upserted,
-    and the rollups refreshed.  (On TimescaleDB the continuous aggregates' materialized buckets the
-    batch restated are refreshed after it commits.)
+    and the rollups refreshed, the reconciliation rollup's touched days too.  (On TimescaleDB the
+    continuous aggregates' materialized buckets the batch restated are refreshed after it commits.)
     ``binary``: COPY in PostgreSQL's binary format (else text, for a server that refuses it).
     """
     created: list[str] = []
@@ -631,6 +668,7 @@ def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bo
     """The batch's rows but those of ``skip``, in the caller's transaction; with ``careful``, the
     append-only rows whose keys were already stored (not written), as (table, key, row)."""
     duplicates = []
+    cloud_days = False  # (day, resource) pairs of the reconciliation rollup noted in stage_cloud_days
     for table, rows in batch.rows.items():
         if not rows or table in skip:
             continue
@@ -642,6 +680,12 @@ def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bo
             f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         copy_rows(conn, f"stage_{table}", table, batch.values(table), binary)
+        if table == "cost_lines" or (table == "cost_windows" and any(
+                row.environment == "cloud" for row in batch.values(table))):
+            if not cloud_days:
+                conn.execute(STAGE_CLOUD_DAYS_SQL)
+                cloud_days = True
+            conn.execute(CLOUD_DAYS_OF_LINES_SQL if table == "cost_lines" else CLOUD_DAYS_OF_WINDOWS_SQL)
         if spec.append_only:
             taken = {tuple(key) for key in conn.execute(_upsert_sql(table, spec))}
             for key, row in batch.keyed(table):  # the first copy of a key is the one inserted
@@ -659,6 +703,9 @@ def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bo
                 conn.execute(statement)
         if careful:
             conn.execute(f"DELETE FROM stage_{table}")  # the careful path stages again in this transaction
+    if cloud_days:  # after both tables: a day's windows and lines may come in one batch
+        conn.execute(REFRESH_CLOUD_DAYS_SQL)
+        conn.execute("DELETE FROM stage_cloud_days")  # refreshed; a write again in this transaction notes its own
     return duplicates
 
 

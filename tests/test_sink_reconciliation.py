@@ -1,0 +1,183 @@
+"""The sink keeps the reconciliation rollup (``cloud_cost_daily``, migration 017) exact.
+
+Through the sink's own write path, on plain PostgreSQL and on TimescaleDB (its chunks compressed before
+the restatements land, as a running deployment has them): cloud windows and two billing periods' bills
+written in mixed batches, a batch replayed, windows restated and stored late, a billing delivery that
+supersedes the last one (fewer hours, other amounts), an older delivery arriving after it, and a line
+restated under its key onto another resource.  After each step the rollup's rows are the reconciliation
+views' rows over the raw windows and lines, amounts digit for digit (the scale too), and its totals are
+the cents the events carried.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal as D
+
+import psycopg
+import pytest
+from msgspec.structs import replace
+
+from hybridspend.contracts.events import CostLine, CostWindow
+from hybridspend.storage.db import migrate
+from hybridspend.storage.sink import Batch, cost_line_row, cost_window_row
+from hybridspend.storage.timeseries import POSTGRESQL, TIMESCALEDB
+from tests.test_timescaledb import compress_chunks, write
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+WINDOW_MS = 900_000
+T0_MS = int(datetime(2026, 10, 30, tzinfo=timezone.utc).timestamp() * 1000)  # 3 days across a billing month's end
+DAYS = 3
+OCTOBER_MS = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp() * 1000)
+NOVEMBER_MS = int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000)
+ARN = {"i-0aa": "arn:aws:ec2:us-east-1:1:instance/i-0aa", "i-0gh0st": "arn:aws:ec2:us-east-1:1:instance/i-0gh0st",
+       "i-0bb": "//compute.googleapis.com/projects/p/zones/z/instances/i-0bb"}
+PROVIDER = {"i-0aa": "aws", "i-0bb": "gcp", "i-0gh0st": "aws"}
+
+
+def _window(resource: str, workload: str, ws: int, gpus: int, cost: D, basis: str = "estimated",
+            environment: str = "cloud") -> CostWindow:
+    return CostWindow(
+        event_id=f"{resource}|{workload}|{basis}|{ws}", workload=workload, team="ml", allow_spot=False,
+        environment=environment, gpu_class="A100", resource=resource, window_start_ms=ws, window_ms=WINDOW_MS,
+        allocated_gpu_ms=gpus * WINDOW_MS, busy_gpu_ms=gpus * WINDOW_MS // 2, metered_gpu_ms=gpus * WINDOW_MS,
+        energy_mj=0, sample_count=15, first_ms=ws, last_ms=ws + WINDOW_MS, cost_usd=cost, basis=basis,
+        provider="" if environment == "onprem" else PROVIDER[resource])
+
+
+def windows() -> list[CostWindow]:
+    """i-0aa (AWS) runs train on 8 GPUs and, on the second day, etl on 4; i-0bb (GCP) runs embed in the
+    first half of each day and serve in the second (a tie: the first name owns the day), and on the second
+    day a billed-basis window of serve, which counts for its ownership only; an on-prem node is no part of it."""
+    out = []
+    for i in range(DAYS * 96):
+        ws = T0_MS + i * WINDOW_MS
+        out.append(_window("i-0aa", "train", ws, 8, D("8.191") + D(i % 7) / 1000))
+        if 96 <= i < 192:
+            out.append(_window("i-0aa", "etl", ws, 4, D("4.0955")))
+        out.append(_window("i-0bb", "embed" if i % 96 < 48 else "serve", ws, 8, D("7.346") + D(i % 3) / 1000))
+        if i == 96 + 60:
+            out.append(_window("i-0bb", "serve", ws, 8, D("7.5"), basis="billed"))
+        out.append(_window("node-1", "train", ws, 8, D("2.3214"), environment="onprem"))
+    return out
+
+
+def delivery(version: str, period_ms: int, hours: range, scale: D) -> list[CostLine]:
+    """A billing delivery of one period: a line per instance and hour, and the ghost, billed every 5th hour
+    but never seen live."""
+    lines = []
+    for h in hours:
+        start = T0_MS + h * HOUR_MS
+        for resource, usd in (("i-0aa", D("32.78")), ("i-0bb", D("29.40")), ("i-0gh0st", D("12.5"))):
+            if resource == "i-0gh0st" and h % 5:
+                continue
+            amount = usd * scale
+            lines.append(CostLine(
+                event_id=f"{version}|{resource}|{h}", provider=PROVIDER[resource], provider_name=PROVIDER[resource],
+                billing_account="1", billing_period_start_ms=period_ms, resource_id=ARN[resource],
+                charge_period_start_ms=start, charge_period_end_ms=start + HOUR_MS, charge_category="Usage",
+                billed_cost_usd=amount, effective_cost_usd=amount, service="compute", sku="", region="r",
+                instance_type="p4d.24xlarge", gpu_class="A100", gpus=8, source="cur", export_version=version))
+    return lines
+
+
+def batch(windows_: list[CostWindow] = (), lines: list[CostLine] = ()) -> Batch:
+    out = Batch()
+    for w in windows_:
+        out.add("cost_windows", cost_window_row(w))
+    for line in lines:
+        out.add("cost_lines", cost_line_row(line))
+    return out
+
+
+def _text(rows: list[tuple]) -> list[tuple]:
+    return [tuple(str(v) for v in row) for row in rows]  # Decimal('1.50') and Decimal('1.5') differ here
+
+
+def check(dsn: str, windows_: list[CostWindow], lines: list[CostLine]) -> list[tuple]:
+    """The rollup's rows are the views' (per resource and day, and per workload and day) and its totals the
+    events' cents; its rows."""
+    with psycopg.connect(dsn) as conn:
+        rollup = conn.execute("SELECT day, resource, provider, estimated_usd, billed_usd, hours_not_billed"
+                              "  FROM cloud_cost_daily ORDER BY 1, 2, 3").fetchall()
+        assert _text(rollup) == _text(conn.execute("""
+            SELECT date_trunc('day', hour), resource, provider, sum(estimated_usd), sum(billed_usd),
+                   count(*) FILTER (WHERE billed_usd IS NULL)
+              FROM estimate_vs_billed_hourly GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").fetchall())
+        by_workload = "SELECT day, workload, estimated_usd, billed_usd, estimate_error_ratio FROM {} ORDER BY 1, 2"
+        assert _text(conn.execute(by_workload.format(
+            "estimate_vs_billed_daily_between('-infinity', 'infinity')")).fetchall()) \
+            == _text(conn.execute(by_workload.format("estimate_vs_billed_daily")).fetchall())
+        estimated, billed = conn.execute(
+            "SELECT sum(estimated_usd), sum(billed_usd) FROM cloud_cost_daily").fetchone()
+    assert estimated == sum(w.cost_usd for w in windows_ if w.environment == "cloud" and w.basis == "estimated")
+    assert billed == sum(line.effective_cost_usd for line in lines)
+    return rollup
+
+
+def owners(dsn: str, resource: str) -> list[str]:
+    """The workload each day of ``resource`` is attributed to."""
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT workload FROM cloud_cost_daily WHERE resource = %s ORDER BY day",
+                                           (resource,))]
+
+
+@pytest.fixture(params=[POSTGRESQL, TIMESCALEDB])
+def engine_dsn(request):
+    """A fresh database migrated for each engine."""
+    dsn = request.getfixturevalue("database" if request.param == POSTGRESQL else "timescale_database")
+    assert migrate(dsn, engine=request.param)[2] == request.param
+    return request.param, dsn
+
+
+def test_the_reconciliation_rollup_stays_the_views_rows_after_replays_restatements_and_a_superseding_bill(
+        engine_dsn):
+    engine, dsn = engine_dsn
+    stored = {w.event_id: w for w in windows()}
+    first = list(stored.values())
+    october = delivery("2026-11-03T00:00:00Z|a", OCTOBER_MS, range(0, 48), D(1))
+    # November's bill: the last 6 hours are not billed yet
+    november = delivery("2026-12-03T00:00:00Z|a", NOVEMBER_MS, range(48, 66), D("1.02"))
+    # windows and lines in mixed batches, a day's windows and lines in one of them
+    write(dsn, batch(first[:900], october[:60]), batch(first[900:], october[60:]), batch(lines=november))
+    billed = {line.event_id: line for line in october + november}
+    before = check(dsn, list(stored.values()), list(billed.values()))
+    assert len({row[0] for row in before}) == DAYS and any(row[5] for row in before)  # hours not billed counted
+    assert owners(dsn, "i-0bb") == ["embed", "serve", "embed"]
+
+    write(dsn, batch(first[:900], october[:60]))  # a replayed batch changes nothing
+    assert check(dsn, list(stored.values()), list(billed.values())) == before
+
+    if engine == TIMESCALEDB:  # what follows lands in compressed chunks, as it does in a running deployment
+        assert compress_chunks(dsn, "cost_windows") >= 1 and compress_chunks(dsn, "cost_lines") >= 1
+    # windows restated (the first day's train on i-0aa 3 % dearer), and stored late: a workload that takes
+    # over i-0bb's first morning, which moves that day to it
+    restated = [replace(w, cost_usd=w.cost_usd * D("1.03")) for w in first
+                if w.resource == "i-0aa" and w.workload == "train" and w.window_start_ms < T0_MS + 86_400_000]
+    late = [_window("i-0bb", "late", T0_MS + i * WINDOW_MS, 8, D("1.25")) for i in range(72)]
+    stored.update({w.event_id: w for w in restated + late})
+    write(dsn, batch(restated + late))
+    assert check(dsn, list(stored.values()), list(billed.values())) != before
+    assert owners(dsn, "i-0bb") == ["late", "serve", "embed"]
+
+    # a delivery superseding October's: the first 20 hours only, 1 % cheaper (Oct 30's last 4 hours and all of
+    # Oct 31, which no line of it names, not billed any more), then an older delivery arriving after it,
+    # which the newer one supersedes at once
+    superseding = delivery("2026-11-04T00:00:00Z|b", OCTOBER_MS, range(0, 20), D("0.99"))
+    write(dsn, batch(lines=superseding[:30]), batch(lines=superseding[30:]))
+    billed = {line.event_id: line for line in superseding + november}
+    after = check(dsn, list(stored.values()), list(billed.values()))
+    write(dsn, batch(lines=delivery("2026-11-02T00:00:00Z|0", OCTOBER_MS, range(0, 48), D(2))))
+    assert check(dsn, list(stored.values()), list(billed.values())) == after
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT DISTINCT export_version FROM cost_lines WHERE billing_period_start = %s",
+                            (datetime(2026, 10, 1, tzinfo=timezone.utc),)).fetchall() == [("2026-11-04T00:00:00Z|b",)]
+    assert sum(row[5] for row in after) > sum(row[5] for row in before)
+
+    # a line restated under its key onto another resource: both resources' day move
+    moved = replace(superseding[0], resource_id=ARN["i-0gh0st"])
+    write(dsn, batch(lines=[moved]))
+    billed[moved.event_id] = moved
+    check(dsn, list(stored.values()), list(billed.values()))
