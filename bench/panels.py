@@ -7,11 +7,12 @@ What is seeded, in the shape the sink writes it (COPY into the same tables, part
 * ``cost_windows``: one window per resource, workload and **hour** for 90 days (an on-prem node: a
   workload on 4 GPUs, another on 2, 2 idle; a cloud instance: one workload on 8; workloads move every
   week): 3,250 rows an hour, 7.0 million in all.  The pipeline closes 15-minute windows (4 x the rows);
-  the panels read the rollups, whose size does not depend on the window length, except the
-  reconciliation panels, which read the cloud windows (250 instances) directly;
+  the panels read the rollups, whose size does not depend on the window length (the reconciliation
+  panels read the cloud windows of 250 instances directly only for the hours at the ends of a range);
 * ``cost_hourly`` and ``cost_daily`` filled from those windows with the sink's own grouping (its
   ``date_bin`` buckets, per workload, environment, GPU class and basis; on TimescaleDB the continuous
-  aggregates are refreshed instead);
+  aggregates are refreshed instead), and the reconciliation rollup ``cloud_cost_daily`` (migration 017) by
+  the function the sink's refresh calls, from the windows and the bill lines;
 * ``gpu_samples``: the raw samples' 30 days of retention, **one sample per GPU per hour** (7.2 million
   rows).  The collectors sample every 30 s (dcgm-exporter's default), 120 x as many: what reads the raw
   samples over a range reads 120 x these rows in production;
@@ -247,7 +248,7 @@ def seed(dsn: str, gpus: int, days: int, end: datetime, workloads: int = 300, sa
     _fill_rollups(dsn, engine)
     counts.update(_fill_sample_rollups(dsn, fleet, start, samples_from, end, rng))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("cost_hourly", "cost_daily"):
+        for table in ("cost_hourly", "cost_daily", "cloud_cost_daily"):
             counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         say(f"  rollups filled in {time.perf_counter() - rolled:.0f} s")
         analyzed = time.perf_counter()
@@ -259,8 +260,10 @@ def seed(dsn: str, gpus: int, days: int, end: datetime, workloads: int = 300, sa
 
 def _fill_rollups(dsn: str, engine: str) -> None:
     """The cost rollups as the sink leaves them: its own buckets and grouping over every window, written hour
-    after hour (plain PostgreSQL), or the continuous aggregates refreshed over the whole range (TimescaleDB)."""
+    after hour (plain PostgreSQL), or the continuous aggregates refreshed over the whole range (TimescaleDB);
+    and the reconciliation rollup (migration 017) by the function the sink's refresh calls, on both engines."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT refresh_cloud_cost_daily_between('-infinity', 'infinity')")
         if engine == TIMESCALEDB:
             for view in ("cost_hourly", "cost_daily"):
                 conn.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, NULL)")

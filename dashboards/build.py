@@ -324,11 +324,11 @@ def reconciliation() -> dict:
              WHERE environment IN ($environment) AND workload IN ($workload)
              ORDER BY day DESC, workload""", fmt="table", w=24, h=10, y=8),
         _panel(3, "Estimate error per provider (hours on both sides)", "table", """
-            SELECT provider, sum(estimated_usd) AS estimated_usd, sum(billed_usd) AS billed_usd,
-                   (sum(estimated_usd) - sum(billed_usd)) / NULLIF(sum(billed_usd), 0) AS estimate_error_ratio,
-                   count(*) FILTER (WHERE billed_usd IS NULL) AS resource_hours_not_billed_yet
-              FROM estimate_vs_billed_hourly_between($__timeFrom(), $__timeTo())
-             GROUP BY provider ORDER BY provider""", fmt="table", w=24, h=6, y=18),
+            SELECT provider, estimated_usd, billed_usd,
+                   (estimated_usd - billed_usd) / NULLIF(billed_usd, 0) AS estimate_error_ratio,
+                   resource_hours_not_billed AS resource_hours_not_billed_yet
+              FROM estimate_vs_billed_per_provider_between($__timeFrom(), $__timeTo())
+             ORDER BY provider""", fmt="table", w=24, h=6, y=18),
     ], "Live estimates (instance state x live price) against the bill when it arrives, matched by resource "
        "and hour.", time_from="now-30d")
 
