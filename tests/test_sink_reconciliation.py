@@ -11,7 +11,7 @@ the cents the events carried.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
 import psycopg
@@ -181,3 +181,52 @@ def test_the_reconciliation_rollup_stays_the_views_rows_after_replays_restatemen
     write(dsn, batch(lines=[moved]))
     billed[moved.event_id] = moved
     check(dsn, list(stored.values()), list(billed.values()))
+
+
+def _utc(rows: list[tuple]) -> list[tuple]:
+    """Rows as text, times in UTC whatever the session's zone rendered them in, numbers as their value."""
+    return [tuple(v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime)
+                  else v.normalize() if isinstance(v, D) else v for v in row) for row in rows]
+
+
+RANGES = [  # off the hour, at a UTC and a Kolkata midnight, whole UTC days, less than a day, past the data
+    (timedelta(hours=5, minutes=30), timedelta(days=2, hours=7, minutes=15)),
+    (timedelta(hours=18, minutes=30), timedelta(days=1, hours=18, minutes=30)),
+    (timedelta(0), timedelta(days=3)),
+    (timedelta(days=-1), timedelta(days=1, hours=-1)),
+    (timedelta(days=1, hours=3, minutes=10), timedelta(days=1, hours=9, minutes=40)),
+    (timedelta(days=1, hours=20), timedelta(days=5)),
+]
+DAILY = "SELECT day, workload, estimated_usd, billed_usd, estimate_error_ratio FROM {} ORDER BY 1, 2"
+PER_PROVIDER = ("SELECT provider, estimated_usd, billed_usd, resource_hours_not_billed"
+                "  FROM estimate_vs_billed_per_provider_between(%(f)s, %(t)s) ORDER BY 1")
+
+
+def test_the_reconciliation_panels_give_utc_days_and_hours_whatever_the_sessions_time_zone(database):
+    """The panel functions' rows in a session in Asia/Kolkata (half an hour off UTC's hours) are those of a UTC
+    session; there, the views' rows (whose hours and days are the session's)."""
+    assert migrate(database, engine=POSTGRESQL)[2] == POSTGRESQL
+    stored = windows()
+    october = delivery("2026-11-03T00:00:00Z|a", OCTOBER_MS, range(0, 44), D(1))
+    november = delivery("2026-12-03T00:00:00Z|a", NOVEMBER_MS, range(48, 66), D("1.02"))
+    write(database, batch(stored[:1000], october), batch(stored[1000:], november))
+    t0 = datetime.fromtimestamp(T0_MS / 1000, timezone.utc)
+    with psycopg.connect(database, autocommit=True) as utc, psycopg.connect(database, autocommit=True) as kolkata:
+        utc.execute("SET TimeZone = 'UTC'")
+        kolkata.execute("SET TimeZone = 'Asia/Kolkata'")
+        days = 0
+        for start, end in RANGES:
+            window = {"f": t0 + start, "t": t0 + end}
+            daily = DAILY.format("estimate_vs_billed_daily_between(%(f)s, %(t)s)")
+            in_utc = _utc(utc.execute(daily, window).fetchall())
+            days += len(in_utc)  # none where the range holds no midnight
+            assert _utc(kolkata.execute(daily, window).fetchall()) == in_utc, window
+            assert in_utc == _utc(utc.execute(DAILY.format(
+                "estimate_vs_billed_daily WHERE day BETWEEN %(f)s AND %(t)s"), window).fetchall()), window
+            per_provider = _utc(utc.execute(PER_PROVIDER, window).fetchall())
+            assert per_provider and _utc(kolkata.execute(PER_PROVIDER, window).fetchall()) == per_provider, window
+            assert per_provider == _utc(utc.execute(
+                "SELECT provider, sum(estimated_usd), sum(billed_usd), count(*) FILTER (WHERE billed_usd IS NULL)"
+                "  FROM estimate_vs_billed_hourly WHERE hour BETWEEN %(f)s AND %(t)s GROUP BY 1 ORDER BY 1",
+                window).fetchall()), window
+        assert days >= 10

@@ -6,8 +6,11 @@
 --
 -- A row holds one day of one resource as `estimate_vs_billed_hourly` matches it (per hour, provider and
 -- resource), summed: the panels group those rows per day and workload, or per provider, and give the rows
--- the views give, for UTC days and hours as `cost_daily` has them (the views truncate in the session's time
--- zone: the same where it is UTC, the servers' default here).
+-- the views give, for UTC days and hours as `cost_daily` has them.  The views truncate in the session's time
+-- zone (the same where it is UTC, the servers' default here); the panel functions below compute in UTC
+-- whatever the session's zone (`SET TimeZone = 'UTC'`): the rollup's days are UTC days, and the hours
+-- around them must be UTC hours too, or in a zone off UTC by a fraction of an hour (Asia/Kolkata) the edge
+-- hours overlap the whole days and count their windows twice.
 CREATE TABLE cloud_cost_daily (
     day              timestamptz NOT NULL,  -- the UTC day of the windows' start and the lines' charge period start
     resource         text        NOT NULL,  -- the instance: a window's resource, the last path segment of a bill's
@@ -108,12 +111,13 @@ $$;
 
 SELECT refresh_cloud_cost_daily_between('-infinity', 'infinity');  -- what is stored already
 
--- The daily reconciliation of a time range (016's function, the same rows) from the rollup: a row per resource
--- and day instead of each cloud window and bill line of the range.
+-- The daily reconciliation of a time range from the rollup: a row per resource and day instead of each cloud
+-- window and bill line of the range.  UTC days whatever the session's time zone (016's function and the view
+-- truncate in the session's zone: the same rows where it is UTC).
 CREATE OR REPLACE FUNCTION estimate_vs_billed_daily_between(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (day timestamptz, workload text, environment text, estimated_usd numeric, billed_usd numeric,
                estimate_error_ratio numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET TimeZone = 'UTC' AS $$
     SELECT d.day, coalesce(d.workload, 'unattributed'), 'cloud'::text, sum(d.estimated_usd), sum(d.billed_usd),
            (sum(d.estimated_usd) - sum(d.billed_usd)) / NULLIF(sum(d.billed_usd), 0)
       FROM cloud_cost_daily d
@@ -124,10 +128,12 @@ $$;
 -- The hourly reconciliation of a time range summed per provider, as the panel "Estimate error per provider"
 -- sums `estimate_vs_billed_hourly` over the hours in [from_ts, to_ts]: the whole UTC days of the range from
 -- the rollup, the hours before the first and after the last whole day from the windows and lines
--- (`estimate_vs_billed_hourly_between`: at most a day at each end).
+-- (`estimate_vs_billed_hourly_between`: at most a day at each end).  In UTC whatever the session's time zone:
+-- the setting holds for the hourly function called here too, which truncates its hours in the zone it runs
+-- in (in Asia/Kolkata its hours begin at half past a UTC hour, and the edge hours overlapped the whole days).
 CREATE FUNCTION estimate_vs_billed_per_provider_between(from_ts timestamptz, to_ts timestamptz)
 RETURNS TABLE (provider text, estimated_usd numeric, billed_usd numeric, resource_hours_not_billed bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET TimeZone = 'UTC' AS $$
     SELECT provider, sum(estimated_usd), sum(billed_usd), sum(hours_not_billed)::bigint
       FROM (SELECT d.provider, d.estimated_usd, d.billed_usd, d.hours_not_billed
               FROM cloud_cost_daily d
