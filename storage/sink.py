@@ -329,8 +329,9 @@ def cost_line_row(c: CostLine) -> CostLineRow:
 
 # The reconciliation rollup (``cloud_cost_daily``, migration 017) per UTC day and resource: the sink notes
 # in ``stage_cloud_days`` each (day, resource) its batch's cloud windows and bill lines fall in, and those
-# of the stored lines they replace, and recomputes those once the batch's tables are written, in its
-# transaction (``refresh_cloud_cost_daily``).  A bill line's resource is the last segment of its path.
+# of the stored lines they replace, and recomputes those once, after every row of the batch is written
+# (in every mode, row by row too), as the last statement of its transaction (``refresh_cloud_days``,
+# ``refresh_cloud_cost_daily``).  A bill line's resource is the last segment of its path.
 _CLOUD_DAY = "date_bin(INTERVAL '1 day', {}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 _BILL_RESOURCE = "reverse(split_part(reverse({}), '/', 1))"
 STAGE_CLOUD_DAYS_SQL = ("CREATE TEMP TABLE IF NOT EXISTS stage_cloud_days (day timestamptz NOT NULL,"
@@ -595,8 +596,9 @@ def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions:
     ``UniqueViolation``, and the caller writes the batch again with ``careful``, which stages those
     tables too, keeps the rows already stored and dead-letters the new copies.  The other tables
     (dead letters of records that did not decode among them) are COPYed into staging and upserted,
-    and the rollups refreshed, the reconciliation rollup's touched days too.  (On TimescaleDB the
-    continuous aggregates' materialized buckets the batch restated are refreshed after it commits.)
+    and the rollups refreshed; the reconciliation rollup's touched days last, once all of that is
+    written (``refresh_cloud_days``).  (On TimescaleDB the continuous aggregates' materialized buckets
+    the batch restated are refreshed after it commits.)
     ``binary``: COPY in PostgreSQL's binary format (else text, for a server that refuses it).
     """
     created: list[str] = []
@@ -614,6 +616,7 @@ def write_batch(conn: psycopg.Connection, batch: Batch, engine: str, partitions:
                 for table, key, row in duplicates:
                     letters.add("dead_letters", duplicate_row(table, key, row))
                 _write_rows(conn, letters, engine, careful, binary)
+            refresh_cloud_days(conn, batch)  # last: its locks are the last this transaction takes
     except BaseException:
         partitions.known.difference_update(created)  # rolled back with the transaction
         raise
@@ -646,6 +649,9 @@ def write_row_by_row(conn: psycopg.Connection, batch: Batch, engine: str, partit
                     except (psycopg.DataError, psycopg.IntegrityError) as exc:
                         refused.add("dead_letters", refused_row(table, key, row, exc))
             _write_rows(conn, refused, engine, True, binary)
+            # once, after every row: the rows' savepoints noted their (day, resource) pairs (a refused row's
+            # rolled back with it)
+            refresh_cloud_days(conn, batch)
     except BaseException:
         partitions.known.difference_update(created)
         raise
@@ -666,9 +672,11 @@ def _ensure_partitions(conn: psycopg.Connection, batch: Batch, partitions: Parti
 def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bool,
                 binary: bool, skip: Collection[str] = ()) -> list[tuple[str, tuple, tuple]]:
     """The batch's rows but those of ``skip``, in the caller's transaction; with ``careful``, the
-    append-only rows whose keys were already stored (not written), as (table, key, row)."""
+    append-only rows whose keys were already stored (not written), as (table, key, row).  The
+    reconciliation rollup's (day, resource) pairs of its bill lines and cloud windows are noted in
+    ``stage_cloud_days``, for the caller to refresh once its batch is written (``refresh_cloud_days``)."""
     duplicates = []
-    cloud_days = False  # (day, resource) pairs of the reconciliation rollup noted in stage_cloud_days
+    cloud_days = False  # stage_cloud_days created (it may be already: this noting adds to it)
     for table, rows in batch.rows.items():
         if not rows or table in skip:
             continue
@@ -703,10 +711,24 @@ def _write_rows(conn: psycopg.Connection, batch: Batch, engine: str, careful: bo
                 conn.execute(statement)
         if careful:
             conn.execute(f"DELETE FROM stage_{table}")  # the careful path stages again in this transaction
-    if cloud_days:  # after both tables: a day's windows and lines may come in one batch
-        conn.execute(REFRESH_CLOUD_DAYS_SQL)
-        conn.execute("DELETE FROM stage_cloud_days")  # refreshed; a write again in this transaction notes its own
     return duplicates
+
+
+def has_cloud_days(batch: Batch) -> bool:
+    """Whether the batch has rows of the reconciliation rollup: bill lines, or cloud cost windows."""
+    return bool(batch.rows["cost_lines"]) or any(
+        row.environment == "cloud" for row in batch.values("cost_windows"))
+
+
+def refresh_cloud_days(conn: psycopg.Connection, batch: Batch) -> None:
+    """Recompute the reconciliation rollup's (day, resource) pairs noted while the batch was written, in
+    the caller's transaction: once a batch, after all of its rows (whichever way they were written) and
+    just before the commit.  The refresh's locks (a lock per resource, migration 017) are then the last
+    locks the transaction takes: a sink holding them waits on no row lock of another's (it did, row by
+    row: it refreshed after each row and went on writing rows), so no deadlock runs through them."""
+    if has_cloud_days(batch):
+        conn.execute(STAGE_CLOUD_DAYS_SQL)  # the rows noting some may all have been refused (row by row)
+        conn.execute(REFRESH_CLOUD_DAYS_SQL)
 
 
 _COLUMN_TYPES: dict[str, list[int]] = {}  # table -> the type OIDs of its spec's columns (built-in types)

@@ -6,11 +6,16 @@ written in mixed batches, a batch replayed, windows restated and stored late, a 
 supersedes the last one (fewer hours, other amounts), an older delivery arriving after it, and a line
 restated under its key onto another resource.  After each step the rollup's rows are the reconciliation
 views' rows over the raw windows and lines, amounts digit for digit (the scale too), and its totals are
-the cents the events carried.
+the cents the events carried.  The same when a batch is written carefully (a GPU sample stored already) or
+row by row (a row the database refuses), the rollup refreshed once a batch, after its last row; two sinks
+writing one resource take turns at the refresh, and a sink writing another resource does not wait; the
+panel functions give UTC days and hours in a session of any time zone.
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
@@ -20,9 +25,9 @@ from msgspec.structs import replace
 
 from hybridspend.contracts.events import CostLine, CostWindow
 from hybridspend.storage.db import migrate
-from hybridspend.storage.sink import Batch, cost_line_row, cost_window_row
-from hybridspend.storage.timeseries import POSTGRESQL, TIMESCALEDB
-from tests.test_timescaledb import compress_chunks, write
+from hybridspend.storage.sink import Batch, cost_line_row, cost_window_row, gpu_sample_rows, write_batch
+from hybridspend.storage.timeseries import POSTGRESQL, TIMESCALEDB, Partitions
+from tests.test_timescaledb import batch_of, compress_chunks, sample, write
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +235,118 @@ def test_the_reconciliation_panels_give_utc_days_and_hours_whatever_the_sessions
                 "  FROM estimate_vs_billed_hourly WHERE hour BETWEEN %(f)s AND %(t)s GROUP BY 1 ORDER BY 1",
                 window).fetchall()), window
         assert days >= 10
+
+
+def _refreshes(monkeypatch) -> list[str]:
+    """The statements the sink's connections execute from now on, the rollup's refreshes marked."""
+    executed: list[str] = []
+    original = psycopg.Connection.execute
+
+    def execute(self, query, *args, **kwargs):
+        executed.append("REFRESH" if "refresh_cloud_cost_daily(" in str(query) else str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    return executed
+
+
+def _refreshed_once_at_the_end(executed: list[str]) -> None:
+    """One refresh, and no write after it in the transaction (its locks are the transaction's last)."""
+    assert executed.count("REFRESH") == 1, executed.count("REFRESH")
+    after = executed[executed.index("REFRESH") + 1:]
+    assert not [q for q in after if any(w in q.upper() for w in ("INSERT", "UPDATE", "DELETE", "COPY"))], after
+
+
+def test_the_rollup_stays_exact_when_a_batch_is_written_carefully_or_row_by_row(engine_dsn, monkeypatch):
+    """A batch holding a GPU sample stored already (written again carefully) and one holding a row the database
+    refuses (written row by row, each row in its own savepoint, a superseding delivery among them): the rollup
+    is the views' rows, refreshed once a batch, after its last row."""
+    engine, dsn = engine_dsn
+    first = windows()
+    october = delivery("2026-11-03T00:00:00Z|a", OCTOBER_MS, range(0, 48), D(1))
+    november = delivery("2026-12-03T00:00:00Z|a", NOVEMBER_MS, range(48, 66), D("1.02"))
+    stored_sample = gpu_sample_rows(sample(datetime.fromtimestamp(T0_MS / 1000, timezone.utc)))
+    write(dsn, batch(first[:900], october[:60]), batch_of("gpu_samples", stored_sample))
+
+    careful = batch(first[900:], october[60:])
+    careful.extend("gpu_samples", stored_sample)  # stored already: the fast write fails, the careful one keeps it
+    executed = _refreshes(monkeypatch)
+    sink = write(dsn, careful)
+    assert sink.rejected == 1 and sink.rows_written == len(careful) - 1
+    _refreshed_once_at_the_end(executed)  # the careful write's (the fast one failed at its first COPY)
+    billed = {line.event_id: line for line in october}
+    before = check(dsn, first, list(billed.values()))
+
+    # windows restated, a window the database refuses (beyond numeric(20, 6)) on a day of i-0aa, a delivery
+    # superseding October's with fewer hours, and November's bill: row by row
+    restated = [replace(w, cost_usd=w.cost_usd * D("1.03")) for w in first
+                if w.resource == "i-0aa" and w.workload == "etl"]
+    refused = _window("i-0aa", "refused", T0_MS + 100 * WINDOW_MS, 8, D("1e20"))
+    superseding = delivery("2026-11-04T00:00:00Z|b", OCTOBER_MS, range(0, 30), D("0.99"))
+    executed.clear()
+    sink = write(dsn, batch(restated + [refused], superseding + november))
+    assert sink.rejected == 1 and sink.rows_written == len(restated) + len(superseding) + len(november)
+    _refreshed_once_at_the_end(executed)
+    stored = {w.event_id: w for w in first + restated}
+    billed = {line.event_id: line for line in superseding + november}
+    after = check(dsn, list(stored.values()), list(billed.values()))
+    assert after != before and "refused" not in owners(dsn, "i-0aa")
+    with psycopg.connect(dsn) as conn:
+        assert [r[0][:40] for r in conn.execute("SELECT reason FROM dead_letters ORDER BY reason")] == [
+            "sink: duplicate gpu_samples row (ts=2026", "sink: refused by the database: numeric f"]
+
+
+def _waiting_on_an_advisory_lock(dsn: str, pid: int) -> bool:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND locktype = 'advisory'"
+                            " AND NOT granted)", (pid,)).fetchone()[0]
+
+
+def test_two_sinks_writing_one_resource_take_turns_and_other_resources_do_not_wait(database):
+    """Sink A restates i-0aa's windows and holds its transaction open; sink B, writing i-0aa's bill lines,
+    waits for A's commit at its refresh and then reads A's windows; sink C, writing i-0bb's, does not wait.
+    (Plain PostgreSQL: the TimescaleDB the tests start here serves one session at a time; the locks are the
+    same SQL function on both engines.)"""
+    engine, dsn = POSTGRESQL, database
+    assert migrate(dsn, engine=engine)[2] == engine
+    first = windows()
+    october = delivery("2026-11-03T00:00:00Z|a", OCTOBER_MS, range(0, 48), D(1))
+    known = write(dsn, batch(first, october)).partitions.known  # the partitions exist: no DDL waits on A below
+
+    def partitions() -> Partitions:
+        out = Partitions(engine)
+        out.known.update(known)
+        return out
+
+    restated = [replace(w, cost_usd=w.cost_usd + D("0.5")) for w in first
+                if w.resource == "i-0aa" and w.window_start_ms < T0_MS + 86_400_000]
+    relined = [replace(line, effective_cost_usd=line.effective_cost_usd * 2, billed_cost_usd=line.billed_cost_usd * 2)
+               for line in october if "i-0aa" in line.resource_id and line.charge_period_start_ms < T0_MS + 86_400_000]
+    others = [replace(w, cost_usd=w.cost_usd * 3) for w in first if w.resource == "i-0bb"][:96]
+    with psycopg.connect(dsn) as a, psycopg.connect(dsn) as b, psycopg.connect(dsn) as c, \
+            ThreadPoolExecutor(1) as pool:
+        c.execute("SET lock_timeout = '10s'")  # fails, not hangs, should C wait on A
+        c.commit()
+        with a.transaction():
+            write_batch(a, batch(restated), engine, partitions())  # in A's open transaction (a savepoint)
+            waiting = pool.submit(write_batch, b, batch(lines=relined), engine, partitions())
+            for _ in range(100):
+                if _waiting_on_an_advisory_lock(dsn, b.info.backend_pid):
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("sink B did not wait on sink A's refresh lock")
+            write_batch(c, batch(others), engine, partitions())  # another resource: no wait
+            assert not waiting.done()
+        waiting.result(timeout=30)
+    stored = {w.event_id: w for w in first + restated + others}
+    billed = {line.event_id: line for line in october + relined}
+    check(dsn, list(stored.values()), list(billed.values()))
+    # a refresh of more than 256 resources takes one lock on the whole table, not a lock per resource
+    with psycopg.connect(dsn) as conn:
+        for n, held in ((256, 257), (257, 1)):
+            conn.execute("SELECT lock_cloud_cost_daily(array(SELECT 'i-' || g FROM generate_series(1, %s) g))", (n,))
+            assert conn.execute("SELECT count(*), bool_or(objsubid = 1 AND mode = 'ExclusiveLock') FROM pg_locks"
+                                " WHERE pid = pg_backend_pid() AND locktype = 'advisory'").fetchone() \
+                == (held, n > 256)
+            conn.rollback()

@@ -35,17 +35,49 @@ CREATE INDEX cost_lines_bill_resource ON cost_lines ((reverse(split_part(reverse
                                                      charge_period_start)
     INCLUDE (resource_id, provider, effective_cost_usd) WHERE resource_id <> '';
 
+-- The transaction locks a refresh of `resources` takes before it reads anything, held to its commit.  What
+-- they protect: two transactions recomputing one (day, resource) from different snapshots, each seeing its
+-- own uncommitted windows or lines and not the other's (sink A stores a resource's windows while sink B
+-- stores its bill lines); the one that commits last would leave rows without the other's.  A refresh
+-- deletes and writes the rows of its resources only, and reads only their windows and lines, so a lock per
+-- resource is enough: two refreshes of one resource take turns, the second reading (a fresh snapshot, after
+-- its lock is granted) what the first committed; refreshes of different resources run side by side.  The
+-- keys are (727275, hashtext(resource)), taken in the order of the key, so two refreshes never wait on each
+-- other in a cycle (two resources of one hash share a key: they only take turns).  The sink refreshes once
+-- per transaction, as the last thing it does before it commits (storage/sink.py), so a transaction that
+-- holds these locks waits on no other lock and no deadlock runs through them.  A refresh of more than 256
+-- distinct keys (a backfill, a batch of a big fleet's hour) takes the whole table instead, one exclusive
+-- lock: so many locks would crowd the server's shared lock table (max_locks_per_transaction per
+-- connection); the others take that lock shared, first, so it waits for the refreshes under way and they
+-- for it.  (One refresh a transaction: a second one could need the exclusive lock after the shared one.)
+CREATE FUNCTION lock_cloud_cost_daily(resources text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lock_key integer;
+BEGIN
+    IF (SELECT count(DISTINCT hashtext(r)) FROM unnest(resources) r) > 256 THEN
+        PERFORM pg_advisory_xact_lock(727275);
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(727275);  -- a one-bigint key: not among the two-integer keys below
+    FOR lock_key IN SELECT DISTINCT hashtext(r) FROM unnest(resources) r ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(727275, lock_key);
+    END LOOP;
+END
+$$;
+
 -- Recompute the rows of the given (UTC day, resource) pairs from the cost windows and bill lines stored:
 -- the sink calls it for the days its batch's cloud windows and bill lines fall in, and those of the lines
 -- a newer billing delivery superseded (storage/sink.py), in the batch's transaction.  Each pair's windows
 -- and lines are read through the indexes above, in lateral aggregates the planner cannot turn into a join
 -- of every window and line stored (what it did with the tables' statistics missing or stale).  Several
--- sinks may store one resource's windows and lines (the topics are keyed by workload and by bill line): a
--- transaction lock makes the refreshes take turns, each reading what the one before committed, so the
--- last one to commit leaves the day as its rows are.
+-- sinks may store one resource's windows and lines (the topics are keyed by workload and by bill line): the
+-- refreshes of a resource take turns (lock_cloud_cost_daily), each reading what the one before committed,
+-- so the last one to commit leaves the day as its rows are.  Each statement reads its own snapshot (a
+-- volatile function, READ COMMITTED), so the rows are computed after the locks are granted.
 CREATE FUNCTION refresh_cloud_cost_daily(days timestamptz[], resources text[]) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(727275);
+    SELECT lock_cloud_cost_daily(resources);
     DELETE FROM cloud_cost_daily d
      USING unnest(days, resources) AS k(day, resource)
      WHERE d.day = date_bin(INTERVAL '1 day', k.day, TIMESTAMPTZ '2000-01-01 00:00:00+00') AND d.resource = k.resource;
