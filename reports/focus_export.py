@@ -29,10 +29,10 @@ import csv
 import io
 import operator
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from fractions import Fraction
 from typing import Iterable
 
 from hybridspend.contracts.config import Config
@@ -96,20 +96,25 @@ def allocated_ratios(weights: list[Decimal | int], places: int = RATIO_PLACES) -
     """Each weight's share of their total, rounded to ``places`` so that the shares sum to exactly 1.
 
     Largest remainder: every share is rounded down, then the units still missing go to the shares
-    that lost the most.  All-zero weights share equally.
+    that lost the most.  All-zero weights share equally.  Exact in integers, the weights over one
+    common denominator (``Fraction`` arithmetic took a month's 100,000 rows a second and more).
     """
     if not weights:
         return []
-    exact = [Fraction(Decimal(w)) for w in weights]
-    total = sum(exact)
+    ratios = [Decimal(w).as_integer_ratio() for w in weights]
+    denominator = math.lcm(*(d for _, d in ratios))
+    counts = [n * (denominator // d) for n, d in ratios]
+    total = sum(counts)
     if total == 0:
-        exact, total = [Fraction(1)] * len(weights), Fraction(len(weights))
+        counts, total = [1] * len(weights), len(weights)
     scale = 10 ** places
-    scaled = [w * scale / total for w in exact]
-    units = [int(s) for s in scaled]  # weights are non-negative: int() rounds down
+    # share i is units[i] + remainders[i] / total units of 10^-places; weights are non-negative
+    units, remainders = zip(*(divmod(c * scale, total) for c in counts))
+    units = list(units)
     missing = scale - sum(units)
-    for index in sorted(range(len(units)), key=lambda i: (-(scaled[i] - units[i]), i))[:missing]:
-        units[index] += 1
+    if missing:
+        for index in sorted(range(len(units)), key=lambda i: (-remainders[i], i))[:missing]:
+            units[index] += 1
     return [Decimal(u).scaleb(-places) for u in units]
 
 
@@ -140,21 +145,55 @@ def _json(value: dict) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _method_details(ratio: Decimal, gpu_hours: Decimal) -> str:
+def _method_details(ratio: str, gpu_hours: str) -> str:
     # written by hand so that the decimals stay exact JSON numbers
-    return ('{"Elements":[{"AllocatedRatio":' + _number(ratio) + ',"UsageQuantity":' + _number(gpu_hours)
+    return ('{"Elements":[{"AllocatedRatio":' + ratio + ',"UsageQuantity":' + gpu_hours
             + ',"UsageUnit":"' + PRICING_UNIT + '"}]}')
 
 
+def _field(text: str | None) -> str:
+    """One CSV field as ``csv.writer`` writes it in a row of several: quoted where it must be, null empty."""
+    if not text:
+        return ""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow([text])
+    return out.getvalue()[:-1]
+
+
+def _fields(values: dict[str, str | None]) -> dict[str, str]:
+    """The origin charge's columns as fields of a ``_template`` (a "%" doubled)."""
+    return {column: _field(value).replace("%", "%%") for column, value in values.items()}
+
+
+# the columns each allocated charge fills in itself, in COLUMNS order; the others are its origin charge's (the
+# period's, the node's and the day's)
+_ROW_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity", "ConsumedQuantity",
+                "AllocatedMethodDetails", "AllocatedResourceId", "AllocatedResourceName", "AllocatedTags", "x_Workload",
+                "x_Team", "x_BusyGpuHours", "x_AllocatedGpuHours", "x_EnergyKwh")
+assert list(_ROW_COLUMNS) == [c for c in COLUMNS if c in _ROW_COLUMNS]  # the order the rows give them in
+_ROW_COLUMN_SET = frozenset(_ROW_COLUMNS)
+# numbers are digits, a point and a sign (never quoted) and hold no "%": the details' field is quoted once, as a
+# template of its two numbers
+_DETAILS_FIELD = _field(_method_details("%s", "%s"))
+
+
+def _template(origin: dict[str, str]) -> str:
+    """The CSV line of an allocated charge of ``origin`` (every column but the row's own, from ``_fields``), the
+    row's own columns left as ``%s`` for the ``%`` operator."""
+    return ",".join(["%s" if c in _ROW_COLUMN_SET else origin[c] for c in COLUMNS]) + "\n"
+
+
 def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_end: datetime,
-               config: Config | None = None) -> list[dict[str, str | None]]:
-    """FOCUS rows (column -> text, None for null) from the per-node, per-day shares."""
+               config: Config | None = None) -> list[str]:
+    """FOCUS rows from the per-node, per-day shares, each a line of the CSV (its fields in ``COLUMNS`` order,
+    null empty).  A month of 10,000 GPUs is about 100,000 rows: what every row of the period, of a node or of a
+    day shares is formatted and quoted once into a line with the row's own columns left blank, and each row
+    fills those in; a figure that recurs (GPU-hours, energy) is formatted once."""
     origins: dict[tuple, list[NodeDayShare]] = {}
+    origin_of = operator.attrgetter("day", "resource", "gpu_class")
     for share in shares:
-        origins.setdefault((share.day, share.resource, share.gpu_class), []).append(share)
-    # what every row of the period, of a node or of a day shares, formatted once (a month of 10,000 GPUs is
-    # about 100,000 rows)
-    period = {
+        origins.setdefault(origin_of(share), []).append(share)
+    period = _fields({
         "BillingAccountId": BILLING_ACCOUNT_ID, "BillingAccountName": BILLING_ACCOUNT_NAME, "BillingCurrency": "USD",
         "BillingPeriodEnd": focus_time(billing_end), "BillingPeriodStart": focus_time(billing_start),
         "ChargeCategory": "Usage", "ChargeClass": None, "InvoiceIssuerName": ORGANIZATION, "PricingUnit": PRICING_UNIT,
@@ -163,60 +202,69 @@ def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_
         "InvoiceId": invoice_id(billing_start), "PricingCategory": "Standard", "ResourceType": RESOURCE_TYPE,
         "ServiceSubcategory": "Virtual Machines", "HostProviderName": ORGANIZATION,
         "ServiceProviderName": ORGANIZATION, "AllocatedMethodId": ALLOCATED_METHOD_ID,
-    }
+    })
     nodes: dict[tuple[str, str], dict] = {}
     days: dict[datetime, dict] = {}
+    names: dict[str, str] = {}  # a workload's or team's name as a field
     tags: dict[tuple[str, str], str] = {}
+    hours_of: dict[int, tuple[Decimal, str]] = {}  # GPU-ms -> GPU-hours and their text
+    kwh_of: dict[int, str] = {}  # MJ -> kWh as text
     rows = []
     for (day, resource, gpu_class), group in origins.items():
         node = nodes.get((resource, gpu_class))
         if node is None:
             sku = sku_of(config, resource, gpu_class)
-            node = nodes[(resource, gpu_class)] = {
+            node = nodes[(resource, gpu_class)] = _fields({
                 "ChargeDescription": f"{gpu_class} GPU-hours of owned node {resource}: amortized purchase, "
                                      f"energy and upkeep",
                 "ResourceId": resource, "ResourceName": resource, "SkuId": sku.sku_id,
                 "SkuPriceId": sku.sku_price_id, "SkuPriceDetails": _json(sku.details), "Tags": _json(sku.tags),
-                "x_GpuClass": gpu_class}
+                "x_GpuClass": gpu_class})
         when = days.get(day)
         if when is None:
-            when = days[day] = {"ChargePeriodEnd": focus_time(day + timedelta(days=1)),
-                                "ChargePeriodStart": focus_time(day)}
+            when = days[day] = _fields({"ChargePeriodEnd": focus_time(day + timedelta(days=1)),
+                                        "ChargePeriodStart": focus_time(day)})
+        line = _template({**period, **node, **when})
         weights = [s.cost_usd for s in group] if sum(s.cost_usd for s in group) else [s.allocated_gpu_ms
                                                                                      for s in group]
         for share, ratio in zip(group, allocated_ratios(weights)):
             cost = _number(share.cost_usd)
-            hours = _gpu_hours(share.allocated_gpu_ms)
-            hours_text = _number(hours)
-            idle = share.workload == IDLE_WORKLOAD
-            allocated_tags = None
-            if not idle:
+            hours = hours_of.get(share.allocated_gpu_ms)
+            if hours is None:
+                hours = hours_of[share.allocated_gpu_ms] = _hours_text(share.allocated_gpu_ms)
+            busy = hours_of.get(share.busy_gpu_ms)
+            if busy is None:
+                busy = hours_of[share.busy_gpu_ms] = _hours_text(share.busy_gpu_ms)
+            kwh = kwh_of.get(share.energy_mj)
+            if kwh is None:
+                kwh = kwh_of[share.energy_mj] = _number((Decimal(share.energy_mj) / MJ_PER_KWH).quantize(QUANTITY))
+            workload = names.get(share.workload)
+            if workload is None:
+                workload = names[share.workload] = _field(share.workload)
+            team = names.get(share.team)
+            if team is None:
+                team = names[share.team] = _field(share.team)
+            if share.workload == IDLE_WORKLOAD:  # the unallocated remainder: no allocated resource
+                allocated, allocated_tags = "", ""
+            else:
+                allocated = workload
                 allocated_tags = tags.get((share.workload, share.team))
                 if allocated_tags is None:
-                    allocated_tags = tags[(share.workload, share.team)] = _json(
-                        {"workload": share.workload, **({"team": share.team} if share.team else {})})
-            rows.append({
-                **period, **node, **when,
-                "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost, "ListCost": cost,
-                "PricingQuantity": hours_text, "ConsumedQuantity": hours_text,
-                "AllocatedMethodDetails": _method_details(ratio, hours),
-                "AllocatedResourceId": None if idle else share.workload,
-                "AllocatedResourceName": None if idle else share.workload,
-                "AllocatedTags": allocated_tags,
-                "x_Workload": share.workload, "x_Team": share.team,
-                "x_BusyGpuHours": _number(_gpu_hours(share.busy_gpu_ms)), "x_AllocatedGpuHours": hours_text,
-                "x_EnergyKwh": _number((Decimal(share.energy_mj) / MJ_PER_KWH).quantize(QUANTITY)),
-            })
+                    allocated_tags = tags[(share.workload, share.team)] = _field(_json(
+                        {"workload": share.workload, **({"team": share.team} if share.team else {})}))
+            rows.append(line % (cost, cost, cost, cost, hours[1], hours[1], _DETAILS_FIELD % (_number(ratio), hours[1]),
+                                allocated, allocated, allocated_tags, workload, team, busy[1], hours[1], kwh))
     return rows
 
 
-def render_csv(rows: list[dict[str, str | None]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    columns = operator.itemgetter(*COLUMNS)
-    writer.writerows(["" if v is None else v for v in columns(row)] for row in rows)
-    return out.getvalue()
+def _hours_text(gpu_ms: int) -> tuple[Decimal, str]:
+    hours = _gpu_hours(gpu_ms)
+    return hours, _number(hours)
+
+
+def render_csv(rows: list[str]) -> str:
+    """The CSV: the header, then the rows ``focus_rows`` made."""
+    return ",".join(COLUMNS) + "\n" + "".join(rows)
 
 
 def render_focus(conn, start: datetime, end: datetime, config: Config | None = None) -> str:
