@@ -42,11 +42,17 @@ def workload_month(conn: psycopg.Connection, start: datetime, end: datetime) -> 
 
 def cloud_estimate_vs_billed(conn: psycopg.Connection, start: datetime, end: datetime) -> list[dict]:
     """Cloud cost estimated live against billed, per day and workload (the resource-hour matching of
-    ``estimate_vs_billed_daily``): day, workload, estimated_usd, billed_usd (NULL: not billed yet)."""
+    ``estimate_vs_billed_daily``): day, workload, estimated_usd, billed_usd (NULL: not billed yet).
+
+    Read through ``estimate_vs_billed_daily_between`` (migrations 016 and 017: the view's rows for the UTC
+    days it is given, the month's days, from the sink's daily rollup): a filter on the view's day cannot
+    reach through its grouping and full join, so the view matched every cloud window with every bill line
+    ever stored (2 s of a 10,000-GPU month's report with a single month stored, more with every month kept)."""
     return _dicts(conn.execute(
         """
-        SELECT day, workload, estimated_usd, billed_usd FROM estimate_vs_billed_daily
-         WHERE day >= %s AND day < %s ORDER BY day, workload
+        SELECT day, workload, estimated_usd, billed_usd
+          FROM estimate_vs_billed_daily_between(%s, %s::timestamptz - INTERVAL '1 microsecond')
+         ORDER BY day, workload
         """, (start, end)))
 
 

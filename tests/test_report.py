@@ -268,6 +268,38 @@ def test_option_labels_that_differ_only_in_their_term_stay_apart_in_a_legend():
 # -- what makes the report fast gives what the slower ways gave -----------------------------------------------
 
 
+def test_the_months_cloud_reconciliation_is_the_daily_views_rows_for_the_month(database):
+    """The report reads the reconciliation through the range function (the month's windows and lines only):
+    the view's rows for the month's days, with windows and lines of the days around it stored too, a day's
+    resource shared by two workloads (the one that ran most of it owns it) and a resource billed only."""
+    from datetime import datetime, timezone
+
+    from hybridspend.storage import report_queries
+
+    migrate(database)
+    batch = Batch()
+    for day in (-1, 0, 1, 30, 31):  # Sep 30, Oct 1, Oct 2, Oct 31, Nov 1
+        batch.add("cost_windows", cost_window_row(window(EVIL, "search", "cloud", "i-1", day, 80, 72, "240.00")))
+        batch.add("cost_windows", cost_window_row(window("train", "ml", "cloud", "i-1", day, 8, 8, "24.00")))
+        batch.add("cost_windows", cost_window_row(window("train", "ml", "cloud", "i-2", day, 16, 8, "48.00")))
+        batch.add("cost_windows", cost_window_row(window("infer", "ml", "onprem", "n1", day, 24, 8, "27.60")))
+        if day != 1:
+            batch.add("cost_lines", cost_line_row(billed_line("i-1", day, "250.00")))
+        batch.add("cost_lines", cost_line_row(billed_line("i-9", day, "9.99")))  # billed, never seen live
+    with psycopg.connect(database) as conn:
+        write_batch(conn, batch, POSTGRESQL, Partitions(POSTGRESQL))
+        start, end = datetime(2026, 10, 1, tzinfo=timezone.utc), datetime(2026, 11, 1, tzinfo=timezone.utc)
+        view = conn.execute("SELECT day, workload, estimated_usd, billed_usd FROM estimate_vs_billed_daily"
+                            " WHERE day >= %s AND day < %s ORDER BY day, workload", (start, end)).fetchall()
+        read = report_queries.cloud_estimate_vs_billed(conn, start, end)
+    assert [tuple(r.values()) for r in read] == view
+    # each day: i-1 (its owner ran 80 of its 88 GPU-hours), i-2 and the bill of i-9; Oct 2 is not billed yet
+    assert [(r["day"].day, r["workload"]) for r in read] == [
+        (d, w) for d in (1, 2, 31) for w in sorted([EVIL, "train", "unattributed"])]
+    assert [(r["estimated_usd"], r["billed_usd"]) for r in read if r["day"].day == 2] == [
+        (D("264.00"), None), (D("48.00"), None), (None, D("9.99"))]
+
+
 def test_the_focus_rows_are_the_fields_csv_writes(database):
     """The FOCUS export writes its lines itself, each origin charge's fields quoted once: read back and
     written again by ``csv.writer``, the file is the same, whatever the names hold (quotes, commas, line
