@@ -7,7 +7,10 @@ writing the other formats.
 
 from __future__ import annotations
 
+import base64
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +20,29 @@ from hybridspend.contracts.files import write_replacing
 from hybridspend.reports import fonts
 
 
+# a chart drawn inline in the HTML (charts._svg: one <svg> document each, never nested; a label in it is escaped)
+_INLINE_CHART = re.compile(r"<svg\b.*?</svg>", re.S)
+CHART_CSS = "img.chart { display: block; width: 100%; height: auto; }"  # as the template sizes `figure svg`
+
+
+def charts_as_images(html_text: str) -> str:
+    """The HTML with each inline chart as an ``<img>`` of the same SVG document.  WeasyPrint draws an SVG
+    image as it draws an inline one (a month's report came out byte for byte the same PDF), but an inline
+    ``<svg>`` is part of the HTML: it computed the CSS style and built a box of each of the charts'
+    thousands of elements, 40 % of the time it took to lay out the report's pages."""
+    def image(chart: re.Match) -> str:
+        return f'<img class="chart" src="data:image/svg+xml;base64,{base64.b64encode(chart[0].encode()).decode()}">'
+
+    return _INLINE_CHART.sub(image, html_text)
+
+
 def pdf_from_html(html_text: str) -> bytes:
     from weasyprint import CSS, HTML
     from weasyprint.text.fonts import FontConfiguration
 
     font_config = FontConfiguration()
-    faces = CSS(string=fonts.font_face_css(), font_config=font_config)
-    return HTML(string=html_text).write_pdf(stylesheets=[faces], font_config=font_config)
+    css = CSS(string=f"{fonts.font_face_css()}\n{CHART_CSS}", font_config=font_config)
+    return HTML(string=charts_as_images(html_text)).write_pdf(stylesheets=[css], font_config=font_config)
 
 
 class PdfJob:
@@ -60,7 +79,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m reports.pdf OUT.pdf  (the report's HTML on standard input)", file=sys.stderr)
         return 2
-    import weasyprint  # noqa: F401  (loaded before the HTML arrives)
+    importlib.import_module("weasyprint")  # loaded before the HTML arrives
 
     html_text = sys.stdin.buffer.read().decode()
     write_replacing(argv[0], pdf_from_html(html_text))

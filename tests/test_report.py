@@ -324,3 +324,33 @@ def test_the_focus_rows_are_the_fields_csv_writes(database):
     assert [(r["ResourceId"], r["x_Workload"], r["x_Team"]) for r in read] == [
         (f"node-{n}%", name, name) for n, name in by_node]
     assert [r["AllocatedResourceId"] for r in read] == [name if name != "idle" else "" for _, name in by_node]
+
+
+def test_the_pdf_draws_a_chart_given_as_an_image_as_it_draws_it_inline(tmp_path):
+    """The PDF gets the charts as SVG images, not inline SVG (a fraction of the layout time): the page comes
+    out the same, pixel for pixel, and with the same text."""
+    if shutil.which("pdftoppm") is None or shutil.which("pdftotext") is None:
+        pytest.skip("pdftoppm and pdftotext are not installed (Debian's poppler-utils; .ci/run installs it)")
+    from datetime import datetime, timezone
+
+    from weasyprint import CSS, HTML
+    from weasyprint.text.fonts import FontConfiguration
+
+    from hybridspend.reports import charts, fonts, pdf
+
+    days = [datetime(2026, 10, d, tzinfo=timezone.utc) for d in range(1, 8)]
+    svg = charts.daily_spend(days, {"onprem": [5.0] * 7, "cloud": [1.0, 2, 3, 4, 5, 6, 7]}, 9.5, f"October {UNI}")
+    page = (f"<html><head><style>figure svg {{ display: block; width: 100%; height: auto; }}</style></head><body>"
+            f"<p>{html.escape(EVIL)}</p><figure>{svg}<p>after</p></figure></body></html>")
+    assert pdf.charts_as_images(page).count('<img class="chart" src="data:image/svg+xml;base64,') == 1
+    font_config = FontConfiguration()
+    inline = HTML(string=page).write_pdf(stylesheets=[CSS(string=fonts.font_face_css(), font_config=font_config)],
+                                         font_config=font_config)
+    for name, data in (("inline", inline), ("image", pdf.pdf_from_html(page))):
+        (tmp_path / f"{name}.pdf").write_bytes(data)
+        subprocess.run(["pdftoppm", "-r", "100", "-png", str(tmp_path / f"{name}.pdf"), str(tmp_path / name)],
+                       check=True)
+    assert (tmp_path / "inline-1.png").read_bytes() == (tmp_path / "image-1.png").read_bytes()
+    text = [subprocess.run(["pdftotext", "-layout", str(tmp_path / f"{name}.pdf"), "-"], capture_output=True,
+                           check=True).stdout for name in ("inline", "image")]
+    assert text[0] == text[1] and "October" in text[0].decode()
