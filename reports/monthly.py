@@ -11,8 +11,10 @@ is escaped in HTML.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +47,7 @@ from hybridspend.costmodel.tco import (
 from hybridspend.reports import charts, focus_export, pdf
 from hybridspend.contracts.plans import plan_for
 from hybridspend.storage import report_queries as q
+from hybridspend.storage.onprem_allocation import onprem_node_day_shares
 from hybridspend.storage.queries import WorkloadSummary, workload_hours, workload_providers
 
 FORMATS = ("md", "csv", "html", "pdf", "focus")
@@ -264,6 +267,20 @@ def overview(conn: psycopg.Connection, month: str) -> MonthOverview:
 
 
 def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport:
+    """The month's report.  Next month's forecasts are fitted in a second thread while the month's other
+    queries run: loading the forecasting libraries and fitting nine series is seconds of Python, and the
+    queries leave this thread waiting on the database most of their time."""
+    start, end = month_bounds(month)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-forecasts") as forecasts:
+        forecasts.submit(_load_forecasting)
+        month_rows = q.workload_month(conn, start, end)
+        next_month = forecasts.submit(_next_month, *_forecast_series(conn, end, month_rows))
+        report = _build(conn, config, month, month_rows)
+        return replace(report, next_month=next_month.result())
+
+
+def _build(conn: psycopg.Connection, config: Config, month: str, month_rows: list[dict]) -> MonthlyReport:
+    """The report but for its forecasts, from the month's rows of ``q.workload_month``."""
     start, end = month_bounds(month)
     market = config.market()
     margin = config.thresholds.domain().margin
@@ -281,7 +298,7 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
                 day[i] = (day[i] or Decimal(0)) + r[key]
     decisions = {(d["workload"], d["from_env"]): d for d in q.latest_decisions(conn, start, end)}
     workloads = []
-    for row in q.workload_month(conn, start, end):
+    for row in month_rows:
         decision = decisions.get((row["workload"], row["environment"]))
         alt, label, text, savings, kind, payback = _recommend(row, decision, market, observed_hours)
         billed = billed_by_workload.get(row["workload"]) if row["environment"] == "cloud" else None
@@ -325,14 +342,19 @@ def build(conn: psycopg.Connection, config: Config, month: str) -> MonthlyReport
         overview=overview(conn, month), previous=overview(conn, previous_month), idle_daily=idle_daily,
         cloud_daily=[(day, est, billed) for day, (est, billed) in sorted(per_day.items())],
         utilization_daily=utilization_daily, bands=bands, breakeven=_breakeven(market, margin),
-        daily_budget_usd=daily_budget, options=options, discount_rate_pct=config.thresholds.discount_rate_pct,
-        next_month=_next_month(conn, end, [w for w in workloads]))
+        daily_budget_usd=daily_budget, options=options, discount_rate_pct=config.thresholds.discount_rate_pct)
 
 
-def _next_month(conn: psycopg.Connection, end: datetime, workloads: list[WorkloadMonth]) -> list[NextMonth]:
-    """Next month's spend, in total and for the teams that spent most this month, as ``hybridspend forecast``
-    forecasts it (``forecasting.spend``) from the half year of hours before ``end``."""
-    from hybridspend.forecasting.spend import calibrated_forecast
+def _load_forecasting() -> None:
+    """Load what the forecasts fit with (``forecasting.spend`` fits statsforecast's MSTL, which loads
+    statsmodels): seconds of imports, made while the month's queries run."""
+    importlib.import_module("statsforecast.models")
+
+
+def _forecast_series(conn: psycopg.Connection, end: datetime, month_rows: list[dict]) -> tuple:
+    """(origin, horizon and skipped hours, [(team or None for all, its hourly spend)]) of the forecasts of
+    next month: in total and for the teams that spent most this month, from the half year of hours before
+    ``end`` (``month_rows``: ``q.workload_month``'s)."""
     from hybridspend.storage.queries import hourly_spend, latest_window_end
 
     after = (end + timedelta(days=32)).replace(day=1)
@@ -342,13 +364,22 @@ def _next_month(conn: psycopg.Connection, end: datetime, workloads: list[Workloa
     skip = int((end - origin).total_seconds() // 3600)  # the rest of the report's month: not next month's
     horizon = int((after - origin).total_seconds() // 3600)
     by_team: dict[str, Decimal] = {}
-    for w in workloads:
-        if w.team:
-            by_team[w.team] = by_team.get(w.team, Decimal(0)) + w.cost_usd
+    for row in month_rows:
+        if row["team"]:
+            by_team[row["team"]] = by_team.get(row["team"], Decimal(0)) + row["estimated_usd"]
     teams = sorted(by_team, key=lambda t: (-by_team[t], t))[:FORECAST_TEAMS]
+    series = [(team, hourly_spend(conn, origin - timedelta(days=182), origin, team)[1]) for team in [None] + teams]
+    return end, origin, horizon, skip, series
+
+
+def _next_month(end: datetime, origin: datetime, horizon: int, skip: int,
+                series: list[tuple[str | None, list[Decimal]]]) -> list[NextMonth]:
+    """Next month's spend of each series of ``_forecast_series``, as ``hybridspend forecast`` forecasts it
+    (``forecasting.spend``); a series of under a day of hours gets none."""
+    from hybridspend.forecasting.spend import calibrated_forecast
+
     out = []
-    for team in [None] + teams:
-        first, hours = hourly_spend(conn, origin - timedelta(days=182), origin, team)
+    for team, hours in series:
         if len(hours) < 24:
             continue
         fc = calibrated_forecast(hours, origin, horizon, skip_hours=skip)
@@ -674,15 +705,12 @@ def render_html(report: MonthlyReport) -> str:
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def render_focus(conn: psycopg.Connection, report: MonthlyReport, config: Config | None = None) -> str:
-    """The month's on-prem costs as a FOCUS dataset (``reports/focus_export.py``)."""
-    return focus_export.render_focus(conn, report.start, report.end, config)
-
-
 def write(conn: psycopg.Connection, report: MonthlyReport, formats: list[str], out_dir: Path,
           progress: Callable[[str], None] = lambda m: None, config: Config | None = None) -> list[Path]:
     """Write each format.  The PDF is laid out from the very HTML written, by a second process, while
-    the other formats are written: laying out pages is the slowest step and runs on one core."""
+    the other formats are written: laying out pages is the slowest step and runs on one core.  The FOCUS
+    export's rows (the month's on-prem cost windows, summed per node and day: seconds of the database's
+    time at 10,000 GPUs) are read in a second thread while the charts are drawn."""
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -693,22 +721,26 @@ def write(conn: psycopg.Connection, report: MonthlyReport, formats: list[str], o
     paths = {fmt: out_dir / names[fmt].format(report.month) for fmt in formats}
     job = pdf.PdfJob(paths["pdf"]) if "pdf" in formats else None
     try:
-        html_text = render_html(report) if "html" in formats or job is not None else ""
-        if job is not None:
-            job.send(html_text)
-        order = [f for f in formats if f == "html"] + [f for f in formats if f not in ("html", "pdf")] + (
-            ["pdf"] if job is not None else [])  # the PDF last: it is being laid out meanwhile
-        for done, fmt in enumerate(order):
-            filled = 20 * done // len(formats)
-            progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{len(formats)} writing {fmt}")
-            if fmt == "html":
-                write_replacing(paths[fmt], html_text)
-            elif fmt == "pdf":
-                job.wait()
-            elif fmt == "focus":
-                write_replacing(paths[fmt], render_focus(conn, report, config))
-            else:
-                write_replacing(paths[fmt], {"md": render_md, "csv": render_csv}[fmt](report))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-focus") as reader:
+            shares = reader.submit(onprem_node_day_shares, conn, report.start, report.end) if "focus" in formats \
+                else None
+            html_text = render_html(report) if "html" in formats or job is not None else ""
+            if job is not None:
+                job.send(html_text)
+            order = [f for f in formats if f == "html"] + [f for f in formats if f not in ("html", "pdf")] + (
+                ["pdf"] if job is not None else [])  # the PDF last: it is being laid out meanwhile
+            for done, fmt in enumerate(order):
+                filled = 20 * done // len(formats)
+                progress(f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{len(formats)} writing {fmt}")
+                if fmt == "html":
+                    write_replacing(paths[fmt], html_text)
+                elif fmt == "pdf":
+                    job.wait()
+                elif fmt == "focus":  # the month's on-prem costs as a FOCUS dataset (reports/focus_export.py)
+                    write_replacing(paths[fmt], focus_export.render_csv(focus_export.focus_rows(
+                        shares.result(), report.start, report.end, config)))
+                else:
+                    write_replacing(paths[fmt], {"md": render_md, "csv": render_csv}[fmt](report))
     finally:
         if job is not None:
             job.cancel()
