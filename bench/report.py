@@ -1,4 +1,5 @@
-"""Monthly report generation for 10,000 GPUs x 30 days of hourly cost windows (``--quick``: 1,000 x 7).
+"""Monthly report generation for 10,000 GPUs x 30 days of hourly cost windows, beside 1,000 and 30,000 to show
+how it grows (``--quick``: 1,000 x 7).
 
 The month is seeded through the sink's own write path (so the rollups are what production has), with
 the cloud instances' hourly bill for all but the last three days; only the report is timed: the
@@ -113,3 +114,35 @@ def run(dsn_for, quick: bool, say=print) -> dict:
     # time per GPU from 10,000 to 30,000 against from 1,000 to 10,000: at most 1 when it grows no faster than linearly
     figures["report_growth_ratio"] = round(figures["report_seconds_30k"] / figures["report_seconds"] / 3, 2)
     return figures
+
+
+if __name__ == "__main__":  # python -m bench.report [--quick | --gpus N,...]: this benchmark alone, embedded PostgreSQL
+    import argparse
+    import json
+    import uuid
+
+    from hybridspend.infra.local import LocalPostgres
+
+    from .sink import _fresh_database
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 GPUs x 7 days only (a smoke test)")
+    parser.add_argument("--gpus", help="comma-separated fleet sizes to time, each over 30 days (default: the full "
+                                       "run's 1,000, 10,000 and 30,000 with the growth ratio)")
+    args = parser.parse_args()
+    pg = LocalPostgres(Path("/tmp") / f"hs-bench-pg-{uuid.uuid4().hex[:8]}", delete_on_stop=True,
+                       database="postgres").start()
+    try:
+        def dsn_for(name: str) -> str:
+            return _fresh_database(pg.dsn, name)
+
+        if args.gpus:
+            result = {}
+            for gpus in (int(g) for g in args.gpus.split(",")):
+                elapsed, _ = _time_report(dsn_for(f"bench_report_{gpus}"), gpus, 30, print)
+                result[f"report_seconds_{gpus}"] = round(elapsed, 2)
+        else:
+            result = run(dsn_for, args.quick)
+        print(json.dumps(result, indent=2))
+    finally:
+        pg.stop()
