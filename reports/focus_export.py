@@ -207,7 +207,7 @@ def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_
     days: dict[datetime, dict] = {}
     names: dict[str, str] = {}  # a workload's or team's name as a field
     tags: dict[tuple[str, str], str] = {}
-    hours_of: dict[int, tuple[Decimal, str]] = {}  # GPU-ms -> GPU-hours and their text
+    hours_of: dict[int, str] = {}  # GPU-ms -> GPU-hours as text
     kwh_of: dict[int, str] = {}  # MJ -> kWh as text
     rows = []
     for (day, resource, gpu_class), group in origins.items():
@@ -231,10 +231,10 @@ def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_
             cost = _number(share.cost_usd)
             hours = hours_of.get(share.allocated_gpu_ms)
             if hours is None:
-                hours = hours_of[share.allocated_gpu_ms] = _hours_text(share.allocated_gpu_ms)
+                hours = hours_of[share.allocated_gpu_ms] = _number(_gpu_hours(share.allocated_gpu_ms))
             busy = hours_of.get(share.busy_gpu_ms)
             if busy is None:
-                busy = hours_of[share.busy_gpu_ms] = _hours_text(share.busy_gpu_ms)
+                busy = hours_of[share.busy_gpu_ms] = _number(_gpu_hours(share.busy_gpu_ms))
             kwh = kwh_of.get(share.energy_mj)
             if kwh is None:
                 kwh = kwh_of[share.energy_mj] = _number((Decimal(share.energy_mj) / MJ_PER_KWH).quantize(QUANTITY))
@@ -252,14 +252,9 @@ def focus_rows(shares: Iterable[NodeDayShare], billing_start: datetime, billing_
                 if allocated_tags is None:
                     allocated_tags = tags[(share.workload, share.team)] = _field(_json(
                         {"workload": share.workload, **({"team": share.team} if share.team else {})}))
-            rows.append(line % (cost, cost, cost, cost, hours[1], hours[1], _DETAILS_FIELD % (_number(ratio), hours[1]),
-                                allocated, allocated, allocated_tags, workload, team, busy[1], hours[1], kwh))
+            rows.append(line % (cost, cost, cost, cost, hours, hours, _DETAILS_FIELD % (_number(ratio), hours),
+                                allocated, allocated, allocated_tags, workload, team, busy, hours, kwh))
     return rows
-
-
-def _hours_text(gpu_ms: int) -> tuple[Decimal, str]:
-    hours = _gpu_hours(gpu_ms)
-    return hours, _number(hours)
 
 
 def render_csv(rows: list[str]) -> str:
