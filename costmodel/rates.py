@@ -187,8 +187,8 @@ class PriceBook:
                 dropped += in_force
         return dropped
 
-    def __len__(self) -> int:
-        """The prices kept, over every key."""
+    def kept(self) -> int:
+        """The prices kept, over every key (not ``__len__``: an empty book is still the book to fill)."""
         return sum(len(h) for h in self._history.values())
 
     def update(self, provider: str, region: str, instance_type: str, purchase_option: str, ts_ms: int,

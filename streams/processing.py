@@ -157,7 +157,7 @@ class UsageProcessor:
     def __init__(self, config: Config, prices: PriceBook | None = None) -> None:
         self.config = config
         self.catalog = config.catalog()
-        self.prices = prices or PriceBook()
+        self.prices = prices if prices is not None else PriceBook()
         self.window_ms = config.thresholds.window_seconds * 1000
 
     def cloud_usd_per_gpu_hour(self, provider: str, region: str, instance_type: str, option: str,
@@ -488,7 +488,7 @@ class DecisionProcessor:
 
     def __init__(self, config: Config, prices: PriceBook | None = None) -> None:
         self.config = config
-        self.prices = prices or PriceBook()
+        self.prices = prices if prices is not None else PriceBook()
         self._base_market = config.market()
         self._markets: dict[tuple, Market] = {}
         self.thresholds = config.thresholds.domain()

@@ -223,13 +223,21 @@ def test_a_year_of_spot_prices_keeps_five_weeks_and_prices_every_window_as_the_w
         if hour % 24 == 0:
             cutoff = ts - PRICE_HISTORY_MS
             kept.forget_before(cutoff)
-            assert len(kept) <= PRICE_HISTORY_MS // HOUR + 25  # five weeks, the day since, the one in force
+            assert kept.kept() <= PRICE_HISTORY_MS // HOUR + 25  # five weeks, the day since, the one in force
             # every window that can still close (it starts at the cutoff or later) is priced as before
             for at in (cutoff, cutoff + HOUR // 2, ts - 1, ts, None):
                 assert kept.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", at) == \
                     full.usd_per_hour("aws", "us-east-1", "p4d.24xlarge", "spot", at)
-    assert len(full) > 8000 > 9 * len(kept)  # (a price drawn twice in a row is a refresh: not kept)
+    assert full.kept() > 8000 > 9 * kept.kept()  # (a price drawn twice in a row is a refresh: not kept)
     assert kept.forget_before(MONDAY) == 0  # a cutoff behind the history drops nothing
+
+
+def test_the_processors_price_from_the_book_they_are_given_even_while_it_is_empty():
+    # the worker hands both processors the book its price reader fills after they are built: an empty book is
+    # still that book (a PriceBook with __len__ was falsy when empty, and `prices or PriceBook()` priced every
+    # window at the configured list price instead of the live one)
+    book = PriceBook()
+    assert UsageProcessor(CONFIG, book).prices is book and DecisionProcessor(CONFIG, book).prices is book
 
 
 def test_a_spot_policy_is_read_for_a_day_after_the_workloads_last_sample():
