@@ -149,7 +149,7 @@ def test_sigterm_ends_an_ingest_within_a_second_mid_read(tmp_path):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
-    # well under a second alone (0.1-0.3 s); the suite's three workers on two cores stretched it to 1.09 s once
+    # under a second alone; the suite's three workers on two cores stretched it to 1.09 s once
     assert time.monotonic() - sent < 2.0
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
     assert not (tmp_path / "state" / "pgdata").exists()  # it stopped before publishing: no database started
