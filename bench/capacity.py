@@ -19,7 +19,8 @@ The grace after a window's end is 0 here: a window closes on the first sample pa
 (``updated_at``), so the COPY of that transaction is not in it; the worker commits its offsets every
 2.8 s (Faust's commit interval), which its lag carries even when it is caught up.  The CPU share
 of each process over the hold (CPU seconds / wall seconds; 1.0 is one core) and its resident
-memory at the end are recorded, and the largest fleet kept up with is reported.
+memory at the end are recorded, and the largest fleet kept up with is reported.  A size whose lag
+reaches 30 s of input two minutes into its hold has not kept up and ends there.
 
 ``--soak MINUTES`` holds one fleet size instead and samples the worker's and the sink's memory
 every 30 s: the growth after a warm-up, per hour (issue 27: flat, under 5 %).
@@ -57,6 +58,10 @@ FRESHNESS_P99_S = 5.0
 LAG_BOUND_S = 5.0  # consumer lag held under this many seconds of input
 PARTITIONS = 4  # the default topic_partitions
 PROBES = 4  # crossings per hold (on nodes of one GPU of their own, beside the fleet)
+# a step whose lag reaches BEHIND_FACTOR x the bound, BEHIND_AFTER_S into its hold, has not kept up (its maximum lag
+# is past the bound) and ends there: the rest of the hold would only grow the backlog
+BEHIND_FACTOR = 6
+BEHIND_AFTER_S = 120
 
 
 # -- the publisher (a process of its own) -----------------------------------------------------------
@@ -302,6 +307,10 @@ def _measure(stack: Stack, publisher, nodes: int, probes: int, tag: str, start_s
             if now >= next_lag:
                 lags.append(stack.lag_s(messages_per_s))
                 next_lag = now + 5
+                if max(lags[-1].values()) >= LAG_BOUND_S * BEHIND_FACTOR and now >= measure_from + BEHIND_AFTER_S:
+                    say(f"  lag {max(lags[-1].values()):.0f} s of input after {now - measure_from:.0f} s: "
+                        "not keeping up, the step ends here")
+                    break
             if rss_every_s and now >= next_rss:
                 rss_series.append((now - measure_from, stack.usage.read()[1]))
                 next_rss = now + rss_every_s
