@@ -42,6 +42,8 @@ TARGETS = {
 
 # figure -> (what it measures, how to print it); the README table's rows, in order
 ROWS = {
+    "cpu_calibration_s": ("this machine: one core's time for a fixed piece of Python (`calibrate`; lower is faster, "
+                          "every figure below scales with it)", "{:.2f} s"),
     "pipeline_samples_per_s": ("GPU samples through one Faust worker (samples in, cost windows out)", "{:,.0f}"),
     "faust_noop_samples_per_s": ("a do-nothing Faust agent, same messages and consumer settings", "{:,.0f}"),
     "raw_samples_per_s": ("aiokafka consume + `json.loads`, same messages", "{:,.0f}"),
@@ -93,6 +95,33 @@ ROWS = {
 }
 
 
+def calibrate() -> float:
+    """Seconds one core takes for a fixed piece of pure Python (a loop, JSON and Decimal arithmetic), the best
+    of three: the figures of two machines (or of one machine on two days) compare in its units."""
+    import time
+    from decimal import Decimal
+
+    def once() -> float:
+        began = time.perf_counter()
+        total, money = 0, Decimal(0)
+        for i in range(300_000):
+            total += i * i % 7
+            money += Decimal(i % 100) / 7
+        for _ in range(3_000):
+            json.loads(json.dumps({"resource": "node-1", "gpus": [{"uuid": f"GPU-{g}", "pct": g * 1.5} for g in range(8)]}))
+        return time.perf_counter() - began
+
+    return round(min(once() for _ in range(3)), 3)
+
+
+def _cpu_model() -> str:
+    try:
+        return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor() or "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
+
+
 def _commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True)
@@ -116,6 +145,7 @@ def summarize(runs: list[dict], *, quick: bool, measured_at: str, broker_profile
         "kind": "quick (a smoke test, not a result)" if quick else "full",
         "commit": _commit(),
         "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "broker_profile": broker_profile,
         "python": platform.python_version(),
         "measured_at": measured_at,
@@ -139,7 +169,8 @@ def render_table(results: dict | None) -> str:
     met = {key: ok for name, ok in results["targets_met"].items() for key in [TARGETS[name][0]]}
     targets = {key: name for name, (key, _) in TARGETS.items()}
     lines = [
-        f"Median of {len(results['runs'])} full runs at `{results['commit'][:12]}` on {results['cores']} cores, "
+        f"Median of {len(results['runs'])} full runs at `{results['commit'][:12]}` on {results['cores']} cores"
+        + (f" ({results['cpu_model']})" if results.get("cpu_model") else "") + ", "
         f"{results['broker_profile']} broker profile, Python {results['python']}, {results['measured_at']}:",
         "",
         "| figure | what | median | spread (lowest – highest) | target |",

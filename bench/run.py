@@ -15,7 +15,7 @@ from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
 from . import alerts, anomalies, capacity, collector, forecast, panels, pipeline, report, sink
-from .results import results_path, summarize
+from .results import calibrate, results_path, summarize
 
 
 def _database(admin_dsn: str, name: str) -> str:
@@ -32,7 +32,8 @@ def _kept_database(admin_dsn: str, name: str) -> str:
 def run_once(quick: bool, say=print, panels_pgdata: Path | None = None) -> dict:
     """One pass of every benchmark, each on fresh embedded services; the panels' database, seeded by the first
     pass, lives in ``panels_pgdata`` across passes (its server restarted, cold, for each)."""
-    figures: dict = {}
+    figures: dict = {"cpu_calibration_s": calibrate()}
+    say(f"this machine: {figures['cpu_calibration_s']:.2f} s of one core for a fixed piece of Python (calibrate)")
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
         broker = LocalBroker(log_path=Path(tmp) / "broker.log").start()
         pg = LocalPostgres(Path("/tmp") / f"hs-bench-pg-{uuid.uuid4().hex[:8]}", delete_on_stop=True,

@@ -164,6 +164,11 @@ class CloudOffer:
         return discounted_usd_per_gpu_hour(price, self.discount_pct, self.gpus_per_instance)
 
 
+def _later(history: list[tuple[int, Decimal]], ts_ms: int) -> int:
+    """The index of the first price in ``history`` (sorted by effective time) effective after ``ts_ms``."""
+    return bisect.bisect_right(history, ts_ms, key=lambda p: p[0])
+
+
 class PriceBook:
     """Live instance prices (per instance-hour) by provider, region, instance type and purchase option.
 
@@ -181,7 +186,7 @@ class PriceBook:
         The caller picks a cutoff no window still to be priced starts before; returns how many were dropped."""
         dropped = 0
         for history in self._history.values():
-            in_force = bisect.bisect_right(history, cutoff_ms, key=lambda p: p[0]) - 1
+            in_force = _later(history, cutoff_ms) - 1
             if in_force > 0:
                 del history[:in_force]
                 dropped += in_force
@@ -194,7 +199,7 @@ class PriceBook:
     def update(self, provider: str, region: str, instance_type: str, purchase_option: str, ts_ms: int,
                usd_per_hour: Decimal) -> bool:
         history = self._history.setdefault((provider, region, instance_type, purchase_option), [])
-        after = bisect.bisect_right(history, ts_ms, key=lambda p: p[0])  # the first price effective later
+        after = _later(history, ts_ms)
         if after and history[after - 1][1] == usd_per_hour:
             return False  # a refresh of the price already in force (collectors republish it): nothing new
         if after and history[after - 1][0] == ts_ms:
@@ -215,7 +220,7 @@ class PriceBook:
             return None
         if at_ms is None:
             return history[-1][1]
-        return history[max(0, bisect.bisect_right(history, at_ms, key=lambda p: p[0]) - 1)][1]
+        return history[max(0, _later(history, at_ms) - 1)][1]
 
     def apply(self, offer: CloudOffer, at_ms: int | None = None) -> CloudOffer:
         """``offer`` with its list prices replaced by the live ones in force at ``at_ms`` (discount kept)."""

@@ -66,3 +66,14 @@ def test_a_figure_only_some_runs_have_says_of_how_many_runs_it_is():
     table = results.render_table(summary)
     assert "(1 of the 3 runs)" in next(line for line in table.splitlines() if "rss_worker_mib_per_1k_gpus" in line)
     assert "of the 3 runs" not in next(line for line in table.splitlines() if "`capacity_gpus`" in line)
+
+
+def test_a_result_names_the_machine_and_its_speed_in_one_cores_time():
+    runs = [{**_run(52_000, 0.9), "cpu_calibration_s": s} for s in (0.45, 0.52, 0.47)]
+    summary = results.summarize(runs, quick=False, measured_at="2026-12-07T12:00:00Z")
+    assert summary["cpu_model"]  # from /proc/cpuinfo here
+    assert summary["median"]["cpu_calibration_s"] == 0.47
+    table = results.render_table(summary)
+    assert f"on {summary['cores']} cores ({summary['cpu_model']})" in table
+    assert "| `cpu_calibration_s` |" in table and "| 0.47 s | 0.45 s – 0.52 s |" in table
+    assert 0 < results.calibrate() < 60  # seconds of one core
