@@ -54,6 +54,8 @@ from hybridspend.storage.queries import ForecastPoint, store_month_forecast
 from hybridspend.storage.timeseries import TIMESCALEDB, Partitions
 from tests.grafana_sql import expand
 
+from .seeded import earlier_seed, mark_seeded
+
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards" / "json"
 RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30), "90d": timedelta(days=90)}
 PANEL_PIXELS = 900  # Grafana's $__interval: the range / the panel's maxDataPoints or else its width, rounded
@@ -490,11 +492,9 @@ def run(dsn_for, quick: bool, say=print) -> dict:
     """Seed (``dsn_for(name)`` gives a fresh database), then time every panel over each range."""
     gpus, days, workloads, runs = (400, 7, 40, 3) if quick else (10_000, 90, 300, 5)
     dsn = dsn_for("bench_panels")
-    with psycopg.connect(dsn) as conn:  # a database seeded by an earlier run of the same size is timed again
-        kept = conn.execute("SELECT to_regclass('bench_panels_seed') IS NOT NULL").fetchone()[0] and conn.execute(
-            "SELECT seeded_end, counts FROM bench_panels_seed WHERE gpus = %s AND days = %s", (gpus, days)).fetchone()
+    kept = earlier_seed(dsn, gpus, days)
     if kept:
-        end, counts = kept
+        end, counts = datetime.fromisoformat(kept["end"]), kept["counts"]
         say(f"  timing the database an earlier run seeded ({gpus:,} GPUs x {days} days; its seed is not timed again)")
     else:
         migrate(dsn)
@@ -502,10 +502,7 @@ def run(dsn_for, quick: bool, say=print) -> dict:
         counts = seed(dsn, gpus, days, end, workloads, say)
         say(f"  seeded {gpus:,} GPUs x {days} days in {counts['seconds']:.0f} s: "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "seconds"))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE bench_panels_seed (gpus int, days int, seeded_end timestamptz, counts jsonb)")
-            conn.execute("INSERT INTO bench_panels_seed VALUES (%s, %s, %s, %s)",
-                         (gpus, days, end, Jsonb(counts)))
+        mark_seeded(dsn, gpus, days, {"end": end.isoformat(), "counts": counts})
     say(f"  p95 of {runs} runs, seconds:{'':<47}" + "  ".join(f"{r:>7}" for r in RANGES))
     timed = time_panels(dsn, end, runs, say)
     panels = {k: v for k, v in timed.items() if not k[1].startswith(("variable", "annotation"))}

@@ -9,29 +9,22 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-
 from hybridspend.infra.broker import LOCAL_PROFILE
 from hybridspend.infra.local import LocalBroker, LocalPostgres
 
 from . import alerts, anomalies, capacity, collector, forecast, panels, pipeline, report, sink
 from .results import calibrate, results_path, summarize
+from .seeded import kept_database
 
 
 def _database(admin_dsn: str, name: str) -> str:
     return sink._fresh_database(admin_dsn, name)
 
 
-def _kept_database(admin_dsn: str, name: str) -> str:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-
-
-def run_once(quick: bool, say=print, panels_pgdata: Path | None = None) -> dict:
-    """One pass of every benchmark, each on fresh embedded services; the panels' database, seeded by the first
-    pass, lives in ``panels_pgdata`` across passes (its server restarted, cold, for each)."""
+def run_once(quick: bool, seeded_pgdata: Path, say=print) -> dict:
+    """One pass of every benchmark, each on fresh embedded services, but the report's and the panels' databases:
+    they live in ``seeded_pgdata`` across passes, seeded by the first (``bench/seeded.py``; their server is
+    restarted, cold, for each pass)."""
     figures: dict = {"cpu_calibration_s": calibrate()}
     say(f"this machine: {figures['cpu_calibration_s']:.2f} s of one core for a fixed piece of Python (calibrate)")
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
@@ -45,18 +38,15 @@ def run_once(quick: bool, say=print, panels_pgdata: Path | None = None) -> dict:
             figures.update(sink.run(broker.bootstrap, LOCAL_PROFILE, pg.dsn, quick, say))
             say("alerts: from the sample that completes a crossing to the message at a local Slack receiver")
             figures.update(alerts.run(broker.bootstrap, LOCAL_PROFILE, _database(pg.dsn, "bench_alerts"), quick, say))
-            say("report: the monthly report")
-            figures.update(report.run(lambda name: _database(pg.dsn, name), quick, say))
-            say("panels: every Grafana panel's SQL over 24 h, 7, 30 and 90 days of 10,000 GPUs")
-            if panels_pgdata is None:
-                figures.update(panels.run(lambda name: _database(pg.dsn, name), quick, say))
-            else:
-                pg.stop()  # one PostgreSQL at a time
-                panels_pg = LocalPostgres(panels_pgdata, database="postgres").start()
-                try:
-                    figures.update(panels.run(lambda name: _kept_database(panels_pg.dsn, name), quick, say))
-                finally:
-                    panels_pg.stop()
+            pg.stop()  # one PostgreSQL at a time
+            seeded = LocalPostgres(seeded_pgdata, database="postgres").start()
+            try:
+                say("report: the monthly report")
+                figures.update(report.run(lambda name: kept_database(seeded.dsn, name), quick, say))
+                say("panels: every Grafana panel's SQL over 24 h, 7, 30 and 90 days of 10,000 GPUs")
+                figures.update(panels.run(lambda name: kept_database(seeded.dsn, name), quick, say))
+            finally:
+                seeded.stop()
             say("collector: NVML collector CPU per sample, 8 GPUs")
             figures.update(collector.run(quick, say))
             say("forecast: next week's spend from every second day of two scenarios, against what happened")
@@ -76,10 +66,10 @@ def main(quick: bool = False, runs: int | None = None, out: Path | None = None, 
     runs = runs or (1 if quick else 3)
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     passes = []
-    with tempfile.TemporaryDirectory(prefix="hs-bench-panels-", dir="/tmp") as panels_dir:
+    with tempfile.TemporaryDirectory(prefix="hs-bench-seeded-", dir="/tmp") as seeded_dir:
         for n in range(runs):
             say(f"== run {n + 1} of {runs}{' (quick: a smoke test, not a result)' if quick else ''}")
-            passes.append(run_once(quick, say, Path(panels_dir) / "pgdata"))
+            passes.append(run_once(quick, Path(seeded_dir) / "pgdata", say))
     results = summarize(passes, quick=quick, measured_at=measured_at, broker_profile=LOCAL_PROFILE.name)
     say("")
     width = max(len(k) for k in results["median"])
