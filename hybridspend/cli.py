@@ -1009,8 +1009,10 @@ COMMANDS = (
             "write the dashboard JSON files (dashboards/json by default)", args=(arg("--out", help="output folder"),)),
     Command(("bench",), cmd_bench, "run the benchmarks and write bench/results.json",
             "Runs every benchmark on an embedded broker and PostgreSQL, three times by default; prints each "
-            "figure's median and spread and writes them, with the commit, cores and broker profile, to "
-            "bench/results.json (--quick: a smoke test, to bench/results-quick.json).", (
+            "figure's median and spread and writes them, with the commit, cores, CPU model and broker profile, to "
+            "bench/results.json (--quick: a smoke test, to bench/results-quick.json). The first run seeds the "
+            "report's and the panels' databases (about 25 minutes on 2 cores, never timed); the others reuse "
+            "them. A full run of three takes about two hours.", (
                 arg("--quick", action="store_true", help="smaller inputs, one run: a smoke test, never a result"),
                 arg("--runs", type=int, default=None, help="how many passes (default 3 full, 1 quick)"))),
     Command(("db", "migrate"), cmd_db_migrate, "create or upgrade the schema (idempotent)", config=True),
