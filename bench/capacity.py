@@ -49,7 +49,7 @@ from hybridspend.contracts.topics import Topics
 from hybridspend.infra.local import die_with_parent
 
 GPUS_PER_NODE = 8
-STEPS_GPUS = (1_000, 5_000, 10_000, 20_000, 30_000, 40_000)
+STEPS_GPUS = (1_000, 2_500, 5_000, 10_000, 20_000, 30_000, 40_000)  # 2,500: 5,000 is at the edge here
 QUICK_STEPS_GPUS = (1_000, 5_000)
 WINDOW_S = 60
 GRACE_S = 0  # a window closes on the first sample past its end (1 s later at 1 Hz); a deployment adds its grace
